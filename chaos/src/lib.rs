@@ -1,0 +1,1 @@
+//! The chaos harness: not built yet, see issue 6.

@@ -1,0 +1,15 @@
+//! Generates the gRPC code for every `.proto` in this crate. A fresh machine has
+//! no `protoc`, so the vendored one from `protoc-bin-vendored` is used unless
+//! `PROTOC` is set.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("PROTOC").is_none() {
+        // SAFETY: build scripts are single-threaded at this point.
+        unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
+    }
+    tonic_prost_build::configure().compile_protos(
+        &["proto/etcd/kv.proto", "proto/etcd/rpc.proto", "proto/keel/raft.proto"],
+        &["proto"],
+    )?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

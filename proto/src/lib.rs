@@ -1,0 +1,20 @@
+//! Keel's wire contracts: the etcd v3 client API subset (`etcdserverpb`,
+//! `mvccpb`) and the masters' internal Raft transport (`keelraft`).
+
+/// etcd's MVCC key-value and event messages.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd v3 client API: KV, Watch, Lease, Cluster, Maintenance.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// The Raft transport between masters.
+pub mod keelraft {
+    tonic::include_proto!("keelraft");
+}
+
+/// Requests larger than this are refused, as etcd's default `--max-request-bytes`.
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;

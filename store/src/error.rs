@@ -1,0 +1,112 @@
+//! Errors of the store, each mapped to the gRPC code and message etcd returns
+//! for the same failure, so etcd clients recognise them.
+
+use tonic::Code;
+
+/// A failure that the etcd API reports to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: invalid compare: {0}")]
+    InvalidCompare(String),
+    #[error("etcdserver: {0}")]
+    InvalidArgument(String),
+    #[error("etcdserver: {0}")]
+    Unavailable(String),
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl EtcdError {
+    /// The gRPC code etcd uses for this error.
+    pub fn code(&self) -> Code {
+        use EtcdError::*;
+        match self {
+            EmptyKey | KeyNotFound | DuplicateKey | TooManyOps | RequestTooLarge
+            | InvalidCompare(_) | InvalidArgument(_) => Code::InvalidArgument,
+            Compacted | FutureRevision => Code::OutOfRange,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExists | NotEnoughStartedMembers | BadLeaderTransferee | NotLeader
+            | PeerUrlExists => Code::FailedPrecondition,
+            NoLeader | Unavailable(_) | Timeout => Code::Unavailable,
+            Internal(_) => Code::Internal,
+        }
+    }
+
+    /// Rebuilds an error from a code and message carried through the Raft log.
+    pub fn from_parts(code: i32, message: &str) -> Self {
+        let all = [
+            EtcdError::EmptyKey,
+            EtcdError::KeyNotFound,
+            EtcdError::DuplicateKey,
+            EtcdError::TooManyOps,
+            EtcdError::Compacted,
+            EtcdError::FutureRevision,
+            EtcdError::LeaseNotFound,
+            EtcdError::LeaseExists,
+        ];
+        for e in all {
+            if e.to_string() == message {
+                return e;
+            }
+        }
+        let msg = message.trim_start_matches("etcdserver: ").to_string();
+        match Code::from(code) {
+            Code::InvalidArgument => EtcdError::InvalidArgument(msg),
+            Code::Unavailable => EtcdError::Unavailable(msg),
+            _ => EtcdError::Internal(msg),
+        }
+    }
+}
+
+impl From<EtcdError> for tonic::Status {
+    fn from(e: EtcdError) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+/// Errors opening or running a store node.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("sled error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("raft error: {0}")]
+    Raft(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("transport error: {0}")]
+    Transport(String),
+}

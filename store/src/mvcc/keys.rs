@@ -1,0 +1,121 @@
+//! The layout of the key space inside the one sled tree: a one-byte prefix per
+//! kind of record, so one atomic sled batch can change all of them.
+
+/// `k` + user key → current `mvccpb::KeyValue`.
+pub const KV: u8 = b'k';
+/// `r` + revision (8 bytes BE) + sub-index (4 bytes BE) → `mvccpb::Event`
+/// (always with `prev_kv`, so history can be undone for reads at a revision).
+pub const REV: u8 = b'r';
+/// `l` + lease id (8 bytes BE) → `LeaseGrantRequest` (id, ttl).
+pub const LEASE: u8 = b'l';
+/// `a` + lease id (8 bytes BE) + user key → empty: keys attached to a lease.
+pub const ATTACH: u8 = b'a';
+/// `m` + name → metadata (revision, compaction, applied log id, membership).
+pub const META: u8 = b'm';
+
+pub const META_REVISION: &[u8] = b"mrevision";
+pub const META_COMPACT: &[u8] = b"mcompact";
+pub const META_APPLIED: &[u8] = b"mapplied";
+pub const META_MEMBERSHIP: &[u8] = b"mmembership";
+pub const META_CLUSTER_ID: &[u8] = b"mcluster_id";
+
+pub fn kv_key(user: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + 1);
+    k.push(KV);
+    k.extend_from_slice(user);
+    k
+}
+
+pub fn rev_key(rev: i64, sub: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.push(REV);
+    k.extend_from_slice(&(rev as u64).to_be_bytes());
+    k.extend_from_slice(&sub.to_be_bytes());
+    k
+}
+
+pub fn rev_of(key: &[u8]) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[1..9]);
+    u64::from_be_bytes(b) as i64
+}
+
+pub fn lease_key(id: i64) -> Vec<u8> {
+    let mut k = vec![LEASE];
+    k.extend_from_slice(&(id as u64).to_be_bytes());
+    k
+}
+
+pub fn attach_prefix(id: i64) -> Vec<u8> {
+    let mut k = vec![ATTACH];
+    k.extend_from_slice(&(id as u64).to_be_bytes());
+    k
+}
+
+pub fn attach_key(id: i64, user: &[u8]) -> Vec<u8> {
+    let mut k = attach_prefix(id);
+    k.extend_from_slice(user);
+    k
+}
+
+/// The sled key bounds `[start, end)` for an etcd user-key range. An empty
+/// `range_end` means the single key; `"\0"` means every key from `key` on.
+pub fn kv_bounds(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    let start = kv_key(key);
+    if range_end.is_empty() {
+        let mut end = start.clone();
+        end.push(0);
+        (start, Some(end))
+    } else if range_end == [0] {
+        (start, Some(vec![KV + 1]))
+    } else {
+        (start, Some(kv_key(range_end)))
+    }
+}
+
+/// True when `user` lies in the etcd range `[key, range_end)`.
+pub fn in_range(user: &[u8], key: &[u8], range_end: &[u8]) -> bool {
+    if range_end.is_empty() {
+        user == key
+    } else if range_end == [0] {
+        user >= key
+    } else {
+        user >= key && user < range_end
+    }
+}
+
+/// The smallest key greater than every key with `prefix` (etcd's `GetPrefixRangeEnd`).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_etcd_rules() {
+        assert!(in_range(b"a", b"a", b""));
+        assert!(!in_range(b"ab", b"a", b""));
+        assert!(in_range(b"ab", b"a", b"b"));
+        assert!(!in_range(b"b", b"a", b"b"));
+        assert!(in_range(b"zzz", b"a", b"\0"));
+        assert_eq!(prefix_end(b"a"), b"b");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn rev_keys_sort_by_revision() {
+        assert!(rev_key(2, 0) < rev_key(10, 0));
+        assert!(rev_key(2, 1) < rev_key(3, 0));
+        assert_eq!(rev_of(&rev_key(77, 3)), 77);
+    }
+}

@@ -1,0 +1,133 @@
+//! The etcd-shaped key space (the Raft state machine's data) in sled: one
+//! global revision, per-key create/mod revision and version, an event history
+//! kept until compaction, and leases.
+//!
+//! Everything lives in one sled tree so that each applied batch of Raft
+//! entries (data, events, applied log id, membership) is one atomic sled batch.
+//! sled is not fsynced per apply: a restart replays the Raft log from the
+//! applied index sled recovered. Before the log is purged past an index the
+//! tree is flushed (fsync) in `flush`, called by the snapshot builder.
+
+pub mod apply;
+pub mod keys;
+pub mod read;
+pub mod snapshot;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use keel_proto::mvccpb::Event;
+use prost::Message;
+use tokio::sync::broadcast;
+
+use crate::error::StoreError;
+
+/// The events of one applied batch, in revision order.
+#[derive(Debug)]
+pub struct EventBatch {
+    /// (revision, event) in the order they were applied.
+    pub events: Vec<(i64, Event)>,
+}
+
+/// The key space of one member.
+pub struct KvStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// Appliers hold it for writing; multi-key readers for reading, so a read
+    /// never sees half of an applied batch.
+    lock: RwLock<()>,
+    revision: AtomicI64,
+    compact_revision: AtomicI64,
+    events: broadcast::Sender<Arc<EventBatch>>,
+}
+
+impl KvStore {
+    /// Opens (or creates) the key space under `dir/kv.sled`.
+    pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
+        let db = sled::Config::new()
+            .path(dir.join("kv.sled"))
+            .cache_capacity(256 * 1024 * 1024)
+            .open()?;
+        let tree = db.open_tree("kv")?;
+        let (events, _) = broadcast::channel(4096);
+        let s = KvStore {
+            db,
+            tree,
+            lock: RwLock::new(()),
+            revision: AtomicI64::new(1),
+            compact_revision: AtomicI64::new(0),
+            events,
+        };
+        s.reload_counters()?;
+        Ok(Arc::new(s))
+    }
+
+    fn reload_counters(&self) -> Result<(), StoreError> {
+        let rev = self.get_i64(keys::META_REVISION)?.unwrap_or(1);
+        let compact = self.get_i64(keys::META_COMPACT)?.unwrap_or(0);
+        self.revision.store(rev, Ordering::SeqCst);
+        self.compact_revision.store(compact, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn get_i64(&self, key: &[u8]) -> Result<Option<i64>, sled::Error> {
+        Ok(self.tree.get(key)?.map(|v| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&v[..8]);
+            i64::from_be_bytes(b)
+        }))
+    }
+
+    /// The current (latest applied) revision.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::SeqCst)
+    }
+
+    /// The revision below which history has been compacted away.
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision.load(Ordering::SeqCst)
+    }
+
+    /// The cluster id recorded by the first membership entry, or 0.
+    pub fn cluster_id(&self) -> u64 {
+        self.get_i64(keys::META_CLUSTER_ID)
+            .ok()
+            .flatten()
+            .unwrap_or(0) as u64
+    }
+
+    /// A JSON metadata value (applied log id, membership).
+    pub fn meta_json<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
+        let v = self.tree.get(key).ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+
+    /// Subscribes to the events of every batch applied from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<EventBatch>> {
+        self.events.subscribe()
+    }
+
+    /// Runs `f` with a consistent view: no batch is applied meanwhile.
+    pub fn consistent<T>(&self, f: impl FnOnce(&sled::Tree) -> T) -> T {
+        let _g = self.lock.read().unwrap_or_else(|e| e.into_inner());
+        f(&self.tree)
+    }
+
+    /// Makes everything applied so far durable (fsync of sled's log).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Size of the sled files, for status reports.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+pub(crate) fn decode<M: Message + Default>(bytes: &[u8]) -> M {
+    // Records are written only by this module; a decode failure means the
+    // file is corrupt, which must stop the member rather than serve garbage.
+    M::decode(bytes).expect("corrupt record in key space")
+}

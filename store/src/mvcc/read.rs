@@ -1,0 +1,207 @@
+//! Reads of the key space: ranges at the current or a past revision, and the
+//! event history that watches replay.
+
+use std::collections::BTreeMap;
+
+use keel_proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader, range_request};
+use keel_proto::mvccpb::{Event, KeyValue};
+
+use super::keys::{self, in_range, kv_bounds};
+use super::{KvStore, decode};
+use crate::error::EtcdError;
+
+/// Every current key-value in `[key, range_end)`, sorted by key.
+pub fn scan_current(tree: &sled::Tree, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
+    let (start, end) = kv_bounds(key, range_end);
+    let iter = match end {
+        Some(e) => tree.range(start..e),
+        None => tree.range(start..),
+    };
+    iter.filter_map(|r| r.ok())
+        .map(|(_, v)| decode::<KeyValue>(&v))
+        .collect()
+}
+
+/// The key-values in `[key, range_end)` as they were at revision `at`: the
+/// current state with every later event undone, newest first.
+pub fn scan_at(tree: &sled::Tree, key: &[u8], range_end: &[u8], at: i64) -> Vec<KeyValue> {
+    let mut map: BTreeMap<Vec<u8>, KeyValue> = scan_current(tree, key, range_end)
+        .into_iter()
+        .map(|kv| (kv.key.clone(), kv))
+        .collect();
+    let from = keys::rev_key(at + 1, 0);
+    let to = vec![keys::REV + 1];
+    for item in tree.range(from..to).rev() {
+        let Ok((_, v)) = item else { continue };
+        let ev: Event = decode(&v);
+        let Some(kv) = ev.kv else { continue };
+        if !in_range(&kv.key, key, range_end) {
+            continue;
+        }
+        match ev.prev_kv {
+            Some(prev) => {
+                map.insert(kv.key.clone(), prev);
+            }
+            None => {
+                map.remove(&kv.key);
+            }
+        }
+    }
+    map.into_values().collect()
+}
+
+/// Applies a range request's options (filters, sort, limit, keys/count only)
+/// to the matching key-values, sorted by key.
+pub fn shape_range(mut kvs: Vec<KeyValue>, req: &RangeRequest, revision: i64) -> RangeResponse {
+    let count = kvs.len() as i64;
+    kvs.retain(|kv| {
+        (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+            && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+            && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+            && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+    });
+    use range_request::{SortOrder, SortTarget};
+    let order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+    let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+    let order = if order == SortOrder::None && target != SortTarget::Key {
+        SortOrder::Ascend
+    } else {
+        order
+    };
+    if order != SortOrder::None {
+        kvs.sort_by(|a, b| {
+            let o = match target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            };
+            if order == SortOrder::Descend { o.reverse() } else { o }
+        });
+    }
+    let mut more = false;
+    if req.limit > 0 && kvs.len() as i64 > req.limit {
+        kvs.truncate(req.limit as usize);
+        more = true;
+    }
+    if req.count_only {
+        kvs.clear();
+    } else if req.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    RangeResponse {
+        header: Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        }),
+        kvs,
+        more,
+        count,
+    }
+}
+
+impl KvStore {
+    /// A range over the committed key space (current or at `req.revision`).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
+        if req.key.is_empty() {
+            return Err(EtcdError::EmptyKey);
+        }
+        self.consistent(|tree| {
+            let cur = self.revision();
+            if req.revision > cur {
+                return Err(EtcdError::FutureRevision);
+            }
+            if req.revision > 0 && req.revision < self.compact_revision() {
+                return Err(EtcdError::Compacted);
+            }
+            let kvs = if req.revision <= 0 || req.revision == cur {
+                scan_current(tree, &req.key, &req.range_end)
+            } else {
+                scan_at(tree, &req.key, &req.range_end, req.revision)
+            };
+            Ok(shape_range(kvs, req, cur))
+        })
+    }
+
+    /// The events with revision in `[from, to]`, in order, plus the current
+    /// revision. Fails with `Compacted` when `from` is below the compaction.
+    pub fn events_between(&self, from: i64, to: Option<i64>) -> Result<(Vec<(i64, Event)>, i64), EtcdError> {
+        self.consistent(|tree| {
+            if from < self.compact_revision() {
+                return Err(EtcdError::Compacted);
+            }
+            let cur = self.revision();
+            let to = to.unwrap_or(cur).min(cur);
+            let mut out = Vec::new();
+            if from <= to {
+                for item in tree.range(keys::rev_key(from, 0)..keys::rev_key(to + 1, 0)) {
+                    let Ok((k, v)) = item else { continue };
+                    out.push((keys::rev_of(&k), decode::<Event>(&v)));
+                }
+            }
+            Ok((out, cur))
+        })
+    }
+
+    /// etcd's HashKV: a CRC-32 over every key-value at revision `at` (0 = now).
+    pub fn hash_kv(&self, at: i64) -> Result<(u32, i64, i64), EtcdError> {
+        self.consistent(|tree| {
+            let cur = self.revision();
+            let at = if at <= 0 { cur } else { at };
+            if at > cur {
+                return Err(EtcdError::FutureRevision);
+            }
+            let compact = self.compact_revision();
+            if at < compact {
+                return Err(EtcdError::Compacted);
+            }
+            let kvs = if at == cur {
+                scan_current(tree, &[0], &[0])
+            } else {
+                scan_at(tree, &[0], &[0], at)
+            };
+            let mut h = crc32fast::Hasher::new();
+            for kv in &kvs {
+                h.update(&(kv.key.len() as u64).to_be_bytes());
+                h.update(&kv.key);
+                h.update(&(kv.value.len() as u64).to_be_bytes());
+                h.update(&kv.value);
+                for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+                    h.update(&n.to_be_bytes());
+                }
+            }
+            Ok((h.finalize(), compact, at))
+        })
+    }
+
+    /// The lease's TTL and attached keys, if the lease exists.
+    pub fn lease(&self, id: i64) -> Option<(i64, Vec<Vec<u8>>)> {
+        self.consistent(|tree| {
+            let rec = tree.get(keys::lease_key(id)).ok()??;
+            let grant: keel_proto::etcdserverpb::LeaseGrantRequest = decode(&rec);
+            let prefix = keys::attach_prefix(id);
+            let attached = tree
+                .scan_prefix(&prefix)
+                .filter_map(|r| r.ok())
+                .map(|(k, _)| k[prefix.len()..].to_vec())
+                .collect();
+            Some((grant.ttl, attached))
+        })
+    }
+
+    /// Every lease as (id, ttl).
+    pub fn leases(&self) -> Vec<(i64, i64)> {
+        self.consistent(|tree| {
+            tree.scan_prefix([keys::LEASE])
+                .filter_map(|r| r.ok())
+                .map(|(_, v)| {
+                    let g: keel_proto::etcdserverpb::LeaseGrantRequest = decode(&v);
+                    (g.id, g.ttl)
+                })
+                .collect()
+        })
+    }
+}

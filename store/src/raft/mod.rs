@@ -1,0 +1,9 @@
+//! Everything that touches openraft: the type configuration, the storage
+//! adapters (log in redb, state machine over the sled key space) and the gRPC
+//! network. An openraft upgrade should only touch this folder.
+
+pub mod log_store;
+pub mod state_machine;
+pub mod types;
+
+pub use types::{Cmd, CmdResult, Member, Raft, TypeConfig, member_id};

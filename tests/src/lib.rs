@@ -1,0 +1,1 @@
+//! Shared helpers for Keel end-to-end tests.
