@@ -2,8 +2,13 @@
 //! in redb and whose state machine is an etcd-shaped MVCC key space in sled,
 //! served to clients through the etcd v3 gRPC API.
 
+pub mod config;
 pub mod error;
+pub mod etcd;
 pub mod mvcc;
+pub mod node;
 pub mod raft;
 
+pub use config::{NodeConfig, parse_initial_cluster};
 pub use error::{EtcdError, StoreError};
+pub use node::Node;

@@ -3,6 +3,8 @@
 //! network. An openraft upgrade should only touch this folder.
 
 pub mod log_store;
+pub mod network;
+pub mod service;
 pub mod state_machine;
 pub mod types;
 

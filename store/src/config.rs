@@ -1,0 +1,102 @@
+//! The configuration of one store member.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything needed to start one member.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Human-readable, unique name; the member id is derived from it.
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// Address the Raft gRPC server binds (`host:port`).
+    pub listen_peer: String,
+    /// Address the etcd-compatible client gRPC server binds.
+    pub listen_client: String,
+    /// Address peers use to reach this member (defaults to `listen_peer`).
+    pub advertise_peer: Option<String>,
+    /// Address clients use to reach this member (defaults to `listen_client`).
+    pub advertise_client: Option<String>,
+    /// `name=peer_addr` of every initial member (bootstrapping a new cluster).
+    pub initial_cluster: Vec<(String, String)>,
+    /// Peer or client address of a running member to join through.
+    pub join: Option<String>,
+    pub zone: String,
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Take a Raft snapshot (and allow log purging) every this many entries.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, for slow followers.
+    pub keep_behind_snapshot: u64,
+    /// Debug only: serve "linearizable" reads locally without read-index.
+    /// Exists so the chaos checker can prove it catches stale reads.
+    pub unsafe_local_reads: bool,
+}
+
+impl NodeConfig {
+    /// A config with Keel's defaults for the given identity and addresses.
+    pub fn new(name: &str, data_dir: PathBuf, listen_peer: &str, listen_client: &str) -> Self {
+        NodeConfig {
+            name: name.to_string(),
+            data_dir,
+            listen_peer: listen_peer.to_string(),
+            listen_client: listen_client.to_string(),
+            advertise_peer: None,
+            advertise_client: None,
+            initial_cluster: Vec::new(),
+            join: None,
+            zone: String::new(),
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(400),
+            election_max: Duration::from_millis(800),
+            snapshot_every: 10_000,
+            keep_behind_snapshot: 1_000,
+            unsafe_local_reads: false,
+        }
+    }
+
+    pub fn peer_addr(&self) -> String {
+        self.advertise_peer.clone().unwrap_or_else(|| self.listen_peer.clone())
+    }
+
+    pub fn client_addr(&self) -> String {
+        self.advertise_client
+            .clone()
+            .unwrap_or_else(|| self.listen_client.clone())
+    }
+}
+
+/// Parses `m1=127.0.0.1:7101,m2=...` into (name, address) pairs.
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("initial cluster entry {part:?} is not name=host:port"))?;
+        let addr = addr
+            .trim_start_matches("http://")
+            .trim_start_matches("https://");
+        if name.is_empty() || addr.is_empty() {
+            return Err(format!("initial cluster entry {part:?} is not name=host:port"));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(format!("member name {name:?} appears twice in the initial cluster"));
+        }
+        out.push((name.to_string(), addr.to_string()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_bad_entries() {
+        let v = parse_initial_cluster("m1=127.0.0.1:1,m2=http://127.0.0.1:2").unwrap();
+        assert_eq!(v[1], ("m2".into(), "127.0.0.1:2".into()));
+        assert!(parse_initial_cluster("m1").is_err());
+        assert!(parse_initial_cluster("m1=a:1,m1=b:2").is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! etcd's Maintenance service: status, hashes, snapshot streaming and leader
+//! transfer (alarms and defragmentation are accepted no-ops).
+
+use keel_proto::etcdserverpb::maintenance_server::Maintenance;
+use keel_proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+};
+use openraft::ServerState;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::Etcd;
+use crate::node::LeaderRequest;
+use crate::raft::log_store::LogStore;
+use crate::raft::service::BoxStream;
+
+/// The etcd API version Keel's subset follows.
+pub const API_VERSION: &str = "3.5.0";
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
+
+#[tonic::async_trait]
+impl Maintenance for Etcd {
+    async fn alarm(&self, _req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        Ok(Response::new(AlarmResponse {
+            header: self.header(0),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let m = self.node.metrics();
+        let db = self.node.kv.size_on_disk() + LogStore::disk_size(&self.node.cfg.data_dir);
+        let voter = m.membership_config.membership().voter_ids().any(|v| v == self.node.id);
+        let mut errors = Vec::new();
+        if m.current_leader.is_none() {
+            errors.push("etcdserver: no leader".to_string());
+        }
+        Ok(Response::new(StatusResponse {
+            header: self.header(0),
+            version: API_VERSION.into(),
+            db_size: db as i64,
+            leader: m.current_leader.unwrap_or(0),
+            raft_index: m.local_committed.map(|l| l.index).unwrap_or(0),
+            raft_term: m.current_term,
+            raft_applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            errors,
+            db_size_in_use: db as i64,
+            is_learner: !voter && m.state != ServerState::Leader,
+            zone: self.node.cfg.zone.clone(),
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        Ok(Response::new(DefragmentResponse {
+            header: self.header(0),
+        }))
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let (hash, _, rev) = self.node.kv.hash_kv(0)?;
+        Ok(Response::new(HashResponse {
+            header: self.header(rev),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let (hash, compact, rev) = self.node.kv.hash_kv(req.into_inner().revision)?;
+        Ok(Response::new(HashKvResponse {
+            header: self.header(0),
+            hash,
+            compact_revision: compact,
+            hash_revision: rev,
+        }))
+    }
+
+    type SnapshotStream = BoxStream<SnapshotResponse>;
+
+    /// Streams a dump of the key space followed by its SHA-256, the shape
+    /// etcd's own snapshot stream has (data, then a 32-byte checksum).
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let (mut data, _, _) = self.node.kv.dump();
+        let sum = Sha256::digest(&data);
+        data.extend_from_slice(&sum);
+        let header = self.header(0);
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let total = data.len();
+            let mut sent = 0;
+            for chunk in data.chunks(SNAPSHOT_CHUNK) {
+                sent += chunk.len();
+                let r = SnapshotResponse {
+                    header: header.clone(),
+                    remaining_bytes: (total - sent) as u64,
+                    blob: chunk.to_vec(),
+                    version: API_VERSION.into(),
+                };
+                if tx.send(Ok(r)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.node
+            .leader_call(LeaderRequest::TransferLeader(req.into_inner().target_id))
+            .await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.header(0),
+        }))
+    }
+}

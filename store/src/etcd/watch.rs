@@ -1,0 +1,237 @@
+//! etcd's Watch service: each watcher replays history from its start
+//! revision, then follows live events, delivering every event once and in
+//! revision order; a watcher that falls behind re-reads history instead of
+//! skipping events.
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+use keel_proto::etcdserverpb::watch_server::Watch;
+use keel_proto::etcdserverpb::{
+    WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request, watch_request,
+};
+use keel_proto::mvccpb::{Event, event};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Etcd;
+use crate::error::EtcdError;
+use crate::mvcc::keys::in_range;
+use crate::raft::service::BoxStream;
+
+/// Events per response when replaying history.
+const MAX_EVENTS_PER_RESPONSE: usize = 1000;
+
+#[tonic::async_trait]
+impl Watch for Etcd {
+    type WatchStream = BoxStream<WatchResponse>;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<WatchResponse, Status>>(256);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let mut watchers: HashMap<i64, tokio::task::JoinHandle<()>> = HashMap::new();
+            let mut next_id: i64 = 0;
+            while let Some(Ok(msg)) = inbound.next().await {
+                match msg.request_union {
+                    Some(watch_request::RequestUnion::CreateRequest(c)) => {
+                        let id = if c.watch_id != 0 { c.watch_id } else { next_id };
+                        watchers.retain(|_, h| !h.is_finished());
+                        if watchers.contains_key(&id) {
+                            let _ = tx
+                                .send(Ok(WatchResponse {
+                                    header: svc.header(0),
+                                    watch_id: id,
+                                    created: true,
+                                    canceled: true,
+                                    cancel_reason: "etcdserver: watch ID already in use".into(),
+                                    ..Default::default()
+                                }))
+                                .await;
+                            continue;
+                        }
+                        next_id = next_id.max(id + 1);
+                        let h = tokio::spawn(run_watcher(svc.clone(), id, c, tx.clone()));
+                        watchers.insert(id, h);
+                    }
+                    Some(watch_request::RequestUnion::CancelRequest(c)) => {
+                        if let Some(h) = watchers.remove(&c.watch_id) {
+                            h.abort();
+                        }
+                        let _ = tx
+                            .send(Ok(WatchResponse {
+                                header: svc.header(0),
+                                watch_id: c.watch_id,
+                                canceled: true,
+                                ..Default::default()
+                            }))
+                            .await;
+                    }
+                    Some(watch_request::RequestUnion::ProgressRequest(_)) => {
+                        let _ = tx
+                            .send(Ok(WatchResponse {
+                                header: svc.header(0),
+                                watch_id: -1,
+                                ..Default::default()
+                            }))
+                            .await;
+                    }
+                    None => {}
+                }
+            }
+            for (_, h) in watchers {
+                h.abort();
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Does this watcher want this event, and in what shape?
+fn shape(c: &WatchCreateRequest, ev: &Event) -> Option<Event> {
+    let kv = ev.kv.as_ref()?;
+    if !in_range(&kv.key, &c.key, &c.range_end) {
+        return None;
+    }
+    let is_put = ev.r#type == event::EventType::Put as i32;
+    for f in &c.filters {
+        let f = watch_create_request::FilterType::try_from(*f).ok();
+        if (f == Some(watch_create_request::FilterType::Noput) && is_put)
+            || (f == Some(watch_create_request::FilterType::Nodelete) && !is_put)
+        {
+            return None;
+        }
+    }
+    let mut ev = ev.clone();
+    if !c.prev_kv {
+        ev.prev_kv = None;
+    }
+    Some(ev)
+}
+
+async fn send_events(
+    svc: &Etcd,
+    id: i64,
+    c: &WatchCreateRequest,
+    events: &[(i64, Event)],
+    tx: &mpsc::Sender<Result<WatchResponse, Status>>,
+) -> bool {
+    let mut out = Vec::new();
+    let mut last = 0;
+    for (i, (rev, ev)) in events.iter().enumerate() {
+        if let Some(e) = shape(c, ev) {
+            out.push(e);
+            last = *rev;
+        }
+        // Never split one revision across responses.
+        let boundary = events.get(i + 1).is_none_or(|(r, _)| r != rev);
+        if out.len() >= MAX_EVENTS_PER_RESPONSE && boundary {
+            let batch = std::mem::take(&mut out);
+            if !send(tx, svc, id, batch, last).await {
+                return false;
+            }
+        }
+    }
+    out.is_empty() || send(tx, svc, id, out, last).await
+}
+
+async fn send(
+    tx: &mpsc::Sender<Result<WatchResponse, Status>>,
+    svc: &Etcd,
+    id: i64,
+    events: Vec<Event>,
+    rev: i64,
+) -> bool {
+    tx.send(Ok(WatchResponse {
+        header: svc.header(rev),
+        watch_id: id,
+        events,
+        ..Default::default()
+    }))
+    .await
+    .is_ok()
+}
+
+async fn cancel_compacted(svc: &Etcd, id: i64, tx: &mpsc::Sender<Result<WatchResponse, Status>>) {
+    let _ = tx
+        .send(Ok(WatchResponse {
+            header: svc.header(0),
+            watch_id: id,
+            canceled: true,
+            compact_revision: svc.node.kv.compact_revision(),
+            cancel_reason: EtcdError::Compacted.to_string(),
+            ..Default::default()
+        }))
+        .await;
+}
+
+async fn run_watcher(
+    svc: Etcd,
+    id: i64,
+    c: WatchCreateRequest,
+    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+) {
+    let kv = svc.node.kv.clone();
+    // Subscribe before reading history, so nothing falls between the two.
+    let mut live = kv.subscribe();
+    let cur = kv.revision();
+    let mut next = if c.start_revision <= 0 {
+        cur + 1
+    } else {
+        c.start_revision
+    };
+    let created = WatchResponse {
+        header: svc.header(cur),
+        watch_id: id,
+        created: true,
+        ..Default::default()
+    };
+    if tx.send(Ok(created)).await.is_err() {
+        return;
+    }
+    loop {
+        // Catch up from the stored history.
+        match kv.events_between(next, None) {
+            Err(_) => {
+                cancel_compacted(&svc, id, &tx).await;
+                return;
+            }
+            Ok((events, upto)) => {
+                if !send_events(&svc, id, &c, &events, &tx).await {
+                    return;
+                }
+                next = next.max(upto + 1);
+            }
+        }
+        // Follow live batches until lagging or a snapshot forces a re-read.
+        loop {
+            match live.recv().await {
+                Ok(batch) => {
+                    if batch.events.is_empty() {
+                        break;
+                    }
+                    let fresh: Vec<(i64, Event)> = batch
+                        .events
+                        .iter()
+                        .filter(|(r, _)| *r >= next)
+                        .cloned()
+                        .collect();
+                    if let Some((r, _)) = fresh.last() {
+                        let r = *r;
+                        if !send_events(&svc, id, &c, &fresh, &tx).await {
+                            return;
+                        }
+                        next = r + 1;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}

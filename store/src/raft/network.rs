@@ -1,0 +1,194 @@
+//! The client side of the Raft transport: openraft's RPCs to peers over tonic
+//! gRPC (`keelraft.RaftService`), with openraft messages as JSON payloads.
+
+use std::future::Future;
+use std::time::Duration;
+
+use keel_proto::keelraft::raft_service_client::RaftServiceClient;
+use keel_proto::keelraft::{RaftPayload, SnapshotChunk};
+use openraft::error::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::raft::state_machine::SnapshotData;
+use crate::raft::types::{Member, TypeConfig};
+
+type C = TypeConfig;
+type VoteC = openraft::alias::VoteOf<C>;
+type SnapshotC = openraft::alias::SnapshotOf<C, SnapshotData>;
+
+/// Size of one snapshot chunk on the wire.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// Opens lazily connected gRPC channels to peers.
+#[derive(Clone, Default)]
+pub struct NetworkFactory;
+
+/// A connection to one peer.
+pub struct PeerClient {
+    target: u64,
+    addr: String,
+    client: RaftServiceClient<Channel>,
+}
+
+/// A lazily connecting channel to `addr` (`host:port`).
+pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+impl RaftNetworkFactory<C> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
+        let ch = channel(&node.peer_addr).unwrap_or_else(|_| {
+            // An unparsable address yields a channel that never connects;
+            // every RPC then fails as Unreachable and openraft backs off.
+            Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
+        });
+        PeerClient {
+            target,
+            addr: node.peer_addr.clone(),
+            client: RaftServiceClient::new(ch)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        }
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> RaftPayload {
+    RaftPayload {
+        data: serde_json::to_vec(v).expect("openraft messages serialize"),
+    }
+}
+
+impl PeerClient {
+    async fn call<Req: Serialize, Resp: DeserializeOwned, Fut>(
+        &mut self,
+        req: &Req,
+        ttl: Duration,
+        f: impl FnOnce(RaftServiceClient<Channel>, RaftPayload) -> Fut,
+    ) -> Result<Resp, RPCError<C>>
+    where
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let fut = f(self.client.clone(), encode(req));
+        let resp = match tokio::time::timeout(ttl, fut).await {
+            Err(_) => {
+                return Err(RPCError::Network(NetworkError::from_string(format!(
+                    "peer {} ({}): no answer within {ttl:?}",
+                    self.target, self.addr
+                ))));
+            }
+            Ok(Err(status)) => {
+                return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                    "peer {} ({}): {}",
+                    self.target,
+                    self.addr,
+                    status.message()
+                ))));
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let result: Result<Resp, String> = serde_json::from_slice(&resp.data)
+            .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        result.map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
+    }
+}
+
+impl RaftNetworkV2<C> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        self.call(&rpc, option.hard_ttl(), |mut c, p| async move {
+            c.append_entries(p).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.call(&rpc, option.hard_ttl(), |mut c, p| async move { c.vote(p).await })
+            .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.call(&rpc, option.hard_ttl(), |mut c, p| async move {
+            c.pre_vote(p).await
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<C>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
+        self.call(&req, option.hard_ttl(), |mut c, p| async move {
+            c.transfer_leader(p).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteC,
+        snapshot: SnapshotC,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let header = serde_json::to_vec(&(&vote, &snapshot.meta))
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+        let data = snapshot.snapshot;
+        let mut chunks = vec![SnapshotChunk {
+            header,
+            data: Vec::new(),
+        }];
+        for part in data.chunks(SNAPSHOT_CHUNK) {
+            chunks.push(SnapshotChunk {
+                header: Vec::new(),
+                data: part.to_vec(),
+            });
+        }
+        let mut client = self.client.clone();
+        let send = async move {
+            client
+                .install_snapshot(futures::stream::iter(chunks))
+                .await
+        };
+        let resp = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = send => r,
+        };
+        let resp = resp.map_err(|s| {
+            StreamingError::Unreachable(Unreachable::from_string(s.message().to_string()))
+        })?;
+        let result: Result<SnapshotResponse<C>, String> =
+            serde_json::from_slice(&resp.into_inner().data)
+                .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+        result.map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))
+    }
+}

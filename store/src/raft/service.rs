@@ -1,0 +1,131 @@
+//! The server side of the Raft transport: hands peers' RPCs to the local
+//! openraft instance, and answers read-index requests from followers.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use keel_proto::keelraft::raft_service_server::RaftService;
+use keel_proto::keelraft::{RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk};
+use openraft::ReadPolicy;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::node::{FORWARDED, LeaderError, LeaderRequest, Node};
+use crate::raft::types::{Raft, TypeConfig};
+
+type C = TypeConfig;
+type VoteC = openraft::alias::VoteOf<C>;
+type SnapshotMetaC = openraft::alias::SnapshotMetaOf<C>;
+
+/// gRPC service for peers.
+pub struct RaftGrpc {
+    raft: Raft,
+    node: Arc<Node>,
+}
+
+impl RaftGrpc {
+    pub fn new(node: Arc<Node>) -> Self {
+        RaftGrpc {
+            raft: node.raft.clone(),
+            node,
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, Status> {
+    serde_json::from_slice(&p.data).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Response<RaftPayload>, Status> {
+    let r: Result<T, String> = r.map_err(|e| e.to_string());
+    let data = serde_json::to_vec(&r).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftPayload { data }))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftGrpc {
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        reply(self.raft.vote(decode(req.get_ref())?).await)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        reply(self.raft.pre_vote(decode(req.get_ref())?).await)
+    }
+
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        reply(self.raft.append_entries(decode(req.get_ref())?).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let (vote, meta): (VoteC, SnapshotMetaC) = serde_json::from_slice(&first.header)
+            .map_err(|e| Status::invalid_argument(format!("bad snapshot header: {e}")))?;
+        let mut data = first.data;
+        while let Some(chunk) = stream.next().await {
+            data.extend_from_slice(&chunk?.data);
+        }
+        let snapshot = openraft::alias::SnapshotOf::<C, Vec<u8>> {
+            meta,
+            snapshot: data,
+        };
+        reply(self.raft.install_full_snapshot(vote, snapshot).await)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        reply(self.raft.handle_transfer_leader(decode(req.get_ref())?).await)
+    }
+
+    async fn leader(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let r: LeaderRequest = decode(req.get_ref())?;
+        // A request forwarded by a member is served only if this member
+        // leads, so it never bounces between members; one from outside (a
+        // joining member) is forwarded to the leader once.
+        let result = if forwarded {
+            self.node.serve_leader(r).await
+        } else {
+            self.node.leader_call(r).await.map_err(LeaderError::from)
+        };
+        let data = serde_json::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(RaftPayload { data }))
+    }
+
+    async fn read_index(
+        &self,
+        _req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        let index = read_index(&self.raft).await?;
+        Ok(Response::new(ReadIndexResponse {
+            read_log_id: serde_json::to_vec(&index).unwrap_or_default(),
+        }))
+    }
+}
+
+/// On the leader: confirms leadership with a quorum (ReadIndex) and returns
+/// the log index a linearizable read must wait for.
+pub async fn read_index(raft: &Raft) -> Result<u64, Status> {
+    let fut = raft.get_read_linearizer(ReadPolicy::ReadIndex);
+    match tokio::time::timeout(Duration::from_secs(3), fut).await {
+        Err(_) => Err(Status::unavailable("etcdserver: request timed out")),
+        Ok(Err(e)) => Err(Status::unavailable(format!("etcdserver: not leader: {e}"))),
+        Ok(Ok(lin)) => Ok(lin.read_log_id().index()),
+    }
+}
+
+pub type BoxStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
