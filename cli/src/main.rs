@@ -1,1 +1,68 @@
-fn main() {}
+//! `keel`: the single binary. Masters (`keel master`), a local HA cluster
+//! (`keel up`), cluster administration (`keel cluster ...`) and benchmarks
+//! (`keel bench ...`).
+
+mod bench;
+mod client;
+mod cluster;
+mod master;
+mod up;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "keel", version, about = "Keel: a container orchestrator with its own Raft store")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one master (a member of the Raft store).
+    Master(master::MasterArgs),
+    /// Start a local HA cluster as child processes; Ctrl-C stops it.
+    Up(up::UpArgs),
+    /// Inspect and change cluster membership.
+    Cluster(cluster::ClusterArgs),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Master(a) => master::run(a).await,
+            Cmd::Up(a) => up::run(a).await,
+            Cmd::Cluster(a) => cluster::run(a).await,
+            Cmd::Bench(b) => bench::run(b).await,
+        }
+    })
+}

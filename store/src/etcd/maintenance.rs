@@ -89,13 +89,15 @@ impl Maintenance for Etcd {
 
     type SnapshotStream = BoxStream<SnapshotResponse>;
 
-    /// Streams a dump of the key space followed by its SHA-256, the shape
-    /// etcd's own snapshot stream has (data, then a 32-byte checksum).
+    /// Streams a dump of the key space (padded to 512-byte pages) followed by
+    /// its SHA-256, the shape etcd's own snapshot stream has.
     async fn snapshot(
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let (mut data, _, _) = self.node.kv.dump();
+        // etcdctl checks that the data is a whole number of 512-byte pages.
+        crate::mvcc::snapshot::pad(&mut data, 512);
         let sum = Sha256::digest(&data);
         data.extend_from_slice(&sum);
         let header = self.header(0);

@@ -3,7 +3,8 @@
 //!
 //! Format: the magic line `KEELSNAP1\n`, then records of
 //! `u32 key length, key, u32 value length, value` (big-endian) for every
-//! record of the tree, in key order.
+//! record of the tree, in key order. A zero key length (no record key is
+//! empty) ends the records; only zero padding may follow it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -72,6 +73,16 @@ impl KvStore {
     }
 }
 
+/// Pads a dump with zeros to a multiple of `block` bytes (an end marker
+/// first), e.g. for etcdctl, which expects bbolt-page-sized snapshots.
+pub fn pad(data: &mut Vec<u8>, block: usize) {
+    data.extend_from_slice(&[0, 0, 0, 0]);
+    let rem = data.len() % block;
+    if rem != 0 {
+        data.resize(data.len() + block - rem, 0);
+    }
+}
+
 /// Decodes a dump into its records; any truncation or bad magic is an error.
 pub fn parse(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
     let bad = |what: &str| StoreError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt snapshot: {what}")));
@@ -93,6 +104,12 @@ pub fn parse(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         Ok(v)
     };
     while !rest.is_empty() {
+        if rest.len() >= 4 && rest[..4] == [0, 0, 0, 0] {
+            if rest.iter().any(|b| *b != 0) {
+                return Err(bad("garbage after the end marker"));
+            }
+            break;
+        }
         let k = take(&mut rest)?;
         let v = take(&mut rest)?;
         out.push((k, v));

@@ -1,0 +1,329 @@
+//! A cluster of real master processes on loopback: Keel masters (the `keel`
+//! binary) or, for comparison benchmarks, etcd members. Members can be
+//! killed, paused, resumed and restarted with their data intact.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keel_proto::etcdserverpb::StatusRequest;
+use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+
+/// Errors starting or driving a process cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cluster not ready within {0:?}: {1}")]
+    NotReady(Duration, String),
+}
+
+/// Which server the members run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Keel,
+    Etcd,
+}
+
+/// One member: its identity, ports and process.
+pub struct MemberProc {
+    pub name: String,
+    pub zone: String,
+    pub peer_port: u16,
+    pub client_port: u16,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl MemberProc {
+    pub fn client_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+    pub fn peer_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.peer_port)
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A set of member processes; dropping it kills them all.
+pub struct ProcessCluster {
+    pub flavor: Flavor,
+    bin: PathBuf,
+    pub members: Vec<MemberProc>,
+    extra_args: Vec<String>,
+    log_dir: PathBuf,
+}
+
+const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+
+impl ProcessCluster {
+    /// Starts `n` members under `dir`. With `ports = Some((peer, client))`
+    /// member `i` uses `peer+i` and `client+i`; with `None`, free ports.
+    pub fn start(
+        flavor: Flavor,
+        bin: &Path,
+        dir: &Path,
+        n: usize,
+        ports: Option<(u16, u16)>,
+        extra_args: &[String],
+    ) -> Result<Self, ClusterError> {
+        std::fs::create_dir_all(dir)?;
+        let prefix = if flavor == Flavor::Keel { "m" } else { "e" };
+        let members = (0..n)
+            .map(|i| {
+                let (peer_port, client_port) = match ports {
+                    None => (free_port(), free_port()),
+                    Some((p, c)) => (p + i as u16, c + i as u16),
+                };
+                MemberProc {
+                    name: format!("{prefix}{}", i + 1),
+                    zone: ZONES[i % ZONES.len()].to_string(),
+                    peer_port,
+                    client_port,
+                    data_dir: dir.join(format!("{prefix}{}", i + 1)),
+                    child: None,
+                }
+            })
+            .collect();
+        let mut c = ProcessCluster {
+            flavor,
+            bin: bin.to_path_buf(),
+            members,
+            extra_args: extra_args.to_vec(),
+            log_dir: dir.join("logs"),
+        };
+        std::fs::create_dir_all(&c.log_dir)?;
+        for i in 0..n {
+            c.spawn(i)?;
+        }
+        Ok(c)
+    }
+
+    fn initial_cluster(&self) -> String {
+        let scheme = if self.flavor == Flavor::Etcd { "http://" } else { "" };
+        self.members
+            .iter()
+            .map(|m| format!("{}={scheme}{}", m.name, m.peer_addr()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), ClusterError> {
+        let initial = self.initial_cluster();
+        let m = &self.members[i];
+        let mut cmd = Command::new(&self.bin);
+        match self.flavor {
+            Flavor::Keel => {
+                cmd.arg("master")
+                    .args(["--name", &m.name])
+                    .arg("--data-dir")
+                    .arg(&m.data_dir)
+                    .args(["--listen-peer", &m.peer_addr()])
+                    .args(["--listen-client", &m.client_addr()])
+                    .args(["--initial-cluster", &initial])
+                    .args(["--zone", &m.zone])
+                    .args(&self.extra_args);
+            }
+            Flavor::Etcd => {
+                let peer = format!("http://{}", m.peer_addr());
+                let client = format!("http://{}", m.client_addr());
+                cmd.args(["--name", &m.name])
+                    .arg("--data-dir")
+                    .arg(&m.data_dir)
+                    .args(["--listen-peer-urls", &peer])
+                    .args(["--initial-advertise-peer-urls", &peer])
+                    .args(["--listen-client-urls", &client])
+                    .args(["--advertise-client-urls", &client])
+                    .args(["--initial-cluster", &initial])
+                    .args(["--initial-cluster-state", "new"])
+                    .args(["--initial-cluster-token", "keel-bench"])
+                    .args(&self.extra_args);
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join(format!("{}.log", m.name)))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to
+        // SIGKILL the member if the spawning thread dies, so a crashed test
+        // or `keel up` never leaves members behind.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| ClusterError::Spawn {
+            what: format!("{} ({})", m.name, self.bin.display()),
+            source,
+        })?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    /// Client endpoints (`host:port`) of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_addr()).collect()
+    }
+
+    /// Where member `i` writes its log.
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.log_dir.join(format!("{}.log", self.members[i].name))
+    }
+
+    fn signal(&self, i: usize, sig: i32) {
+        if let Some(pid) = self.members[i].pid() {
+            // SAFETY: kill(2) on a child we spawned and have not reaped.
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
+        }
+    }
+
+    /// SIGKILL member `i` and reap it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM member `i`, waiting up to `grace` before SIGKILL.
+    pub fn stop(&mut self, i: usize, grace: Duration) {
+        self.signal(i, libc::SIGCONT);
+        self.signal(i, libc::SIGTERM);
+        if let Some(mut c) = self.members[i].child.take() {
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP member `i`.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+    }
+
+    /// SIGCONT member `i`.
+    pub fn resume(&self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+    }
+
+    /// Starts member `i` again on its data dir (kills it first if running).
+    pub fn restart(&mut self, i: usize) -> Result<(), ClusterError> {
+        self.kill(i);
+        self.spawn(i)
+    }
+
+    /// Asks member `i` for its status: (member id, leader id, raft term).
+    pub async fn status(&self, i: usize) -> Option<(u64, u64, u64)> {
+        let ep = format!("http://{}", self.members[i].client_addr());
+        let ch = tonic::transport::Endpoint::from_shared(ep)
+            .ok()?
+            .connect_timeout(Duration::from_millis(300))
+            .timeout(Duration::from_millis(800))
+            .connect()
+            .await
+            .ok()?;
+        let r = MaintenanceClient::new(ch)
+            .status(StatusRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        let id = r.header.map(|h| h.member_id).unwrap_or(0);
+        Some((id, r.leader, r.raft_term))
+    }
+
+    /// The index of the member every running member agrees is leader.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for i in 0..self.members.len() {
+            if !self.members[i].is_running() {
+                ids.push(None);
+                continue;
+            }
+            match self.status(i).await {
+                Some((id, l, _)) => {
+                    ids.push(Some(id));
+                    if l == 0 || leader.is_some_and(|x| x != l) {
+                        return None;
+                    }
+                    leader = Some(l);
+                }
+                None => return None,
+            }
+        }
+        let l = leader?;
+        ids.iter().position(|id| *id == Some(l))
+    }
+
+    /// Polls until every running member answers and all agree on a leader.
+    pub async fn wait_ready(&self, max: Duration) -> Result<usize, ClusterError> {
+        let deadline = Instant::now() + max;
+        loop {
+            if let Some(l) = self.leader().await {
+                return Ok(l);
+            }
+            if Instant::now() >= deadline {
+                let mut last_lines = String::new();
+                for i in 0..self.members.len() {
+                    let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    last_lines.push_str(&format!(
+                        "\n--- {} ---\n{}",
+                        self.members[i].name,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    ));
+                }
+                return Err(ClusterError::NotReady(max, last_lines));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every member gracefully.
+    pub fn stop_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.stop(i, Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.signal(i, libc::SIGCONT);
+            self.kill(i);
+        }
+    }
+}

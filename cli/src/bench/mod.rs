@@ -1,0 +1,22 @@
+//! `keel bench ...`: benchmarks that print figures. Each drives any etcd v3
+//! endpoint set, so Keel and a real etcd get exactly the same workload.
+
+mod failover;
+mod kv;
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Put or get throughput and latency against etcd-v3 endpoints (Keel or etcd).
+    Kv(kv::KvArgs),
+    /// Write unavailability after SIGKILL of the leader, on a cluster it starts.
+    Failover(failover::FailoverArgs),
+}
+
+pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Kv(a) => kv::run(a).await,
+        BenchCmd::Failover(a) => failover::run(a).await,
+    }
+}

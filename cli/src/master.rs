@@ -1,0 +1,90 @@
+//! `keel master`: runs one member of the store until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use keel_store::{Node, NodeConfig, parse_initial_cluster};
+
+#[derive(Args, Debug, Clone)]
+pub struct MasterArgs {
+    /// Unique member name; the member id derives from it, so it never changes.
+    #[arg(long, env = "KEEL_NAME")]
+    pub name: String,
+    /// Where the Raft log (redb), key space (sled) and snapshots live.
+    #[arg(long, env = "KEEL_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Address for Raft traffic from other masters.
+    #[arg(long, env = "KEEL_LISTEN_PEER", default_value = "127.0.0.1:7101")]
+    pub listen_peer: String,
+    /// Address for clients (etcd v3 gRPC API).
+    #[arg(long, env = "KEEL_LISTEN_CLIENT", default_value = "127.0.0.1:2479")]
+    pub listen_client: String,
+    /// Peer address other masters use, if not the listen address.
+    #[arg(long, env = "KEEL_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+    /// Client address clients use, if not the listen address.
+    #[arg(long, env = "KEEL_ADVERTISE_CLIENT")]
+    pub advertise_client: Option<String>,
+    /// Bootstrap a new cluster: name=peer-address of every initial member.
+    #[arg(long, env = "KEEL_INITIAL_CLUSTER", conflicts_with = "join")]
+    pub initial_cluster: Option<String>,
+    /// Join a running cluster through the peer address of one of its members.
+    #[arg(long, env = "KEEL_JOIN")]
+    pub join: Option<String>,
+    /// Failure domain of this master.
+    #[arg(long, env = "KEEL_ZONE", default_value = "")]
+    pub zone: String,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "KEEL_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout in milliseconds.
+    #[arg(long, env = "KEEL_ELECTION_MIN_MS", default_value_t = 400)]
+    pub election_min_ms: u64,
+    /// Maximum election timeout in milliseconds.
+    #[arg(long, env = "KEEL_ELECTION_MAX_MS", default_value_t = 800)]
+    pub election_max_ms: u64,
+    /// Take a Raft snapshot every this many log entries.
+    #[arg(long, env = "KEEL_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot for slow followers.
+    #[arg(long, env = "KEEL_KEEP_BEHIND_SNAPSHOT", default_value_t = 1_000)]
+    pub keep_behind_snapshot: u64,
+    /// DEBUG ONLY, UNSAFE: serve linearizable reads locally without
+    /// read-index (lets the chaos checker prove it catches stale reads).
+    #[arg(long, env = "KEEL_UNSAFE_LOCAL_READS", hide = true)]
+    pub unsafe_local_reads: bool,
+}
+
+pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
+    let mut cfg = NodeConfig::new(&a.name, a.data_dir.clone(), &a.listen_peer, &a.listen_client);
+    cfg.advertise_peer = a.advertise_peer;
+    cfg.advertise_client = a.advertise_client;
+    cfg.initial_cluster = match &a.initial_cluster {
+        Some(s) => parse_initial_cluster(s).map_err(anyhow::Error::msg)?,
+        None => Vec::new(),
+    };
+    cfg.join = a.join;
+    cfg.zone = a.zone;
+    cfg.heartbeat = Duration::from_millis(a.heartbeat_ms);
+    cfg.election_min = Duration::from_millis(a.election_min_ms);
+    cfg.election_max = Duration::from_millis(a.election_max_ms);
+    cfg.snapshot_every = a.snapshot_every;
+    cfg.keep_behind_snapshot = a.keep_behind_snapshot;
+    cfg.unsafe_local_reads = a.unsafe_local_reads;
+    if cfg.unsafe_local_reads {
+        tracing::warn!("--unsafe-local-reads is on: linearizable reads may be stale. Never use this outside chaos tests.");
+    }
+    let node = Node::start(cfg)
+        .await
+        .with_context(|| format!("starting master {}", a.name))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
