@@ -38,6 +38,8 @@ pub struct MemberProc {
     pub peer_port: u16,
     pub client_port: u16,
     pub data_dir: PathBuf,
+    /// Peer address this member joined through (None: an initial member).
+    pub joined_via: Option<String>,
     child: Option<Child>,
 }
 
@@ -100,6 +102,7 @@ impl ProcessCluster {
                     peer_port,
                     client_port,
                     data_dir: dir.join(format!("{prefix}{}", i + 1)),
+                    joined_via: None,
                     child: None,
                 }
             })
@@ -139,8 +142,12 @@ impl ProcessCluster {
                     .arg(&m.data_dir)
                     .args(["--listen-peer", &m.peer_addr()])
                     .args(["--listen-client", &m.client_addr()])
-                    .args(["--initial-cluster", &initial])
-                    .args(["--zone", &m.zone])
+                    .args(["--zone", &m.zone]);
+                match &m.joined_via {
+                    Some(via) => cmd.args(["--join", via]),
+                    None => cmd.args(["--initial-cluster", &initial]),
+                };
+                cmd
                     .args(&self.extra_args);
             }
             Flavor::Etcd => {
@@ -182,6 +189,37 @@ impl ProcessCluster {
         })?;
         self.members[i].child = Some(child);
         Ok(())
+    }
+
+    /// Starts a new Keel member that joins through member `via`'s peer
+    /// address (learner, catch-up, promotion); returns its index.
+    pub fn add_member(&mut self, via: usize) -> Result<usize, ClusterError> {
+        let i = self.members.len();
+        let dir = self.members[0]
+            .data_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        self.members.push(MemberProc {
+            name: format!("m{}", i + 1),
+            zone: ZONES[i % ZONES.len()].to_string(),
+            peer_port: free_port(),
+            client_port: free_port(),
+            data_dir: dir.join(format!("m{}", i + 1)),
+            joined_via: Some(self.members[via].peer_addr()),
+            child: None,
+        });
+        self.spawn(i)?;
+        Ok(i)
+    }
+
+    /// Restarts member `i` on its data dir but on new free ports, as when a
+    /// machine gets a new address.
+    pub fn restart_on_new_ports(&mut self, i: usize) -> Result<(), ClusterError> {
+        self.kill(i);
+        self.members[i].peer_port = free_port();
+        self.members[i].client_port = free_port();
+        self.spawn(i)
     }
 
     /// Client endpoints (`host:port`) of every member.

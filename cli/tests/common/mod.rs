@@ -1,0 +1,110 @@
+//! Shared helpers for end-to-end tests that run real `keel` processes.
+//! (They live in the `keel` package because Cargo only hands a binary's
+//! path, `CARGO_BIN_EXE_keel`, to that package's own tests.)
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use keel_chaos::{Flavor, ProcessCluster};
+use keel_proto::etcdserverpb::kv_client::KvClient;
+use keel_proto::etcdserverpb::{PutRequest, RangeRequest};
+use tonic::transport::{Channel, Endpoint};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_keel"))
+}
+
+/// A process cluster in its own temp dir (removed on drop, after the members).
+pub struct TestCluster {
+    pub c: ProcessCluster,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts `n` Keel masters on free loopback ports and waits for a leader.
+pub async fn start(n: usize, extra: &[&str]) -> TestCluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let c = ProcessCluster::start(Flavor::Keel, &bin(), dir.path(), n, None, &extra)
+        .expect("start cluster");
+    c.wait_ready(Duration::from_secs(30)).await.expect("cluster ready");
+    TestCluster { c, dir }
+}
+
+pub async fn channel(ep: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{ep}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy()
+}
+
+pub async fn kv(ep: &str) -> KvClient<Channel> {
+    KvClient::new(channel(ep).await)
+}
+
+/// Polls `f` until it returns `Some`, failing the test after `max`.
+pub async fn poll<T, F, Fut>(max: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + max;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {max:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn put(ep: &str, key: &str, value: &str) -> Result<i64, tonic::Status> {
+    let r = kv(ep)
+        .await
+        .put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(r.into_inner().header.map(|h| h.revision).unwrap_or(0))
+}
+
+/// A get of one key; `None` if absent.
+pub async fn get(ep: &str, key: &str, serializable: bool) -> Result<Option<String>, tonic::Status> {
+    let r = kv(ep)
+        .await
+        .range(RangeRequest {
+            key: key.as_bytes().to_vec(),
+            serializable,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(r.kvs
+        .first()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+}
+
+/// All keys under `prefix`, read from `ep`.
+pub async fn keys_with_prefix(ep: &str, prefix: &str, serializable: bool) -> Result<Vec<String>, tonic::Status> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    let r = kv(ep)
+        .await
+        .range(RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: end,
+            keys_only: true,
+            serializable,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(r.kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect())
+}
