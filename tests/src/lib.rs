@@ -1,1 +1,81 @@
-//! Shared helpers for Keel end-to-end tests.
+//! Shared helpers for Keel's in-process end-to-end tests: real members (real
+//! sockets on 127.0.0.1, real redb and sled files in temp dirs) started as
+//! `keel_store::Node`s inside the test process.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use keel_chaos::free_port;
+use keel_store::{Node, NodeConfig};
+
+/// Members running in this process, with their temp dir.
+pub struct InProcessCluster {
+    pub nodes: Vec<Arc<Node>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl InProcessCluster {
+    /// Starts `n` members that bootstrap one cluster, waiting for a leader.
+    pub async fn start(n: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<(String, String)> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _))| (format!("m{}", i + 1), format!("127.0.0.1:{p}")))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (p, c)) in ports.iter().enumerate() {
+            let mut cfg = NodeConfig::new(
+                &format!("m{}", i + 1),
+                dir.path().join(format!("m{}", i + 1)),
+                &format!("127.0.0.1:{p}"),
+                &format!("127.0.0.1:{c}"),
+            );
+            cfg.initial_cluster = initial.clone();
+            cfg.zone = format!("zone-{i}");
+            nodes.push(Node::start(cfg).await?);
+        }
+        let c = InProcessCluster { nodes, dir };
+        poll(Duration::from_secs(20), "a leader", || async { c.leader() }).await;
+        Ok(c)
+    }
+
+    /// Index of the member that leads, if every member agrees.
+    pub fn leader(&self) -> Option<usize> {
+        let l = self.nodes[0].metrics().current_leader?;
+        if self.nodes.iter().all(|n| n.metrics().current_leader == Some(l)) {
+            self.nodes.iter().position(|n| n.id == l)
+        } else {
+            None
+        }
+    }
+
+    /// Client endpoint of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        self.nodes[i].cfg.client_addr()
+    }
+
+    pub async fn shutdown(&self) {
+        for n in &self.nodes {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, panicking after `max`.
+pub async fn poll<T, F, Fut>(max: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + max;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {max:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

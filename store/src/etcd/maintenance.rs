@@ -108,7 +108,7 @@ impl Maintenance for Etcd {
             for chunk in data.chunks(SNAPSHOT_CHUNK) {
                 sent += chunk.len();
                 let r = SnapshotResponse {
-                    header: header.clone(),
+                    header,
                     remaining_bytes: (total - sent) as u64,
                     blob: chunk.to_vec(),
                     version: API_VERSION.into(),

@@ -209,7 +209,21 @@ impl<'a> Writer<'a> {
             if r.revision > self.rev {
                 return Err(EtcdError::FutureRevision);
             }
-            let kvs = super::read::scan_at(self.tree, &r.key, &r.range_end, r.revision);
+            // Undo stored events after the revision and this batch's own
+            // (not yet stored) events, so batching never changes the answer.
+            let mut later = super::read::later_events(self.tree, r.revision);
+            later.extend(
+                self.events
+                    .iter()
+                    .filter(|(rev, _)| *rev > r.revision)
+                    .map(|(_, e)| e.clone()),
+            );
+            let kvs = super::read::undo_after(
+                self.scan(&r.key, &r.range_end),
+                later.into_iter(),
+                &r.key,
+                &r.range_end,
+            );
             return Ok(shape_range(kvs, r, self.resp_rev()));
         }
         Ok(shape_range(self.scan(&r.key, &r.range_end), r, self.resp_rev()))
@@ -295,13 +309,21 @@ impl<'a> Writer<'a> {
         }
         // History below the compaction revision is dropped; reads and
         // watches at or above it stay possible.
-        let doomed: Vec<Vec<u8>> = self
+        let (lo, hi) = (keys::rev_key(0, 0), keys::rev_key(c.revision, 0));
+        let mut doomed: Vec<Vec<u8>> = self
             .tree
-            .range(keys::rev_key(0, 0)..keys::rev_key(c.revision, 0))
+            .range(lo.clone()..hi.clone())
             .keys()
             .filter_map(|k| k.ok())
             .map(|k| k.to_vec())
             .collect();
+        // Events recorded earlier in this batch are not stored yet.
+        doomed.extend(
+            self.overlay
+                .range(lo..hi)
+                .filter(|(_, v)| v.is_some())
+                .map(|(k, _)| k.clone()),
+        );
         for k in doomed {
             self.del(k);
         }

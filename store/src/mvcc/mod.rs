@@ -14,7 +14,7 @@ pub mod read;
 pub mod snapshot;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use keel_proto::mvccpb::Event;
@@ -39,6 +39,8 @@ pub struct KvStore {
     lock: RwLock<()>,
     revision: AtomicI64,
     compact_revision: AtomicI64,
+    /// Cached cluster id (0 until the first membership entry is applied).
+    cluster_id: AtomicU64,
     events: broadcast::Sender<Arc<EventBatch>>,
 }
 
@@ -57,6 +59,7 @@ impl KvStore {
             lock: RwLock::new(()),
             revision: AtomicI64::new(1),
             compact_revision: AtomicI64::new(0),
+            cluster_id: AtomicU64::new(0),
             events,
         };
         s.reload_counters()?;
@@ -91,10 +94,17 @@ impl KvStore {
 
     /// The cluster id recorded by the first membership entry, or 0.
     pub fn cluster_id(&self) -> u64 {
-        self.get_i64(keys::META_CLUSTER_ID)
+        let cached = self.cluster_id.load(Ordering::Relaxed);
+        if cached != 0 {
+            return cached;
+        }
+        let id = self
+            .get_i64(keys::META_CLUSTER_ID)
             .ok()
             .flatten()
-            .unwrap_or(0) as u64
+            .unwrap_or(0) as u64;
+        self.cluster_id.store(id, Ordering::Relaxed);
+        id
     }
 
     /// A JSON metadata value (applied log id, membership).

@@ -25,15 +25,33 @@ pub fn scan_current(tree: &sled::Tree, key: &[u8], range_end: &[u8]) -> Vec<KeyV
 /// The key-values in `[key, range_end)` as they were at revision `at`: the
 /// current state with every later event undone, newest first.
 pub fn scan_at(tree: &sled::Tree, key: &[u8], range_end: &[u8], at: i64) -> Vec<KeyValue> {
-    let mut map: BTreeMap<Vec<u8>, KeyValue> = scan_current(tree, key, range_end)
-        .into_iter()
-        .map(|kv| (kv.key.clone(), kv))
-        .collect();
-    let from = keys::rev_key(at + 1, 0);
-    let to = vec![keys::REV + 1];
-    for item in tree.range(from..to).rev() {
-        let Ok((_, v)) = item else { continue };
-        let ev: Event = decode(&v);
+    undo_after(
+        scan_current(tree, key, range_end),
+        later_events(tree, at).into_iter(),
+        key,
+        range_end,
+    )
+}
+
+/// The stored events with a revision above `at`, oldest first.
+pub fn later_events(tree: &sled::Tree, at: i64) -> Vec<Event> {
+    tree.range(keys::rev_key(at + 1, 0)..vec![keys::REV + 1])
+        .filter_map(|r| r.ok())
+        .map(|(_, v)| decode::<Event>(&v))
+        .collect()
+}
+
+/// Rolls `current` (sorted key-values of a range) back over `later` events
+/// (oldest first), returning the range as it was before them.
+pub fn undo_after(
+    current: Vec<KeyValue>,
+    later: impl DoubleEndedIterator<Item = Event>,
+    key: &[u8],
+    range_end: &[u8],
+) -> Vec<KeyValue> {
+    let mut map: BTreeMap<Vec<u8>, KeyValue> =
+        current.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+    for ev in later.rev() {
         let Some(kv) = ev.kv else { continue };
         if !in_range(&kv.key, key, range_end) {
             continue;

@@ -14,6 +14,9 @@ use crate::error::StoreError;
 
 const MAGIC: &[u8] = b"KEELSNAP1\n";
 
+/// One (sled key, value) record of a dump.
+pub type Record = (Vec<u8>, Vec<u8>);
+
 impl KvStore {
     /// A consistent dump of the key space with the applied log id and
     /// membership (JSON) it corresponds to.
@@ -60,6 +63,7 @@ impl KvStore {
             batch.insert(keys::META_MEMBERSHIP, membership);
             self.tree.apply_batch(batch)?;
             self.reload_counters()?;
+            self.cluster_id.store(0, Ordering::Relaxed);
             // Watchers re-read history: the snapshot replaced it wholesale.
             let _ = self.events.send(Arc::new(EventBatch { events: Vec::new() }));
         }
@@ -84,7 +88,7 @@ pub fn pad(data: &mut Vec<u8>, block: usize) {
 }
 
 /// Decodes a dump into its records; any truncation or bad magic is an error.
-pub fn parse(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+pub fn parse(data: &[u8]) -> Result<Vec<Record>, StoreError> {
     let bad = |what: &str| StoreError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt snapshot: {what}")));
     if !data.starts_with(MAGIC) {
         return Err(bad("bad magic"));

@@ -150,7 +150,7 @@ impl RaftLogStorage<C> for LogStore {
                 None => None,
             };
             Ok(LogState {
-                last_purged_log_id: purged.clone(),
+                last_purged_log_id: purged,
                 last_log_id: last.or(purged),
             })
         })
@@ -162,7 +162,7 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let vote = vote.clone();
+        let vote = *vote;
         // fsync: the vote is committed durably before this returns.
         self.blocking(move |db| Self::write_meta(db, K_VOTE, &vote))
             .await

@@ -149,12 +149,12 @@ impl RaftStateMachine<C> for StateMachine {
         let Some((last, _)) = items.last() else {
             return Ok(());
         };
-        let applied = serde_json::to_vec(&Some(last.log_id.clone())).map_err(io_err)?;
+        let applied = serde_json::to_vec(&Some(last.log_id)).map_err(io_err)?;
         let mut membership = None;
         let mut cluster_id = None;
         for (e, _) in &items {
             if let EntryPayload::Membership(m) = &e.payload {
-                let stored = StoredMembershipC::new(Some(e.log_id.clone()), m.clone());
+                let stored = StoredMembershipC::new(Some(e.log_id), m.clone());
                 membership = Some(serde_json::to_vec(&stored).map_err(io_err)?);
                 if cluster_id.is_none() {
                     // The cluster id is fixed by the first membership ever

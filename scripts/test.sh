@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need
+# (Debian's etcd-client for the etcdctl compatibility test, etcd-server for
+# the comparison benchmarks), checks formatting and lints, then runs every
+# test of every crate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v etcdctl >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1; then
+  echo "installing etcd-client and etcd-server (etcdctl for the compatibility test)..."
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-client etcd-server >/dev/null
+  # The package's service is not wanted: tests start their own processes.
+  $SUDO systemctl stop etcd >/dev/null 2>&1 || true
+fi
+command -v etcdctl >/dev/null || { echo "etcdctl is still missing" >&2; exit 1; }
+
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# Two test threads: each end-to-end test runs three or four real masters,
+# and the machine has two cores.
+cargo test --workspace -- --test-threads=2

@@ -1,0 +1,112 @@
+//! openraft's own storage test suite run against Keel's Raft storage: the
+//! redb log store and the sled-backed state machine.
+
+use keel_store::mvcc::KvStore;
+use keel_store::raft::log_store::LogStore;
+use keel_store::raft::state_machine::StateMachine;
+use keel_store::raft::types::TypeConfig;
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::{ErrorSubject, ErrorVerb, StorageError};
+use tempfile::TempDir;
+
+/// Builds a fresh log store and state machine in a temp dir (kept alive by
+/// the returned guard) for every suite case: in one shared directory, as a
+/// Keel master lays them out, or in separate ones.
+struct Builder {
+    shared_dir: bool,
+}
+
+fn io_to_storage(e: std::io::Error) -> StorageError<TypeConfig> {
+    StorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Write, e)
+}
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        let dir = tempfile::tempdir().map_err(io_to_storage)?;
+        let (log_dir, sm_dir) = if self.shared_dir {
+            (dir.path().to_path_buf(), dir.path().to_path_buf())
+        } else {
+            (dir.path().join("log"), dir.path().join("sm"))
+        };
+        let log = LogStore::open(&log_dir).map_err(io_to_storage)?;
+        std::fs::create_dir_all(&sm_dir).map_err(io_to_storage)?;
+        let kv = KvStore::open(&sm_dir)
+            .map_err(|e| io_to_storage(std::io::Error::other(e.to_string())))?;
+        let sm = StateMachine::new(kv, &sm_dir);
+        Ok((dir, log, sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite() {
+    Suite::test_all(Builder { shared_dir: false })
+        .await
+        .expect("openraft storage suite");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_shared_dir() {
+    Suite::test_all(Builder { shared_dir: true })
+        .await
+        .expect("openraft storage suite (shared dir)");
+}
+
+fn log_id(term: u64, index: u64) -> LogIdOf<C> {
+    LogIdOf::<C>::new(LeaderIdOf::<C>::new_committed(term, 1), index)
+}
+
+async fn append(log: &mut LogStore, entries: Vec<EntryOf<C>>) {
+    let (tx, rx) = OneshotOf::<C>::channel();
+    log.append(entries, IOFlushed::signal(tx)).await.unwrap();
+    rx.await.unwrap().expect("append flushed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_state_vote_and_committed_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let vote = VoteOf::<C>::new_committed(3, 1);
+    {
+        let mut log = LogStore::open(dir.path()).unwrap();
+        append(
+            &mut log,
+            (1..=5)
+                .map(|i| EntryOf::<C>::new_blank(log_id(1, i)))
+                .collect(),
+        )
+        .await;
+        append(
+            &mut log,
+            (6..=10)
+                .map(|i| EntryOf::<C>::new_blank(log_id(2, i)))
+                .collect(),
+        )
+        .await;
+        log.save_vote(&vote).await.unwrap();
+        log.purge(log_id(1, 3)).await.unwrap();
+        log.truncate_after(Some(log_id(2, 8))).await.unwrap();
+        log.save_committed(Some(log_id(2, 7))).await.unwrap();
+    }
+
+    let mut log = LogStore::open(dir.path()).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 8)));
+    assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 7)));
+    let entries = log.try_get_log_entries(0..100).await.unwrap();
+    let ids: Vec<_> = entries.iter().map(|e| e.log_id).collect();
+    let want: Vec<_> = (4..=5)
+        .map(|i| log_id(1, i))
+        .chain((6..=8).map(|i| log_id(2, i)))
+        .collect();
+    assert_eq!(ids, want);
+
+    // Purging everything leaves the purged id as the last log id.
+    log.purge(log_id(2, 8)).await.unwrap();
+    drop(log);
+    let mut log = LogStore::open(dir.path()).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(2, 8)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 8)));
+    assert!(log.try_get_log_entries(0..100).await.unwrap().is_empty());
+}

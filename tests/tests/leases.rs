@@ -1,0 +1,121 @@
+//! Lease expiry is decided by the leader and replicated through Raft: keys
+//! of an expired lease disappear on every member at the same revision, while
+//! a kept-alive lease survives past its TTL.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use keel_proto::etcdserverpb::kv_client::KvClient;
+use keel_proto::etcdserverpb::lease_client::LeaseClient;
+use keel_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
+};
+use keel_tests::{InProcessCluster, poll};
+use tonic::transport::{Channel, Endpoint};
+
+fn channel(ep: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{ep}"))
+        .unwrap()
+        .connect_lazy()
+}
+
+async fn count(ep: &str, key: &str) -> (i64, i64) {
+    let r = KvClient::new(channel(ep))
+        .range(RangeRequest {
+            key: key.into(),
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (r.count, r.header.unwrap().revision)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_lease_deletes_keys_on_every_member_and_keepalive_prevents_it() {
+    let c = InProcessCluster::start(3).await.unwrap();
+    let ep = c.endpoint(1);
+    let mut lease = LeaseClient::new(channel(&ep));
+    let short = lease
+        .lease_grant(LeaseGrantRequest { ttl: 2, id: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let kept = lease
+        .lease_grant(LeaseGrantRequest { ttl: 2, id: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(short.id, kept.id);
+    let mut kv = KvClient::new(channel(&ep));
+    for (k, l) in [("short", short.id), ("kept", kept.id)] {
+        kv.put(PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            lease: l,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+
+    // Keep `kept` alive through a follower's stream (forwarded to the leader).
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = lease
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let granted = Instant::now();
+    let keeper = tokio::spawn(async move {
+        loop {
+            if tx.send(LeaseKeepAliveRequest { id: kept.id }).await.is_err() {
+                return;
+            }
+            match answers.next().await {
+                Some(Ok(r)) => assert_eq!(r.ttl, 2, "keep-alive answered TTL {}", r.ttl),
+                other => panic!("keep-alive stream broke: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+
+    // `short` expires: its key goes away on every member, at one revision.
+    let revs = poll(Duration::from_secs(15), "expiry on all members", || async {
+        let mut revs = Vec::new();
+        for i in 0..3 {
+            let (n, rev) = count(&c.endpoint(i), "short").await;
+            if n != 0 {
+                return None;
+            }
+            revs.push(rev);
+        }
+        revs.windows(2).all(|w| w[0] == w[1]).then_some(revs)
+    })
+    .await;
+    assert!(granted.elapsed() >= Duration::from_secs(2), "expired before its TTL");
+    assert!(revs[0] > 1);
+    // Let more than `kept`'s TTL pass again (this wait is the behaviour under
+    // test, not a readiness guess): keep-alives must have saved it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count(&c.endpoint(0), "kept").await.0, 1, "kept-alive lease expired");
+    let ttl = lease
+        .lease_time_to_live(LeaseTimeToLiveRequest { id: short.id, keys: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ttl.ttl, -1, "expired lease still known");
+    keeper.abort();
+    // Every member applied the same history: equal HashKV at the current revision.
+    let hashes = poll(Duration::from_secs(10), "equal hashes", || async {
+        let mut hs = Vec::new();
+        for i in 0..3 {
+            hs.push(c.nodes[i].kv.hash_kv(0).ok()?);
+        }
+        hs.windows(2).all(|w| w[0] == w[1]).then_some(hs)
+    })
+    .await;
+    assert_eq!(hashes.len(), 3);
+    c.shutdown().await;
+}
