@@ -5,9 +5,16 @@ use keel_store::mvcc::KvStore;
 use keel_store::raft::log_store::LogStore;
 use keel_store::raft::state_machine::StateMachine;
 use keel_store::raft::types::TypeConfig;
+use openraft::alias::{EntryOf, LeaderIdOf, LogIdOf, OneshotOf, VoteOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::async_runtime::oneshot::Oneshot;
+use openraft::vote::RaftLeaderIdExt;
 use openraft::{ErrorSubject, ErrorVerb, StorageError};
 use tempfile::TempDir;
+
+type C = TypeConfig;
 
 /// Builds a fresh log store and state machine in a temp dir (kept alive by
 /// the returned guard) for every suite case: in one shared directory, as a
