@@ -16,7 +16,7 @@ use crate::client::{connect, connect_any, parse_endpoints};
 #[derive(Args)]
 pub struct ClusterArgs {
     /// Client endpoints of the cluster's masters.
-    #[arg(long, env = "KEEL_ENDPOINTS", default_value = "127.0.0.1:2479,127.0.0.1:2480,127.0.0.1:2481")]
+    #[arg(long, global = true, env = "KEEL_ENDPOINTS", default_value = "127.0.0.1:2479,127.0.0.1:2480,127.0.0.1:2481")]
     endpoints: String,
     #[command(subcommand)]
     cmd: ClusterCmd,

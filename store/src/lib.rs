@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod etcd;
 pub mod mvcc;
+pub mod net;
 pub mod node;
 pub mod raft;
 

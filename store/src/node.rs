@@ -16,12 +16,12 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 
 use crate::config::NodeConfig;
 use crate::error::{EtcdError, StoreError};
 use crate::mvcc::KvStore;
+use crate::raft::codec;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, channel};
 use crate::raft::service::{RaftGrpc, read_index};
@@ -151,7 +151,7 @@ impl Node {
         tokio::spawn(async move {
             let r = tonic::transport::Server::builder()
                 .add_service(peer_svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), async move {
+                .serve_with_incoming_shutdown(crate::net::incoming(peer_listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await;
@@ -245,7 +245,12 @@ impl Node {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.metrics().state == ServerState::Leader
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// The leader this member knows of (no copy of the metrics).
+    pub fn current_leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
     }
 
     /// Every member with its record and whether it votes.
@@ -259,10 +264,9 @@ impl Node {
     }
 
     fn member(&self, id: u64) -> Option<Member> {
-        self.members()
-            .into_iter()
-            .find(|(i, _, _)| *i == id)
-            .map(|(_, m, _)| m)
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config.membership().get_node(&id).cloned()
     }
 
     fn peer_client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, EtcdError> {
@@ -287,14 +291,14 @@ impl Node {
         let mut c = self
             .peer_client(peer_addr)
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let data = serde_json::to_vec(req).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let data = codec::encode(req);
         let mut r = tonic::Request::new(RaftPayload { data });
         r.set_timeout(Duration::from_secs(60));
         if forwarded {
             r.metadata_mut().insert(FORWARDED, "1".parse().expect("ascii"));
         }
         let resp = c.leader(r).await?.into_inner();
-        serde_json::from_slice(&resp.data).map_err(|e| tonic::Status::internal(e.to_string()))
+        codec::decode(&resp.data).map_err(tonic::Status::internal)
     }
 
     /// Serves `req` on the leader, forwarding it when this member is not the
@@ -303,7 +307,7 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(5);
         let idempotent = !matches!(req, LeaderRequest::Write(_));
         loop {
-            let leader = self.metrics().current_leader;
+            let leader = self.current_leader();
             match leader {
                 Some(l) if l == self.id => match self.serve_leader(req.clone()).await {
                     Err(LeaderError::NotLeader) => {}
@@ -335,7 +339,7 @@ impl Node {
                 None => {}
             }
             if Instant::now() >= deadline {
-                return Err(if self.metrics().current_leader.is_none() {
+                return Err(if self.current_leader().is_none() {
                     EtcdError::NoLeader
                 } else {
                     EtcdError::Timeout
@@ -368,7 +372,7 @@ impl Node {
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         let index = loop {
-            let leader = self.metrics().current_leader;
+            let leader = self.current_leader();
             let attempt = match leader {
                 Some(l) if l == self.id => read_index(&self.raft).await.ok(),
                 Some(l) => match self.member(l) {
@@ -378,8 +382,7 @@ impl Node {
                             r.set_timeout(Duration::from_secs(3));
                             match c.read_index(r).await {
                                 Ok(resp) => {
-                                    serde_json::from_slice::<u64>(&resp.into_inner().read_log_id)
-                                        .ok()
+                                    codec::decode::<u64>(&resp.into_inner().read_log_id).ok()
                                 }
                                 Err(_) => None,
                             }

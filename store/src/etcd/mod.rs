@@ -19,7 +19,6 @@ use keel_proto::etcdserverpb::watch_server::WatchServer;
 use openraft::async_runtime::WatchReceiver;
 use prost::Message;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::error::EtcdError;
 use crate::node::Node;
@@ -74,7 +73,7 @@ pub fn serve(node: Arc<Node>, listener: TcpListener) {
                     .max_decoding_message_size(DECODE_LIMIT)
                     .max_encoding_message_size(DECODE_LIMIT),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(crate::net::incoming(listener), async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;

@@ -21,6 +21,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, RaftTypeConfig};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::raft::codec;
 use crate::raft::types::TypeConfig;
 
 type C = TypeConfig;
@@ -71,14 +72,14 @@ impl LogStore {
         let tx = db.begin_read().map_err(io_err)?;
         let t = tx.open_table(META).map_err(io_err)?;
         match t.get(key).map_err(io_err)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(io_err)?)),
+            Some(v) => Ok(Some(codec::decode(v.value()).map_err(io_err)?)),
             None => Ok(None),
         }
     }
 
     /// Writes one meta value in its own durable (fsynced) transaction.
     fn write_meta<T: serde::Serialize>(db: &Database, key: &str, value: &T) -> io::Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(io_err)?;
+        let bytes = codec::encode(value);
         let mut tx = db.begin_write().map_err(io_err)?;
         tx.set_durability(Durability::Immediate).map_err(io_err)?;
         tx.open_table(META)
@@ -122,7 +123,7 @@ impl RaftLogReader<C> for LogStore {
             let mut out = Vec::new();
             for item in iter {
                 let (_, v) = item.map_err(io_err)?;
-                out.push(serde_json::from_slice(v.value()).map_err(io_err)?);
+                out.push(codec::decode(v.value()).map_err(io_err)?);
             }
             Ok(out)
         })
@@ -144,7 +145,7 @@ impl RaftLogStorage<C> for LogStore {
             let t = tx.open_table(LOG).map_err(io_err)?;
             let last: Option<LogIdC> = match t.last().map_err(io_err)? {
                 Some((_, v)) => {
-                    let e: Entry = serde_json::from_slice(v.value()).map_err(io_err)?;
+                    let e: Entry = codec::decode(v.value()).map_err(io_err)?;
                     Some(e.log_id)
                 }
                 None => None,
@@ -185,7 +186,7 @@ impl RaftLogStorage<C> for LogStore {
     {
         let mut batch = Vec::new();
         for e in entries {
-            batch.push((e.log_id.index, serde_json::to_vec(&e).map_err(io_err)?));
+            batch.push((e.log_id.index, codec::encode(&e)));
         }
         let res = self
             .blocking(move |db| {
@@ -229,7 +230,7 @@ impl RaftLogStorage<C> for LogStore {
 
     async fn purge(&mut self, log_id: LogIdC) -> Result<(), io::Error> {
         self.blocking(move |db| {
-            let bytes = serde_json::to_vec(&log_id).map_err(io_err)?;
+            let bytes = codec::encode(&log_id);
             let mut tx = db.begin_write().map_err(io_err)?;
             tx.set_durability(Durability::Immediate).map_err(io_err)?;
             // last_purged and the deletion land in one transaction: a crash

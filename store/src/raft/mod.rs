@@ -2,6 +2,7 @@
 //! adapters (log in redb, state machine over the sled key space) and the gRPC
 //! network. An openraft upgrade should only touch this folder.
 
+pub mod codec;
 pub mod log_store;
 pub mod network;
 pub mod service;

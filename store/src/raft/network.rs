@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::raft::codec;
 use crate::raft::state_machine::SnapshotData;
 use crate::raft::types::{Member, TypeConfig};
 
@@ -70,7 +71,7 @@ impl RaftNetworkFactory<C> for NetworkFactory {
 
 fn encode<T: Serialize>(v: &T) -> RaftPayload {
     RaftPayload {
-        data: serde_json::to_vec(v).expect("openraft messages serialize"),
+        data: codec::encode(v),
     }
 }
 
@@ -102,8 +103,7 @@ impl PeerClient {
             }
             Ok(Ok(r)) => r.into_inner(),
         };
-        let result: Result<Resp, String> = serde_json::from_slice(&resp.data)
-            .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        let result: Result<Resp, String> = codec::decode(&resp.data).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
         result.map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
     }
 }
@@ -160,8 +160,7 @@ impl RaftNetworkV2<C> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
-        let header = serde_json::to_vec(&(&vote, &snapshot.meta))
-            .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+        let header = codec::encode(&(&vote, &snapshot.meta));
         let data = snapshot.snapshot;
         let mut chunks = vec![SnapshotChunk {
             header,
@@ -187,8 +186,7 @@ impl RaftNetworkV2<C> for PeerClient {
             StreamingError::Unreachable(Unreachable::from_string(s.message().to_string()))
         })?;
         let result: Result<SnapshotResponse<C>, String> =
-            serde_json::from_slice(&resp.into_inner().data)
-                .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+            codec::decode(&resp.into_inner().data).map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
         result.map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))
     }
 }

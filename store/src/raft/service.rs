@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{FORWARDED, LeaderError, LeaderRequest, Node};
+use crate::raft::codec;
 use crate::raft::types::{Raft, TypeConfig};
 
 type C = TypeConfig;
@@ -36,13 +37,14 @@ impl RaftGrpc {
 }
 
 fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, Status> {
-    serde_json::from_slice(&p.data).map_err(|e| Status::invalid_argument(e.to_string()))
+    codec::decode(&p.data).map_err(Status::invalid_argument)
 }
 
 fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Response<RaftPayload>, Status> {
     let r: Result<T, String> = r.map_err(|e| e.to_string());
-    let data = serde_json::to_vec(&r).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(RaftPayload { data }))
+    Ok(Response::new(RaftPayload {
+        data: codec::encode(&r),
+    }))
 }
 
 #[tonic::async_trait]
@@ -71,8 +73,8 @@ impl RaftService for RaftGrpc {
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        let (vote, meta): (VoteC, SnapshotMetaC) = serde_json::from_slice(&first.header)
-            .map_err(|e| Status::invalid_argument(format!("bad snapshot header: {e}")))?;
+        let (vote, meta): (VoteC, SnapshotMetaC) =
+            codec::decode(&first.header).map_err(Status::invalid_argument)?;
         let mut data = first.data;
         while let Some(chunk) = stream.next().await {
             data.extend_from_slice(&chunk?.data);
@@ -102,8 +104,9 @@ impl RaftService for RaftGrpc {
         } else {
             self.node.leader_call(r).await.map_err(LeaderError::from)
         };
-        let data = serde_json::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(RaftPayload { data }))
+        Ok(Response::new(RaftPayload {
+            data: codec::encode(&result),
+        }))
     }
 
     async fn read_index(
@@ -112,7 +115,7 @@ impl RaftService for RaftGrpc {
     ) -> Result<Response<ReadIndexResponse>, Status> {
         let index = read_index(&self.raft).await?;
         Ok(Response::new(ReadIndexResponse {
-            read_log_id: serde_json::to_vec(&index).unwrap_or_default(),
+            read_log_id: codec::encode(&index),
         }))
     }
 }

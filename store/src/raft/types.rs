@@ -81,15 +81,25 @@ impl fmt::Display for Cmd {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CmdResult(pub CommandResult);
 
+/// Protobuf bytes: raw in binary formats, base64 in human-readable ones.
 fn ser_pb<M: Message, S: Serializer>(m: &M, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(m.encode_to_vec()))
+    let bytes = m.encode_to_vec();
+    if s.is_human_readable() {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    } else {
+        s.serialize_bytes(&bytes)
+    }
 }
 
 fn de_pb<'de, M: Message + Default, D: Deserializer<'de>>(d: D) -> Result<M, D::Error> {
-    let s = String::deserialize(d)?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(serde::de::Error::custom)?;
+    let bytes = if d.is_human_readable() {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)?
+    } else {
+        serde_bytes::ByteBuf::deserialize(d)?.into_vec()
+    };
     M::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
 }
 
@@ -128,6 +138,19 @@ mod tests {
         }));
         let j = serde_json::to_string(&c).unwrap();
         let back: Cmd = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn cmd_round_trips_through_the_binary_codec() {
+        let c = Cmd::new(command::Op::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: vec![1; 300],
+            ..Default::default()
+        }));
+        let bytes = crate::raft::codec::encode(&c);
+        assert!(bytes.len() < 320, "binary form is compact: {} bytes", bytes.len());
+        let back: Cmd = crate::raft::codec::decode(&bytes).unwrap();
         assert_eq!(back, c);
     }
 
