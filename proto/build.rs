@@ -7,7 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
     }
     tonic_prost_build::configure().compile_protos(
-        &["proto/etcd/kv.proto", "proto/etcd/rpc.proto", "proto/keel/raft.proto"],
+        &[
+            "proto/etcd/kv.proto",
+            "proto/etcd/rpc.proto",
+            "proto/keel/raft.proto",
+        ],
         &["proto"],
     )?;
     println!("cargo:rerun-if-changed=proto");

@@ -5,6 +5,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use keel_proto::etcdserverpb::StatusRequest;
@@ -58,12 +59,26 @@ impl MemberProc {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port on 127.0.0.1 that is free and that no other caller in this process
+/// got. Ports come from 20000-29999, below Linux's ephemeral range
+/// (32768-60999), so outgoing connections never take them between this
+/// check and the member's bind; a process-wide cursor (starting at a
+/// pid-derived offset) keeps parallel tests from picking the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 7919) % 10_000,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..10_000 {
+        let port = 20_000 + (NEXT.fetch_add(1, Ordering::SeqCst) % 10_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    0
 }
 
 /// A set of member processes; dropping it kills them all.
@@ -122,7 +137,11 @@ impl ProcessCluster {
     }
 
     fn initial_cluster(&self) -> String {
-        let scheme = if self.flavor == Flavor::Etcd { "http://" } else { "" };
+        let scheme = if self.flavor == Flavor::Etcd {
+            "http://"
+        } else {
+            ""
+        };
         self.members
             .iter()
             .map(|m| format!("{}={scheme}{}", m.name, m.peer_addr()))
@@ -147,8 +166,7 @@ impl ProcessCluster {
                     Some(via) => cmd.args(["--join", via]),
                     None => cmd.args(["--initial-cluster", &initial]),
                 };
-                cmd
-                    .args(&self.extra_args);
+                cmd.args(&self.extra_args);
             }
             Flavor::Etcd => {
                 let peer = format!("http://{}", m.peer_addr());

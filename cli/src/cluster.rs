@@ -16,7 +16,12 @@ use crate::client::{connect, connect_any, parse_endpoints};
 #[derive(Args)]
 pub struct ClusterArgs {
     /// Client endpoints of the cluster's masters.
-    #[arg(long, global = true, env = "KEEL_ENDPOINTS", default_value = "127.0.0.1:2479,127.0.0.1:2480,127.0.0.1:2481")]
+    #[arg(
+        long,
+        global = true,
+        env = "KEEL_ENDPOINTS",
+        default_value = "127.0.0.1:2479,127.0.0.1:2480,127.0.0.1:2481"
+    )]
     endpoints: String,
     #[command(subcommand)]
     cmd: ClusterCmd,
@@ -59,7 +64,9 @@ enum ClusterCmd {
 async fn members(endpoints: &[String]) -> anyhow::Result<Vec<Member>> {
     let ch = connect_any(endpoints).await?;
     Ok(ClusterClient::new(ch)
-        .member_list(MemberListRequest { linearizable: false })
+        .member_list(MemberListRequest {
+            linearizable: false,
+        })
         .await?
         .into_inner()
         .members)
@@ -97,7 +104,11 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
                     peer_ur_ls: vec![peer],
                     is_learner: learner,
                     name: name.clone(),
-                    client_ur_ls: if client.is_empty() { vec![] } else { vec![client] },
+                    client_ur_ls: if client.is_empty() {
+                        vec![]
+                    } else {
+                        vec![client]
+                    },
                     zone,
                 })
                 .await
@@ -187,7 +198,12 @@ async fn status(eps: &[String]) -> anyhow::Result<()> {
                 } else {
                     s.errors.join("; ")
                 };
-                (role, s.raft_term.to_string(), s.raft_applied_index.to_string(), health)
+                (
+                    role,
+                    s.raft_term.to_string(),
+                    s.raft_applied_index.to_string(),
+                    health,
+                )
             }
             None => ("-", "-".into(), "-".into(), "unreachable".to_string()),
         };
@@ -210,7 +226,10 @@ pub fn zone_warnings(members: &[Member]) -> Vec<String> {
         .map(|m| m.zone.as_str())
         .filter(|z| !z.is_empty())
         .collect();
-    for m in members.iter().filter(|m| !m.is_learner && !m.zone.is_empty()) {
+    for m in members
+        .iter()
+        .filter(|m| !m.is_learner && !m.zone.is_empty())
+    {
         *voters.entry(m.zone.as_str()).or_default() += 1;
     }
     let empty: Vec<&str> = zones
@@ -246,13 +265,21 @@ mod tests {
 
     #[test]
     fn warns_only_when_a_zone_is_left_without_voters() {
-        let spread = [m("a", "z1", false), m("b", "z2", false), m("c", "z3", false)];
+        let spread = [
+            m("a", "z1", false),
+            m("b", "z2", false),
+            m("c", "z3", false),
+        ];
         assert!(zone_warnings(&spread).is_empty());
         let skewed = [m("a", "z1", false), m("b", "z1", false), m("c", "z2", true)];
         let w = zone_warnings(&skewed);
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("z1") && w[0].contains("z2"), "{w:?}");
-        let two_zones_full = [m("a", "z1", false), m("b", "z1", false), m("c", "z2", false)];
+        let two_zones_full = [
+            m("a", "z1", false),
+            m("b", "z1", false),
+            m("c", "z2", false),
+        ];
         assert!(zone_warnings(&two_zones_full).is_empty());
     }
 }

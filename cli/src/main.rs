@@ -11,7 +11,11 @@ mod up;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "keel", version, about = "Keel: a container orchestrator with its own Raft store")]
+#[command(
+    name = "keel",
+    version,
+    about = "Keel: a container orchestrator with its own Raft store"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -37,13 +37,14 @@ pub struct MasterArgs {
     #[arg(long, env = "KEEL_ZONE", default_value = "")]
     pub zone: String,
     /// Raft heartbeat interval in milliseconds.
-    #[arg(long, env = "KEEL_HEARTBEAT_MS", default_value_t = 100)]
+    #[arg(long, env = "KEEL_HEARTBEAT_MS", default_value_t = 50)]
     pub heartbeat_ms: u64,
-    /// Minimum election timeout in milliseconds.
-    #[arg(long, env = "KEEL_ELECTION_MIN_MS", default_value_t = 400)]
+    /// Minimum election timeout in milliseconds. Failover takes about the
+    /// maximum: followers keep honouring a silent leader's lease that long.
+    #[arg(long, env = "KEEL_ELECTION_MIN_MS", default_value_t = 300)]
     pub election_min_ms: u64,
     /// Maximum election timeout in milliseconds.
-    #[arg(long, env = "KEEL_ELECTION_MAX_MS", default_value_t = 800)]
+    #[arg(long, env = "KEEL_ELECTION_MAX_MS", default_value_t = 500)]
     pub election_max_ms: u64,
     /// Take a Raft snapshot every this many log entries.
     #[arg(long, env = "KEEL_SNAPSHOT_EVERY", default_value_t = 10_000)]
@@ -58,7 +59,12 @@ pub struct MasterArgs {
 }
 
 pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
-    let mut cfg = NodeConfig::new(&a.name, a.data_dir.clone(), &a.listen_peer, &a.listen_client);
+    let mut cfg = NodeConfig::new(
+        &a.name,
+        a.data_dir.clone(),
+        &a.listen_peer,
+        &a.listen_client,
+    );
     cfg.advertise_peer = a.advertise_peer;
     cfg.advertise_client = a.advertise_client;
     cfg.initial_cluster = match &a.initial_cluster {
@@ -74,7 +80,9 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
     cfg.keep_behind_snapshot = a.keep_behind_snapshot;
     cfg.unsafe_local_reads = a.unsafe_local_reads;
     if cfg.unsafe_local_reads {
-        tracing::warn!("--unsafe-local-reads is on: linearizable reads may be stale. Never use this outside chaos tests.");
+        tracing::warn!(
+            "--unsafe-local-reads is on: linearizable reads may be stale. Never use this outside chaos tests."
+        );
     }
     let node = Node::start(cfg)
         .await

@@ -37,7 +37,11 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         &[],
     )?;
     let leader = cluster.wait_ready(Duration::from_secs(30)).await?;
-    println!("Keel is up: {} masters, data in {}", a.masters, a.data_dir.display());
+    println!(
+        "Keel is up: {} masters, data in {}",
+        a.masters,
+        a.data_dir.display()
+    );
     for (i, m) in cluster.members.iter().enumerate() {
         println!(
             "  {:<4} zone {:<7} client {}  peer {}  pid {}{}  log {}",

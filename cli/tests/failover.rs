@@ -34,9 +34,11 @@ async fn leader_kill_loses_no_acknowledged_write_and_member_catches_up() {
             }
         }));
     }
-    poll(Duration::from_secs(10), "writes before the kill", || async {
-        (acked.lock().await.len() > 50).then_some(())
-    })
+    poll(
+        Duration::from_secs(10),
+        "writes before the kill",
+        || async { (acked.lock().await.len() > 50).then_some(()) },
+    )
     .await;
 
     let old = tc.c.leader().await.expect("a leader");
@@ -74,13 +76,17 @@ async fn leader_kill_loses_no_acknowledged_write_and_member_catches_up() {
     // The killed member restarts from disk and catches up.
     tc.c.restart(old).expect("restart");
     let restarted = eps[old].clone();
-    poll(Duration::from_secs(30), "restarted member to catch up", || async {
-        let keys: BTreeSet<String> = keys_with_prefix(&restarted, "load/", true)
-            .await
-            .ok()?
-            .into_iter()
-            .collect();
-        acked.is_subset(&keys).then_some(())
-    })
+    poll(
+        Duration::from_secs(30),
+        "restarted member to catch up",
+        || async {
+            let keys: BTreeSet<String> = keys_with_prefix(&restarted, "load/", true)
+                .await
+                .ok()?
+                .into_iter()
+                .collect();
+            acked.is_subset(&keys).then_some(())
+        },
+    )
     .await;
 }

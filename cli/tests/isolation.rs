@@ -25,22 +25,33 @@ async fn isolated_follower_serves_no_linearizable_read() {
         tc.c.pause(i);
     }
     let lin = get(&eps[follower], "k", false).await;
-    assert!(lin.is_err(), "isolated follower answered a linearizable read: {lin:?}");
+    assert!(
+        lin.is_err(),
+        "isolated follower answered a linearizable read: {lin:?}"
+    );
     let code = lin.unwrap_err().code();
     assert!(
-        matches!(code, tonic::Code::Unavailable | tonic::Code::DeadlineExceeded),
+        matches!(
+            code,
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
         "unexpected code {code:?}"
     );
     // Serializable reads are still served locally.
-    assert_eq!(get(&eps[follower], "k", true).await.expect("serializable"), Some("v1".into()));
+    assert_eq!(
+        get(&eps[follower], "k", true).await.expect("serializable"),
+        Some("v1".into())
+    );
     // Writes through it cannot commit either.
     assert!(put(&eps[follower], "k", "v2").await.is_err());
 
     for i in (0..3).filter(|i| *i != follower) {
         tc.c.resume(i);
     }
-    poll(Duration::from_secs(20), "linearizable read after healing", || async {
-        get(&eps[follower], "k", false).await.ok().flatten()
-    })
+    poll(
+        Duration::from_secs(20),
+        "linearizable read after healing",
+        || async { get(&eps[follower], "k", false).await.ok().flatten() },
+    )
     .await;
 }

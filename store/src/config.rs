@@ -47,9 +47,9 @@ impl NodeConfig {
             initial_cluster: Vec::new(),
             join: None,
             zone: String::new(),
-            heartbeat: Duration::from_millis(100),
-            election_min: Duration::from_millis(400),
-            election_max: Duration::from_millis(800),
+            heartbeat: Duration::from_millis(50),
+            election_min: Duration::from_millis(300),
+            election_max: Duration::from_millis(500),
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
             unsafe_local_reads: false,
@@ -57,7 +57,9 @@ impl NodeConfig {
     }
 
     pub fn peer_addr(&self) -> String {
-        self.advertise_peer.clone().unwrap_or_else(|| self.listen_peer.clone())
+        self.advertise_peer
+            .clone()
+            .unwrap_or_else(|| self.listen_peer.clone())
     }
 
     pub fn client_addr(&self) -> String {
@@ -78,10 +80,14 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, String)>, String> {
             .trim_start_matches("http://")
             .trim_start_matches("https://");
         if name.is_empty() || addr.is_empty() {
-            return Err(format!("initial cluster entry {part:?} is not name=host:port"));
+            return Err(format!(
+                "initial cluster entry {part:?} is not name=host:port"
+            ));
         }
         if out.iter().any(|(n, _)| n == name) {
-            return Err(format!("member name {name:?} appears twice in the initial cluster"));
+            return Err(format!(
+                "member name {name:?} appears twice in the initial cluster"
+            ));
         }
         out.push((name.to_string(), addr.to_string()));
     }

@@ -46,6 +46,9 @@ pub enum EtcdError {
     Unavailable(String),
     #[error("etcdserver: {0}")]
     Internal(String),
+    /// An error relayed from another member with its original code.
+    #[error("{message}")]
+    Relayed { code: i32, message: String },
 }
 
 impl EtcdError {
@@ -57,36 +60,74 @@ impl EtcdError {
             | InvalidCompare(_) | InvalidArgument(_) => Code::InvalidArgument,
             Compacted | FutureRevision => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExists | NotEnoughStartedMembers | BadLeaderTransferee | NotLeader
+            LeaseExists
+            | NotEnoughStartedMembers
+            | BadLeaderTransferee
+            | NotLeader
             | PeerUrlExists => Code::FailedPrecondition,
             NoLeader | Unavailable(_) | Timeout => Code::Unavailable,
             Internal(_) => Code::Internal,
+            Relayed { code, .. } => Code::from(*code),
         }
     }
 
-    /// Rebuilds an error from a code and message carried through the Raft log.
+    /// Rebuilds an error from a code and message carried through the Raft
+    /// log or relayed by the leader: the known error when the message is
+    /// one, otherwise the same code and message.
     pub fn from_parts(code: i32, message: &str) -> Self {
-        let all = [
-            EtcdError::EmptyKey,
-            EtcdError::KeyNotFound,
-            EtcdError::DuplicateKey,
-            EtcdError::TooManyOps,
-            EtcdError::Compacted,
-            EtcdError::FutureRevision,
-            EtcdError::LeaseNotFound,
-            EtcdError::LeaseExists,
+        use EtcdError::*;
+        let known = [
+            EmptyKey,
+            KeyNotFound,
+            DuplicateKey,
+            TooManyOps,
+            RequestTooLarge,
+            Compacted,
+            FutureRevision,
+            LeaseNotFound,
+            LeaseExists,
+            MemberNotFound,
+            PeerUrlExists,
+            NotEnoughStartedMembers,
+            BadLeaderTransferee,
+            NoLeader,
+            NotLeader,
+            Timeout,
         ];
-        for e in all {
-            if e.to_string() == message {
-                return e;
-            }
+        known
+            .into_iter()
+            .find(|e| e.to_string() == message && e.code() as i32 == code)
+            .unwrap_or_else(|| Relayed {
+                code,
+                message: message.to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relayed_errors_keep_their_code_and_message() {
+        for e in [
+            EtcdError::NotEnoughStartedMembers,
+            EtcdError::MemberNotFound,
+            EtcdError::LeaseNotFound,
+            EtcdError::InvalidCompare("x".into()),
+            EtcdError::Unavailable("y".into()),
+        ] {
+            let back = EtcdError::from_parts(e.code() as i32, &e.to_string());
+            assert_eq!(back.code(), e.code(), "{e}");
+            assert_eq!(back.to_string(), e.to_string());
         }
-        let msg = message.trim_start_matches("etcdserver: ").to_string();
-        match Code::from(code) {
-            Code::InvalidArgument => EtcdError::InvalidArgument(msg),
-            Code::Unavailable => EtcdError::Unavailable(msg),
-            _ => EtcdError::Internal(msg),
-        }
+        assert_eq!(
+            EtcdError::from_parts(
+                Code::NotFound as i32,
+                "etcdserver: requested lease not found"
+            ),
+            EtcdError::LeaseNotFound
+        );
     }
 }
 

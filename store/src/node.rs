@@ -11,7 +11,7 @@ use keel_proto::keelraft::raft_service_client::RaftServiceClient;
 use keel_proto::keelraft::raft_service_server::RaftServiceServer;
 use keel_proto::keelraft::{CommandResult, RaftPayload, ReadIndexRequest, command, command_result};
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -23,7 +23,7 @@ use crate::error::{EtcdError, StoreError};
 use crate::mvcc::KvStore;
 use crate::raft::codec;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{NetworkFactory, channel};
+use crate::raft::network::{AddressBook, NetworkFactory, channel};
 use crate::raft::service::{RaftGrpc, read_index};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Cmd, Member, Raft, TypeConfig, member_id};
@@ -40,7 +40,10 @@ pub enum LeaderRequest {
     /// Add or update a member's record (addresses, zone) without changing its role.
     SetMember(Member),
     /// Add a member as a learner; with `promote`, wait until it caught up and make it a voter.
-    Add { member: Member, promote: bool },
+    Add {
+        member: Member,
+        promote: bool,
+    },
     Promote(u64),
     Remove(u64),
     TransferLeader(u64),
@@ -120,12 +123,17 @@ impl Node {
         }
         .validate()
         .map_err(raft_err)?;
-        let raft = Raft::new(id, Arc::new(rcfg), NetworkFactory, log, sm)
+        let book = AddressBook::default();
+        let net = NetworkFactory { book: book.clone() };
+        let raft = Raft::new(id, Arc::new(rcfg), net, log, sm)
             .await
             .map_err(raft_err)?;
 
         let peer_listener = TcpListener::bind(&cfg.listen_peer).await.map_err(|e| {
-            StoreError::Config(format!("cannot listen for peers on {}: {e}", cfg.listen_peer))
+            StoreError::Config(format!(
+                "cannot listen for peers on {}: {e}",
+                cfg.listen_peer
+            ))
         })?;
         let client_listener = TcpListener::bind(&cfg.listen_client).await.map_err(|e| {
             StoreError::Config(format!(
@@ -164,6 +172,7 @@ impl Node {
         node.bootstrap().await?;
         tokio::spawn(node.clone().lessor_loop());
         tokio::spawn(node.clone().publish_loop());
+        tokio::spawn(node.clone().address_loop(book));
         tracing::info!(
             name = %cfg.name, id, peer = %cfg.peer_addr(), client = %cfg.client_addr(),
             zone = %cfg.zone, "member started"
@@ -206,8 +215,16 @@ impl Node {
                 )));
             }
             // Every initial member proposes the same membership at log index
-            // 0, so it does not matter which of them starts first.
-            self.raft.initialize(members).await.map_err(raft_err)?;
+            // 0, so it does not matter which of them starts first. If a peer
+            // that initialized first already reached us (we voted), the
+            // membership arrives by replication instead: not an error.
+            match self.raft.initialize(members).await {
+                Ok(()) => {}
+                Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                    tracing::info!(%e, "cluster already bootstrapped by a peer");
+                }
+                Err(e) => return Err(raft_err(e)),
+            }
         } else if let Some(join) = self.cfg.join.clone() {
             let node = self.clone();
             tokio::spawn(async move {
@@ -295,7 +312,8 @@ impl Node {
         let mut r = tonic::Request::new(RaftPayload { data });
         r.set_timeout(Duration::from_secs(60));
         if forwarded {
-            r.metadata_mut().insert(FORWARDED, "1".parse().expect("ascii"));
+            r.metadata_mut()
+                .insert(FORWARDED, "1".parse().expect("ascii"));
         }
         let resp = c.leader(r).await?.into_inner();
         codec::decode(&resp.data).map_err(tonic::Status::internal)
@@ -405,7 +423,9 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(500));
         self.raft
             .wait(Some(left))
             .applied_index_at_least(Some(index), "read barrier")
@@ -476,8 +496,7 @@ impl Node {
                     .await
                     .map_err(|_| {
                         LeaderError::from(EtcdError::InvalidArgument(
-                            "can only promote a learner member which is in sync with leader"
-                                .into(),
+                            "can only promote a learner member which is in sync with leader".into(),
                         ))
                     })?;
                 self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
@@ -495,8 +514,7 @@ impl Node {
                         .filter(|(i, _, v)| *v && *i != id)
                         .map(|(i, _, _)| *i)
                         .collect();
-                    let healthy = remaining.iter().filter(|i| self.peer_healthy(**i)).count();
-                    if remaining.is_empty() || healthy < remaining.len() / 2 + 1 {
+                    if remaining.is_empty() || !self.quorum_answers(&remaining).await {
                         return Err(EtcdError::NotEnoughStartedMembers.into());
                     }
                     self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
@@ -561,10 +579,7 @@ impl Node {
         }
     }
 
-    async fn change(
-        &self,
-        c: ChangeMembers<u64, Member>,
-    ) -> Result<(), LeaderError> {
+    async fn change(&self, c: ChangeMembers<u64, Member>) -> Result<(), LeaderError> {
         match self.raft.change_membership(c, false).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
@@ -574,17 +589,39 @@ impl Node {
         }
     }
 
-    /// True when the leader heard from `id` within two election timeouts.
-    fn peer_healthy(&self, id: u64) -> bool {
-        if id == self.id {
-            return true;
+    /// Sends a heartbeat now and waits (up to one election timeout) for a
+    /// majority of `voters` to answer it, so a member that died a moment
+    /// ago is not counted as healthy.
+    async fn quorum_answers(&self, voters: &[u64]) -> bool {
+        type Instant = openraft::alias::InstantOf<TypeConfig>;
+        let sent = <Instant as openraft::Instant>::now();
+        if self.raft.trigger().heartbeat().await.is_err() {
+            return false;
         }
-        let m = self.metrics();
-        let limit = self.cfg.election_max * 2;
-        m.heartbeat
-            .as_ref()
-            .and_then(|h| h.get(&id).cloned().flatten())
-            .is_some_and(|t| openraft::Instant::elapsed(&*t) < limit)
+        let deadline = std::time::Instant::now() + self.cfg.election_max;
+        loop {
+            let answered = {
+                let m = self.raft.metrics();
+                let m = m.borrow_watched();
+                voters
+                    .iter()
+                    .filter(|id| {
+                        **id == self.id
+                            || m.heartbeat
+                                .as_ref()
+                                .and_then(|h| h.get(*id).cloned().flatten())
+                                .is_some_and(|t| *t >= sent)
+                    })
+                    .count()
+            };
+            if answered > voters.len() / 2 {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Waits until the leader has replicated its whole log to `id`.
@@ -676,6 +713,28 @@ impl Node {
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Copies every member's peer address from the membership into the
+    /// transport's address book whenever the membership changes.
+    async fn address_loop(self: Arc<Self>, book: AddressBook) {
+        let mut rx = self.raft.metrics();
+        let mut stop = self.shutdown_tx.subscribe();
+        loop {
+            {
+                let m = rx.borrow_watched();
+                let mut b = book.write().unwrap_or_else(|e| e.into_inner());
+                for (id, n) in m.membership_config.membership().nodes() {
+                    if b.get(id) != Some(&n.peer_addr) {
+                        b.insert(*id, n.peer_addr.clone());
+                    }
+                }
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
                 _ = stop.wait_for(|s| *s) => return,
             }
         }

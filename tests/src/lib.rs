@@ -45,7 +45,11 @@ impl InProcessCluster {
     /// Index of the member that leads, if every member agrees.
     pub fn leader(&self) -> Option<usize> {
         let l = self.nodes[0].metrics().current_leader?;
-        if self.nodes.iter().all(|n| n.metrics().current_leader == Some(l)) {
+        if self
+            .nodes
+            .iter()
+            .all(|n| n.metrics().current_leader == Some(l))
+        {
             self.nodes.iter().position(|n| n.id == l)
         } else {
             None
@@ -75,7 +79,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {max:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {max:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -70,7 +70,11 @@ async fn expired_lease_deletes_keys_on_every_member_and_keepalive_prevents_it() 
     let granted = Instant::now();
     let keeper = tokio::spawn(async move {
         loop {
-            if tx.send(LeaseKeepAliveRequest { id: kept.id }).await.is_err() {
+            if tx
+                .send(LeaseKeepAliveRequest { id: kept.id })
+                .await
+                .is_err()
+            {
                 return;
             }
             match answers.next().await {
@@ -94,14 +98,24 @@ async fn expired_lease_deletes_keys_on_every_member_and_keepalive_prevents_it() 
         revs.windows(2).all(|w| w[0] == w[1]).then_some(revs)
     })
     .await;
-    assert!(granted.elapsed() >= Duration::from_secs(2), "expired before its TTL");
+    assert!(
+        granted.elapsed() >= Duration::from_secs(2),
+        "expired before its TTL"
+    );
     assert!(revs[0] > 1);
     // Let more than `kept`'s TTL pass again (this wait is the behaviour under
     // test, not a readiness guess): keep-alives must have saved it.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(count(&c.endpoint(0), "kept").await.0, 1, "kept-alive lease expired");
+    assert_eq!(
+        count(&c.endpoint(0), "kept").await.0,
+        1,
+        "kept-alive lease expired"
+    );
     let ttl = lease
-        .lease_time_to_live(LeaseTimeToLiveRequest { id: short.id, keys: true })
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: short.id,
+            keys: true,
+        })
         .await
         .unwrap()
         .into_inner();

@@ -125,7 +125,11 @@ pub async fn run(a: KvArgs) -> anyhow::Result<()> {
     let ms = |us: u64| us as f64 / 1000.0;
     println!(
         "bench kv {}op={:?} clients={} conns={} value={}B keys={} seconds={}",
-        if a.label.is_empty() { String::new() } else { format!("[{}] ", a.label) },
+        if a.label.is_empty() {
+            String::new()
+        } else {
+            format!("[{}] ", a.label)
+        },
         a.op,
         a.clients,
         conns,

@@ -28,7 +28,9 @@ pub async fn start(n: usize, extra: &[&str]) -> TestCluster {
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     let c = ProcessCluster::start(Flavor::Keel, &bin(), dir.path(), n, None, &extra)
         .expect("start cluster");
-    c.wait_ready(Duration::from_secs(30)).await.expect("cluster ready");
+    c.wait_ready(Duration::from_secs(30))
+        .await
+        .expect("cluster ready");
     TestCluster { c, dir }
 }
 
@@ -55,7 +57,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {max:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {max:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -89,7 +94,11 @@ pub async fn get(ep: &str, key: &str, serializable: bool) -> Result<Option<Strin
 }
 
 /// All keys under `prefix`, read from `ep`.
-pub async fn keys_with_prefix(ep: &str, prefix: &str, serializable: bool) -> Result<Vec<String>, tonic::Status> {
+pub async fn keys_with_prefix(
+    ep: &str,
+    prefix: &str,
+    serializable: bool,
+) -> Result<Vec<String>, tonic::Status> {
     let mut end = prefix.as_bytes().to_vec();
     *end.last_mut().unwrap() += 1;
     let r = kv(ep)

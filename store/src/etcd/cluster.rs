@@ -70,7 +70,11 @@ impl Cluster for Etcd {
         let member = types::Member {
             name: req.name.clone(),
             peer_addr: peer,
-            client_addr: req.client_ur_ls.first().map(|u| strip(u)).unwrap_or_default(),
+            client_addr: req
+                .client_ur_ls
+                .first()
+                .map(|u| strip(u))
+                .unwrap_or_default(),
             zone: req.zone.clone(),
         };
         self.node

@@ -5,8 +5,8 @@ use futures::StreamExt;
 use keel_proto::etcdserverpb::lease_server::Lease;
 use keel_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
-    LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use keel_proto::keelraft::command::Op;
 use keel_proto::keelraft::command_result::Result as R;
@@ -64,7 +64,12 @@ impl Lease for Etcd {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        match self.node.write(Op::LeaseRevoke(req.into_inner())).await?.result {
+        match self
+            .node
+            .write(Op::LeaseRevoke(req.into_inner()))
+            .await?
+            .result
+        {
             Some(R::LeaseRevoke(mut r)) => {
                 r.header = self.header(r.header.map(|h| h.revision).unwrap_or(0));
                 Ok(Response::new(r))
@@ -108,7 +113,11 @@ impl Lease for Etcd {
         let req = req.into_inner();
         let (left, granted) = self.ttl(LeaderRequest::TimeToLive(req.id)).await?;
         let keys = if req.keys && left >= 0 {
-            self.node.kv.lease(req.id).map(|(_, k)| k).unwrap_or_default()
+            self.node
+                .kv
+                .lease(req.id)
+                .map(|(_, k)| k)
+                .unwrap_or_default()
         } else {
             Vec::new()
         };

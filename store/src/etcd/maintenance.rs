@@ -37,7 +37,11 @@ impl Maintenance for Etcd {
     ) -> Result<Response<StatusResponse>, Status> {
         let m = self.node.metrics();
         let db = self.node.kv.size_on_disk() + LogStore::disk_size(&self.node.cfg.data_dir);
-        let voter = m.membership_config.membership().voter_ids().any(|v| v == self.node.id);
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.node.id);
         let mut errors = Vec::new();
         if m.current_leader.is_none() {
             errors.push("etcdserver: no leader".to_string());

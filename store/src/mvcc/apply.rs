@@ -109,7 +109,11 @@ impl<'a> Writer<'a> {
 
     /// The revision a response reports: the entry's own if it wrote, else the current one.
     fn resp_rev(&self) -> i64 {
-        if self.sub > 0 { self.next_rev() } else { self.rev }
+        if self.sub > 0 {
+            self.next_rev()
+        } else {
+            self.rev
+        }
     }
 
     fn lease_exists(&self, id: i64) -> bool {
@@ -197,7 +201,10 @@ impl<'a> Writer<'a> {
         })
     }
 
-    fn range(&self, r: &RangeRequest) -> Result<keel_proto::etcdserverpb::RangeResponse, EtcdError> {
+    fn range(
+        &self,
+        r: &RangeRequest,
+    ) -> Result<keel_proto::etcdserverpb::RangeResponse, EtcdError> {
         if r.key.is_empty() {
             return Err(EtcdError::EmptyKey);
         }
@@ -226,14 +233,21 @@ impl<'a> Writer<'a> {
             );
             return Ok(shape_range(kvs, r, self.resp_rev()));
         }
-        Ok(shape_range(self.scan(&r.key, &r.range_end), r, self.resp_rev()))
+        Ok(shape_range(
+            self.scan(&r.key, &r.range_end),
+            r,
+            self.resp_rev(),
+        ))
     }
 
     fn compare(&self, c: &Compare) -> bool {
         let kvs: Vec<Option<KeyValue>> = if c.range_end.is_empty() {
             vec![self.get_kv(&c.key)]
         } else {
-            self.scan(&c.key, &c.range_end).into_iter().map(Some).collect()
+            self.scan(&c.key, &c.range_end)
+                .into_iter()
+                .map(Some)
+                .collect()
         };
         kvs.iter().all(|kv| compare_one(c, kv.as_ref()))
     }
@@ -339,7 +353,9 @@ impl<'a> Writer<'a> {
 
     fn lease_grant(&mut self, g: &LeaseGrantRequest) -> Result<LeaseGrantResponse, EtcdError> {
         if g.id == 0 {
-            return Err(EtcdError::InvalidArgument("lease id must be chosen before proposing".into()));
+            return Err(EtcdError::InvalidArgument(
+                "lease id must be chosen before proposing".into(),
+            ));
         }
         if self.lease_exists(g.id) {
             return Err(EtcdError::LeaseExists);
@@ -365,7 +381,10 @@ impl<'a> Writer<'a> {
             .filter_map(|k| k.ok())
             .map(|k| k[prefix.len()..].to_vec())
             .collect();
-        for (k, v) in self.overlay.range(prefix.clone()..keys::prefix_end(&prefix)) {
+        for (k, v) in self
+            .overlay
+            .range(prefix.clone()..keys::prefix_end(&prefix))
+        {
             let user = k[prefix.len()..].to_vec();
             if v.is_some() {
                 attached.push(user);
@@ -392,8 +411,8 @@ impl<'a> Writer<'a> {
         use command_result::Result as R;
         // A transaction validates its branch before writing, but nested
         // branches can still fail midway: keep a rollback point for it.
-        let mark = matches!(cmd.op, Some(Op::Txn(_)))
-            .then(|| (self.overlay.clone(), self.events.len()));
+        let mark =
+            matches!(cmd.op, Some(Op::Txn(_))).then(|| (self.overlay.clone(), self.events.len()));
         let res = match &cmd.op {
             Some(Op::Put(p)) => self.put(p).map(R::Put),
             Some(Op::DeleteRange(d)) => self.delete_range(d).map(R::DeleteRange),

@@ -95,7 +95,11 @@ pub fn shape_range(mut kvs: Vec<KeyValue>, req: &RangeRequest, revision: i64) ->
                 SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
                 SortTarget::Value => a.value.cmp(&b.value),
             };
-            if order == SortOrder::Descend { o.reverse() } else { o }
+            if order == SortOrder::Descend {
+                o.reverse()
+            } else {
+                o
+            }
         });
     }
     let mut more = false;
@@ -146,7 +150,11 @@ impl KvStore {
 
     /// The events with revision in `[from, to]`, in order, plus the current
     /// revision. Fails with `Compacted` when `from` is below the compaction.
-    pub fn events_between(&self, from: i64, to: Option<i64>) -> Result<(Vec<(i64, Event)>, i64), EtcdError> {
+    pub fn events_between(
+        &self,
+        from: i64,
+        to: Option<i64>,
+    ) -> Result<(Vec<(i64, Event)>, i64), EtcdError> {
         self.consistent(|tree| {
             if from < self.compact_revision() {
                 return Err(EtcdError::Compacted);

@@ -30,7 +30,11 @@ impl KvStore {
                 out.extend_from_slice(&(v.len() as u32).to_be_bytes());
                 out.extend_from_slice(&v);
             }
-            let applied = tree.get(keys::META_APPLIED).ok().flatten().map(|v| v.to_vec());
+            let applied = tree
+                .get(keys::META_APPLIED)
+                .ok()
+                .flatten()
+                .map(|v| v.to_vec());
             let membership = tree
                 .get(keys::META_MEMBERSHIP)
                 .ok()
@@ -65,7 +69,9 @@ impl KvStore {
             self.reload_counters()?;
             self.cluster_id.store(0, Ordering::Relaxed);
             // Watchers re-read history: the snapshot replaced it wholesale.
-            let _ = self.events.send(Arc::new(EventBatch { events: Vec::new() }));
+            let _ = self
+                .events
+                .send(Arc::new(EventBatch { events: Vec::new() }));
         }
         // fsync: the installed state is durable before openraft purges logs.
         self.flush().await?;
@@ -89,7 +95,12 @@ pub fn pad(data: &mut Vec<u8>, block: usize) {
 
 /// Decodes a dump into its records; any truncation or bad magic is an error.
 pub fn parse(data: &[u8]) -> Result<Vec<Record>, StoreError> {
-    let bad = |what: &str| StoreError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt snapshot: {what}")));
+    let bad = |what: &str| {
+        StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("corrupt snapshot: {what}"),
+        ))
+    };
     if !data.starts_with(MAGIC) {
         return Err(bad("bad magic"));
     }

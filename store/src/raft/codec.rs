@@ -13,5 +13,6 @@ pub fn encode<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
 
 /// Decodes a value, with the reason on failure.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    postcard::from_bytes(bytes).map_err(|e| format!("cannot decode {}: {e}", std::any::type_name::<T>()))
+    postcard::from_bytes(bytes)
+        .map_err(|e| format!("cannot decode {}: {e}", std::any::type_name::<T>()))
 }

@@ -68,7 +68,10 @@ impl LogStore {
             .map_err(io_err)?
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(db: &Database, key: &str) -> io::Result<Option<T>> {
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        db: &Database,
+        key: &str,
+    ) -> io::Result<Option<T>> {
         let tx = db.begin_read().map_err(io_err)?;
         let t = tx.open_table(META).map_err(io_err)?;
         match t.get(key).map_err(io_err)? {

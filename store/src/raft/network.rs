@@ -1,14 +1,14 @@
 //! The client side of the Raft transport: openraft's RPCs to peers over tonic
 //! gRPC (`keelraft.RaftService`), with openraft messages as JSON payloads.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use keel_proto::keelraft::raft_service_client::RaftServiceClient;
 use keel_proto::keelraft::{RaftPayload, SnapshotChunk};
-use openraft::error::{
-    NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable,
-};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
@@ -29,15 +29,35 @@ type SnapshotC = openraft::alias::SnapshotOf<C, SnapshotData>;
 /// Size of one snapshot chunk on the wire.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
+/// The current peer address of every member, kept up to date from the
+/// membership by the node. openraft builds a peer's client once and keeps
+/// it; consulting this book on each RPC lets a member that moved to a new
+/// address be reached again.
+pub type AddressBook = Arc<RwLock<HashMap<u64, String>>>;
+
 /// Opens lazily connected gRPC channels to peers.
 #[derive(Clone, Default)]
-pub struct NetworkFactory;
+pub struct NetworkFactory {
+    pub book: AddressBook,
+}
 
 /// A connection to one peer.
 pub struct PeerClient {
     target: u64,
     addr: String,
     client: RaftServiceClient<Channel>,
+    book: AddressBook,
+}
+
+fn raft_client(addr: &str) -> RaftServiceClient<Channel> {
+    let ch = channel(addr).unwrap_or_else(|_| {
+        // An unparsable address yields a channel that never connects;
+        // every RPC then fails as Unreachable and openraft backs off.
+        Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
+    });
+    RaftServiceClient::new(ch)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
 }
 
 /// A lazily connecting channel to `addr` (`host:port`).
@@ -54,17 +74,11 @@ impl RaftNetworkFactory<C> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
-        let ch = channel(&node.peer_addr).unwrap_or_else(|_| {
-            // An unparsable address yields a channel that never connects;
-            // every RPC then fails as Unreachable and openraft backs off.
-            Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
-        });
         PeerClient {
             target,
             addr: node.peer_addr.clone(),
-            client: RaftServiceClient::new(ch)
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
+            client: raft_client(&node.peer_addr),
+            book: self.book.clone(),
         }
     }
 }
@@ -76,6 +90,23 @@ fn encode<T: Serialize>(v: &T) -> RaftPayload {
 }
 
 impl PeerClient {
+    /// Reconnects if the member's address changed since the client was built.
+    fn refresh(&mut self) {
+        let current = self
+            .book
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.target)
+            .cloned();
+        if let Some(addr) = current
+            && addr != self.addr
+        {
+            tracing::info!(target = self.target, from = %self.addr, to = %addr, "peer moved");
+            self.client = raft_client(&addr);
+            self.addr = addr;
+        }
+    }
+
     async fn call<Req: Serialize, Resp: DeserializeOwned, Fut>(
         &mut self,
         req: &Req,
@@ -85,6 +116,7 @@ impl PeerClient {
     where
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
+        self.refresh();
         let fut = f(self.client.clone(), encode(req));
         let resp = match tokio::time::timeout(ttl, fut).await {
             Err(_) => {
@@ -103,7 +135,8 @@ impl PeerClient {
             }
             Ok(Ok(r)) => r.into_inner(),
         };
-        let result: Result<Resp, String> = codec::decode(&resp.data).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        let result: Result<Resp, String> = codec::decode(&resp.data)
+            .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
         result.map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
     }
 }
@@ -127,8 +160,10 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: VoteRequest<C>,
         option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        self.call(&rpc, option.hard_ttl(), |mut c, p| async move { c.vote(p).await })
-            .await
+        self.call(&rpc, option.hard_ttl(), |mut c, p| async move {
+            c.vote(p).await
+        })
+        .await
     }
 
     async fn pre_vote(
@@ -160,6 +195,7 @@ impl RaftNetworkV2<C> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        self.refresh();
         let header = codec::encode(&(&vote, &snapshot.meta));
         let data = snapshot.snapshot;
         let mut chunks = vec![SnapshotChunk {
@@ -173,11 +209,7 @@ impl RaftNetworkV2<C> for PeerClient {
             });
         }
         let mut client = self.client.clone();
-        let send = async move {
-            client
-                .install_snapshot(futures::stream::iter(chunks))
-                .await
-        };
+        let send = async move { client.install_snapshot(futures::stream::iter(chunks)).await };
         let resp = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             r = send => r,
@@ -185,8 +217,8 @@ impl RaftNetworkV2<C> for PeerClient {
         let resp = resp.map_err(|s| {
             StreamingError::Unreachable(Unreachable::from_string(s.message().to_string()))
         })?;
-        let result: Result<SnapshotResponse<C>, String> =
-            codec::decode(&resp.into_inner().data).map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+        let result: Result<SnapshotResponse<C>, String> = codec::decode(&resp.into_inner().data)
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
         result.map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))
     }
 }

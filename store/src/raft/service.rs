@@ -40,7 +40,9 @@ fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, Status> {
     codec::decode(&p.data).map_err(Status::invalid_argument)
 }
 
-fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Response<RaftPayload>, Status> {
+fn reply<T: Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+) -> Result<Response<RaftPayload>, Status> {
     let r: Result<T, String> = r.map_err(|e| e.to_string());
     Ok(Response::new(RaftPayload {
         data: codec::encode(&r),
@@ -90,7 +92,11 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        reply(self.raft.handle_transfer_leader(decode(req.get_ref())?).await)
+        reply(
+            self.raft
+                .handle_transfer_leader(decode(req.get_ref())?)
+                .await,
+        )
     }
 
     async fn leader(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -149,7 +149,11 @@ mod tests {
             ..Default::default()
         }));
         let bytes = crate::raft::codec::encode(&c);
-        assert!(bytes.len() < 320, "binary form is compact: {} bytes", bytes.len());
+        assert!(
+            bytes.len() < 320,
+            "binary form is compact: {} bytes",
+            bytes.len()
+        );
         let back: Cmd = crate::raft::codec::decode(&bytes).unwrap();
         assert_eq!(back, c);
     }
