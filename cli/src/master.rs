@@ -52,6 +52,10 @@ pub struct MasterArgs {
     /// Log entries kept behind a snapshot for slow followers.
     #[arg(long, env = "KEEL_KEEP_BEHIND_SNAPSHOT", default_value_t = 1_000)]
     pub keep_behind_snapshot: u64,
+    /// Keep this many revisions of history; older ones are compacted by the
+    /// leader (0: keep everything, as etcd without auto-compaction).
+    #[arg(long, env = "KEEL_AUTO_COMPACT_REVISIONS", default_value_t = 100_000)]
+    pub auto_compact_revisions: i64,
     /// DEBUG ONLY, UNSAFE: serve linearizable reads locally without
     /// read-index (lets the chaos checker prove it catches stale reads).
     #[arg(long, env = "KEEL_UNSAFE_LOCAL_READS", hide = true)]
@@ -78,6 +82,7 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
     cfg.election_max = Duration::from_millis(a.election_max_ms);
     cfg.snapshot_every = a.snapshot_every;
     cfg.keep_behind_snapshot = a.keep_behind_snapshot;
+    cfg.auto_compact_revisions = a.auto_compact_revisions;
     cfg.unsafe_local_reads = a.unsafe_local_reads;
     if cfg.unsafe_local_reads {
         tracing::warn!(

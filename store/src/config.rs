@@ -29,6 +29,8 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Entries kept in the log behind a snapshot, for slow followers.
     pub keep_behind_snapshot: u64,
+    /// The leader compacts history older than this many revisions (0: never).
+    pub auto_compact_revisions: i64,
     /// Debug only: serve "linearizable" reads locally without read-index.
     /// Exists so the chaos checker can prove it catches stale reads.
     pub unsafe_local_reads: bool,
@@ -52,6 +54,7 @@ impl NodeConfig {
             election_max: Duration::from_millis(500),
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
+            auto_compact_revisions: 100_000,
             unsafe_local_reads: false,
         }
     }

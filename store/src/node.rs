@@ -682,6 +682,7 @@ impl Node {
                     .map(|(id, _)| *id)
                     .collect()
             };
+            self.auto_compact().await;
             for id in expired {
                 tracing::info!(lease = id, "lease expired, revoking");
                 let r = self
@@ -693,6 +694,35 @@ impl Node {
                     tracing::warn!(lease = id, error = %e, "revoking expired lease failed");
                 }
             }
+        }
+    }
+
+    /// On the leader: proposes a compaction once history exceeds the
+    /// retention by a tenth, so the event history (and every snapshot, which
+    /// carries it) stays bounded.
+    async fn auto_compact(&self) {
+        let keep = self.cfg.auto_compact_revisions;
+        if keep <= 0 {
+            return;
+        }
+        let (rev, compacted) = (self.kv.revision(), self.kv.compact_revision());
+        if rev - compacted.max(1) <= keep + keep / 10 {
+            return;
+        }
+        let target = rev - keep;
+        tracing::info!(revision = target, "auto-compacting history");
+        let r = self
+            .write(command::Op::Compact(
+                keel_proto::etcdserverpb::CompactionRequest {
+                    revision: target,
+                    physical: false,
+                },
+            ))
+            .await;
+        if let Err(e) = r
+            && e != EtcdError::Compacted
+        {
+            tracing::warn!(error = %e, "auto-compaction failed");
         }
     }
 

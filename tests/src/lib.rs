@@ -18,6 +18,11 @@ pub struct InProcessCluster {
 impl InProcessCluster {
     /// Starts `n` members that bootstrap one cluster, waiting for a leader.
     pub async fn start(n: usize) -> anyhow::Result<Self> {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// Like `start`, with `tune` applied to every member's configuration.
+    pub async fn start_with(n: usize, tune: impl Fn(&mut NodeConfig)) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<(String, String)> = ports
@@ -35,6 +40,7 @@ impl InProcessCluster {
             );
             cfg.initial_cluster = initial.clone();
             cfg.zone = format!("zone-{i}");
+            tune(&mut cfg);
             nodes.push(Node::start(cfg).await?);
         }
         let c = InProcessCluster { nodes, dir };

@@ -113,10 +113,12 @@ impl RaftSnapshotBuilder<C> for SnapshotBuilder {
             last_membership,
         };
         let dir = self.dir.clone();
-        let (m2, d2) = (meta.clone(), data.clone());
-        tokio::task::spawn_blocking(move || StateMachine::persist_snapshot(&dir, &m2, &d2))
-            .await
-            .map_err(io_err)??;
+        let m2 = meta.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            StateMachine::persist_snapshot(&dir, &m2, &data).map(|()| data)
+        })
+        .await
+        .map_err(io_err)??;
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
         Ok(SnapshotC {
             meta,
