@@ -54,7 +54,7 @@ pub struct MasterArgs {
     pub keep_behind_snapshot: u64,
     /// Keep this many revisions of history; older ones are compacted by the
     /// leader (0: keep everything, as etcd without auto-compaction).
-    #[arg(long, env = "KEEL_AUTO_COMPACT_REVISIONS", default_value_t = 100_000)]
+    #[arg(long, env = "KEEL_AUTO_COMPACT_REVISIONS", default_value_t = 10_000)]
     pub auto_compact_revisions: i64,
     /// DEBUG ONLY, UNSAFE: serve linearizable reads locally without
     /// read-index (lets the chaos checker prove it catches stale reads).

@@ -54,7 +54,7 @@ impl NodeConfig {
             election_max: Duration::from_millis(500),
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
-            auto_compact_revisions: 100_000,
+            auto_compact_revisions: 10_000,
             unsafe_local_reads: false,
         }
     }

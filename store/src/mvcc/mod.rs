@@ -47,9 +47,14 @@ pub struct KvStore {
 impl KvStore {
     /// Opens (or creates) the key space under `dir/kv.sled`.
     pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
+        // No periodic background flush: durability comes from the Raft log
+        // (replayed from the applied index) plus the fsync in `flush`, which
+        // the snapshot builder calls before the log is purged.
         let db = sled::Config::new()
             .path(dir.join("kv.sled"))
             .cache_capacity(256 * 1024 * 1024)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
             .open()?;
         let tree = db.open_tree("kv")?;
         let (events, _) = broadcast::channel(4096);

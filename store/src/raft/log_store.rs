@@ -2,18 +2,19 @@
 //!
 //! Durability contract (every fsync named here):
 //! - `append`: all entries of one call go into one redb write transaction
-//!   committed with `Durability::None` (readable at once, not yet on disk),
-//!   then the call's `IOFlushed` goes to the flusher thread. The flusher
-//!   commits one small `Durability::Immediate` transaction, whose fsync makes
-//!   every earlier commit durable (redb's rule for non-durable commits), and
-//!   only then signals the callbacks it collected, in order. So the leader's
-//!   fsync overlaps replication, and one fsync covers many appends.
-//! - `save_vote`: one transaction, committed with fsync before returning.
+//!   committed with `Durability::Immediate`; the commit fsyncs the file before
+//!   it returns, and only then is `IOFlushed` signalled.
+//! - `save_vote`: one transaction, committed (fsync) before returning.
 //! - `purge`: `last_purged` is written in the same transaction that deletes the
-//!   entries (fsync), so the log state never has a hole after a crash.
-//! - `truncate_after`: commits with fsync before returning.
+//!   entries, so the log state is never left with a hole after a crash.
+//! - `truncate_after` commits with fsync before returning.
 //! - `save_committed`: not fsynced: the committed index is only a recovery
-//!   hint (openraft re-learns it from the leader); any later fsync persists it.
+//!   hint (openraft re-learns it from the leader); the next fsynced commit
+//!   persists it.
+//!
+//! (Appending without fsync and fsyncing batches on a separate thread was
+//! tried: two redb commits per batch cost more than the overlap saved,
+//! measured with `keel bench kv`; see BENCHMARKS.md.)
 
 use std::fmt::Debug;
 use std::io;
@@ -43,62 +44,10 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// The redb-backed log store; cheap to clone (all clones share one database
-/// and one flusher thread).
+/// The redb-backed log store; cheap to clone (all clones share one database).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    flusher: Arc<Flusher>,
-}
-
-/// The flusher thread's handle: dropping the last one stops the thread after
-/// a final fsync, and waits for it, so the file is closed and durable when
-/// the last `LogStore` clone is gone.
-struct Flusher {
-    tx: Option<std::sync::mpsc::Sender<IOFlushed<C>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-const K_FLUSH: &str = "flush";
-
-/// Makes non-durable commits durable in batches: waits for callbacks, takes
-/// all that are queued, commits one fsynced transaction, then signals them.
-fn run_flusher(db: Arc<Database>, rx: std::sync::mpsc::Receiver<IOFlushed<C>>) {
-    let mut seq: u64 = 0;
-    let mut sync = || -> io::Result<()> {
-        seq += 1;
-        let mut tx = db.begin_write().map_err(io_err)?;
-        tx.set_durability(Durability::Immediate).map_err(io_err)?;
-        tx.open_table(META)
-            .map_err(io_err)?
-            .insert(K_FLUSH, seq.to_be_bytes().as_slice())
-            .map_err(io_err)?;
-        tx.commit().map_err(io_err) // fsync: every earlier commit is durable
-    };
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
-        let r = sync();
-        for cb in batch {
-            cb.io_completed(match &r {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            });
-        }
-    }
-    // Closing: persist the last non-durable commits (e.g. `save_committed`).
-    if let Err(e) = sync() {
-        tracing::warn!(error = %e, "final log fsync failed");
-    }
 }
 
 impl LogStore {
@@ -111,17 +60,7 @@ impl LogStore {
         tx.open_table(LOG).map_err(io_err)?;
         tx.open_table(META).map_err(io_err)?;
         tx.commit().map_err(io_err)?; // fsync: tables exist before first use
-        let db = Arc::new(db);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let fdb = db.clone();
-        let thread = std::thread::Builder::new()
-            .name("raft-log-fsync".into())
-            .spawn(move || run_flusher(fdb, rx))?;
-        let flusher = Arc::new(Flusher {
-            tx: Some(tx),
-            thread: Some(thread),
-        });
-        Ok(LogStore { db, flusher })
+        Ok(LogStore { db: Arc::new(db) })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -242,7 +181,7 @@ impl RaftLogStorage<C> for LogStore {
         self.blocking(move |db| {
             let bytes = codec::encode(&committed);
             let mut tx = db.begin_write().map_err(io_err)?;
-            // No fsync: a hint that the next fsync persists (see module doc).
+            // No fsync: a hint that the next durable commit persists.
             tx.set_durability(Durability::None).map_err(io_err)?;
             tx.open_table(META)
                 .map_err(io_err)?
@@ -270,27 +209,20 @@ impl RaftLogStorage<C> for LogStore {
         let res = self
             .blocking(move |db| {
                 let mut tx = db.begin_write().map_err(io_err)?;
-                // Readable now; made durable by the flusher's fsync.
-                tx.set_durability(Durability::None).map_err(io_err)?;
+                tx.set_durability(Durability::Immediate).map_err(io_err)?;
                 {
                     let mut t = tx.open_table(LOG).map_err(io_err)?;
                     for (i, bytes) in &batch {
                         t.insert(*i, bytes.as_slice()).map_err(io_err)?;
                     }
                 }
+                // fsync: the whole batch is on disk when commit returns.
                 tx.commit().map_err(io_err)
             })
             .await;
         match res {
             Ok(()) => {
-                match &self.flusher.tx {
-                    Some(tx) => {
-                        if let Err(std::sync::mpsc::SendError(cb)) = tx.send(callback) {
-                            cb.io_completed(Err(io_err("log flusher stopped")));
-                        }
-                    }
-                    None => callback.io_completed(Err(io_err("log flusher stopped"))),
-                }
+                callback.io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {
