@@ -12,9 +12,11 @@
 //!   hint (openraft re-learns it from the leader); the next fsynced commit
 //!   persists it.
 //!
-//! (Appending without fsync and fsyncing batches on a separate thread was
-//! tried: two redb commits per batch cost more than the overlap saved,
-//! measured with `keel bench kv`; see BENCHMARKS.md.)
+//! Two designs that let `append` return before the fsync were measured and
+//! dropped (`keel bench kv`, BENCHMARKS.md): a non-durable commit plus a
+//! batched fsync commit on a flusher thread (two redb commits per batch), and
+//! a pending in-memory map with a writer thread (copies on the hot path);
+//! both had lower throughput and no better latency than this one.
 
 use std::fmt::Debug;
 use std::io;
