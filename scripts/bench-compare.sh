@@ -26,9 +26,10 @@ run_kv keel 127.0.0.1:12479,127.0.0.1:12480,127.0.0.1:12481
 kill -INT $up; wait $up || true
 
 bash scripts/etcd-cluster.sh "$work/etcd" >"$work/etcd.out" 2>&1 &
+etcd_up=$!
 until ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:22379 endpoint health >/dev/null 2>&1; do sleep 0.2; done
 run_kv etcd 127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579
-kill %2 2>/dev/null || true; wait || true
+kill "$etcd_up"; wait "$etcd_up" || true
 
 echo
 "$keel" bench failover --target keel --kills 5 | tail -4
