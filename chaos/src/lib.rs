@@ -4,5 +4,7 @@
 //! checkers of the chaos harness build on it (issue 6).
 
 pub mod cluster;
+pub mod wait;
 
 pub use cluster::{ClusterError, Flavor, ProcessCluster, free_port};
+pub use wait::poll;

@@ -2,11 +2,10 @@
 //! sockets on 127.0.0.1, real redb and sled files in temp dirs) started as
 //! `keel_store::Node`s inside the test process.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub use keel_chaos::free_port;
+pub use keel_chaos::{free_port, poll};
 use keel_store::{Node, NodeConfig};
 
 /// Members running in this process, with their temp dir.
@@ -71,24 +70,5 @@ impl InProcessCluster {
         for n in &self.nodes {
             n.shutdown().await;
         }
-    }
-}
-
-/// Polls `f` until it returns `Some`, panicking after `max`.
-pub async fn poll<T, F, Fut>(max: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + max;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {max:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,12 +1,12 @@
 //! Shared helpers for end-to-end tests that run real `keel` processes.
 //! (They live in the `keel` package because Cargo only hands a binary's
 //! path, `CARGO_BIN_EXE_keel`, to that package's own tests.)
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+pub use keel_chaos::poll;
 use keel_chaos::{Flavor, ProcessCluster};
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::{PutRequest, RangeRequest};
@@ -44,25 +44,6 @@ pub async fn channel(ep: &str) -> Channel {
 
 pub async fn kv(ep: &str) -> KvClient<Channel> {
     KvClient::new(channel(ep).await)
-}
-
-/// Polls `f` until it returns `Some`, failing the test after `max`.
-pub async fn poll<T, F, Fut>(max: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + max;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {max:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 pub async fn put(ep: &str, key: &str, value: &str) -> Result<i64, tonic::Status> {
