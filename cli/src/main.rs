@@ -2,6 +2,7 @@
 //! (`keel up`), cluster administration (`keel cluster ...`) and benchmarks
 //! (`keel bench ...`).
 
+mod backup;
 mod bench;
 mod client;
 mod cluster;
@@ -38,6 +39,8 @@ enum Cmd {
     Up(up::UpArgs),
     /// Inspect and change cluster membership.
     Cluster(cluster::ClusterArgs),
+    /// Backups: save from a running cluster, verify and inspect offline.
+    Backup(backup::BackupArgs),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -67,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Up(a) => up::run(a).await,
             Cmd::Cluster(a) => cluster::run(a).await,
             Cmd::Bench(b) => bench::run(b).await,
+            Cmd::Backup(a) => backup::run(a).await,
         }
     })
 }

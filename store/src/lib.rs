@@ -2,6 +2,7 @@
 //! in redb and whose state machine is an etcd-shaped MVCC key space in sled,
 //! served to clients through the etcd v3 gRPC API.
 
+pub mod backup;
 pub mod config;
 pub mod error;
 pub mod etcd;

@@ -125,6 +125,23 @@ pub fn shape_range(mut kvs: Vec<KeyValue>, req: &RangeRequest, revision: i64) ->
     }
 }
 
+/// The HashKV of a set of key-values sorted by key: a CRC-32 over each key,
+/// value, create/mod revision, version and lease. Backups record it so a
+/// restored cluster can be checked against them.
+pub fn hash_kvs(kvs: &[KeyValue]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for kv in kvs {
+        h.update(&(kv.key.len() as u64).to_be_bytes());
+        h.update(&kv.key);
+        h.update(&(kv.value.len() as u64).to_be_bytes());
+        h.update(&kv.value);
+        for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+            h.update(&n.to_be_bytes());
+        }
+    }
+    h.finalize()
+}
+
 impl KvStore {
     /// A range over the committed key space (current or at `req.revision`).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
@@ -189,17 +206,7 @@ impl KvStore {
             } else {
                 scan_at(tree, &[0], &[0], at)
             };
-            let mut h = crc32fast::Hasher::new();
-            for kv in &kvs {
-                h.update(&(kv.key.len() as u64).to_be_bytes());
-                h.update(&kv.key);
-                h.update(&(kv.value.len() as u64).to_be_bytes());
-                h.update(&kv.value);
-                for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
-                    h.update(&n.to_be_bytes());
-                }
-            }
-            Ok((h.finalize(), compact, at))
+            Ok((hash_kvs(&kvs), compact, at))
         })
     }
 

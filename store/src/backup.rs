@@ -1,0 +1,259 @@
+//! Backup files: one self-checking file holding the whole key space at one
+//! revision, with a header an auditor can read offline. The byte layout is
+//! documented in `docs/backup-format.md`.
+
+use std::collections::BTreeMap;
+
+use keel_proto::mvccpb::KeyValue;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::mvcc::keys;
+use crate::mvcc::read::hash_kvs;
+use crate::mvcc::snapshot::{Record, parse};
+
+/// First bytes of every backup file.
+pub const MAGIC: &[u8] = b"KEELBAK1\n";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What a backup says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupHeader {
+    pub format_version: u32,
+    pub keel_version: String,
+    pub cluster_id: u64,
+    pub source_member: String,
+    pub source_member_id: u64,
+    /// The store revision the backup was taken at.
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub raft_term: u64,
+    pub raft_index: u64,
+    /// Seconds since the Unix epoch.
+    pub created_at_unix: u64,
+    pub key_count: u64,
+    /// Keys per resource kind (`/registry/<kind>/...`; other keys under `(other)`).
+    pub counts_by_kind: BTreeMap<String, u64>,
+    /// etcd-style HashKV of the key space at `revision` (see `hash_kvs`).
+    pub content_hash: u32,
+}
+
+/// Why a backup file cannot be trusted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BackupError {
+    #[error("not a Keel backup (bad magic bytes)")]
+    BadMagic,
+    #[error("truncated: {0}")]
+    Truncated(String),
+    #[error("checksum mismatch: the file says {expected}, its content hashes to {actual}")]
+    Checksum { expected: String, actual: String },
+    #[error("unknown backup format version {0} (this keel reads version {FORMAT_VERSION})")]
+    UnknownVersion(u32),
+    #[error("unreadable header: {0}")]
+    Header(String),
+    #[error("corrupt data: {0}")]
+    Data(String),
+    #[error("header does not match the data: {0}")]
+    Mismatch(String),
+}
+
+/// A decoded, verified backup.
+#[derive(Debug)]
+pub struct Backup {
+    pub header: BackupHeader,
+    /// The key-space records (the dump format of `mvcc::snapshot`).
+    pub records: Vec<Record>,
+    /// The raw dump, as restore will need it.
+    pub dump: Vec<u8>,
+}
+
+/// What the records themselves say: revision, compaction, cluster id, key
+/// count, counts per kind and content hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub cluster_id: u64,
+    pub key_count: u64,
+    pub counts_by_kind: BTreeMap<String, u64>,
+    pub content_hash: u32,
+}
+
+fn meta_i64(records: &[Record], key: &[u8]) -> i64 {
+    records
+        .iter()
+        .find(|(k, _)| k.as_slice() == key)
+        .and_then(|(_, v)| v.get(..8))
+        .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
+        .unwrap_or(0)
+}
+
+/// The kind of a key: `/registry/<kind>/...` gives `<kind>`.
+pub fn kind_of(key: &[u8]) -> String {
+    let s = String::from_utf8_lossy(key);
+    match s
+        .strip_prefix("/registry/")
+        .and_then(|r| r.split('/').next())
+    {
+        Some(k) if !k.is_empty() => k.to_string(),
+        _ => "(other)".to_string(),
+    }
+}
+
+/// Summarizes dump records; fails on a record that does not decode.
+pub fn summarize(records: &[Record]) -> Result<Summary, BackupError> {
+    let mut kvs = Vec::new();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for (k, v) in records.iter().filter(|(k, _)| k.first() == Some(&keys::KV)) {
+        let kv = KeyValue::decode(v.as_slice()).map_err(|e| {
+            BackupError::Data(format!("key {:?}: {e}", String::from_utf8_lossy(&k[1..])))
+        })?;
+        if kv.key != k[1..] {
+            return Err(BackupError::Data(format!(
+                "record for {:?} holds key {:?}",
+                String::from_utf8_lossy(&k[1..]),
+                String::from_utf8_lossy(&kv.key)
+            )));
+        }
+        *counts.entry(kind_of(&kv.key)).or_default() += 1;
+        kvs.push(kv);
+    }
+    Ok(Summary {
+        revision: meta_i64(records, keys::META_REVISION).max(1),
+        compact_revision: meta_i64(records, keys::META_COMPACT),
+        cluster_id: meta_i64(records, keys::META_CLUSTER_ID) as u64,
+        key_count: kvs.len() as u64,
+        counts_by_kind: counts,
+        content_hash: hash_kvs(&kvs),
+    })
+}
+
+/// Encodes a backup file: magic, header, data, SHA-256 of all before it.
+pub fn encode(header: &BackupHeader, dump: &[u8]) -> Vec<u8> {
+    let h = serde_json::to_vec(header).expect("header serializes");
+    let mut out = Vec::with_capacity(MAGIC.len() + 12 + h.len() + dump.len() + 32);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&(dump.len() as u64).to_be_bytes());
+    out.extend_from_slice(dump);
+    let sum = Sha256::digest(&out);
+    out.extend_from_slice(&sum);
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Decodes and verifies a backup file: layout, checksum, format version,
+/// header, every data record, and the header's counts and hash against the
+/// data. Any failure names its reason.
+pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
+    if bytes.len() < MAGIC.len() || !bytes.starts_with(MAGIC) {
+        return Err(if MAGIC.starts_with(bytes) {
+            BackupError::Truncated(format!("{} bytes, not even the magic", bytes.len()))
+        } else {
+            BackupError::BadMagic
+        });
+    }
+    let mut pos = MAGIC.len();
+    let take =
+        |pos: &mut usize, n: usize, what: &str| -> Result<std::ops::Range<usize>, BackupError> {
+            let end = pos
+                .checked_add(n)
+                .filter(|e| *e <= bytes.len())
+                .ok_or_else(|| {
+                    BackupError::Truncated(format!(
+                        "{what} needs bytes {}..{} but the file has {}",
+                        *pos,
+                        pos.saturating_add(n),
+                        bytes.len()
+                    ))
+                })?;
+            let r = *pos..end;
+            *pos = end;
+            Ok(r)
+        };
+    let hl = take(&mut pos, 4, "header length")?;
+    let hlen = u32::from_be_bytes(bytes[hl].try_into().expect("4 bytes")) as usize;
+    let hr = take(&mut pos, hlen, "header")?;
+    let dl = take(&mut pos, 8, "data length")?;
+    let dlen = u64::from_be_bytes(bytes[dl].try_into().expect("8 bytes"));
+    let dr = take(
+        &mut pos,
+        usize::try_from(dlen).unwrap_or(usize::MAX),
+        "data",
+    )?;
+    let body_end = pos;
+    let sr = take(&mut pos, 32, "checksum")?;
+    if pos != bytes.len() {
+        return Err(BackupError::Data(format!(
+            "{} unexpected bytes after the checksum",
+            bytes.len() - pos
+        )));
+    }
+    let actual = Sha256::digest(&bytes[..body_end]);
+    if actual.as_slice() != &bytes[sr.clone()] {
+        return Err(BackupError::Checksum {
+            expected: hex(&bytes[sr]),
+            actual: hex(&actual),
+        });
+    }
+    let raw: serde_json::Value = serde_json::from_slice(&bytes[hr.clone()])
+        .map_err(|e| BackupError::Header(e.to_string()))?;
+    let version = raw
+        .get("format_version")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as u32;
+    if version != FORMAT_VERSION {
+        return Err(BackupError::UnknownVersion(version));
+    }
+    let header: BackupHeader =
+        serde_json::from_value(raw).map_err(|e| BackupError::Header(e.to_string()))?;
+    let dump = bytes[dr].to_vec();
+    let records = parse(&dump).map_err(|e| BackupError::Data(e.to_string()))?;
+    let s = summarize(&records)?;
+    let checks = [
+        (
+            "revision",
+            header.revision.to_string(),
+            s.revision.to_string(),
+        ),
+        (
+            "key_count",
+            header.key_count.to_string(),
+            s.key_count.to_string(),
+        ),
+        (
+            "content_hash",
+            header.content_hash.to_string(),
+            s.content_hash.to_string(),
+        ),
+        (
+            "cluster_id",
+            header.cluster_id.to_string(),
+            s.cluster_id.to_string(),
+        ),
+        (
+            "counts_by_kind",
+            format!("{:?}", header.counts_by_kind),
+            format!("{:?}", s.counts_by_kind),
+        ),
+    ];
+    for (what, said, found) in checks {
+        if said != found {
+            return Err(BackupError::Mismatch(format!(
+                "{what}: header says {said}, data has {found}"
+            )));
+        }
+    }
+    Ok(Backup {
+        header,
+        records,
+        dump,
+    })
+}
