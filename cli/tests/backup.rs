@@ -6,9 +6,12 @@ mod common;
 
 use std::process::Command;
 
+use std::time::Duration;
+
 use common::*;
-use keel_proto::etcdserverpb::HashKvRequest;
+use keel_chaos::{Flavor, ProcessCluster};
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use keel_proto::etcdserverpb::{HashKvRequest, RangeRequest, StatusRequest};
 
 fn keel(args: &[&str]) -> std::process::Output {
     Command::new(bin()).args(args).output().expect("run keel")
@@ -103,4 +106,150 @@ async fn backup_of_a_live_cluster_verifies_offline_and_corruption_is_caught() {
         String::from_utf8_lossy(&r.stderr).contains("truncated"),
         "{r:?}"
     );
+}
+
+async fn hash_at(ep: &str, revision: i64) -> Result<u32, tonic::Status> {
+    Ok(MaintenanceClient::new(channel(ep).await)
+        .hash_kv(HashKvRequest { revision })
+        .await?
+        .into_inner()
+        .hash)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_builds_an_identical_new_cluster_and_drill_passes() {
+    let tc = start(3, &[]).await;
+    let eps = tc.c.endpoints();
+    for i in 0..15 {
+        put(
+            &eps[i % 3],
+            &format!("/registry/deployments/default/d{i}"),
+            "x",
+        )
+        .await
+        .unwrap();
+    }
+    let file = tc.dir.path().join("b.keelbak");
+    let f = file.to_str().unwrap().to_string();
+    let out = keel(&["backup", "save", "--endpoints", &eps.join(","), "--out", &f]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let rev: i64 = field(&stdout, "revision")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hash = field(&stdout, "content hash")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let old_cluster = field(&stdout, "cluster id");
+
+    // All members of a new cluster, then start it.
+    let new_root = tempfile::tempdir().unwrap();
+    let root = new_root.path().to_str().unwrap();
+    let ic = "m1=127.0.0.1:1,m2=127.0.0.1:2,m3=127.0.0.1:3";
+    let r = keel(&[
+        "backup",
+        "restore",
+        &f,
+        "--all-members",
+        root,
+        "--initial-cluster",
+        ic,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // Restoring over data is refused.
+    let again = keel(&[
+        "backup",
+        "restore",
+        &f,
+        "--all-members",
+        root,
+        "--initial-cluster",
+        ic,
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    let new = ProcessCluster::start(Flavor::Keel, &bin(), new_root.path(), 3, None, &[]).unwrap();
+    new.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let neps = new.endpoints();
+    for ep in &neps {
+        let h = poll(Duration::from_secs(10), "restored hash", || async {
+            hash_at(ep, rev).await.ok()
+        })
+        .await;
+        assert_eq!(
+            format!("{h:08x}"),
+            hash,
+            "member {ep} differs from the backup"
+        );
+    }
+    assert_eq!(
+        keys_with_prefix(&neps[0], "/registry/deployments/", false)
+            .await
+            .unwrap()
+            .len(),
+        15
+    );
+    let st = MaintenanceClient::new(channel(&neps[0]).await)
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(
+        format!("{:x}", st.header.unwrap().cluster_id),
+        old_cluster,
+        "cluster id must be new"
+    );
+    // The restored cluster takes writes after the backup's revision.
+    assert!(put(&neps[1], "after", "restore").await.unwrap() > rev);
+    drop(new);
+
+    // With a revision bump, old revisions read as compacted.
+    let bumped = tempfile::tempdir().unwrap();
+    let d = bumped.path().join("m1");
+    let r = keel(&[
+        "backup",
+        "restore",
+        &f,
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--bump-revision",
+        "1000",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let one = ProcessCluster::start(Flavor::Keel, &bin(), bumped.path(), 1, None, &[]).unwrap();
+    one.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let ep = one.endpoints()[0].clone();
+    let old = kv(&ep)
+        .await
+        .range(RangeRequest {
+            key: b"/registry/".to_vec(),
+            range_end: b"/registry0".to_vec(),
+            revision: rev,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(old.code(), tonic::Code::OutOfRange, "{old:?}");
+    assert!(put(&ep, "k", "v").await.unwrap() > rev + 1000);
+    drop(one);
+
+    // The drill restores, starts, compares and reports.
+    let drill = keel(&["backup", "drill", &f]);
+    let report = String::from_utf8_lossy(&drill.stdout);
+    assert!(
+        drill.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&drill.stderr)
+    );
+    assert!(report.contains("RESULT: PASS"), "{report}");
 }

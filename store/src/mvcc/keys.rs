@@ -18,6 +18,9 @@ pub const META_COMPACT: &[u8] = b"mcompact";
 pub const META_APPLIED: &[u8] = b"mapplied";
 pub const META_MEMBERSHIP: &[u8] = b"mmembership";
 pub const META_CLUSTER_ID: &[u8] = b"mcluster_id";
+/// Mixed into the cluster id of a cluster restored from a backup (the source
+/// cluster's id), so the restored cluster never shares the source's id.
+pub const META_CLUSTER_SALT: &[u8] = b"mcluster_salt";
 
 pub fn kv_key(user: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(user.len() + 1);

@@ -112,6 +112,14 @@ impl KvStore {
         id
     }
 
+    /// The salt for the cluster id (0 unless restored from a backup).
+    pub fn cluster_salt(&self) -> u64 {
+        self.get_i64(keys::META_CLUSTER_SALT)
+            .ok()
+            .flatten()
+            .unwrap_or(0) as u64
+    }
+
     /// A JSON metadata value (applied log id, membership).
     pub fn meta_json<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
         let v = self.tree.get(key).ok()??;

@@ -83,6 +83,54 @@ impl KvStore {
     }
 }
 
+impl KvStore {
+    /// Fills an empty key space from backup records for a new cluster: the
+    /// source's applied log id, membership and cluster id are left out (the
+    /// new cluster bootstraps its own; the old id salts the new one), and with `bump > 0` the revision
+    /// moves `bump` past the backup's and everything below it counts as
+    /// compacted, so watchers of the old cluster get a compacted error
+    /// instead of seeing revisions go backwards. Fsyncs before returning.
+    pub async fn restore(&self, records: Vec<Record>, bump: i64) -> Result<(), StoreError> {
+        {
+            let _g = self.lock.write().unwrap_or_else(|e| e.into_inner());
+            if self.tree.iter().next().is_some() {
+                return Err(StoreError::Config(
+                    "restore needs an empty data dir: the key space already has data".into(),
+                ));
+            }
+            let mut batch = sled::Batch::default();
+            let dropped = [
+                keys::META_APPLIED,
+                keys::META_MEMBERSHIP,
+                keys::META_CLUSTER_ID,
+                keys::META_CLUSTER_SALT,
+            ];
+            let mut revision = 1;
+            for (k, v) in records {
+                if k.as_slice() == keys::META_CLUSTER_ID {
+                    // The new cluster's id is derived with the old one as salt.
+                    batch.insert(keys::META_CLUSTER_SALT, v.clone());
+                }
+                if dropped.contains(&k.as_slice()) {
+                    continue;
+                }
+                if k.as_slice() == keys::META_REVISION && v.len() >= 8 {
+                    revision = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                }
+                batch.insert(k, v);
+            }
+            if bump > 0 {
+                let new = revision + bump;
+                batch.insert(keys::META_REVISION, new.to_be_bytes().to_vec());
+                batch.insert(keys::META_COMPACT, new.to_be_bytes().to_vec());
+            }
+            self.tree.apply_batch(batch)?;
+            self.reload_counters()?;
+        }
+        self.flush().await // fsync: the restored key space is on disk
+    }
+}
+
 /// Pads a dump with zeros to a multiple of `block` bytes (an end marker
 /// first), e.g. for etcdctl, which expects bbolt-page-sized snapshots.
 pub fn pad(data: &mut Vec<u8>, block: usize) {

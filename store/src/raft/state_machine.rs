@@ -160,9 +160,11 @@ impl RaftStateMachine<C> for StateMachine {
                 membership = Some(serde_json::to_vec(&stored).map_err(io_err)?);
                 if cluster_id.is_none() {
                     // The cluster id is fixed by the first membership ever
-                    // applied (only recorded when none is recorded yet).
+                    // applied (only recorded when none is recorded yet),
+                    // salted for a cluster restored from a backup.
                     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-                    for id in m.voter_ids() {
+                    let salt = self.kv.cluster_salt();
+                    for id in m.voter_ids().chain((salt != 0).then_some(salt)) {
                         for b in id.to_be_bytes() {
                             h ^= u64::from(b);
                             h = h.wrapping_mul(0x0100_0000_01b3);
