@@ -31,9 +31,23 @@ enum BackupCmd {
         endpoints: String,
         #[arg(long)]
         out: PathBuf,
+        /// Sign the backup with this Ed25519 key (from `keel backup keygen`).
+        #[arg(long, env = "KEEL_BACKUP_SIGN_KEY")]
+        sign_key: Option<PathBuf>,
     },
-    /// Check a backup file offline: checksum, format, every record, header.
-    Verify { file: PathBuf },
+    /// Check a backup file offline: checksum, format, every record, header
+    /// and, with --verify-key, that this key signed it.
+    Verify {
+        file: PathBuf,
+        #[arg(long, env = "KEEL_BACKUP_VERIFY_KEY")]
+        verify_key: Option<PathBuf>,
+    },
+    /// Create an Ed25519 key pair for signing backups: KEY (secret, mode
+    /// 0600) and KEY.pub (for auditors).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// List what a backup holds (kinds and counts, keys under a prefix).
     Inspect {
         file: PathBuf,
@@ -70,10 +84,29 @@ enum BackupCmd {
 
 pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
     match a.cmd {
-        BackupCmd::Save { endpoints, out } => save(&parse_endpoints(&endpoints), &out).await,
-        BackupCmd::Verify { file } => {
+        BackupCmd::Save {
+            endpoints,
+            out,
+            sign_key,
+        } => {
+            let key = sign_key.as_deref().map(read_secret).transpose()?;
+            save(&parse_endpoints(&endpoints), &out, key.as_ref()).await
+        }
+        BackupCmd::Verify { file, verify_key } => {
             let b = read(&file)?;
+            if let Some(k) = &verify_key {
+                backup::check_signer(&b, &read_public(k)?)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            }
             print_header(&b.header);
+            match (b.signer, &verify_key) {
+                (Some(k), Some(_)) => println!("signature       valid, by {}", backup::hex(&k)),
+                (Some(k), None) => println!(
+                    "signature       consistent, by {} (give --verify-key to check who signed)",
+                    backup::hex(&k)
+                ),
+                (None, _) => println!("signature       none"),
+            }
             println!(
                 "OK: {} verified ({} records)",
                 file.display(),
@@ -81,6 +114,7 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        BackupCmd::Keygen { out } => keygen(&out),
         BackupCmd::Restore {
             file,
             data_dir,
@@ -163,7 +197,59 @@ fn print_header(h: &BackupHeader) {
     );
 }
 
-async fn save(endpoints: &[String], out: &Path) -> anyhow::Result<()> {
+fn keygen(out: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let seed: [u8; 32] = rand::random();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    writeln!(f, "{}", backup::hex(&seed))?;
+    f.sync_all()?;
+    let public = out.with_extension("pub");
+    std::fs::write(
+        &public,
+        format!("{}\n", backup::hex(key.verifying_key().as_bytes())),
+    )?;
+    println!(
+        "secret key {} (keep it on the masters)\npublic key {} (give it to auditors)",
+        out.display(),
+        public.display()
+    );
+    Ok(())
+}
+
+fn read_hex32(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let t = text.trim();
+    if t.len() != 64 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{}: not a key (want 64 hex digits)", path.display());
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&t[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(out)
+}
+
+fn read_secret(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    Ok(ed25519_dalek::SigningKey::from_bytes(&read_hex32(path)?))
+}
+
+fn read_public(path: &Path) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    ed25519_dalek::VerifyingKey::from_bytes(&read_hex32(path)?)
+        .map_err(|e| anyhow::anyhow!("{}: not a public key: {e}", path.display()))
+}
+
+async fn save(
+    endpoints: &[String],
+    out: &Path,
+    sign_key: Option<&ed25519_dalek::SigningKey>,
+) -> anyhow::Result<()> {
     let ch = connect_any(endpoints).await?;
     // A linearizable read first: the member has applied everything
     // committed before the backup started.
@@ -229,7 +315,10 @@ async fn save(endpoints: &[String], out: &Path) -> anyhow::Result<()> {
         counts_by_kind: s.counts_by_kind,
         content_hash: s.content_hash,
     };
-    let file = backup::encode(&header, &dump);
+    let mut file = backup::encode(&header, &dump);
+    if let Some(k) = sign_key {
+        backup::sign(&mut file, k);
+    }
     write_atomically(out, &file)?;
     // Read it back before claiming success.
     read(out)?;

@@ -106,6 +106,83 @@ async fn backup_of_a_live_cluster_verifies_offline_and_corruption_is_caught() {
         String::from_utf8_lossy(&r.stderr).contains("truncated"),
         "{r:?}"
     );
+    // Restore refuses the corrupt file and leaves the target untouched.
+    let target = tc.dir.path().join("never");
+    let r = keel(&[
+        "backup",
+        "restore",
+        bad.to_str().unwrap(),
+        "--data-dir",
+        target.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    assert!(
+        !target.exists(),
+        "restore of a corrupt file created the target dir"
+    );
+
+    // Signed backups: the right public key verifies, another one is refused.
+    let key = tc.dir.path().join("backup.key");
+    let other = tc.dir.path().join("other.key");
+    for k in [&key, &other] {
+        let g = keel(&["backup", "keygen", "--out", k.to_str().unwrap()]);
+        assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    }
+    let signed = tc.dir.path().join("signed.keelbak");
+    let s = signed.to_str().unwrap();
+    let out = keel(&[
+        "backup",
+        "save",
+        "--endpoints",
+        &eps.join(","),
+        "--out",
+        s,
+        "--sign-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pubkey = key.with_extension("pub");
+    let ok = keel(&[
+        "backup",
+        "verify",
+        s,
+        "--verify-key",
+        pubkey.to_str().unwrap(),
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("signature       valid"));
+    let wrong = keel(&[
+        "backup",
+        "verify",
+        s,
+        "--verify-key",
+        other.with_extension("pub").to_str().unwrap(),
+    ]);
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("signed by another key"),
+        "{wrong:?}"
+    );
+    let unsigned = keel(&[
+        "backup",
+        "verify",
+        f,
+        "--verify-key",
+        pubkey.to_str().unwrap(),
+    ]);
+    assert!(!unsigned.status.success());
+    assert!(
+        String::from_utf8_lossy(&unsigned.stderr).contains("not signed"),
+        "{unsigned:?}"
+    );
 }
 
 async fn hash_at(ep: &str, revision: i64) -> Result<u32, tonic::Status> {

@@ -17,6 +17,9 @@ use crate::mvcc::snapshot::{Record, parse};
 pub const MAGIC: &[u8] = b"KEELBAK1\n";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
+/// Starts the optional signature block after the checksum.
+pub const SIG_MAGIC: &[u8] = b"KEELSIG1";
+const SIG_BLOCK: usize = 8 + 32 + 64;
 
 /// What a backup says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +61,12 @@ pub enum BackupError {
     Data(String),
     #[error("header does not match the data: {0}")]
     Mismatch(String),
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    #[error("not signed, but a verify key was given")]
+    NotSigned,
+    #[error("signed by another key ({0}), not the given verify key")]
+    WrongKey(String),
 }
 
 /// A decoded, verified backup.
@@ -68,6 +77,30 @@ pub struct Backup {
     pub records: Vec<Record>,
     /// The raw dump, as restore will need it.
     pub dump: Vec<u8>,
+    /// The public key that signed the file, if it is signed (the signature
+    /// has been checked against it).
+    pub signer: Option<[u8; 32]>,
+}
+
+/// Appends an Ed25519 signature over the file's SHA-256 checksum, so an
+/// auditor holding the public key can tell this cluster's backups from forged
+/// ones.
+pub fn sign(file: &mut Vec<u8>, key: &ed25519_dalek::SigningKey) {
+    use ed25519_dalek::Signer;
+    let sum: [u8; 32] = file[file.len() - 32..].try_into().expect("32 bytes");
+    let sig = key.sign(&sum);
+    file.extend_from_slice(SIG_MAGIC);
+    file.extend_from_slice(key.verifying_key().as_bytes());
+    file.extend_from_slice(&sig.to_bytes());
+}
+
+/// Checks that a decoded backup was signed with `key`.
+pub fn check_signer(b: &Backup, key: &ed25519_dalek::VerifyingKey) -> Result<(), BackupError> {
+    match b.signer {
+        None => Err(BackupError::NotSigned),
+        Some(k) if k == *key.as_bytes() => Ok(()),
+        Some(k) => Err(BackupError::WrongKey(hex(&k[..8]))),
+    }
 }
 
 /// What the records themselves say: revision, compaction, cluster id, key
@@ -145,7 +178,8 @@ pub fn encode(header: &BackupHeader, dump: &[u8]) -> Vec<u8> {
     out
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lowercase hex of some bytes.
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -190,12 +224,34 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
     )?;
     let body_end = pos;
     let sr = take(&mut pos, 32, "checksum")?;
-    if pos != bytes.len() {
-        return Err(BackupError::Data(format!(
-            "{} unexpected bytes after the checksum",
-            bytes.len() - pos
-        )));
-    }
+    let signer = match bytes.len() - pos {
+        0 => None,
+        n if n == SIG_BLOCK && bytes[pos..].starts_with(SIG_MAGIC) => {
+            use ed25519_dalek::Verifier;
+            let pk: [u8; 32] = bytes[pos + 8..pos + 40].try_into().expect("32 bytes");
+            let sig: [u8; 64] = bytes[pos + 40..].try_into().expect("64 bytes");
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&pk)
+                .map_err(|e| BackupError::BadSignature(format!("unusable public key: {e}")))?;
+            key.verify(
+                &bytes[sr.clone()],
+                &ed25519_dalek::Signature::from_bytes(&sig),
+            )
+            .map_err(|_| {
+                BackupError::BadSignature("the signature does not match the checksum".into())
+            })?;
+            Some(pk)
+        }
+        n if bytes[pos..].starts_with(&SIG_MAGIC[..n.min(SIG_MAGIC.len())]) => {
+            return Err(BackupError::Truncated(format!(
+                "signature block has {n} of {SIG_BLOCK} bytes"
+            )));
+        }
+        n => {
+            return Err(BackupError::Data(format!(
+                "{n} unexpected bytes after the checksum"
+            )));
+        }
+    };
     let actual = Sha256::digest(&bytes[..body_end]);
     if actual.as_slice() != &bytes[sr.clone()] {
         return Err(BackupError::Checksum {
@@ -255,5 +311,6 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
         header,
         records,
         dump,
+        signer,
     })
 }

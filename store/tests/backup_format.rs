@@ -136,3 +136,32 @@ fn bad_magic_unknown_version_and_lying_header_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn signatures_are_checked_against_the_key() {
+    let (h, dump, _d) = sample();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let other = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let mut file = backup::encode(&h, &dump);
+    let unsigned = backup::decode(&file).unwrap();
+    assert_eq!(
+        backup::check_signer(&unsigned, &key.verifying_key()).unwrap_err(),
+        BackupError::NotSigned
+    );
+    backup::sign(&mut file, &key);
+    let b = backup::decode(&file).unwrap();
+    backup::check_signer(&b, &key.verifying_key()).unwrap();
+    assert!(matches!(
+        backup::check_signer(&b, &other.verifying_key()).unwrap_err(),
+        BackupError::WrongKey(_)
+    ));
+    let mut forged = file.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    assert!(matches!(
+        backup::decode(&forged).unwrap_err(),
+        BackupError::BadSignature(_)
+    ));
+    let e = backup::decode(&file[..file.len() - 10]).unwrap_err();
+    assert!(matches!(e, BackupError::Truncated(_)), "{e}");
+}
