@@ -11,8 +11,7 @@ use keel_proto::etcdserverpb::cluster_client::ClusterClient;
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_proto::etcdserverpb::{MemberListRequest, RangeRequest, SnapshotRequest, StatusRequest};
-use keel_store::backup::{self, BackupHeader, FORMAT_VERSION};
-use keel_store::mvcc::snapshot::parse;
+use keel_store::backup::{self, BackupHeader};
 use sha2::{Digest, Sha256};
 
 use crate::client::{connect_any, parse_endpoints};
@@ -41,6 +40,11 @@ enum BackupCmd {
         file: PathBuf,
         #[arg(long, env = "KEEL_BACKUP_VERIFY_KEY")]
         verify_key: Option<PathBuf>,
+    },
+    /// List the backups in a directory (scheduled ones included), each verified.
+    List {
+        #[arg(long, env = "KEEL_BACKUP_DIR")]
+        backup_dir: PathBuf,
     },
     /// Create an Ed25519 key pair for signing backups: KEY (secret, mode
     /// 0600) and KEY.pub (for auditors).
@@ -115,6 +119,7 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
             Ok(())
         }
         BackupCmd::Keygen { out } => keygen(&out),
+        BackupCmd::List { backup_dir } => list(&backup_dir),
         BackupCmd::Restore {
             file,
             data_dir,
@@ -293,67 +298,23 @@ async fn save(
     if Sha256::digest(&data).as_slice() != sum.as_slice() {
         bail!("snapshot stream checksum mismatch: transfer corrupted");
     }
-    // The stream carries the dump padded for etcdctl; keep the dump itself.
-    let records = parse(&data).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let dump = reencode(&records, &data);
-    let s = backup::summarize(&records)?;
-    let header = BackupHeader {
-        format_version: FORMAT_VERSION,
-        keel_version: env!("CARGO_PKG_VERSION").into(),
-        cluster_id: s.cluster_id,
-        source_member: name,
-        source_member_id: me,
-        revision: s.revision,
-        compact_revision: s.compact_revision,
-        raft_term: status.raft_term,
-        raft_index: status.raft_applied_index,
-        created_at_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        key_count: s.key_count,
-        counts_by_kind: s.counts_by_kind,
-        content_hash: s.content_hash,
-    };
-    let mut file = backup::encode(&header, &dump);
+    let (header, mut file) = backup::build(
+        &data,
+        &backup::Source {
+            member: name,
+            member_id: me,
+            raft_term: status.raft_term,
+            raft_index: status.raft_applied_index,
+        },
+    )?;
     if let Some(k) = sign_key {
         backup::sign(&mut file, k);
     }
-    write_atomically(out, &file)?;
+    backup::write_atomically(out, &file).with_context(|| format!("writing {}", out.display()))?;
     // Read it back before claiming success.
     read(out)?;
     print_header(&header);
     println!("saved {} ({} bytes)", out.display(), file.len());
-    Ok(())
-}
-
-/// The dump without the stream's padding: the records as parsed.
-fn reencode(records: &[keel_store::mvcc::snapshot::Record], padded: &[u8]) -> Vec<u8> {
-    let mut len = b"KEELSNAP1\n".len();
-    for (k, v) in records {
-        len += 8 + k.len() + v.len();
-    }
-    padded[..len].to_vec()
-}
-
-/// Temp file, fsync, rename, fsync of the directory.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("backup")
-    ));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?; // fsync: the backup's bytes
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()?; // fsync: the rename
     Ok(())
 }
 
@@ -414,4 +375,42 @@ async fn drill(file: &Path) -> anyhow::Result<()> {
         println!("RESULT: FAIL");
         bail!("drill failed: restored HashKV differs from the backup's content hash")
     }
+}
+
+fn list(dir: &Path) -> anyhow::Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "keelbak"))
+        .collect();
+    files.sort();
+    println!(
+        "{:<56} {:>9} {:>7} {:>12} {:>9}  STATUS",
+        "FILE", "REVISION", "KEYS", "CREATED", "BYTES"
+    );
+    let mut bad = 0;
+    for f in &files {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+        let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        match std::fs::read(f)
+            .map_err(|e| e.to_string())
+            .and_then(|b| backup::decode(&b).map_err(|e| e.to_string()))
+        {
+            Ok(b) => println!(
+                "{name:<56} {:>9} {:>7} {:>12} {size:>9}  ok",
+                b.header.revision, b.header.key_count, b.header.created_at_unix
+            ),
+            Err(e) => {
+                bad += 1;
+                println!(
+                    "{name:<56} {:>9} {:>7} {:>12} {size:>9}  BAD: {e}",
+                    "-", "-", "-"
+                );
+            }
+        }
+    }
+    if bad > 0 {
+        bail!("{bad} of {} backups do not verify", files.len());
+    }
+    Ok(())
 }

@@ -56,6 +56,15 @@ pub struct MasterArgs {
     /// leader (0: keep everything, as etcd without auto-compaction).
     #[arg(long, env = "KEEL_AUTO_COMPACT_REVISIONS", default_value_t = 10_000)]
     pub auto_compact_revisions: i64,
+    /// While leader, write a verified backup here every --backup-interval.
+    #[arg(long, env = "KEEL_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Seconds between scheduled backups (3600 = 1h).
+    #[arg(long, env = "KEEL_BACKUP_INTERVAL_SECS", default_value_t = 3600)]
+    pub backup_interval_secs: u64,
+    /// How many scheduled backups to keep.
+    #[arg(long, env = "KEEL_BACKUP_RETAIN", default_value_t = 24)]
+    pub backup_retain: usize,
     /// DEBUG ONLY, UNSAFE: serve linearizable reads locally without
     /// read-index (lets the chaos checker prove it catches stale reads).
     #[arg(long, env = "KEEL_UNSAFE_LOCAL_READS", hide = true)]
@@ -83,6 +92,9 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
     cfg.snapshot_every = a.snapshot_every;
     cfg.keep_behind_snapshot = a.keep_behind_snapshot;
     cfg.auto_compact_revisions = a.auto_compact_revisions;
+    cfg.backup_dir = a.backup_dir;
+    cfg.backup_interval = Duration::from_secs(a.backup_interval_secs.max(1));
+    cfg.backup_retain = a.backup_retain;
     cfg.unsafe_local_reads = a.unsafe_local_reads;
     if cfg.unsafe_local_reads {
         tracing::warn!(

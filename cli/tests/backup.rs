@@ -330,3 +330,66 @@ async fn restore_builds_an_identical_new_cluster_and_drill_passes() {
     );
     assert!(report.contains("RESULT: PASS"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_writes_scheduled_verified_backups_and_keeps_the_newest() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("backups");
+    let d = dir.to_str().unwrap().to_string();
+    let tc = start(
+        3,
+        &[
+            "--backup-dir",
+            &d,
+            "--backup-interval-secs",
+            "1",
+            "--backup-retain",
+            "2",
+        ],
+    )
+    .await;
+    let eps = tc.c.endpoints();
+    // Keep writing so each backup is at a new revision (names are unique).
+    poll(Duration::from_secs(20), "3 scheduled backups", || async {
+        put(&eps[0], "/registry/pods/default/tick", "x")
+            .await
+            .ok()?;
+        let logs = std::fs::read_to_string(tc.c.log_path(tc.c.leader().await?)).ok()?;
+        let written = logs
+            .matches("scheduled backup written and verified")
+            .count();
+        (written >= 3).then_some(())
+    })
+    .await;
+    // Retention keeps 2: the third write pruned (a fourth may be in flight).
+    let backups = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "keelbak"))
+            .count()
+    };
+    poll(
+        Duration::from_secs(10),
+        "at most 2 backups kept",
+        || async {
+            let n = backups();
+            (n > 0 && n <= 2).then_some(())
+        },
+    )
+    .await;
+    let out = keel(&["backup", "list", "--backup-dir", &d]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{listing}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(listing.matches("  ok").count() >= 1, "{listing}");
+
+    // A damaged backup in the directory makes `list` fail, naming it.
+    std::fs::write(dir.join("keel-damaged.keelbak"), b"KEELBAK1\nxx").unwrap();
+    let out = keel(&["backup", "list", "--backup-dir", &d]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("BAD: truncated"));
+}

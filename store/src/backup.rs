@@ -314,3 +314,63 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
         signer,
     })
 }
+
+/// Who took a backup and where the Raft log stood.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub member: String,
+    pub member_id: u64,
+    pub raft_term: u64,
+    pub raft_index: u64,
+}
+
+/// Builds a backup file from a key-space dump (padding after the dump's end
+/// marker is dropped): header computed from the data, then `encode`.
+pub fn build(dump: &[u8], source: &Source) -> Result<(BackupHeader, Vec<u8>), BackupError> {
+    let records = parse(dump).map_err(|e| BackupError::Data(e.to_string()))?;
+    let len = b"KEELSNAP1\n".len()
+        + records
+            .iter()
+            .map(|(k, v)| 8 + k.len() + v.len())
+            .sum::<usize>();
+    let s = summarize(&records)?;
+    let header = BackupHeader {
+        format_version: FORMAT_VERSION,
+        keel_version: env!("CARGO_PKG_VERSION").into(),
+        cluster_id: s.cluster_id,
+        source_member: source.member.clone(),
+        source_member_id: source.member_id,
+        revision: s.revision,
+        compact_revision: s.compact_revision,
+        raft_term: source.raft_term,
+        raft_index: source.raft_index,
+        created_at_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        key_count: s.key_count,
+        counts_by_kind: s.counts_by_kind,
+        content_hash: s.content_hash,
+    };
+    let file = encode(&header, &dump[..len]);
+    Ok((header, file))
+}
+
+/// Writes a file atomically: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("backup");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?; // fsync: the file's bytes
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all() // fsync: the rename
+}

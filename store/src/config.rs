@@ -31,6 +31,11 @@ pub struct NodeConfig {
     pub keep_behind_snapshot: u64,
     /// The leader compacts history older than this many revisions (0: never).
     pub auto_compact_revisions: i64,
+    /// Where the leader writes scheduled backups (none: no scheduled backups).
+    pub backup_dir: Option<PathBuf>,
+    pub backup_interval: Duration,
+    /// How many scheduled backups to keep (oldest are deleted).
+    pub backup_retain: usize,
     /// Debug only: serve "linearizable" reads locally without read-index.
     /// Exists so the chaos checker can prove it catches stale reads.
     pub unsafe_local_reads: bool,
@@ -55,6 +60,9 @@ impl NodeConfig {
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
             auto_compact_revisions: 10_000,
+            backup_dir: None,
+            backup_interval: Duration::from_secs(3600),
+            backup_retain: 24,
             unsafe_local_reads: false,
         }
     }
