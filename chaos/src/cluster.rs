@@ -294,6 +294,16 @@ impl ProcessCluster {
         self.signal(i, libc::SIGCONT);
     }
 
+    /// Starts member `i` again with extra arguments (e.g. `--force-new-cluster`).
+    pub fn restart_with(&mut self, i: usize, extra: &[&str]) -> Result<(), ClusterError> {
+        self.kill(i);
+        let saved = self.extra_args.clone();
+        self.extra_args.extend(extra.iter().map(|s| s.to_string()));
+        let r = self.spawn(i);
+        self.extra_args = saved;
+        r
+    }
+
     /// Starts member `i` again on its data dir (kills it first if running).
     pub fn restart(&mut self, i: usize) -> Result<(), ClusterError> {
         self.kill(i);

@@ -59,6 +59,12 @@ enum ClusterCmd {
     },
     /// Transfer leadership to a member.
     MoveLeader { member: String },
+    /// After quorum loss: inspect stopped members' data dirs and say which
+    /// one to restart with `keel master --force-new-cluster`.
+    Recover {
+        #[arg(long = "data-dir", required = true)]
+        data_dirs: Vec<std::path::PathBuf>,
+    },
 }
 
 async fn members(endpoints: &[String]) -> anyhow::Result<Vec<Member>> {
@@ -91,6 +97,7 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
     let eps = parse_endpoints(&a.endpoints);
     match a.cmd {
         ClusterCmd::Status => status(&eps).await,
+        ClusterCmd::Recover { data_dirs } => recover(&data_dirs).await,
         ClusterCmd::Add {
             name,
             peer,
@@ -282,4 +289,39 @@ mod tests {
         ];
         assert!(zone_warnings(&two_zones_full).is_empty());
     }
+}
+
+async fn recover(dirs: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let mut states = Vec::new();
+    println!(
+        "{:<40} {:>14} {:>14} {:>9}",
+        "DATA DIR", "LAST LOG", "APPLIED", "REVISION"
+    );
+    let fmt = |t: Option<(u64, u64)>| t.map(|(t, i)| format!("{t}/{i}")).unwrap_or("-".into());
+    for d in dirs {
+        match keel_store::recover::inspect(d).await {
+            Ok(s) => {
+                println!(
+                    "{:<40} {:>14} {:>14} {:>9}",
+                    d.display(),
+                    fmt(s.last_log),
+                    fmt(s.applied),
+                    s.revision
+                );
+                states.push(s);
+            }
+            Err(e) => println!("{:<40} unusable: {e}", d.display()),
+        }
+    }
+    let best =
+        keel_store::recover::best(&states).ok_or_else(|| anyhow::anyhow!("no usable data dir"))?;
+    println!(
+        "\nMost recent state: {} (last log term/index {}).\n\
+         Restart it alone with: keel master --force-new-cluster --data-dir {} --name <its name> ...\n\
+         then add the other members back one by one with --join.",
+        best.dir.display(),
+        fmt(best.last_log),
+        best.dir.display()
+    );
+    Ok(())
 }

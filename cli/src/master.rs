@@ -65,6 +65,10 @@ pub struct MasterArgs {
     /// How many scheduled backups to keep.
     #[arg(long, env = "KEEL_BACKUP_RETAIN", default_value_t = 24)]
     pub backup_retain: usize,
+    /// After quorum loss: restart this survivor as a single-member cluster
+    /// with all its data (see `keel cluster recover`). Refuses to run twice.
+    #[arg(long, env = "KEEL_FORCE_NEW_CLUSTER")]
+    pub force_new_cluster: bool,
     /// DEBUG ONLY, UNSAFE: serve linearizable reads locally without
     /// read-index (lets the chaos checker prove it catches stale reads).
     #[arg(long, env = "KEEL_UNSAFE_LOCAL_READS", hide = true)]
@@ -100,6 +104,17 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
         tracing::warn!(
             "--unsafe-local-reads is on: linearizable reads may be stale. Never use this outside chaos tests."
         );
+    }
+    if a.force_new_cluster {
+        let kept = keel_store::recover::force_new_cluster(&a.data_dir)
+            .await
+            .context("--force-new-cluster")?;
+        tracing::warn!(
+            old_data = %kept.display(),
+            "forced a new single-member cluster; add members back one by one with --join"
+        );
+        cfg.initial_cluster = vec![(a.name.clone(), cfg.peer_addr())];
+        cfg.join = None;
     }
     let node = Node::start(cfg)
         .await

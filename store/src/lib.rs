@@ -10,6 +10,7 @@ pub mod mvcc;
 pub mod net;
 pub mod node;
 pub mod raft;
+pub mod recover;
 
 pub use config::{NodeConfig, parse_initial_cluster};
 pub use error::{EtcdError, StoreError};
