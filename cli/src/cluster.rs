@@ -257,40 +257,6 @@ pub fn zone_warnings(members: &[Member]) -> Vec<String> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn m(name: &str, zone: &str, learner: bool) -> Member {
-        Member {
-            name: name.into(),
-            zone: zone.into(),
-            is_learner: learner,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn warns_only_when_a_zone_is_left_without_voters() {
-        let spread = [
-            m("a", "z1", false),
-            m("b", "z2", false),
-            m("c", "z3", false),
-        ];
-        assert!(zone_warnings(&spread).is_empty());
-        let skewed = [m("a", "z1", false), m("b", "z1", false), m("c", "z2", true)];
-        let w = zone_warnings(&skewed);
-        assert_eq!(w.len(), 1);
-        assert!(w[0].contains("z1") && w[0].contains("z2"), "{w:?}");
-        let two_zones_full = [
-            m("a", "z1", false),
-            m("b", "z1", false),
-            m("c", "z2", false),
-        ];
-        assert!(zone_warnings(&two_zones_full).is_empty());
-    }
-}
-
 async fn recover(dirs: &[std::path::PathBuf]) -> anyhow::Result<()> {
     let mut states = Vec::new();
     println!(
@@ -324,4 +290,38 @@ async fn recover(dirs: &[std::path::PathBuf]) -> anyhow::Result<()> {
         best.dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(name: &str, zone: &str, learner: bool) -> Member {
+        Member {
+            name: name.into(),
+            zone: zone.into(),
+            is_learner: learner,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn warns_only_when_a_zone_is_left_without_voters() {
+        let spread = [
+            m("a", "z1", false),
+            m("b", "z2", false),
+            m("c", "z3", false),
+        ];
+        assert!(zone_warnings(&spread).is_empty());
+        let skewed = [m("a", "z1", false), m("b", "z1", false), m("c", "z2", true)];
+        let w = zone_warnings(&skewed);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("z1") && w[0].contains("z2"), "{w:?}");
+        let two_zones_full = [
+            m("a", "z1", false),
+            m("b", "z1", false),
+            m("c", "z2", false),
+        ];
+        assert!(zone_warnings(&two_zones_full).is_empty());
+    }
 }
