@@ -152,3 +152,58 @@ pub async fn run(a: KvArgs) -> anyhow::Result<()> {
 fn key(k: u64) -> Vec<u8> {
     format!("bench/{k:08}").into_bytes()
 }
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    #[arg(long, env = "KEEL_ENDPOINTS")]
+    endpoints: String,
+    /// Distinct keys to write, each exactly once.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    #[arg(long, default_value_t = 1024)]
+    value_size: usize,
+    #[arg(long, default_value_t = 64)]
+    clients: u64,
+    /// Key prefix.
+    #[arg(long, default_value = "/registry/configmaps/bench/")]
+    prefix: String,
+}
+
+/// Writes `keys` distinct keys with `clients` concurrent writers.
+pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
+    let eps = parse_endpoints(&a.endpoints);
+    anyhow::ensure!(!eps.is_empty() && a.clients > 0, "need endpoints and clients");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..a.clients {
+        let ch = connect(&eps[c as usize % eps.len()]).await?;
+        let (keys, clients, size, prefix) = (a.keys, a.clients, a.value_size, a.prefix.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut kv = KvClient::new(ch);
+            let value = vec![b'v'; size];
+            let mut k = c;
+            while k < keys {
+                kv.put(PutRequest {
+                    key: format!("{prefix}{k:08}").into_bytes(),
+                    value: value.clone(),
+                    ..Default::default()
+                })
+                .await?;
+                k += clients;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "loaded {} keys of {} B in {:.1} s ({:.0} puts/s)",
+        a.keys,
+        a.value_size,
+        secs,
+        a.keys as f64 / secs
+    );
+    Ok(())
+}

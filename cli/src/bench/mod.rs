@@ -12,11 +12,14 @@ pub enum BenchCmd {
     Kv(kv::KvArgs),
     /// Write unavailability after SIGKILL of the leader, on a cluster it starts.
     Failover(failover::FailoverArgs),
+    /// Write N distinct keys once each (to prepare data for backup benchmarks).
+    Load(kv::LoadArgs),
 }
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Kv(a) => kv::run(a).await,
         BenchCmd::Failover(a) => failover::run(a).await,
+        BenchCmd::Load(a) => kv::load(a).await,
     }
 }

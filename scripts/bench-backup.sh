@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Backup figures for BENCHMARKS.md: 100k keys of 1 KiB loaded into a 3-member
+# Keel cluster and a 3-member etcd cluster (one after the other), then the
+# time and size of save, verify and restore with each tool.
+# Usage: scripts/bench-backup.sh [KEYS]   (needs target/release/keel, etcd, etcdctl)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+keys="${1:-100000}"
+keel="$PWD/target/release/keel"
+[ -x "$keel" ] || cargo build --release -p keel
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+t() { local s=$EPOCHREALTIME; "$@" >/dev/null; awk "BEGIN { printf \"%.2f\", $EPOCHREALTIME - $s }"; }
+
+"$keel" up --data-dir "$work/keel" --peer-port 17101 --client-port 12479 >"$work/keel.out" 2>&1 &
+up=$!
+until grep -q "Keel is up" "$work/keel.out"; do sleep 0.2; done
+eps=127.0.0.1:12479,127.0.0.1:12480,127.0.0.1:12481
+"$keel" bench load --endpoints "$eps" --keys "$keys" --value-size 1024
+ks=$(t "$keel" backup save --endpoints 127.0.0.1:12479 --out "$work/k.keelbak")
+kv=$(t "$keel" backup verify "$work/k.keelbak")
+kr=$(t "$keel" backup restore "$work/k.keelbak" --data-dir "$work/krestore")
+ksize=$(stat -c %s "$work/k.keelbak")
+kill -INT $up; wait $up || true
+
+bash scripts/etcd-cluster.sh "$work/etcd" >"$work/etcd.out" 2>&1 &
+etcd_up=$!
+until ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:22379 endpoint health >/dev/null 2>&1; do sleep 0.2; done
+"$keel" bench load --endpoints 127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579 --keys "$keys" --value-size 1024
+es=$(t env ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:22379 snapshot save "$work/e.db")
+ev=$(t env ETCDCTL_API=3 etcdctl snapshot status "$work/e.db")
+er=$(t env ETCDCTL_API=3 etcdctl snapshot restore "$work/e.db" --data-dir "$work/erestore")
+esize=$(stat -c %s "$work/e.db")
+kill "$etcd_up"; wait "$etcd_up" || true
+
+echo "| tool | keys | save s | verify s | restore s | file bytes |"
+echo "|---|---|---|---|---|---|"
+echo "| keel backup | $keys | $ks | $kv | $kr | $ksize |"
+echo "| etcdctl snapshot (3.4; verify = snapshot status) | $keys | $es | $ev | $er | $esize |"
