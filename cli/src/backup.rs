@@ -157,6 +157,21 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
         BackupCmd::Inspect { file, prefix } => {
             let b = read(&file)?;
             print_header(&b.header);
+            let mut by_ns: std::collections::BTreeMap<(String, String), u64> = Default::default();
+            for (k, _) in b.records.iter().filter(|(k, _)| k.first() == Some(&b'k')) {
+                let key = String::from_utf8_lossy(&k[1..]).into_owned();
+                let parts: Vec<&str> = key.splitn(5, '/').collect();
+                // /registry/<kind>/<namespace>/<name>
+                if parts.len() == 5 && parts[1] == "registry" {
+                    *by_ns.entry((parts[2].into(), parts[3].into())).or_default() += 1;
+                }
+            }
+            if !by_ns.is_empty() {
+                println!("by namespace:");
+                for ((kind, ns), n) in &by_ns {
+                    println!("  {kind:<20} {ns:<20} {n}");
+                }
+            }
             if let Some(p) = prefix {
                 println!("keys under {p:?}:");
                 for (k, _) in b.records.iter().filter(|(k, _)| k.first() == Some(&b'k')) {

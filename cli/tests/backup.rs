@@ -83,6 +83,12 @@ async fn backup_of_a_live_cluster_verifies_offline_and_corruption_is_caught() {
         listing.contains("/registry/services/default/web"),
         "{listing}"
     );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["pods", "default", "20"]),
+        "no per-namespace count: {listing}"
+    );
     assert!(!listing.contains("/registry/pods/default/p00"), "{listing}");
 
     // A flipped byte and a truncated copy are refused with the reason.
@@ -287,6 +293,18 @@ async fn restore_builds_an_identical_new_cluster_and_drill_passes() {
         "cluster id must be new"
     );
     // The restored cluster takes writes after the backup's revision.
+    // Revisions before the backup's read as compacted: old watchers relist.
+    let before = kv(&neps[0])
+        .await
+        .range(RangeRequest {
+            key: b"/registry/".to_vec(),
+            range_end: b"/registry0".to_vec(),
+            revision: rev - 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(before.code(), tonic::Code::OutOfRange, "{before:?}");
     assert!(put(&neps[1], "after", "restore").await.unwrap() > rev);
     drop(new);
 

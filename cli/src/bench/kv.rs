@@ -172,7 +172,10 @@ pub struct LoadArgs {
 /// Writes `keys` distinct keys with `clients` concurrent writers.
 pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
     let eps = parse_endpoints(&a.endpoints);
-    anyhow::ensure!(!eps.is_empty() && a.clients > 0, "need endpoints and clients");
+    anyhow::ensure!(
+        !eps.is_empty() && a.clients > 0,
+        "need endpoints and clients"
+    );
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..a.clients {

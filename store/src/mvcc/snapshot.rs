@@ -119,11 +119,13 @@ impl KvStore {
                 }
                 batch.insert(k, v);
             }
-            if bump > 0 {
-                let new = revision + bump;
-                batch.insert(keys::META_REVISION, new.to_be_bytes().to_vec());
-                batch.insert(keys::META_COMPACT, new.to_be_bytes().to_vec());
-            }
+            // History before the backup's revision is not served: a watcher
+            // of the old cluster that is behind gets a compacted error and
+            // relists. With a bump, the revision also moves past every
+            // revision the old cluster may have reached after the backup.
+            let floor = revision + bump.max(0);
+            batch.insert(keys::META_REVISION, floor.to_be_bytes().to_vec());
+            batch.insert(keys::META_COMPACT, floor.to_be_bytes().to_vec());
             self.tree.apply_batch(batch)?;
             self.reload_counters()?;
         }
