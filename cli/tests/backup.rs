@@ -25,6 +25,37 @@ fn field(out: &str, name: &str) -> String {
         .to_string()
 }
 
+/// What `keel backup save` reported.
+struct Saved {
+    stdout: String,
+    revision: i64,
+    /// The content hash, as printed (8 hex digits).
+    hash: String,
+}
+
+/// Runs `keel backup save` against `endpoints`, failing the test if it fails.
+fn save(endpoints: &str, out: &str) -> Saved {
+    let o = keel(&["backup", "save", "--endpoints", endpoints, "--out", out]);
+    assert!(
+        o.status.success(),
+        "save failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    let first = |name: &str| {
+        field(&stdout, name)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    Saved {
+        revision: first("revision").parse().unwrap(),
+        hash: first("content hash"),
+        stdout,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_of_a_live_cluster_verifies_offline_and_corruption_is_caught() {
     let tc = start(3, &[]).await;
@@ -43,23 +74,12 @@ async fn backup_of_a_live_cluster_verifies_offline_and_corruption_is_caught() {
         .unwrap();
     let file = tc.dir.path().join("b1.keelbak");
     let f = file.to_str().unwrap();
-    let out = keel(&["backup", "save", "--endpoints", &eps.join(","), "--out", f]);
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "save failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let saved = save(&eps.join(","), f);
+    let stdout = saved.stdout.clone();
     assert_eq!(field(&stdout, "keys"), "21");
 
     // The recorded content hash is the cluster's HashKV at that revision.
-    let rev: i64 = field(&stdout, "revision")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let hash = field(&stdout, "content hash");
+    let (rev, hash) = (saved.revision, saved.hash);
     let live = MaintenanceClient::new(channel(&eps[1]).await)
         .hash_kv(HashKvRequest { revision: rev })
         .await
@@ -214,24 +234,8 @@ async fn restore_builds_an_identical_new_cluster_and_drill_passes() {
     }
     let file = tc.dir.path().join("b.keelbak");
     let f = file.to_str().unwrap().to_string();
-    let out = keel(&["backup", "save", "--endpoints", &eps.join(","), "--out", &f]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let rev: i64 = field(&stdout, "revision")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let hash = field(&stdout, "content hash")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let saved = save(&eps.join(","), &f);
+    let (stdout, rev, hash) = (saved.stdout, saved.revision, saved.hash);
     let old_cluster = field(&stdout, "cluster id");
 
     // All members of a new cluster, then start it.
@@ -466,21 +470,9 @@ async fn backup_under_write_load_restores_exactly_and_old_watchers_see_compactio
     .await;
     let file = tc.dir.path().join("load.keelbak");
     let f = file.to_str().unwrap();
-    let out = keel(&["backup", "save", "--endpoints", &eps[1], "--out", f]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let rev = save(&eps[1], f).revision;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let writes = writer.await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let rev: i64 = field(&stdout, "revision")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
     let source = all_at(&eps[0], rev).await;
     assert!(!source.is_empty());
 
