@@ -59,9 +59,9 @@ pub struct MasterArgs {
     /// While leader, write a verified backup here every --backup-interval.
     #[arg(long, env = "KEEL_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
-    /// Seconds between scheduled backups (3600 = 1h).
-    #[arg(long, env = "KEEL_BACKUP_INTERVAL_SECS", default_value_t = 3600)]
-    pub backup_interval_secs: u64,
+    /// Time between scheduled backups: a number with s, m or h (`30m`, `1h`).
+    #[arg(long, env = "KEEL_BACKUP_INTERVAL", default_value = "1h", value_parser = parse_interval)]
+    pub backup_interval: Duration,
     /// How many scheduled backups to keep.
     #[arg(long, env = "KEEL_BACKUP_RETAIN", default_value_t = 24)]
     pub backup_retain: usize,
@@ -97,7 +97,7 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
     cfg.keep_behind_snapshot = a.keep_behind_snapshot;
     cfg.auto_compact_revisions = a.auto_compact_revisions;
     cfg.backup_dir = a.backup_dir;
-    cfg.backup_interval = Duration::from_secs(a.backup_interval_secs.max(1));
+    cfg.backup_interval = a.backup_interval;
     cfg.backup_retain = a.backup_retain;
     cfg.unsafe_local_reads = a.unsafe_local_reads;
     if cfg.unsafe_local_reads {
@@ -127,4 +127,40 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// Parses `90s`, `30m`, `1h` (or plain seconds) into a positive duration.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m or 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: unit must be s, m or h")),
+    };
+    if secs == 0 {
+        return Err("the interval must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_parse_with_units_and_reject_nonsense() {
+        assert_eq!(parse_interval("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_interval("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_interval("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("1d").is_err());
+        assert!(parse_interval("h").is_err());
+    }
 }

@@ -363,8 +363,8 @@ async fn leader_writes_scheduled_verified_backups_and_keeps_the_newest() {
         &[
             "--backup-dir",
             &d,
-            "--backup-interval-secs",
-            "1",
+            "--backup-interval",
+            "1s",
             "--backup-retain",
             "2",
         ],
