@@ -3,6 +3,7 @@
 //! the benchmarks and the end-to-end tests share. The nemeses, workloads and
 //! checkers of the chaos harness build on it (issue 6).
 
+pub mod check;
 pub mod cluster;
 pub mod wait;
 
