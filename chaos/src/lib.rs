@@ -6,6 +6,7 @@
 pub mod check;
 pub mod cluster;
 pub mod wait;
+pub mod workload;
 
 pub use cluster::{ClusterError, Flavor, ProcessCluster, free_port};
 pub use wait::poll;

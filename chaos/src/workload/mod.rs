@@ -1,0 +1,3 @@
+//! Client workloads that record histories for the checkers.
+
+pub mod register;

@@ -1,0 +1,135 @@
+//! The register workload: clients read, write and compare-and-swap a small
+//! set of keys through the etcd API of random members, recording each
+//! operation's invocation, completion and outcome for the linearizability
+//! checker. A write or CAS that errors is recorded as `Unknown` (it may
+//! have applied); a read that errors had no effect and is `Failed`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_proto::etcdserverpb::kv_client::KvClient;
+use keel_proto::etcdserverpb::{
+    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op,
+};
+use rand::Rng;
+use tokio::sync::Mutex;
+use tonic::transport::Endpoint;
+
+use crate::check::linearizable::{Op, Operation, Outcome};
+
+/// How to run the workload.
+#[derive(Debug, Clone)]
+pub struct RegisterWorkload {
+    pub endpoints: Vec<String>,
+    pub clients: u64,
+    pub keys: u64,
+    pub duration: Duration,
+    /// Per-request timeout; a write that times out is `Unknown`.
+    pub timeout: Duration,
+}
+
+fn value_of(kvs: &[keel_proto::mvccpb::KeyValue]) -> Option<i64> {
+    kvs.first()
+        .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok())
+}
+
+/// Runs the workload and returns the recorded history (times in
+/// microseconds since the start).
+pub async fn run(w: &RegisterWorkload) -> Vec<Operation> {
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let deadline = start + w.duration;
+    let mut tasks = Vec::new();
+    for client in 0..w.clients {
+        let (w, history) = (w.clone(), history.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n: i64 = 0;
+            while Instant::now() < deadline {
+                let (ep, key, choice) = {
+                    let mut r = rand::rng();
+                    (
+                        w.endpoints[r.random_range(0..w.endpoints.len())].clone(),
+                        format!("reg/{}", r.random_range(0..w.keys.max(1))),
+                        r.random_range(0..3u8),
+                    )
+                };
+                let Ok(ep) = Endpoint::from_shared(format!("http://{ep}")) else {
+                    continue;
+                };
+                let mut kv = KvClient::new(ep.timeout(w.timeout).connect_lazy());
+                // Unique values: client in the high bits, a counter below.
+                n += 1;
+                let v = (client as i64) << 32 | n;
+                let op = match choice {
+                    0 => Op::Read,
+                    1 => Op::Write(v),
+                    _ => Op::Cas(v - 1, v),
+                };
+                let call = start.elapsed().as_micros() as u64;
+                let outcome = match &op {
+                    Op::Read => match kv
+                        .range(RangeRequest {
+                            key: key.clone().into_bytes(),
+                            ..Default::default()
+                        })
+                        .await
+                    {
+                        Ok(r) => Outcome::Read(value_of(&r.into_inner().kvs)),
+                        Err(_) => Outcome::Failed,
+                    },
+                    Op::Write(v) => match kv
+                        .put(PutRequest {
+                            key: key.clone().into_bytes(),
+                            value: v.to_string().into_bytes(),
+                            ..Default::default()
+                        })
+                        .await
+                    {
+                        Ok(_) => Outcome::Written,
+                        Err(_) => Outcome::Unknown,
+                    },
+                    Op::Cas(from, to) => {
+                        let txn = TxnRequest {
+                            compare: vec![Compare {
+                                result: compare::CompareResult::Equal as i32,
+                                target: compare::CompareTarget::Value as i32,
+                                key: key.clone().into_bytes(),
+                                target_union: Some(compare::TargetUnion::Value(
+                                    from.to_string().into_bytes(),
+                                )),
+                                range_end: Vec::new(),
+                            }],
+                            success: vec![RequestOp {
+                                request: Some(request_op::Request::RequestPut(PutRequest {
+                                    key: key.clone().into_bytes(),
+                                    value: to.to_string().into_bytes(),
+                                    ..Default::default()
+                                })),
+                            }],
+                            failure: Vec::new(),
+                        };
+                        match kv.txn(txn).await {
+                            Ok(r) => Outcome::Swapped(r.into_inner().succeeded),
+                            Err(_) => Outcome::Unknown,
+                        }
+                    }
+                };
+                let ret = start.elapsed().as_micros() as u64;
+                history.lock().await.push(Operation {
+                    client,
+                    key,
+                    op,
+                    call,
+                    ret,
+                    outcome,
+                });
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Arc::try_unwrap(history)
+        .map(|m| m.into_inner())
+        .unwrap_or_default()
+}
