@@ -75,8 +75,6 @@ pub struct Backup {
     pub header: BackupHeader,
     /// The key-space records (the dump format of `mvcc::snapshot`).
     pub records: Vec<Record>,
-    /// The raw dump, as restore will need it.
-    pub dump: Vec<u8>,
     /// The public key that signed the file, if it is signed (the signature
     /// has been checked against it).
     pub signer: Option<[u8; 32]>,
@@ -270,8 +268,7 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
     }
     let header: BackupHeader =
         serde_json::from_value(raw).map_err(|e| BackupError::Header(e.to_string()))?;
-    let dump = bytes[dr].to_vec();
-    let records = parse(&dump).map_err(|e| BackupError::Data(e.to_string()))?;
+    let records = parse(&bytes[dr]).map_err(|e| BackupError::Data(e.to_string()))?;
     let s = summarize(&records)?;
     let checks = [
         (
@@ -310,7 +307,6 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
     Ok(Backup {
         header,
         records,
-        dump,
         signer,
     })
 }
@@ -328,7 +324,7 @@ pub struct Source {
 /// marker is dropped): header computed from the data, then `encode`.
 pub fn build(dump: &[u8], source: &Source) -> Result<(BackupHeader, Vec<u8>), BackupError> {
     let records = parse(dump).map_err(|e| BackupError::Data(e.to_string()))?;
-    let len = b"KEELSNAP1\n".len()
+    let len = crate::mvcc::snapshot::MAGIC.len()
         + records
             .iter()
             .map(|(k, v)| 8 + k.len() + v.len())

@@ -12,7 +12,8 @@ use std::sync::atomic::Ordering;
 use super::{EventBatch, KvStore, keys};
 use crate::error::StoreError;
 
-const MAGIC: &[u8] = b"KEELSNAP1\n";
+/// First bytes of every dump.
+pub const MAGIC: &[u8] = b"KEELSNAP1\n";
 
 /// One (sled key, value) record of a dump.
 pub type Record = (Vec<u8>, Vec<u8>);
