@@ -1,5 +1,6 @@
 //! Keel's wire contracts: the etcd v3 client API subset (`etcdserverpb`,
-//! `mvccpb`) and the masters' internal Raft transport (`keelraft`).
+//! `mvccpb`), the masters' internal Raft transport (`keelraft`) and the API
+//! resource types served over REST (`api`).
 
 /// etcd's MVCC key-value and event messages.
 pub mod mvccpb {
@@ -18,3 +19,6 @@ pub mod keelraft {
 
 /// Requests larger than this are refused, as etcd's default `--max-request-bytes`.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
+/// The API resources (Kubernetes-shaped objects) the REST API serves.
+pub mod api;

@@ -11,12 +11,13 @@ use keel_proto::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request, watch_request,
 };
 use keel_proto::mvccpb::{Event, event};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Etcd;
 use crate::error::EtcdError;
+use crate::mvcc::feed::Feed;
 use crate::mvcc::keys::in_range;
 use crate::raft::service::BoxStream;
 
@@ -176,15 +177,7 @@ async fn run_watcher(
     c: WatchCreateRequest,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
 ) {
-    let kv = svc.node.kv.clone();
-    // Subscribe before reading history, so nothing falls between the two.
-    let mut live = kv.subscribe();
-    let cur = kv.revision();
-    let mut next = if c.start_revision <= 0 {
-        cur + 1
-    } else {
-        c.start_revision
-    };
+    let (mut feed, cur) = Feed::open(svc.node.kv.clone(), c.start_revision);
     let created = WatchResponse {
         header: svc.header(cur),
         watch_id: id,
@@ -195,43 +188,17 @@ async fn run_watcher(
         return;
     }
     loop {
-        // Catch up from the stored history.
-        match kv.events_between(next, None) {
-            Err(_) => {
-                cancel_compacted(&svc, id, &tx).await;
-                return;
-            }
-            Ok((events, upto)) => {
+        match feed.next().await {
+            Ok(events) => {
                 if !send_events(&svc, id, &c, &events, &tx).await {
                     return;
                 }
-                next = next.max(upto + 1);
             }
-        }
-        // Follow live batches until lagging or a snapshot forces a re-read.
-        loop {
-            match live.recv().await {
-                Ok(batch) => {
-                    if batch.events.is_empty() {
-                        break;
-                    }
-                    let fresh: Vec<(i64, Event)> = batch
-                        .events
-                        .iter()
-                        .filter(|(r, _)| *r >= next)
-                        .cloned()
-                        .collect();
-                    if let Some((r, _)) = fresh.last() {
-                        let r = *r;
-                        if !send_events(&svc, id, &c, &fresh, &tx).await {
-                            return;
-                        }
-                        next = r + 1;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => break,
-                Err(broadcast::error::RecvError::Closed) => return,
+            Err(EtcdError::Compacted) => {
+                cancel_compacted(&svc, id, &tx).await;
+                return;
             }
+            Err(_) => return,
         }
     }
 }

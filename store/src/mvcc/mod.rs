@@ -9,6 +9,7 @@
 //! tree is flushed (fsync) in `flush`, called by the snapshot builder.
 
 pub mod apply;
+pub mod feed;
 pub mod keys;
 pub mod read;
 pub mod snapshot;

@@ -1,0 +1,77 @@
+//! An in-process change feed: every event from a start revision, once and in
+//! revision order. It replays stored history, then follows live batches, and
+//! re-reads history when it lags or a snapshot replaced the key space. The
+//! etcd Watch service and the control plane's informers both read through it.
+
+use std::sync::Arc;
+
+use keel_proto::mvccpb::Event;
+use tokio::sync::broadcast;
+
+use super::KvStore;
+use crate::error::EtcdError;
+
+/// A cursor over the key space's events.
+pub struct Feed {
+    kv: Arc<KvStore>,
+    live: broadcast::Receiver<Arc<super::EventBatch>>,
+    /// The next revision to deliver.
+    next: i64,
+    /// Whether stored history must be read before following live batches.
+    catch_up: bool,
+}
+
+impl Feed {
+    /// A feed starting at `start` (`<= 0`: after the current revision).
+    /// Returns it with the revision current when it was opened.
+    pub fn open(kv: Arc<KvStore>, start: i64) -> (Feed, i64) {
+        // Subscribe before reading the revision, so nothing falls between the two.
+        let live = kv.subscribe();
+        let cur = kv.revision();
+        let next = if start <= 0 { cur + 1 } else { start };
+        let feed = Feed {
+            kv,
+            live,
+            next,
+            catch_up: true,
+        };
+        (feed, cur)
+    }
+
+    /// The next events (never empty), in revision order. Fails with
+    /// `Compacted` when the start revision was compacted away, and with
+    /// `Unavailable` when the store closed.
+    pub async fn next(&mut self) -> Result<Vec<(i64, Event)>, EtcdError> {
+        loop {
+            if self.catch_up {
+                let (events, upto) = self.kv.events_between(self.next, None)?;
+                self.next = self.next.max(upto + 1);
+                self.catch_up = false;
+                if !events.is_empty() {
+                    return Ok(events);
+                }
+            }
+            match self.live.recv().await {
+                Ok(batch) => {
+                    if batch.events.is_empty() {
+                        // A snapshot replaced the key space: re-read history.
+                        self.catch_up = true;
+                        continue;
+                    }
+                    let fresh: Vec<(i64, Event)> = batch
+                        .events
+                        .iter()
+                        .filter(|(r, _)| *r >= self.next)
+                        .cloned()
+                        .collect();
+                    if let Some((r, _)) = fresh.last() {
+                        self.next = r + 1;
+                        return Ok(fresh);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up = true,
+                Err(broadcast::error::RecvError::Closed) => return Err(EtcdError::Unavailable("store closed".into())),
+            }
+        }
+    }
+}
