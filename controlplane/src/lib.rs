@@ -1,1 +1,11 @@
-//! The control plane (API server, scheduler, controllers): not built yet, see issue 3.
+//! One Keel master's control plane: the Kubernetes-shaped REST API every
+//! master serves, and the scheduler and controllers only the Raft leader runs.
+
+pub mod error;
+pub mod kinds;
+pub mod registry;
+pub mod validate;
+
+pub use error::ApiError;
+pub use registry::Registry;
+pub mod leader;

@@ -1,0 +1,105 @@
+//! The table of resource kinds the API serves: REST names, scope, and the
+//! typed decoder that validates each object.
+
+use keel_proto::api::{self, Resource};
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::validate;
+
+/// One served resource.
+#[derive(Debug)]
+pub struct Kind {
+    pub kind: &'static str,
+    /// "" for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub plural: &'static str,
+    pub short: &'static [&'static str],
+    pub namespaced: bool,
+    /// Whether `status` is a subresource (the main PUT leaves it alone).
+    pub has_status: bool,
+    /// Decodes and validates an object of this kind, returning it normalised.
+    pub check: fn(Value) -> Result<Value, ApiError>,
+}
+
+impl Kind {
+    /// `v1` or `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The singular resource name used in messages (`pods` → `pods`), as Kubernetes says it.
+    pub fn resource(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+}
+
+fn checker<T: Resource>(v: Value) -> Result<Value, ApiError> {
+    let obj: T = validate::decode(v)?;
+    validate::object(&obj)?;
+    serde_json::to_value(&obj).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+macro_rules! kind {
+    ($t:ty, $group:literal, $short:expr, $status:literal) => {
+        Kind {
+            kind: <$t as Resource>::KIND,
+            group: $group,
+            version: "v1",
+            plural: <$t as Resource>::PLURAL,
+            short: $short,
+            namespaced: <$t as Resource>::NAMESPACED,
+            has_status: $status,
+            check: checker::<$t>,
+        }
+    };
+}
+
+pub static KINDS: &[Kind] = &[
+    kind!(api::Namespace, "", &["ns", "namespace"], true),
+    kind!(api::Node, "", &["no", "node"], true),
+    kind!(api::Pod, "", &["po", "pod"], true),
+    kind!(api::Service, "", &["svc", "service"], false),
+    kind!(api::Endpoints, "", &["ep"], false),
+    kind!(api::Event, "", &["ev", "event"], false),
+    kind!(api::ReplicaSet, "apps", &["rs", "replicaset"], true),
+    kind!(api::Deployment, "apps", &["deploy", "deployment"], true),
+    kind!(api::Lease, "coordination.k8s.io", &["lease"], false),
+];
+
+/// The kind served at `group`/`plural`.
+pub fn by_path(group: &str, plural: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.group == group && k.plural == plural)
+}
+
+/// The kind named by `kind` and `apiVersion` in a manifest.
+pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Kind> {
+    KINDS
+        .iter()
+        .find(|k| k.kind == kind && k.api_version() == api_version)
+}
+
+/// The kind a user typed on the command line: plural, singular, short name or Kind.
+pub fn by_name(name: &str) -> Option<&'static Kind> {
+    let n = name.to_ascii_lowercase();
+    KINDS.iter().find(|k| {
+        k.plural == n || k.kind.to_ascii_lowercase() == n || k.short.contains(&n.as_str())
+    })
+}
+
+/// The kind of a typed resource.
+pub fn of<T: Resource>() -> &'static Kind {
+    KINDS
+        .iter()
+        .find(|k| k.kind == T::KIND)
+        .expect("every Resource type is in KINDS")
+}

@@ -1,0 +1,517 @@
+//! Objects in the store: each one JSON under `/registry/<resource>/<ns>/<name>`
+//! (`/registry/<resource>/<name>` when cluster-scoped), its resourceVersion
+//! the key's mod_revision. Every write is one Raft transaction whose compares
+//! make it conditional on what was read, so concurrent writers and a deposed
+//! leader get a conflict instead of overwriting newer state.
+
+use std::sync::Arc;
+
+use keel_proto::api::{self, Resource, meta::now_rfc3339};
+use keel_proto::etcdserverpb::{
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
+    compare, request_op, response_op,
+};
+use keel_proto::keelraft::command::Op;
+use keel_proto::keelraft::command_result::Result as R;
+use keel_proto::mvccpb::{KeyValue, event};
+use keel_store::Node;
+use keel_store::mvcc::feed::Feed;
+use keel_store::mvcc::keys::prefix_end;
+use rand::Rng;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::kinds::{self, Kind};
+
+/// The namespaces every cluster has.
+pub const DEFAULT_NAMESPACES: [&str; 3] = ["default", "kube-system", api::coordination::NODE_LEASE_NAMESPACE];
+
+/// The store key of an object.
+pub fn key(kind: &Kind, ns: &str, name: &str) -> String {
+    if kind.namespaced {
+        format!("/registry/{}/{ns}/{name}", kind.plural)
+    } else {
+        format!("/registry/{}/{name}", kind.plural)
+    }
+}
+
+/// The key prefix of a kind's objects, in one namespace or in all.
+pub fn prefix(kind: &Kind, ns: Option<&str>) -> String {
+    match ns {
+        Some(ns) if kind.namespaced => format!("/registry/{}/{ns}/", kind.plural),
+        _ => format!("/registry/{}/", kind.plural),
+    }
+}
+
+/// A change seen by a watch.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// ADDED, MODIFIED or DELETED.
+    pub type_: &'static str,
+    pub object: Value,
+    pub revision: i64,
+}
+
+/// Store access for the API server and the controllers.
+#[derive(Clone)]
+pub struct Registry {
+    node: Arc<Node>,
+}
+
+fn decode_kv(kv: &KeyValue, revision: i64) -> Result<Value, ApiError> {
+    let mut v: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+    v["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+    Ok(v)
+}
+
+fn encode(v: &Value) -> Vec<u8> {
+    let mut v = v.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&v).expect("a Value always serialises")
+}
+
+fn cmp_create(key: &str, rev: i64, result: compare::CompareResult) -> Compare {
+    Compare {
+        result: result as i32,
+        target: compare::CompareTarget::Create as i32,
+        key: key.as_bytes().to_vec(),
+        target_union: Some(compare::TargetUnion::CreateRevision(rev)),
+        ..Default::default()
+    }
+}
+
+fn cmp_mod(key: &str, rev: i64) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Mod as i32,
+        key: key.as_bytes().to_vec(),
+        target_union: Some(compare::TargetUnion::ModRevision(rev)),
+        ..Default::default()
+    }
+}
+
+fn put(key: &str, value: Vec<u8>) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value,
+            ..Default::default()
+        })),
+    }
+}
+
+fn get(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The string field at `path` (e.g. `["metadata", "name"]`), or "".
+pub fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .try_fold(v, |v, p| v.get(p))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn random_suffix() -> String {
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut r = rand::rng();
+    (0..5)
+        .map(|_| CHARS[r.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+fn new_uid() -> String {
+    let b: [u8; 16] = rand::rng().random();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        u16::from_be_bytes([b[4], b[5]]),
+        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
+        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
+        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]])
+    )
+}
+
+impl Registry {
+    pub fn new(node: Arc<Node>) -> Self {
+        Registry { node }
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, ApiError> {
+        match self.node.write(Op::Txn(t)).await?.result {
+            Some(R::Txn(r)) => Ok(r),
+            _ => Err(ApiError::internal("unexpected store answer")),
+        }
+    }
+
+    /// The current revision of the store, after a linearizable barrier.
+    pub async fn revision(&self) -> Result<i64, ApiError> {
+        self.node.read_barrier().await?;
+        Ok(self.node.kv.revision())
+    }
+
+    /// Reads one object (linearizable).
+    pub async fn get(&self, kind: &Kind, ns: &str, name: &str) -> Result<Value, ApiError> {
+        self.node.read_barrier().await?;
+        let k = key(kind, ns, name);
+        let r = self.node.kv.range(&RangeRequest {
+            key: k.into_bytes(),
+            ..Default::default()
+        })?;
+        match r.kvs.first() {
+            Some(kv) => decode_kv(kv, kv.mod_revision),
+            None => Err(ApiError::not_found(&kind.resource(), name)),
+        }
+    }
+
+    /// Lists a kind's objects (linearizable) with the revision they were read at.
+    pub async fn list(&self, kind: &Kind, ns: Option<&str>) -> Result<(Vec<Value>, i64), ApiError> {
+        self.node.read_barrier().await?;
+        let p = prefix(kind, ns);
+        let r = self.node.kv.range(&RangeRequest {
+            range_end: prefix_end(p.as_bytes()),
+            key: p.into_bytes(),
+            ..Default::default()
+        })?;
+        let rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        let items = r
+            .kvs
+            .iter()
+            .map(|kv| decode_kv(kv, kv.mod_revision))
+            .collect::<Result<_, _>>()?;
+        Ok((items, rev))
+    }
+
+    /// Creates an object that must not exist yet, filling in the fields the
+    /// server owns (uid, creationTimestamp, generation, a generated name).
+    pub async fn create(&self, kind: &Kind, mut obj: Value) -> Result<Value, ApiError> {
+        let meta = obj
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| ApiError::invalid("metadata: Required value"))?;
+        let mut name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        if name.is_empty() {
+            let g = meta.get("generateName").and_then(Value::as_str).unwrap_or("");
+            name = format!("{g}{}", random_suffix());
+            meta.insert("name".into(), json!(name));
+        }
+        let ns = if kind.namespaced {
+            let ns = meta
+                .get("namespace")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .unwrap_or("default")
+                .to_string();
+            meta.insert("namespace".into(), json!(ns));
+            ns
+        } else {
+            meta.remove("namespace");
+            String::new()
+        };
+        meta.insert("uid".into(), json!(new_uid()));
+        meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        meta.insert("generation".into(), json!(1));
+        meta.remove("deletionTimestamp");
+        meta.remove("resourceVersion");
+        let k = key(kind, &ns, &name);
+        let mut compares = vec![cmp_create(&k, 0, compare::CompareResult::Equal)];
+        let ns_key = key(kinds::of::<api::Namespace>(), "", &ns);
+        if kind.namespaced {
+            compares.push(cmp_create(&ns_key, 0, compare::CompareResult::Greater));
+        }
+        let r = self
+            .txn(TxnRequest {
+                compare: compares,
+                success: vec![put(&k, encode(&obj))],
+                failure: vec![get(&k)],
+            })
+            .await?;
+        if !r.succeeded {
+            let exists = match r.responses.first().and_then(|r| r.response.as_ref()) {
+                Some(response_op::Response::ResponseRange(rr)) => !rr.kvs.is_empty(),
+                _ => false,
+            };
+            return Err(if exists {
+                ApiError::already_exists(&kind.resource(), &name)
+            } else {
+                ApiError::not_found("namespaces", &ns)
+            });
+        }
+        let rev = r.header.map(|h| h.revision).unwrap_or(0);
+        obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+        Ok(obj)
+    }
+
+    /// Replaces an object. With `status`, only its status changes (the
+    /// `/status` subresource); otherwise everything but its status (for kinds
+    /// with a status subresource) and the server-owned metadata. A set
+    /// resourceVersion must match the stored one (409 otherwise).
+    pub async fn update(&self, kind: &Kind, obj: Value, status: bool) -> Result<Value, ApiError> {
+        let ns = str_at(&obj, &["metadata", "namespace"]);
+        let ns = if kind.namespaced && ns.is_empty() { "default" } else { ns }.to_string();
+        let name = str_at(&obj, &["metadata", "name"]).to_string();
+        let want: Option<i64> = match str_at(&obj, &["metadata", "resourceVersion"]) {
+            "" => None,
+            s => Some(s.parse().map_err(|_| {
+                ApiError::bad_request(format!("metadata.resourceVersion: invalid value {s:?}"))
+            })?),
+        };
+        let old = self.get(kind, &ns, &name).await?;
+        let old_rev: i64 = str_at(&old, &["metadata", "resourceVersion"]).parse().unwrap_or(0);
+        if want.is_some_and(|w| w != old_rev) {
+            return Err(ApiError::conflict(&kind.resource(), &name));
+        }
+        let new = merge_update(kind, &old, obj, status);
+        self.replace(kind, &ns, &name, old_rev, new).await
+    }
+
+    /// Writes `new` over the object at `expected` revision; 409 if it moved.
+    pub async fn replace(
+        &self,
+        kind: &Kind,
+        ns: &str,
+        name: &str,
+        expected: i64,
+        new: Value,
+    ) -> Result<Value, ApiError> {
+        let k = key(kind, ns, name);
+        let finished = !str_at(&new, &["metadata", "deletionTimestamp"]).is_empty()
+            && new["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty());
+        let op = if finished {
+            RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: k.clone().into_bytes(),
+                    ..Default::default()
+                })),
+            }
+        } else {
+            put(&k, encode(&new))
+        };
+        let r = self
+            .txn(TxnRequest {
+                compare: vec![cmp_mod(&k, expected)],
+                success: vec![op],
+                failure: vec![get(&k)],
+            })
+            .await?;
+        if !r.succeeded {
+            let exists = matches!(
+                r.responses.first().and_then(|r| r.response.as_ref()),
+                Some(response_op::Response::ResponseRange(rr)) if !rr.kvs.is_empty()
+            );
+            return Err(if exists {
+                ApiError::conflict(&kind.resource(), name)
+            } else {
+                ApiError::not_found(&kind.resource(), name)
+            });
+        }
+        let rev = r.header.map(|h| h.revision).unwrap_or(0);
+        let mut new = new;
+        new["metadata"]["resourceVersion"] = json!(rev.to_string());
+        Ok(new)
+    }
+
+    /// Deletes an object (at `expected` revision when given). An object with
+    /// finalizers is only marked with a deletionTimestamp.
+    pub async fn delete(
+        &self,
+        kind: &Kind,
+        ns: &str,
+        name: &str,
+        expected: Option<i64>,
+    ) -> Result<Value, ApiError> {
+        let old = self.get(kind, ns, name).await?;
+        let old_rev: i64 = str_at(&old, &["metadata", "resourceVersion"]).parse().unwrap_or(0);
+        if expected.is_some_and(|e| e != old_rev) {
+            return Err(ApiError::conflict(&kind.resource(), name));
+        }
+        let mut marked = old.clone();
+        if marked["metadata"]["deletionTimestamp"].is_null() {
+            marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+        }
+        self.replace(kind, ns, name, old_rev, marked).await
+    }
+
+    /// Follows the changes to a kind's objects after revision `after`.
+    pub fn watch(&self, kind: &'static Kind, ns: Option<&str>, after: i64) -> Watch {
+        let (feed, _) = Feed::open(self.node.kv.clone(), after + 1);
+        Watch {
+            feed,
+            prefix: prefix(kind, ns).into_bytes(),
+            pending: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Creates the namespaces every cluster has (idempotent).
+    pub async fn ensure_namespaces(&self) -> Result<(), ApiError> {
+        for ns in DEFAULT_NAMESPACES {
+            let obj = serde_json::to_value(api::Namespace::new("", ns)).expect("serialises");
+            match self.create(kinds::of::<api::Namespace>(), obj).await {
+                Ok(_) => {}
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    // Typed helpers for the controllers.
+
+    pub async fn get_t<T: Resource>(&self, ns: &str, name: &str) -> Result<T, ApiError> {
+        from_value(self.get(kinds::of::<T>(), ns, name).await?)
+    }
+
+    pub async fn list_t<T: Resource>(&self, ns: Option<&str>) -> Result<(Vec<T>, i64), ApiError> {
+        let (items, rev) = self.list(kinds::of::<T>(), ns).await?;
+        Ok((items.into_iter().map(from_value).collect::<Result<_, _>>()?, rev))
+    }
+
+    pub async fn create_t<T: Resource>(&self, obj: &T) -> Result<T, ApiError> {
+        let mut o = obj.clone();
+        o.meta_mut().resource_version.clear();
+        let mut v = to_value(&o)?;
+        v["apiVersion"] = json!(T::API_VERSION);
+        v["kind"] = json!(T::KIND);
+        from_value(self.create(kinds::of::<T>(), v).await?)
+    }
+
+    /// Replaces an object the caller read (its resourceVersion must still be current).
+    pub async fn update_t<T: Resource>(&self, obj: &T) -> Result<T, ApiError> {
+        self.write_t(obj, false).await
+    }
+
+    /// Replaces the status of an object the caller read.
+    pub async fn update_status_t<T: Resource>(&self, obj: &T) -> Result<T, ApiError> {
+        self.write_t(obj, true).await
+    }
+
+    async fn write_t<T: Resource>(&self, obj: &T, status: bool) -> Result<T, ApiError> {
+        let m = obj.meta();
+        if m.resource_version.is_empty() {
+            return Err(ApiError::internal("typed update without a resourceVersion"));
+        }
+        from_value(self.update(kinds::of::<T>(), to_value(obj)?, status).await?)
+    }
+
+    /// Deletes an object at the revision the caller read.
+    pub async fn delete_t<T: Resource>(&self, obj: &T) -> Result<(), ApiError> {
+        let m = obj.meta();
+        let rev = m.revision();
+        self.delete(
+            kinds::of::<T>(),
+            &m.namespace,
+            &m.name,
+            (rev > 0).then_some(rev),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Builds the object an update stores: the request's fields over the stored
+/// object's server-owned metadata, with status or spec kept as the
+/// subresource rules say, and generation bumped when the spec changed.
+pub fn merge_update(kind: &Kind, old: &Value, req: Value, status_only: bool) -> Value {
+    let mut new = if status_only {
+        let mut n = old.clone();
+        n["status"] = req.get("status").cloned().unwrap_or(Value::Null);
+        n
+    } else {
+        let mut n = req;
+        if kind.has_status {
+            n["status"] = old.get("status").cloned().unwrap_or(Value::Null);
+        }
+        n
+    };
+    if new.get("status").is_some_and(Value::is_null) {
+        new.as_object_mut().map(|o| o.remove("status"));
+    }
+    for f in ["uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"] {
+        match old["metadata"].get(f) {
+            Some(v) => new["metadata"][f] = v.clone(),
+            None => {
+                new["metadata"].as_object_mut().map(|m| m.remove(f));
+            }
+        }
+    }
+    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+    let changed = old.get("spec") != new.get("spec");
+    new["metadata"]["generation"] = json!(if changed { generation + 1 } else { generation });
+    new["apiVersion"] = json!(kind.api_version());
+    new["kind"] = json!(kind.kind);
+    new
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("member", &self.node.id).finish()
+    }
+}
+
+pub fn to_value<T: serde::Serialize>(t: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(t).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+pub fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    serde_json::from_value(v).map_err(|e| ApiError::internal(format!("stored object: {e}")))
+}
+
+/// A stream of changes to one kind's objects.
+pub struct Watch {
+    feed: Feed,
+    prefix: Vec<u8>,
+    pending: std::collections::VecDeque<Change>,
+}
+
+impl Watch {
+    /// The next change, in revision order. Fails with 410 Gone when the
+    /// start revision was compacted away.
+    pub async fn next(&mut self) -> Result<Change, ApiError> {
+        loop {
+            if let Some(c) = self.pending.pop_front() {
+                return Ok(c);
+            }
+            for (rev, ev) in self.feed.next().await? {
+                let Some(kv) = ev.kv.as_ref() else { continue };
+                if !kv.key.starts_with(&self.prefix) {
+                    continue;
+                }
+                let change = if ev.r#type == event::EventType::Delete as i32 {
+                    match ev.prev_kv.as_ref() {
+                        Some(prev) => Change {
+                            type_: "DELETED",
+                            object: decode_kv(prev, rev)?,
+                            revision: rev,
+                        },
+                        None => continue,
+                    }
+                } else {
+                    Change {
+                        type_: if kv.create_revision == kv.mod_revision {
+                            "ADDED"
+                        } else {
+                            "MODIFIED"
+                        },
+                        object: decode_kv(kv, rev)?,
+                        revision: rev,
+                    }
+                };
+                self.pending.push_back(change);
+            }
+        }
+    }
+}
