@@ -38,6 +38,8 @@ pub struct MemberProc {
     pub zone: String,
     pub peer_port: u16,
     pub client_port: u16,
+    /// Port of the REST API (Keel only).
+    pub api_port: u16,
     pub data_dir: PathBuf,
     /// Peer address this member joined through (None: an initial member).
     pub joined_via: Option<String>,
@@ -50,6 +52,9 @@ impl MemberProc {
     }
     pub fn peer_addr(&self) -> String {
         format!("127.0.0.1:{}", self.peer_port)
+    }
+    pub fn api_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.api_port)
     }
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
@@ -93,29 +98,30 @@ pub struct ProcessCluster {
 const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
 
 impl ProcessCluster {
-    /// Starts `n` members under `dir`. With `ports = Some((peer, client))`
-    /// member `i` uses `peer+i` and `client+i`; with `None`, free ports.
+    /// Starts `n` members under `dir`. With `ports = Some((peer, client, api))`
+    /// member `i` uses `peer+i`, `client+i` and `api+i`; with `None`, free ports.
     pub fn start(
         flavor: Flavor,
         bin: &Path,
         dir: &Path,
         n: usize,
-        ports: Option<(u16, u16)>,
+        ports: Option<(u16, u16, u16)>,
         extra_args: &[String],
     ) -> Result<Self, ClusterError> {
         std::fs::create_dir_all(dir)?;
         let prefix = if flavor == Flavor::Keel { "m" } else { "e" };
         let members = (0..n)
             .map(|i| {
-                let (peer_port, client_port) = match ports {
-                    None => (free_port(), free_port()),
-                    Some((p, c)) => (p + i as u16, c + i as u16),
+                let (peer_port, client_port, api_port) = match ports {
+                    None => (free_port(), free_port(), free_port()),
+                    Some((p, c, a)) => (p + i as u16, c + i as u16, a + i as u16),
                 };
                 MemberProc {
                     name: format!("{prefix}{}", i + 1),
                     zone: ZONES[i % ZONES.len()].to_string(),
                     peer_port,
                     client_port,
+                    api_port,
                     data_dir: dir.join(format!("{prefix}{}", i + 1)),
                     joined_via: None,
                     child: None,
@@ -161,6 +167,7 @@ impl ProcessCluster {
                     .arg(&m.data_dir)
                     .args(["--listen-peer", &m.peer_addr()])
                     .args(["--listen-client", &m.client_addr()])
+                    .args(["--listen-api", &m.api_addr()])
                     .args(["--zone", &m.zone]);
                 match &m.joined_via {
                     Some(via) => cmd.args(["--join", via]),
@@ -223,6 +230,7 @@ impl ProcessCluster {
             zone: ZONES[i % ZONES.len()].to_string(),
             peer_port: free_port(),
             client_port: free_port(),
+            api_port: free_port(),
             data_dir: dir.join(format!("m{}", i + 1)),
             joined_via: Some(self.members[via].peer_addr()),
             child: None,
@@ -237,6 +245,7 @@ impl ProcessCluster {
         self.kill(i);
         self.members[i].peer_port = free_port();
         self.members[i].client_port = free_port();
+        self.members[i].api_port = free_port();
         self.spawn(i)
     }
 

@@ -1,10 +1,13 @@
-//! `keel master`: runs one member of the store until SIGINT/SIGTERM.
+//! `keel master`: runs one member of the store, its REST API and (while it
+//! leads) the scheduler and controllers, until SIGINT/SIGTERM.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use keel_controlplane::Registry;
+use keel_controlplane::leader::ControllerConfig;
 use keel_store::{Node, NodeConfig, parse_initial_cluster};
 
 #[derive(Args, Debug, Clone)]
@@ -21,6 +24,15 @@ pub struct MasterArgs {
     /// Address for clients (etcd v3 gRPC API).
     #[arg(long, env = "KEEL_LISTEN_CLIENT", default_value = "127.0.0.1:2479")]
     pub listen_client: String,
+    /// Address of the Kubernetes-shaped REST API.
+    #[arg(long, env = "KEEL_LISTEN_API", default_value = "127.0.0.1:6443")]
+    pub listen_api: String,
+    /// A node whose Lease is not renewed for this long is marked NotReady.
+    #[arg(long, env = "KEEL_NODE_MONITOR_GRACE", default_value = "10s", value_parser = parse_interval)]
+    pub node_monitor_grace: Duration,
+    /// The pods of a node NotReady for this long are deleted and replaced elsewhere.
+    #[arg(long, env = "KEEL_POD_EVICTION_TIMEOUT", default_value = "20s", value_parser = parse_interval)]
+    pub pod_eviction_timeout: Duration,
     /// Peer address other masters use, if not the listen address.
     #[arg(long, env = "KEEL_ADVERTISE_PEER")]
     pub advertise_peer: Option<String>,
@@ -119,6 +131,31 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
     let node = Node::start(cfg)
         .await
         .with_context(|| format!("starting master {}", a.name))?;
+    let api = tokio::net::TcpListener::bind(&a.listen_api)
+        .await
+        .with_context(|| format!("binding the API address {}", a.listen_api))?;
+    let registry = Registry::new(node.clone());
+    tracing::info!(addr = %a.listen_api, "serving the REST API");
+    tokio::spawn(keel_controlplane::api::serve(
+        api,
+        registry.clone(),
+        node.shutdown_signal(),
+    ));
+    let controllers = ControllerConfig {
+        node_monitor_grace: a.node_monitor_grace,
+        pod_eviction_timeout: a.pod_eviction_timeout,
+        ..ControllerConfig::default()
+    };
+    // Every cluster has the default namespaces; creating them is a
+    // conditional write, so whichever master gets there first wins.
+    let defaults = registry.clone();
+    tokio::spawn(async move {
+        while let Err(e) = defaults.ensure_namespaces().await {
+            tracing::debug!(error = %e, "default namespaces not created yet");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    keel_controlplane::leader::spawn(registry, controllers);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

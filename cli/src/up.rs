@@ -21,6 +21,9 @@ pub struct UpArgs {
     /// First master's client port; the others count up from it.
     #[arg(long, env = "KEEL_CLIENT_PORT", default_value_t = 2479)]
     client_port: u16,
+    /// First master's REST API port; the others count up from it.
+    #[arg(long, env = "KEEL_API_PORT", default_value_t = 6443)]
+    api_port: u16,
 }
 
 pub async fn run(a: UpArgs) -> anyhow::Result<()> {
@@ -33,7 +36,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         &bin,
         &a.data_dir,
         a.masters,
-        Some((a.peer_port, a.client_port)),
+        Some((a.peer_port, a.client_port, a.api_port)),
         &[],
     )?;
     let leader = cluster.wait_ready(Duration::from_secs(30)).await?;
@@ -44,9 +47,10 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     );
     for (i, m) in cluster.members.iter().enumerate() {
         println!(
-            "  {:<4} zone {:<7} client {}  peer {}  pid {}{}  log {}",
+            "  {:<4} zone {:<7} api http://{}  client {}  peer {}  pid {}{}  log {}",
             m.name,
             m.zone,
+            m.api_addr(),
             m.client_addr(),
             m.peer_addr(),
             m.pid().unwrap_or(0),

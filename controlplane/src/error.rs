@@ -76,10 +76,10 @@ impl From<EtcdError> for ApiError {
             EtcdError::NoLeader | EtcdError::Timeout | EtcdError::Unavailable(_) => {
                 ApiError::unavailable(format!("the store is unavailable: {e}"))
             }
-            EtcdError::Compacted => ApiError::gone(format!(
-                "too old resource version: {e}"
-            )),
-            EtcdError::RequestTooLarge => ApiError::new(413, "RequestEntityTooLarge", e.to_string()),
+            EtcdError::Compacted => ApiError::gone(format!("too old resource version: {e}")),
+            EtcdError::RequestTooLarge => {
+                ApiError::new(413, "RequestEntityTooLarge", e.to_string())
+            }
             other => ApiError::internal(other.to_string()),
         }
     }

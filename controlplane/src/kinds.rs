@@ -78,7 +78,9 @@ pub static KINDS: &[Kind] = &[
 
 /// The kind served at `group`/`plural`.
 pub fn by_path(group: &str, plural: &str) -> Option<&'static Kind> {
-    KINDS.iter().find(|k| k.group == group && k.plural == plural)
+    KINDS
+        .iter()
+        .find(|k| k.group == group && k.plural == plural)
 }
 
 /// The kind named by `kind` and `apiVersion` in a manifest.

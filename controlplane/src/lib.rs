@@ -8,4 +8,5 @@ pub mod validate;
 
 pub use error::ApiError;
 pub use registry::Registry;
+pub mod api;
 pub mod leader;

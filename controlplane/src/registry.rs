@@ -24,7 +24,11 @@ use crate::error::ApiError;
 use crate::kinds::{self, Kind};
 
 /// The namespaces every cluster has.
-pub const DEFAULT_NAMESPACES: [&str; 3] = ["default", "kube-system", api::coordination::NODE_LEASE_NAMESPACE];
+pub const DEFAULT_NAMESPACES: [&str; 3] = [
+    "default",
+    "kube-system",
+    api::coordination::NODE_LEASE_NAMESPACE,
+];
 
 /// The store key of an object.
 pub fn key(kind: &Kind, ns: &str, name: &str) -> String {
@@ -201,9 +205,16 @@ impl Registry {
             .get_mut("metadata")
             .and_then(Value::as_object_mut)
             .ok_or_else(|| ApiError::invalid("metadata: Required value"))?;
-        let mut name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        let mut name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if name.is_empty() {
-            let g = meta.get("generateName").and_then(Value::as_str).unwrap_or("");
+            let g = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             name = format!("{g}{}", random_suffix());
             meta.insert("name".into(), json!(name));
         }
@@ -260,7 +271,12 @@ impl Registry {
     /// resourceVersion must match the stored one (409 otherwise).
     pub async fn update(&self, kind: &Kind, obj: Value, status: bool) -> Result<Value, ApiError> {
         let ns = str_at(&obj, &["metadata", "namespace"]);
-        let ns = if kind.namespaced && ns.is_empty() { "default" } else { ns }.to_string();
+        let ns = if kind.namespaced && ns.is_empty() {
+            "default"
+        } else {
+            ns
+        }
+        .to_string();
         let name = str_at(&obj, &["metadata", "name"]).to_string();
         let want: Option<i64> = match str_at(&obj, &["metadata", "resourceVersion"]) {
             "" => None,
@@ -269,7 +285,9 @@ impl Registry {
             })?),
         };
         let old = self.get(kind, &ns, &name).await?;
-        let old_rev: i64 = str_at(&old, &["metadata", "resourceVersion"]).parse().unwrap_or(0);
+        let old_rev: i64 = str_at(&old, &["metadata", "resourceVersion"])
+            .parse()
+            .unwrap_or(0);
         if want.is_some_and(|w| w != old_rev) {
             return Err(ApiError::conflict(&kind.resource(), &name));
         }
@@ -293,10 +311,12 @@ impl Registry {
                 .is_none_or(|f| f.is_empty());
         let op = if finished {
             RequestOp {
-                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                    key: k.clone().into_bytes(),
-                    ..Default::default()
-                })),
+                request: Some(request_op::Request::RequestDeleteRange(
+                    DeleteRangeRequest {
+                        key: k.clone().into_bytes(),
+                        ..Default::default()
+                    },
+                )),
             }
         } else {
             put(&k, encode(&new))
@@ -335,7 +355,9 @@ impl Registry {
         expected: Option<i64>,
     ) -> Result<Value, ApiError> {
         let old = self.get(kind, ns, name).await?;
-        let old_rev: i64 = str_at(&old, &["metadata", "resourceVersion"]).parse().unwrap_or(0);
+        let old_rev: i64 = str_at(&old, &["metadata", "resourceVersion"])
+            .parse()
+            .unwrap_or(0);
         if expected.is_some_and(|e| e != old_rev) {
             return Err(ApiError::conflict(&kind.resource(), name));
         }
@@ -377,7 +399,13 @@ impl Registry {
 
     pub async fn list_t<T: Resource>(&self, ns: Option<&str>) -> Result<(Vec<T>, i64), ApiError> {
         let (items, rev) = self.list(kinds::of::<T>(), ns).await?;
-        Ok((items.into_iter().map(from_value).collect::<Result<_, _>>()?, rev))
+        Ok((
+            items
+                .into_iter()
+                .map(from_value)
+                .collect::<Result<_, _>>()?,
+            rev,
+        ))
     }
 
     pub async fn create_t<T: Resource>(&self, obj: &T) -> Result<T, ApiError> {
@@ -404,7 +432,10 @@ impl Registry {
         if m.resource_version.is_empty() {
             return Err(ApiError::internal("typed update without a resourceVersion"));
         }
-        from_value(self.update(kinds::of::<T>(), to_value(obj)?, status).await?)
+        from_value(
+            self.update(kinds::of::<T>(), to_value(obj)?, status)
+                .await?,
+        )
     }
 
     /// Deletes an object at the revision the caller read.
@@ -440,7 +471,13 @@ pub fn merge_update(kind: &Kind, old: &Value, req: Value, status_only: bool) -> 
     if new.get("status").is_some_and(Value::is_null) {
         new.as_object_mut().map(|o| o.remove("status"));
     }
-    for f in ["uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"] {
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "name",
+        "deletionTimestamp",
+    ] {
         match old["metadata"].get(f) {
             Some(v) => new["metadata"][f] = v.clone(),
             None => {
@@ -458,7 +495,9 @@ pub fn merge_update(kind: &Kind, old: &Value, req: Value, status_only: bool) -> 
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("member", &self.node.id).finish()
+        f.debug_struct("Registry")
+            .field("member", &self.node.id)
+            .finish()
     }
 }
 

@@ -25,7 +25,9 @@ pub fn decode<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
 /// characters, starting and ending with an alphanumeric.
 pub fn subdomain(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 253 {
-        return Err(format!("invalid name {name:?}: must be 1 to 253 characters"));
+        return Err(format!(
+            "invalid name {name:?}: must be 1 to 253 characters"
+        ));
     }
     name.split('.').try_for_each(|part| label(part).map(|_| ()))
         .map_err(|_| format!("invalid name {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"))
@@ -43,7 +45,9 @@ pub fn label(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("invalid name {name:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', start and end with an alphanumeric character, and be at most 63 characters"))
+        Err(format!(
+            "invalid name {name:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', start and end with an alphanumeric character, and be at most 63 characters"
+        ))
     }
 }
 
@@ -117,10 +121,20 @@ pub fn object<T: Resource>(obj: &T) -> Result<(), ApiError> {
                 if let Some(ru) = &s.rolling_update {
                     let r = d.replicas();
                     let surge = ru.max_surge.as_ref().map(|x| x.scaled(r, true)).transpose();
-                    let unavail = ru.max_unavailable.as_ref().map(|x| x.scaled(r, false)).transpose();
+                    let unavail = ru
+                        .max_unavailable
+                        .as_ref()
+                        .map(|x| x.scaled(r, false))
+                        .transpose();
                     let (surge, unavail) = (
-                        surge.map_err(|e| ApiError::invalid(format!("spec.strategy.rollingUpdate.maxSurge: {e}")))?,
-                        unavail.map_err(|e| ApiError::invalid(format!("spec.strategy.rollingUpdate.maxUnavailable: {e}")))?,
+                        surge.map_err(|e| {
+                            ApiError::invalid(format!("spec.strategy.rollingUpdate.maxSurge: {e}"))
+                        })?,
+                        unavail.map_err(|e| {
+                            ApiError::invalid(format!(
+                                "spec.strategy.rollingUpdate.maxUnavailable: {e}"
+                            ))
+                        })?,
                     );
                     if surge.unwrap_or(1) == 0 && unavail.unwrap_or(1) == 0 {
                         return Err(ApiError::invalid(
@@ -179,12 +193,13 @@ fn workload(
 /// The rules of a pod spec, with `at` naming where it sits in the object.
 pub fn pod_spec(spec: &api::core::PodSpec, at: &str) -> Result<(), ApiError> {
     if spec.containers.is_empty() {
-        return Err(ApiError::invalid(format!("{at}.containers: Required value")));
+        return Err(ApiError::invalid(format!(
+            "{at}.containers: Required value"
+        )));
     }
     let mut names = std::collections::BTreeSet::new();
     for (i, c) in spec.containers.iter().enumerate() {
-        label(&c.name)
-            .map_err(|e| ApiError::invalid(format!("{at}.containers[{i}].name: {e}")))?;
+        label(&c.name).map_err(|e| ApiError::invalid(format!("{at}.containers[{i}].name: {e}")))?;
         if !names.insert(&c.name) {
             return Err(ApiError::invalid(format!(
                 "{at}.containers[{i}].name: Duplicate value: {:?}",
@@ -235,7 +250,11 @@ mod tests {
             "spec":{"containers":[{"name":"c","imagee":"x"}]}});
         let e = decode::<api::Pod>(v).unwrap_err();
         assert_eq!(e.code, 422);
-        assert!(e.message.contains("spec.containers[0].imagee"), "{}", e.message);
+        assert!(
+            e.message.contains("spec.containers[0].imagee"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -1,0 +1,244 @@
+//! The verbs: create, get, list, replace, patch and delete of any kind, and
+//! the `/status` subresource. Each checks its input fully before writing, so
+//! a bad request changes nothing.
+
+use std::collections::HashMap;
+
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::codec::respond;
+use super::route::Target;
+use super::select;
+use crate::error::ApiError;
+use crate::kinds;
+use crate::registry::{Registry, str_at};
+
+/// Checks a request body against the path it was sent to and the kind's
+/// schema, returning the normalised object.
+fn admit(t: &Target, mut obj: Value, for_update: bool) -> Result<Value, ApiError> {
+    let want_api = t.kind.api_version();
+    match (str_at(&obj, &["apiVersion"]), str_at(&obj, &["kind"])) {
+        ("", "") => {}
+        (a, k) if a == want_api && k == t.kind.kind => {}
+        (a, k) => {
+            if kinds::by_kind(a, k).is_none() {
+                return Err(ApiError::new(
+                    404,
+                    "NotFound",
+                    format!("no kind {k:?} is registered for version {a:?}"),
+                ));
+            }
+            return Err(ApiError::bad_request(format!(
+                "the object's kind {a}/{k} does not match the path, which serves {want_api}/{}",
+                t.kind.kind
+            )));
+        }
+    }
+    obj["apiVersion"] = json!(want_api);
+    obj["kind"] = json!(t.kind.kind);
+    if obj.get("metadata").is_none_or(Value::is_null) {
+        obj["metadata"] = json!({});
+    }
+    if !obj["metadata"].is_object() {
+        return Err(ApiError::invalid("metadata: must be an object"));
+    }
+    if let Some(ns) = &t.namespace {
+        match str_at(&obj, &["metadata", "namespace"]) {
+            "" => obj["metadata"]["namespace"] = json!(ns),
+            n if n == ns => {}
+            n => {
+                return Err(ApiError::bad_request(format!(
+                    "the namespace of the object ({n}) does not match the namespace on the request ({ns})"
+                )));
+            }
+        }
+    }
+    if let Some(name) = &t.name {
+        match str_at(&obj, &["metadata", "name"]) {
+            "" if for_update => obj["metadata"]["name"] = json!(name),
+            n if n == name => {}
+            n => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+        }
+    }
+    (t.kind.check)(obj)
+}
+
+fn ns_of(t: &Target) -> &str {
+    t.namespace.as_deref().unwrap_or("")
+}
+
+pub async fn create(
+    reg: &Registry,
+    t: &Target,
+    headers: &HeaderMap,
+    body: Value,
+) -> Result<Response, ApiError> {
+    if t.name.is_some() {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "POST goes to the collection, not to an object",
+        ));
+    }
+    if t.kind.namespaced && t.namespace.is_none() {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "POST needs a namespace in the path",
+        ));
+    }
+    let obj = admit(t, body, false)?;
+    let created = reg.create(t.kind, obj).await?;
+    tracing::info!(
+        kind = t.kind.kind,
+        name = str_at(&created, &["metadata", "name"]),
+        "created"
+    );
+    Ok(respond(headers, 201, &created))
+}
+
+pub async fn get(
+    reg: &Registry,
+    t: &Target,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let obj = reg.get(t.kind, ns_of(t), name).await?;
+    Ok(respond(headers, 200, &obj))
+}
+
+/// Selectors from the query string.
+pub struct Filter {
+    pub labels: keel_proto::api::LabelSelector,
+    pub fields: Vec<select::FieldReq>,
+}
+
+impl Filter {
+    pub fn from_query(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
+        Ok(Filter {
+            labels: select::labels(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
+            fields: select::fields(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
+        })
+    }
+
+    pub fn matches(&self, obj: &Value) -> bool {
+        select::labels_match(&self.labels, obj) && select::fields_match(&self.fields, obj)
+    }
+}
+
+pub async fn list(
+    reg: &Registry,
+    t: &Target,
+    headers: &HeaderMap,
+    filter: &Filter,
+) -> Result<Response, ApiError> {
+    let (items, rev) = reg.list(t.kind, t.namespace.as_deref()).await?;
+    let items: Vec<Value> = items.into_iter().filter(|o| filter.matches(o)).collect();
+    let list = json!({
+        "apiVersion": t.kind.api_version(),
+        "kind": format!("{}List", t.kind.kind),
+        "metadata": {"resourceVersion": rev.to_string()},
+        "items": items,
+    });
+    Ok(respond(headers, 200, &list))
+}
+
+pub async fn replace(
+    reg: &Registry,
+    t: &Target,
+    headers: &HeaderMap,
+    body: Value,
+) -> Result<Response, ApiError> {
+    let obj = admit(t, body, true)?;
+    let updated = reg.update(t.kind, obj, t.status).await?;
+    Ok(respond(headers, 200, &updated))
+}
+
+/// JSON merge patch (RFC 7386) or JSON patch (RFC 6902), by Content-Type.
+pub async fn patch(
+    reg: &Registry,
+    t: &Target,
+    headers: &HeaderMap,
+    name: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let json_patch = ct.starts_with("application/json-patch+json");
+    if !(json_patch
+        || ct.starts_with("application/merge-patch+json")
+        || ct.starts_with("application/strategic-merge-patch+json"))
+    {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the patch content type {ct:?} is not supported: use application/merge-patch+json or application/json-patch+json"
+            ),
+        ));
+    }
+    let p: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed patch: {e}")))?;
+    let pinned = !str_at(&p, &["metadata", "resourceVersion"]).is_empty();
+    // Without a resourceVersion in the patch, a concurrent change is retried
+    // against the new version, as the Kubernetes API server does.
+    for _ in 0..5 {
+        let cur = reg.get(t.kind, ns_of(t), name).await?;
+        let mut doc = cur.clone();
+        if json_patch {
+            let ops: json_patch::Patch = serde_json::from_value(p.clone())
+                .map_err(|e| ApiError::bad_request(format!("malformed JSON patch: {e}")))?;
+            json_patch::patch(&mut doc, &ops)
+                .map_err(|e| ApiError::invalid(format!("the JSON patch does not apply: {e}")))?;
+        } else {
+            if !p.is_object() {
+                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+            }
+            json_patch::merge(&mut doc, &p);
+        }
+        if !pinned && !json_patch {
+            doc["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
+        }
+        let obj = admit(t, doc, true)?;
+        match reg.update(t.kind, obj, t.status).await {
+            Err(e) if e.reason == "Conflict" && !pinned => continue,
+            Err(e) => return Err(e),
+            Ok(updated) => return Ok(respond(headers, 200, &updated)),
+        }
+    }
+    Err(ApiError::conflict(&t.kind.resource(), name))
+}
+
+pub async fn delete(
+    reg: &Registry,
+    t: &Target,
+    headers: &HeaderMap,
+    name: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    // DeleteOptions may carry preconditions.resourceVersion.
+    let mut expected = None;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let opts: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("malformed DeleteOptions: {e}")))?;
+        let rv = str_at(&opts, &["preconditions", "resourceVersion"]);
+        if !rv.is_empty() {
+            expected = Some(rv.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "preconditions.resourceVersion: invalid value {rv:?}"
+                ))
+            })?);
+        }
+    }
+    let gone = reg.delete(t.kind, ns_of(t), name, expected).await?;
+    tracing::info!(kind = t.kind.kind, name, "deleted");
+    Ok(respond(headers, 200, &gone))
+}

@@ -1,0 +1,89 @@
+//! `?watch=1` streams: newline-delimited `{"type":..., "object":...}` events
+//! from a resourceVersion (every change after it, in order), or the current
+//! objects as ADDED followed by every later change when none is given.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::handlers::Filter;
+use super::route::Target;
+use crate::error::ApiError;
+use crate::registry::Registry;
+
+fn line(type_: &str, object: &Value) -> Vec<u8> {
+    let mut b = serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap_or_default();
+    b.push(b'\n');
+    b
+}
+
+/// Starts a watch; fails with 410 when `resource_version` was compacted away.
+pub async fn start(
+    reg: &Registry,
+    t: &Target,
+    filter: Filter,
+    resource_version: Option<i64>,
+    timeout: Option<Duration>,
+) -> Result<Response, ApiError> {
+    let (initial, after) = match resource_version {
+        Some(rv) if rv > 0 => {
+            let compacted = reg.node().kv.compact_revision();
+            if rv < compacted {
+                return Err(ApiError::gone(format!(
+                    "too old resource version: {rv} (compacted to {compacted})"
+                )));
+            }
+            reg.node().read_barrier().await?;
+            (Vec::new(), rv)
+        }
+        _ => {
+            let (items, rev) = reg.list(t.kind, t.namespace.as_deref()).await?;
+            (items, rev)
+        }
+    };
+    let mut w = reg.watch(t.kind, t.namespace.as_deref(), after);
+    let name = t.name.clone();
+    let keep = move |o: &Value| {
+        filter.matches(o)
+            && name
+                .as_deref()
+                .is_none_or(|n| crate::registry::str_at(o, &["metadata", "name"]) == n)
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(64);
+    tokio::spawn(async move {
+        for o in initial.iter().filter(|o| keep(o)) {
+            if tx.send(Ok(line("ADDED", o))).await.is_err() {
+                return;
+            }
+        }
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        loop {
+            let next = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, w.next()).await.ok(),
+                    None => Some(w.next().await),
+                }
+            };
+            tokio::select! {
+                _ = tx.closed() => return,
+                r = next => match r {
+                    None => return,
+                    Some(Ok(c)) => {
+                        if keep(&c.object) && tx.send(Ok(line(c.type_, &c.object))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let _ = tx.send(Ok(line("ERROR", &serde_json::to_value(e.status()).unwrap_or_default()))).await;
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
