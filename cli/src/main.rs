@@ -1,11 +1,13 @@
 //! `keel`: the single binary. Masters (`keel master`), a local HA cluster
-//! (`keel up`), cluster administration (`keel cluster ...`) and benchmarks
+//! (`keel up`), cluster administration (`keel cluster ...`), kubectl-like
+//! commands (`keel apply/get/describe/delete/scale/rollout`) and benchmarks
 //! (`keel bench ...`).
 
 mod backup;
 mod bench;
 mod client;
 mod cluster;
+mod kubectl;
 mod master;
 mod up;
 
@@ -41,6 +43,48 @@ enum Cmd {
     Cluster(cluster::ClusterArgs),
     /// Backups: save from a running cluster, verify and inspect offline.
     Backup(backup::BackupArgs),
+    /// Create or update the objects of a manifest (file, directory or -).
+    Apply {
+        #[command(flatten)]
+        t: kubectl::Target,
+        #[command(flatten)]
+        a: kubectl::apply::ApplyArgs,
+    },
+    /// List objects or show one (`keel get pods`, `keel get deploy web -o yaml`).
+    Get {
+        #[command(flatten)]
+        t: kubectl::Target,
+        #[command(flatten)]
+        a: kubectl::get::GetArgs,
+    },
+    /// Show an object in detail, with its events.
+    Describe {
+        #[command(flatten)]
+        t: kubectl::Target,
+        #[command(flatten)]
+        a: kubectl::get::DescribeArgs,
+    },
+    /// Delete objects (dependents follow through garbage collection).
+    Delete {
+        #[command(flatten)]
+        t: kubectl::Target,
+        #[command(flatten)]
+        a: kubectl::apply::DeleteArgs,
+    },
+    /// Set the replicas of a Deployment or ReplicaSet.
+    Scale {
+        #[command(flatten)]
+        t: kubectl::Target,
+        #[command(flatten)]
+        a: kubectl::apply::ScaleArgs,
+    },
+    /// Follow, list, undo, pause and resume Deployment rollouts.
+    Rollout {
+        #[command(flatten)]
+        t: kubectl::Target,
+        #[command(subcommand)]
+        cmd: kubectl::rollout::RolloutCmd,
+    },
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -71,6 +115,12 @@ fn main() -> anyhow::Result<()> {
             Cmd::Cluster(a) => cluster::run(a).await,
             Cmd::Bench(b) => bench::run(b).await,
             Cmd::Backup(a) => backup::run(a).await,
+            Cmd::Apply { t, a } => kubectl::apply::apply(&t, a).await,
+            Cmd::Get { t, a } => kubectl::get::get(&t, a).await,
+            Cmd::Describe { t, a } => kubectl::get::describe(&t, a).await,
+            Cmd::Delete { t, a } => kubectl::apply::delete(&t, a).await,
+            Cmd::Scale { t, a } => kubectl::apply::scale(&t, a).await,
+            Cmd::Rollout { t, cmd } => kubectl::rollout::run(&t, cmd).await,
         }
     })
 }

@@ -22,3 +22,7 @@ pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
 /// The API resources (Kubernetes-shaped objects) the REST API serves.
 pub mod api;
+
+/// The typed REST client of the API (feature `client`).
+#[cfg(feature = "client")]
+pub mod client;

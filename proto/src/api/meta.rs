@@ -206,7 +206,9 @@ impl IntOrString {
                 let p: i64 = s
                     .strip_suffix('%')
                     .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| format!("invalid value {s:?}: must be an integer or a percentage"))?;
+                    .ok_or_else(|| {
+                        format!("invalid value {s:?}: must be an integer or a percentage")
+                    })?;
                 Ok(if round_up {
                     (p * total + 99) / 100
                 } else {
@@ -249,14 +251,38 @@ pub fn rfc3339(secs: i64) -> String {
     )
 }
 
+/// Parses `YYYY-MM-DDTHH:MM:SS[.frac]Z` into seconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days-from-civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn selector_expressions() {
-        let labels: BTreeMap<String, String> =
-            [("app".to_string(), "web".to_string())].into_iter().collect();
+        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())]
+            .into_iter()
+            .collect();
         let mut s = LabelSelector::default();
         assert!(s.matches(&labels));
         s.match_labels.insert("app".into(), "web".into());
@@ -283,5 +309,10 @@ mod tests {
     fn formats_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_764_028_800), "2025-11-25T00:00:00Z");
+        for t in [0, 951_782_400, 1_764_028_801, 4_102_444_799] {
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+        }
+        assert_eq!(parse_rfc3339("2025-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }
