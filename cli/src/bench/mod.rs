@@ -1,8 +1,10 @@
-//! `keel bench ...`: benchmarks that print figures. Each drives any etcd v3
-//! endpoint set, so Keel and a real etcd get exactly the same workload.
+//! `keel bench ...`: benchmarks that print figures. The store benchmarks
+//! drive any etcd v3 endpoint set, so Keel and a real etcd get exactly the
+//! same workload; `schedule` drives the REST API.
 
 mod failover;
 mod kv;
+mod schedule;
 
 use clap::Subcommand;
 
@@ -14,6 +16,8 @@ pub enum BenchCmd {
     Failover(failover::FailoverArgs),
     /// Write N distinct keys once each (to prepare data for backup benchmarks).
     Load(kv::LoadArgs),
+    /// Pods bound per second and create-to-bound latency over simulated nodes.
+    Schedule(schedule::ScheduleArgs),
 }
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
@@ -21,5 +25,6 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Kv(a) => kv::run(a).await,
         BenchCmd::Failover(a) => failover::run(a).await,
         BenchCmd::Load(a) => kv::load(a).await,
+        BenchCmd::Schedule(a) => schedule::run(a).await,
     }
 }
