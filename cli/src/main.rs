@@ -103,6 +103,12 @@ fn init_logs(format: LogFormat) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Like other command-line tools, end quietly when the reader of our
+    // output goes away (`keel get pods | head`) instead of panicking.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logs(cli.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
