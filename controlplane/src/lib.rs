@@ -9,4 +9,5 @@ pub mod validate;
 pub use error::ApiError;
 pub use registry::Registry;
 pub mod api;
+pub mod auth;
 pub mod leader;
