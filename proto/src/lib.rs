@@ -26,3 +26,6 @@ pub mod api;
 /// The typed REST client of the API (feature `client`).
 #[cfg(feature = "client")]
 pub mod client;
+
+/// The cluster PKI: CA, certificates and the rustls configurations.
+pub mod pki;
