@@ -1,11 +1,20 @@
 //! Leader gating: the scheduler and the controllers run only while this
 //! master is the Raft leader, start when it becomes leader and stop at once
-//! when it stops being leader.
+//! when it stops being leader (or its term changes). Everything they run
+//! hangs off one cancellation token per term; their writes are conditional on
+//! the revisions they read, so a deposed leader that has not noticed yet can
+//! change nothing.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::controllers::{self, Informers};
+use crate::events::Recorder;
 use crate::registry::Registry;
+use crate::scheduler;
 
 /// Settings of the leader-only loops.
 #[derive(Debug, Clone)]
@@ -28,8 +37,104 @@ impl Default for ControllerConfig {
     }
 }
 
+/// How often leadership is checked.
+const POLL: Duration = Duration::from_millis(25);
+
 /// Runs the leader-only loops whenever this member leads, until it shuts down.
 pub fn spawn(registry: Registry, cfg: ControllerConfig) -> tokio::task::JoinHandle<()> {
-    let _ = (Arc::new(registry), cfg);
-    tokio::spawn(async {})
+    tokio::spawn(watch_leadership(registry, cfg))
+}
+
+struct Term {
+    term: u64,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Term {
+    fn stop(self, why: &str) {
+        self.cancel.cancel();
+        self.task.abort();
+        tracing::info!(
+            term = self.term,
+            why,
+            "stopped the scheduler and controllers"
+        );
+    }
+}
+
+async fn watch_leadership(registry: Registry, cfg: ControllerConfig) {
+    let node = registry.node().clone();
+    let mut shutdown = node.shutdown_signal();
+    let mut current: Option<Term> = None;
+    loop {
+        if *shutdown.borrow() {
+            if let Some(t) = current.take() {
+                t.stop("member shutting down");
+            }
+            return;
+        }
+        let leading = node.is_leader();
+        let term = node.metrics().current_term;
+        match current.take() {
+            Some(t) if !leading => {
+                tracing::info!(term = t.term, "lost leadership");
+                t.stop("no longer leader");
+            }
+            Some(t) if t.term != term => {
+                tracing::info!(old = t.term, new = term, "leader term changed");
+                t.stop("term changed");
+                current = Some(start(&registry, &cfg, term));
+            }
+            Some(t) => current = Some(t),
+            None if leading => current = Some(start(&registry, &cfg, term)),
+            None => {}
+        }
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+fn start(registry: &Registry, cfg: &ControllerConfig, term: u64) -> Term {
+    let became = Instant::now();
+    tracing::info!(
+        term,
+        member = registry.node().id,
+        "became leader: starting the scheduler and controllers"
+    );
+    let cancel = CancellationToken::new();
+    let span = tracing::info_span!("leader", term);
+    let task =
+        tokio::spawn(lead(registry.clone(), cfg.clone(), cancel.clone(), became).instrument(span));
+    Term { term, cancel, task }
+}
+
+/// Everything the leader runs for one term.
+async fn lead(
+    registry: Registry,
+    cfg: ControllerConfig,
+    cancel: CancellationToken,
+    became: Instant,
+) {
+    let inf = Informers::start(&registry, &cancel);
+    let events = Recorder::start(registry.clone(), cancel.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(scheduler::run(
+        registry.clone(),
+        inf.pods.clone(),
+        inf.nodes.clone(),
+        events.clone(),
+        cancel.clone(),
+    ));
+    controllers::spawn_all(&mut tasks, &registry, &inf, &events, &cfg, &cancel);
+    inf.synced().await;
+    tracing::info!(
+        active_after_ms = became.elapsed().as_millis() as u64,
+        "controllers active: every informer synced"
+    );
+    // Dropping the set aborts every task when the term ends.
+    cancel.cancelled().await;
+    tasks.shutdown().await;
 }
