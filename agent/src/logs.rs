@@ -1,0 +1,149 @@
+//! The agent's log endpoint (kubelet's `/containerLogs/{ns}/{pod}/{container}`),
+//! which the masters proxy `keel logs` to: the container's log file, the
+//! last `tailLines` lines of it, and with `follow=true` every line written
+//! after, until the client goes away or the pod is removed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::Ctx;
+
+/// The byte offset where the last `n` lines of `data` start.
+pub fn tail_offset(data: &[u8], n: usize) -> usize {
+    if n == 0 {
+        return data.len();
+    }
+    let end = if data.ends_with(b"\n") {
+        data.len() - 1
+    } else {
+        data.len()
+    };
+    let mut seen = 0;
+    for i in (0..end).rev() {
+        if data[i] == b'\n' {
+            seen += 1;
+            if seen == n {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+/// Serves the log endpoint on `listener` forever.
+pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_log),
+        )
+        .with_state(ctx);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "log endpoint stopped");
+    }
+}
+
+fn err(code: StatusCode, msg: String) -> Response {
+    (code, msg).into_response()
+}
+
+async fn container_log(
+    State(ctx): State<Arc<Ctx>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let key = format!("{ns}/{pod}");
+    let Some(sandbox) = ctx.pods.lock().expect("pods lock").get(&key).cloned() else {
+        return err(
+            StatusCode::NOT_FOUND,
+            format!("pod {key} is not running on node {}", ctx.cfg.name),
+        );
+    };
+    let path = ctx.runtime.log_path(&sandbox, &container);
+    let data = match tokio::fs::read(&path).await {
+        Ok(d) => d,
+        Err(_) => {
+            return err(
+                StatusCode::NOT_FOUND,
+                format!("container {container:?} in pod {key} has no log (not started?)"),
+            );
+        }
+    };
+    let start = match q.get("tailLines").and_then(|t| t.parse::<usize>().ok()) {
+        Some(n) => tail_offset(&data, n),
+        None => 0,
+    };
+    let follow = matches!(q.get("follow").map(String::as_str), Some("true" | "1"));
+    let first = Bytes::copy_from_slice(&data[start..]);
+    if !follow {
+        return ([("content-type", "text/plain")], first).into_response();
+    }
+    let pos = data.len() as u64;
+    let uid = sandbox.id.clone();
+    let stream = futures::stream::unfold(
+        (Some(first), pos, ctx, key, uid, path),
+        |(first, mut pos, ctx, key, uid, path)| async move {
+            if let Some(f) = first {
+                return Some((
+                    Ok::<Bytes, std::io::Error>(f),
+                    (None, pos, ctx, key, uid, path),
+                ));
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let alive = ctx
+                    .pods
+                    .lock()
+                    .expect("pods lock")
+                    .get(&key)
+                    .is_some_and(|s| s.id == uid);
+                let len = match tokio::fs::metadata(&path).await {
+                    Ok(m) => m.len(),
+                    Err(_) => return None,
+                };
+                if len < pos {
+                    pos = 0; // rotated (copied and truncated)
+                }
+                if len > pos {
+                    let mut f = tokio::fs::File::open(&path).await.ok()?;
+                    f.seek(std::io::SeekFrom::Start(pos)).await.ok()?;
+                    let mut buf = vec![0u8; (len - pos).min(1 << 20) as usize];
+                    let n = f.read(&mut buf).await.ok()?;
+                    buf.truncate(n);
+                    pos += n as u64;
+                    return Some((Ok(Bytes::from(buf)), (None, pos, ctx, key, uid, path)));
+                }
+                if !alive {
+                    return None;
+                }
+            }
+        },
+    );
+    ([("content-type", "text/plain")], Body::from_stream(stream)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_offset;
+
+    #[test]
+    fn tail_counts_lines_from_the_end() {
+        let d = b"a\nb\nc\n";
+        assert_eq!(&d[tail_offset(d, 1)..], b"c\n");
+        assert_eq!(&d[tail_offset(d, 2)..], b"b\nc\n");
+        assert_eq!(&d[tail_offset(d, 10)..], d);
+        assert_eq!(&d[tail_offset(d, 0)..], b"");
+        let d = b"a\nb";
+        assert_eq!(&d[tail_offset(d, 1)..], b"b");
+    }
+}

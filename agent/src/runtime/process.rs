@@ -1,0 +1,444 @@
+//! The process runtime, the embedded default: each container is a child
+//! process (command + args) in its own process group, with a clean
+//! environment, a working directory under the pod's sandbox directory,
+//! stdout and stderr appended to a log file that is rotated by copy and
+//! truncate (the child keeps its O_APPEND descriptor, so the agent can
+//! restart without breaking it), and rlimits where the OS allows (no core
+//! dumps; `limits.memory` as an address-space limit). Processes are not
+//! tied to the agent: they survive its restart and are adopted by the next
+//! one, identified by PID plus start time.
+//!
+//! Network identity: the sandbox's IP is an address on the loopback
+//! interface (`127.N.x.y`). Nothing isolates the process's network; a
+//! container gets its IP as `POD_IP` and should bind it (e.g.
+//! `python3 -m http.server --bind $(POD_IP) 8000`) so two pods can use the
+//! same port on one machine.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_proto::api::meta::now_rfc3339;
+use tokio::sync::watch;
+
+use super::{
+    BoxFut, ContainerConfig, ContainerHandle, Exit, Runtime, RuntimeError, Sandbox, SandboxConfig,
+};
+
+/// Runs containers as local processes.
+pub struct ProcessRuntime {
+    root: PathBuf,
+    /// Exit notifications of the processes this agent spawned.
+    exits: Arc<Mutex<HashMap<u32, watch::Receiver<Option<Exit>>>>>,
+    /// Log files to rotate.
+    logs: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+impl ProcessRuntime {
+    /// A runtime keeping sandboxes under `root`; rotates logs above
+    /// `log_max_bytes` (one old file kept as `.log.1`). Must be called
+    /// inside a Tokio runtime.
+    pub fn new(root: PathBuf, log_max_bytes: u64) -> Self {
+        let logs: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
+        let l = logs.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let paths: Vec<PathBuf> = l.lock().expect("logs lock").iter().cloned().collect();
+                for p in paths {
+                    if let Err(e) = rotate(&p, log_max_bytes) {
+                        tracing::debug!(path = %p.display(), error = %e, "log rotation failed");
+                    }
+                }
+            }
+        });
+        ProcessRuntime {
+            root,
+            exits: Arc::default(),
+            logs,
+        }
+    }
+}
+
+/// Rotates `path` once it is larger than `max`: copies it to `path.1` and
+/// truncates it in place (`copytruncate`), so writers keep their descriptor.
+pub fn rotate(path: &Path, max: u64) -> std::io::Result<bool> {
+    let len = std::fs::metadata(path)?.len();
+    if len <= max {
+        return Ok(false);
+    }
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    std::fs::copy(path, &old)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(0)?;
+    Ok(true)
+}
+
+/// The state letter and start time (clock ticks since boot) of a process.
+pub fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.get(s.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); field 22 (starttime) is index 19.
+    Some((f.first()?.chars().next()?, f.get(19)?.parse().ok()?))
+}
+
+/// Whether `pid` is still the live process that started at `start_ticks`.
+pub fn same_process(pid: u32, start_ticks: u64) -> bool {
+    matches!(proc_stat(pid), Some((st, t)) if t == start_ticks && st != 'Z' && st != 'X')
+}
+
+fn signal_group(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a negative pid signals the process group the
+    // container leads (we started it with its own group).
+    unsafe {
+        libc::kill(-(pid as i32), sig);
+    }
+}
+
+fn exit_of(status: std::io::Result<std::process::ExitStatus>) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    let (code, signal) = match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => (Some(c), None),
+            (None, Some(sig)) => (Some(128 + sig), Some(sig)),
+            _ => (None, None),
+        },
+        Err(_) => (None, None),
+    };
+    Exit {
+        code,
+        signal,
+        finished_at: now_rfc3339(),
+    }
+}
+
+fn cannot_run(argv0: &str, e: &std::io::Error) -> RuntimeError {
+    let why = match e.kind() {
+        std::io::ErrorKind::NotFound if !argv0.contains('/') => {
+            "executable file not found in $PATH".to_string()
+        }
+        std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => "cannot execute".to_string(),
+    };
+    RuntimeError::CannotRun(format!("exec: {argv0:?}: {why} ({e})"))
+}
+
+fn command(
+    argv: &[String],
+    c: &ContainerConfig,
+    cwd: &Path,
+) -> Result<tokio::process::Command, RuntimeError> {
+    let Some(argv0) = argv.first() else {
+        return Err(RuntimeError::CannotRun(
+            "no command: the process runtime runs spec.containers[].command and args (it does not run images)".into(),
+        ));
+    };
+    let mut cmd = tokio::process::Command::new(argv0);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(c.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(false);
+    let mem = c.memory_limit;
+    // SAFETY: setrlimit(2) is async-signal-safe; nothing else runs between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let zero = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &zero);
+            if let Some(m) = mem {
+                let lim = libc::rlimit {
+                    rlim_cur: m as libc::rlim_t,
+                    rlim_max: m as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+impl ProcessRuntime {
+    fn container_dir(&self, s: &Sandbox, name: &str) -> PathBuf {
+        s.dir.join("containers").join(name)
+    }
+
+    fn cwd(&self, s: &Sandbox, c: &ContainerConfig) -> PathBuf {
+        let dir = self.container_dir(s, &c.name);
+        match c.working_dir.as_str() {
+            "" => dir,
+            w if w.starts_with('/') => PathBuf::from(w),
+            w => dir.join(w),
+        }
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn create_sandbox(&self, c: &SandboxConfig) -> Result<Sandbox, RuntimeError> {
+        let dir = self.root.join(&c.uid);
+        std::fs::create_dir_all(dir.join("logs"))
+            .map_err(|e| RuntimeError::Setup(format!("creating {}: {e}", dir.display())))?;
+        Ok(Sandbox {
+            id: c.uid.clone(),
+            ip: c.ip,
+            dir,
+        })
+    }
+
+    fn remove_sandbox(&self, s: &Sandbox) {
+        self.logs
+            .lock()
+            .expect("logs lock")
+            .retain(|p| !p.starts_with(&s.dir));
+        if let Err(e) = std::fs::remove_dir_all(&s.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %s.dir.display(), error = %e, "cannot remove sandbox dir");
+        }
+    }
+
+    fn start_container(
+        &self,
+        s: &Sandbox,
+        c: &ContainerConfig,
+    ) -> Result<ContainerHandle, RuntimeError> {
+        let dir = self.container_dir(s, &c.name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| RuntimeError::Setup(format!("creating {}: {e}", dir.display())))?;
+        let cwd = self.cwd(s, c);
+        if !cwd.is_dir() {
+            return Err(RuntimeError::CannotRun(format!(
+                "working directory {}: no such directory",
+                cwd.display()
+            )));
+        }
+        let log_path = self.log_path(s, &c.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| RuntimeError::Setup(format!("opening {}: {e}", log_path.display())))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| RuntimeError::Setup(format!("log file: {e}")))?;
+        let mut cmd = command(&c.argv, c, &cwd)?;
+        cmd.stdout(log).stderr(err);
+        let mut child = cmd.spawn().map_err(|e| cannot_run(&c.argv[0], &e))?;
+        let pid = child.id().unwrap_or(0);
+        let start_ticks = proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
+        let (tx, rx) = watch::channel(None);
+        {
+            let mut exits = self.exits.lock().expect("exits lock");
+            exits.retain(|_, r| r.borrow().is_none());
+            exits.insert(pid, rx);
+        }
+        tokio::spawn(async move {
+            let st = child.wait().await;
+            let _ = tx.send(Some(exit_of(st)));
+        });
+        self.logs.lock().expect("logs lock").insert(log_path);
+        Ok(ContainerHandle {
+            name: c.name.clone(),
+            pid,
+            start_ticks,
+            started_at: now_rfc3339(),
+        })
+    }
+
+    fn is_running(&self, h: &ContainerHandle) -> bool {
+        same_process(h.pid, h.start_ticks)
+    }
+
+    fn adopt(&self, s: &Sandbox, h: &ContainerHandle) -> bool {
+        if !self.is_running(h) {
+            return false;
+        }
+        self.logs
+            .lock()
+            .expect("logs lock")
+            .insert(self.log_path(s, &h.name));
+        true
+    }
+
+    fn wait(&self, h: &ContainerHandle) -> BoxFut<Exit> {
+        let rx = self.exits.lock().expect("exits lock").get(&h.pid).cloned();
+        let (pid, ticks) = (h.pid, h.start_ticks);
+        match rx {
+            Some(mut rx) => Box::pin(async move {
+                loop {
+                    if let Some(e) = rx.borrow_and_update().clone() {
+                        return e;
+                    }
+                    if rx.changed().await.is_err() {
+                        return exit_of(Err(std::io::Error::other("waiter gone")));
+                    }
+                }
+            }),
+            // Not our child (adopted): poll until the process is gone; its
+            // exit code is not ours to read.
+            None => Box::pin(async move {
+                while same_process(pid, ticks) {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                exit_of(Err(std::io::Error::other("adopted")))
+            }),
+        }
+    }
+
+    fn stop(&self, h: &ContainerHandle, grace: Duration) -> BoxFut<Exit> {
+        let wait = self.wait(h);
+        let live = self.is_running(h);
+        let pid = h.pid;
+        Box::pin(async move {
+            if live {
+                signal_group(pid, libc::SIGTERM);
+            }
+            tokio::pin!(wait);
+            let exit = match tokio::time::timeout(grace, &mut wait).await {
+                Ok(e) => e,
+                Err(_) => {
+                    tracing::info!(pid, "grace period over, sending SIGKILL");
+                    signal_group(pid, libc::SIGKILL);
+                    wait.await
+                }
+            };
+            // Whatever the leader left behind in its group goes too.
+            if live {
+                signal_group(pid, libc::SIGKILL);
+            }
+            exit
+        })
+    }
+
+    fn exec(
+        &self,
+        s: &Sandbox,
+        c: &ContainerConfig,
+        argv: &[String],
+        timeout: Duration,
+    ) -> BoxFut<Result<i32, RuntimeError>> {
+        let cwd = self.cwd(s, c);
+        let cmd = command(argv, c, &cwd);
+        let argv0 = argv.first().cloned().unwrap_or_default();
+        Box::pin(async move {
+            let mut cmd = cmd?;
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true);
+            let mut child = cmd.spawn().map_err(|e| cannot_run(&argv0, &e))?;
+            match tokio::time::timeout(timeout, child.wait()).await {
+                Ok(st) => Ok(exit_of(st).code.unwrap_or(-1)),
+                Err(_) => {
+                    if let Some(pid) = child.id() {
+                        signal_group(pid, libc::SIGKILL);
+                    }
+                    Err(RuntimeError::CannotRun(format!(
+                        "command timed out after {timeout:?}"
+                    )))
+                }
+            }
+        })
+    }
+
+    fn log_path(&self, s: &Sandbox, container: &str) -> PathBuf {
+        s.dir.join("logs").join(format!("{container}.log"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn cfg(argv: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            name: "c".into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_logs_stops_and_reports_missing_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path().to_path_buf(), 1 << 20);
+        let sb = rt
+            .create_sandbox(&SandboxConfig {
+                uid: "u1".into(),
+                namespace: "default".into(),
+                name: "p".into(),
+                ip: Ipv4Addr::new(127, 9, 0, 2),
+            })
+            .unwrap();
+        let h = rt
+            .start_container(&sb, &cfg(&["sh", "-c", "echo hello; exit 3"]))
+            .unwrap();
+        let e = rt.wait(&h).await;
+        assert_eq!(e.code, Some(3));
+        let log = std::fs::read_to_string(rt.log_path(&sb, "c")).unwrap();
+        assert_eq!(log, "hello\n");
+
+        let h = rt
+            .start_container(
+                &sb,
+                &cfg(&["sh", "-c", "trap '' TERM; echo trapped; sleep 30"]),
+            )
+            .unwrap();
+        assert!(rt.is_running(&h));
+        // Signal only once the trap is set.
+        while !std::fs::read_to_string(rt.log_path(&sb, "c"))
+            .unwrap()
+            .contains("trapped")
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let e = rt.stop(&h, Duration::from_millis(300)).await;
+        assert_eq!((e.code, e.signal), (Some(137), Some(9)));
+        assert!(!rt.is_running(&h));
+
+        let err = rt
+            .start_container(&sb, &cfg(&["no-such-command-keel"]))
+            .unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::CannotRun(m) if m.contains("executable file not found")),
+            "{err}"
+        );
+        rt.remove_sandbox(&sb);
+        assert!(!sb.dir.exists());
+    }
+
+    #[test]
+    fn rotation_copies_and_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.log");
+        std::fs::write(&p, vec![b'x'; 100]).unwrap();
+        assert!(!rotate(&p, 200).unwrap());
+        assert!(rotate(&p, 50).unwrap());
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("c.log.1")).unwrap().len(),
+            100
+        );
+    }
+}
