@@ -291,7 +291,8 @@ impl Registry {
         if want.is_some_and(|w| w != old_rev) {
             return Err(ApiError::conflict(&kind.resource(), &name));
         }
-        let new = merge_update(kind, &old, obj, status);
+        let mut new = merge_update(kind, &old, obj, status);
+        crate::api::service_ip::keep_on_update(kind, &old, &mut new)?;
         self.replace(kind, &ns, &name, old_rev, new).await
     }
 

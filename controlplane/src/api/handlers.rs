@@ -93,8 +93,15 @@ pub async fn create(
             "POST needs a namespace in the path",
         ));
     }
-    let obj = admit(t, body, false)?;
-    let created = reg.create(t.kind, obj).await?;
+    let mut obj = admit(t, body, false)?;
+    let ip = super::service_ip::before_create(reg, t, &mut obj).await?;
+    let created = match reg.create(t.kind, obj).await {
+        Ok(c) => c,
+        Err(e) => {
+            super::service_ip::release(reg, ip).await;
+            return Err(e);
+        }
+    };
     tracing::info!(
         kind = t.kind.kind,
         name = str_at(&created, &["metadata", "name"]),
@@ -239,6 +246,7 @@ pub async fn delete(
         }
     }
     let gone = reg.delete(t.kind, ns_of(t), name, expected).await?;
+    super::service_ip::after_delete(reg, t, &gone).await;
     tracing::info!(kind = t.kind.kind, name, "deleted");
     Ok(respond(headers, 200, &gone))
 }

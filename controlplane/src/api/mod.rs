@@ -3,8 +3,10 @@
 
 pub mod codec;
 pub mod handlers;
+pub mod logs;
 pub mod route;
 pub mod select;
+pub mod service_ip;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -30,6 +32,7 @@ pub fn router(reg: Registry) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
+        .route(logs::PATH, get(logs::handler))
         .route("/api/{*rest}", any(dispatch))
         .route("/apis/{*rest}", any(dispatch))
         .with_state(reg)

@@ -1,0 +1,193 @@
+//! The `log` subresource (`GET /api/v1/namespaces/{ns}/pods/{name}/log
+//! ?container=&follow=&tailLines=`): the master finds the pod's node, reads
+//! the agent's endpoint from the Node's addresses (type `KeelAgent`) and
+//! streams the agent's `/containerLogs/...` answer back, as the Kubernetes
+//! API server proxies to the kubelet.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use keel_proto::api::{Node, Pod};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::codec;
+use crate::error::ApiError;
+use crate::registry::Registry;
+
+/// The route of the subresource.
+pub const PATH: &str = "/api/v1/namespaces/{namespace}/pods/{name}/log";
+
+/// Percent-encodes a path segment.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The address type under which agents publish their endpoint.
+const AGENT_ADDRESS_TYPE: &str = "KeelAgent";
+
+pub async fn handler(
+    State(reg): State<Registry>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    match serve(&reg, &ns, &name, &q).await {
+        Ok(r) => r,
+        Err(e) => codec::error(&headers, &e),
+    }
+}
+
+async fn serve(
+    reg: &Registry,
+    ns: &str,
+    name: &str,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let pod: Pod = reg.get_t(ns, name).await?;
+    let names: Vec<&str> = pod
+        .spec
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let container = match q.get("container").map(String::as_str) {
+        Some(c) if !c.is_empty() => {
+            if !names.contains(&c) {
+                return Err(ApiError::bad_request(format!(
+                    "container {c} is not valid for pod {name}"
+                )));
+            }
+            c.to_string()
+        }
+        _ if names.len() == 1 => names[0].to_string(),
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                names.join(" ")
+            )));
+        }
+    };
+    let mut query = Vec::new();
+    if let Some(t) = q.get("tailLines") {
+        let n: u64 = t
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid tailLines {t:?}")))?;
+        query.push(format!("tailLines={n}"));
+    }
+    if matches!(q.get("follow").map(String::as_str), Some("true" | "1")) {
+        query.push("follow=true".into());
+    }
+    if pod.spec.node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} is not scheduled to a node yet"
+        )));
+    }
+    let node: Node = reg.get_t("", &pod.spec.node_name).await?;
+    let Some(addr) = node
+        .status
+        .addresses
+        .iter()
+        .find(|a| a.type_ == AGENT_ADDRESS_TYPE)
+        .map(|a| a.address.clone())
+    else {
+        return Err(ApiError::unavailable(format!(
+            "node {} has no agent endpoint",
+            pod.spec.node_name
+        )));
+    };
+    let path = format!(
+        "/containerLogs/{}/{}/{}?{}",
+        encode(ns),
+        encode(name),
+        encode(&container),
+        query.join("&")
+    );
+    let unreachable = |e: String| {
+        ApiError::unavailable(format!(
+            "cannot reach the agent of node {} at {addr}: {e}",
+            pod.spec.node_name
+        ))
+    };
+    let mut s = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(&addr))
+        .await
+        .map_err(|_| unreachable("connect timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    // HTTP/1.0: the agent closes the connection after the body, which
+    // delimits it, so a followed log streams until either side stops.
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 16 << 10 {
+            return Err(unreachable("malformed answer".into()));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s
+            .read(&mut chunk)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if n == 0 {
+            return Err(unreachable("connection closed".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let code: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(502);
+    let rest = buf[head_end..].to_vec();
+    if code != 200 {
+        let mut body = rest;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut chunk = [0u8; 4096];
+            while body.len() < 64 << 10 {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => body.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        let msg = String::from_utf8_lossy(&body).trim().to_string();
+        return Err(match code {
+            404 => ApiError::new(404, "NotFound", msg),
+            c => ApiError::new(c, "InternalError", msg),
+        });
+    }
+    let stream = futures::stream::unfold((Some(rest), s), |(first, mut s)| async move {
+        if let Some(f) = first.filter(|f| !f.is_empty()) {
+            return Some((Ok::<Bytes, std::io::Error>(Bytes::from(f)), (None, s)));
+        }
+        let mut chunk = vec![0u8; 16 << 10];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                chunk.truncate(n);
+                Some((Ok(Bytes::from(chunk)), (None, s)))
+            }
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
