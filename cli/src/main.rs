@@ -3,11 +3,13 @@
 //! commands (`keel apply/get/describe/delete/scale/rollout`) and benchmarks
 //! (`keel bench ...`).
 
+mod agent;
 mod backup;
 mod bench;
 mod client;
 mod cluster;
 mod kubectl;
+mod logs;
 mod master;
 mod up;
 
@@ -37,6 +39,8 @@ enum LogFormat {
 enum Cmd {
     /// Run one master (a member of the Raft store).
     Master(master::MasterArgs),
+    /// Run one node agent: registers the node and runs the pods bound to it.
+    Agent(agent::AgentArgs),
     /// Start a local HA cluster as child processes; Ctrl-C stops it.
     Up(up::UpArgs),
     /// Inspect and change cluster membership.
@@ -85,6 +89,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: kubectl::rollout::RolloutCmd,
     },
+    /// Print (or follow) a container's log, fetched from its agent through the masters.
+    Logs {
+        #[command(flatten)]
+        t: kubectl::Target,
+        #[command(flatten)]
+        a: logs::LogsArgs,
+    },
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -117,6 +128,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Master(a) => master::run(a).await,
+            Cmd::Agent(a) => agent::run(a).await,
             Cmd::Up(a) => up::run(a).await,
             Cmd::Cluster(a) => cluster::run(a).await,
             Cmd::Bench(b) => bench::run(b).await,
@@ -127,6 +139,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Delete { t, a } => kubectl::apply::delete(&t, a).await,
             Cmd::Scale { t, a } => kubectl::apply::scale(&t, a).await,
             Cmd::Rollout { t, cmd } => kubectl::rollout::run(&t, cmd).await,
+            Cmd::Logs { t, a } => logs::run(&t, a).await,
         }
     })
 }
