@@ -1,7 +1,9 @@
-//! `keel up`: a local HA cluster of masters as child processes, in separate
-//! zones, until Ctrl-C.
+//! `keel up`: a local HA cluster as child processes until Ctrl-C: masters in
+//! separate zones and node agents in zones a and b, each agent with its own
+//! loopback pod range (127.11.0.0/16, 127.12.0.0/16, ...).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use clap::Args;
@@ -24,6 +26,82 @@ pub struct UpArgs {
     /// First master's REST API port; the others count up from it.
     #[arg(long, env = "KEEL_API_PORT", default_value_t = 6443)]
     api_port: u16,
+    /// Number of node agents (zones a and b in turn).
+    #[arg(long, env = "KEEL_AGENTS", default_value_t = 2)]
+    agents: usize,
+}
+
+/// An agent child process.
+struct AgentProc {
+    name: String,
+    zone: String,
+    range: String,
+    log: PathBuf,
+    child: Child,
+}
+
+fn spawn_agent(bin: &Path, dir: &Path, i: usize, masters: &str) -> anyhow::Result<AgentProc> {
+    let name = format!("n{}", i + 1);
+    let zone = ["zone-a", "zone-b"][i % 2].to_string();
+    let range = format!("127.{}.0.0/16", 11 + i);
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let log_path = logs.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("agent")
+        .args(["--name", &name])
+        .arg("--data-dir")
+        .arg(dir.join("agents").join(&name))
+        .args(["--masters", masters])
+        .args(["--zone", &zone])
+        .args(["--pod-range", &range])
+        // A stopped `keel up` leaves no pod behind.
+        .arg("--stop-pods-on-exit")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM
+    // the agent if `keel up` dies, so its pods are stopped too.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    Ok(AgentProc {
+        name,
+        zone,
+        range,
+        log: log_path,
+        child,
+    })
+}
+
+/// SIGTERM every agent (they stop their pods) and wait for them.
+fn stop_agents(agents: &mut [AgentProc]) {
+    for a in agents.iter() {
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(a.child.id() as i32, libc::SIGTERM);
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    for a in agents.iter_mut() {
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = a.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = a.child.kill();
+        let _ = a.child.wait();
+    }
 }
 
 pub async fn run(a: UpArgs) -> anyhow::Result<()> {
@@ -58,16 +136,36 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
             cluster.log_path(i).display(),
         );
     }
+    let apis: Vec<String> = cluster.members.iter().map(|m| m.api_addr()).collect();
+    let mut agents = Vec::new();
+    for i in 0..a.agents {
+        agents.push(spawn_agent(&bin, &a.data_dir, i, &apis.join(","))?);
+    }
+    for ag in &agents {
+        println!(
+            "  {:<4} zone {:<7} pods {}  pid {}  log {}",
+            ag.name,
+            ag.zone,
+            ag.range,
+            ag.child.id(),
+            ag.log.display()
+        );
+    }
     let eps = cluster.endpoints().join(",");
-    println!("\nTry:\n  keel cluster status --endpoints {eps}");
-    println!("  ETCDCTL_API=3 etcdctl --endpoints {eps} put hello world");
-    println!("\nCtrl-C stops the cluster (data is kept).");
+    println!("\nTry:\n  keel get nodes");
+    println!("  keel apply -f examples/web.yaml && keel get pods -o wide");
+    println!("  keel cluster status --endpoints {eps}");
+    println!("\nCtrl-C stops the cluster and its pods (data is kept).");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
         _ = term.recv() => {}
     }
     println!("stopping...");
-    tokio::task::spawn_blocking(move || cluster.stop_all()).await?;
+    tokio::task::spawn_blocking(move || {
+        stop_agents(&mut agents);
+        cluster.stop_all()
+    })
+    .await?;
     Ok(())
 }
