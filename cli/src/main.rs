@@ -114,13 +114,22 @@ fn init_logs(format: LogFormat) {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Like other command-line tools, end quietly when the reader of our
-    // output goes away (`keel get pods | head`) instead of panicking.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // Like other command-line tools, end quietly when the reader of our
+    // output goes away (`keel get pods | head`) instead of panicking. Never
+    // for the long-running servers: with SIGPIPE's default disposition a
+    // write to a socket its peer just closed (a peer master killed, a
+    // proxy cut) kills the whole process without a word.
+    let serves = matches!(
+        cli.cmd,
+        Cmd::Master(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Bench(_)
+    );
+    if !serves {
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_logs(cli.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
