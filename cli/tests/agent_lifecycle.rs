@@ -1,0 +1,170 @@
+//! Pod lifecycle on a real agent: a crashing container is restarted with
+//! back-off (CrashLoopBackOff, restartCount, lastState with its exit code);
+//! a command that does not exist ends with ContainerCannotRun and the OS
+//! error, without hurting the agent; a pod whose readiness probe starts
+//! failing leaves its Service's endpoints; logs read through the masters.
+
+mod agent_support;
+mod common;
+
+use std::time::Duration;
+
+use agent_support as s;
+use keel_proto::api::Pod;
+use keel_proto::client::ApiClient;
+
+const PODS: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  containers:
+  - {name: c, command: [sh, -c, 'echo boom; exit 3']}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nocmd}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: c, command: [no-such-command-keel-test]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nocmd-always}
+spec:
+  containers:
+  - {name: c, command: [/no/such/path/keel]}
+";
+
+fn probed(name: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: probed}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    command: [sh, -c, 'touch ready; exec sleep 600']
+    readinessProbe: {{exec: {{command: [test, -f, ready]}}, periodSeconds: 1, failureThreshold: 1}}
+---
+"
+    )
+}
+
+const SVC: &str = "apiVersion: v1
+kind: Service
+metadata: {name: probed}
+spec:
+  selector: {app: probed}
+  ports: [{port: 9000}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_back_off_bad_commands_fail_clearly_and_unready_pods_leave_endpoints() {
+    let tc = common::start(3, &[]).await;
+    let apis: Vec<String> = tc.c.members.iter().map(|m| m.api_addr()).collect();
+    let client = ApiClient::new(&apis);
+    let mut agents = s::Agents::start(tc.dir.path(), &apis, 1);
+    s::apply(&apis[0], PODS);
+    s::apply(&apis[0], &format!("{}{}{SVC}", probed("p1"), probed("p2")));
+
+    // Crash loop: restarted with back-off, counted, last exit code kept.
+    let crash = common::poll(
+        Duration::from_secs(60),
+        "crash restarted 3 times",
+        || async {
+            let p = client.get::<Pod>("default", "crash").await.ok()?;
+            let cs = p.status.container_statuses.first()?.clone();
+            (cs.restart_count >= 3 && cs.state.as_ref()?.waiting.is_some()).then_some(cs)
+        },
+    )
+    .await;
+    let waiting = crash.state.unwrap().waiting.unwrap();
+    assert_eq!(waiting.reason, "CrashLoopBackOff", "{waiting:?}");
+    assert!(waiting.message.contains("back-off"), "{waiting:?}");
+    let last = crash.last_state.unwrap().terminated.unwrap();
+    assert_eq!((last.exit_code, last.reason.as_str()), (Some(3), "Error"));
+
+    // A missing command: ContainerCannotRun with the OS error, pod Failed.
+    let p = common::poll(Duration::from_secs(30), "nocmd Failed", || async {
+        let p = client.get::<Pod>("default", "nocmd").await.ok()?;
+        (p.status.phase == "Failed").then_some(p)
+    })
+    .await;
+    let t = p.status.container_statuses[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(t.reason, "ContainerCannotRun");
+    assert!(
+        t.message.contains("executable file not found in $PATH")
+            && t.message.contains("os error 2"),
+        "{t:?}"
+    );
+    // With restartPolicy Always it backs off like any crash.
+    common::poll(
+        Duration::from_secs(30),
+        "nocmd-always backing off with ContainerCannotRun",
+        || async {
+            let p = client.get::<Pod>("default", "nocmd-always").await.ok()?;
+            let cs = p.status.container_statuses.first()?;
+            let last = cs.last_state.as_ref()?.terminated.as_ref()?;
+            (last.reason == "ContainerCannotRun"
+                && last.message.contains("no such file or directory")
+                && cs.restart_count >= 1)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        agents.agents[0]
+            .child
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none(),
+        "the agent survived:\n{}",
+        agents.log_tail(0)
+    );
+
+    // Readiness: both probed pods are endpoints; p2's probe fails → it leaves.
+    common::poll(Duration::from_secs(30), "2 ready endpoints", || async {
+        (s::ready_ips(&client, "probed").await.len() == 2).then_some(())
+    })
+    .await;
+    let p2 = client.get::<Pod>("default", "p2").await.unwrap();
+    let flag = agents.agents[0]
+        .data_dir
+        .join("pods")
+        .join(&p2.metadata.uid)
+        .join("containers/c/ready");
+    std::fs::remove_file(&flag).expect("remove the readiness flag");
+    let ips = common::poll(
+        Duration::from_secs(10),
+        "p2 out of the endpoints",
+        || async {
+            let ips = s::ready_ips(&client, "probed").await;
+            (ips.len() == 1).then_some(ips)
+        },
+    )
+    .await;
+    let p2 = client.get::<Pod>("default", "p2").await.unwrap();
+    assert!(!p2.is_ready() && !p2.status.container_statuses[0].ready);
+    assert!(!ips.contains(&p2.status.pod_ip), "{ips:?}");
+    assert_eq!(p2.status.phase, "Running");
+
+    // Logs through the masters, with --tail; a wrong container is refused.
+    let server = apis.join(",");
+    let (ok, out, err) = s::keel(&["logs", "crash", "--tail", "2", "--server", &server]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "boom\nboom\n");
+    let (ok, _, err) = s::keel(&["logs", "crash", "-c", "nope", "--server", &server]);
+    assert!(
+        !ok && err.contains("container nope is not valid for pod crash"),
+        "{err}"
+    );
+}
