@@ -85,6 +85,11 @@ pub struct MasterArgs {
     /// read-index (lets the chaos checker prove it catches stale reads).
     #[arg(long, env = "KEEL_UNSAFE_LOCAL_READS", hide = true)]
     pub unsafe_local_reads: bool,
+    /// TEST ONLY: dial peer NAME at ADDR instead of its membership address
+    /// (`NAME=ADDR`, repeatable; env: comma-separated). The chaos harness
+    /// puts a TCP proxy per link here so it can partition members.
+    #[arg(long, env = "KEEL_PEER_OVERRIDE", hide = true, value_delimiter = ',')]
+    pub peer_override: Vec<String>,
 }
 
 pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
@@ -112,6 +117,16 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
     cfg.backup_interval = a.backup_interval;
     cfg.backup_retain = a.backup_retain;
     cfg.unsafe_local_reads = a.unsafe_local_reads;
+    for o in &a.peer_override {
+        let (name, addr) = o
+            .split_once('=')
+            .with_context(|| format!("--peer-override {o:?} is not NAME=ADDR"))?;
+        cfg.peer_overrides
+            .insert(name.to_string(), addr.to_string());
+    }
+    if !cfg.peer_overrides.is_empty() {
+        tracing::warn!(overrides = ?cfg.peer_overrides, "--peer-override is on (test only)");
+    }
     if cfg.unsafe_local_reads {
         tracing::warn!(
             "--unsafe-local-reads is on: linearizable reads may be stale. Never use this outside chaos tests."

@@ -1,5 +1,6 @@
 //! The configuration of one store member.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,6 +40,11 @@ pub struct NodeConfig {
     /// Debug only: serve "linearizable" reads locally without read-index.
     /// Exists so the chaos checker can prove it catches stale reads.
     pub unsafe_local_reads: bool,
+    /// Test only: dial peer NAME at this address instead of the peer address
+    /// in the membership, for every peer connection (Raft RPCs, leader
+    /// forwarding, read-index). The chaos harness points these at per-link
+    /// TCP proxies it can cut to partition members without root.
+    pub peer_overrides: BTreeMap<String, String>,
 }
 
 impl NodeConfig {
@@ -64,6 +70,7 @@ impl NodeConfig {
             backup_interval: Duration::from_secs(3600),
             backup_retain: 24,
             unsafe_local_reads: false,
+            peer_overrides: BTreeMap::new(),
         }
     }
 

@@ -124,6 +124,11 @@ impl Node {
         .validate()
         .map_err(raft_err)?;
         let book = AddressBook::default();
+        book.write().unwrap_or_else(|e| e.into_inner()).extend(
+            cfg.peer_overrides
+                .iter()
+                .map(|(n, a)| (member_id(n), a.clone())),
+        );
         let net = NetworkFactory { book: book.clone() };
         let raft = Raft::new(id, Arc::new(rcfg), net, log, sm)
             .await
@@ -289,6 +294,15 @@ impl Node {
         m.membership_config.membership().get_node(&id).cloned()
     }
 
+    /// Where this member dials member `m`: its membership address, unless a
+    /// test-only override names another (`NodeConfig::peer_overrides`).
+    fn dial_addr<'a>(&'a self, m: &'a Member) -> &'a str {
+        self.cfg
+            .peer_overrides
+            .get(&m.name)
+            .map_or(m.peer_addr.as_str(), String::as_str)
+    }
+
     fn peer_client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, EtcdError> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = peers.get(addr) {
@@ -337,7 +351,7 @@ impl Node {
                 },
                 Some(l) => {
                     if let Some(m) = self.member(l) {
-                        match self.forward_to(&m.peer_addr, &req, true).await {
+                        match self.forward_to(self.dial_addr(&m), &req, true).await {
                             Ok(Ok(r)) => return Ok(r),
                             Ok(Err(LeaderError::NotLeader)) => {}
                             Ok(Err(LeaderError::Etcd(c, m))) => {
@@ -397,7 +411,7 @@ impl Node {
             let attempt = match leader {
                 Some(l) if l == self.id => read_index(&self.raft).await.ok(),
                 Some(l) => match self.member(l) {
-                    Some(m) => match self.peer_client(&m.peer_addr) {
+                    Some(m) => match self.peer_client(self.dial_addr(&m)) {
                         Ok(mut c) => {
                             let mut r = tonic::Request::new(ReadIndexRequest {});
                             r.set_timeout(Duration::from_secs(3));
@@ -761,8 +775,9 @@ impl Node {
                 let m = rx.borrow_watched();
                 let mut b = book.write().unwrap_or_else(|e| e.into_inner());
                 for (id, n) in m.membership_config.membership().nodes() {
-                    if b.get(id) != Some(&n.peer_addr) {
-                        b.insert(*id, n.peer_addr.clone());
+                    let addr = self.dial_addr(n);
+                    if b.get(id).map(String::as_str) != Some(addr) {
+                        b.insert(*id, addr.to_string());
                     }
                 }
             }

@@ -74,10 +74,19 @@ impl RaftNetworkFactory<C> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
+        // The book wins over the membership record: it may hold a test-only
+        // override (see `NodeConfig::peer_overrides`).
+        let addr = self
+            .book
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&target)
+            .cloned()
+            .unwrap_or_else(|| node.peer_addr.clone());
         PeerClient {
             target,
-            addr: node.peer_addr.clone(),
-            client: raft_client(&node.peer_addr),
+            client: raft_client(&addr),
+            addr,
             book: self.book.clone(),
         }
     }
