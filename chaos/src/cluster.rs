@@ -43,6 +43,8 @@ pub struct MemberProc {
     pub data_dir: PathBuf,
     /// Peer address this member joined through (None: an initial member).
     pub joined_via: Option<String>,
+    /// Arguments for this member only (e.g. its `--peer-override`s).
+    pub own_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -86,6 +88,26 @@ pub fn free_port() -> u16 {
     0
 }
 
+/// Asks the member at client address `addr` for its status: (member id,
+/// leader id, raft term); `None` if it does not answer within a second.
+pub async fn status_of(addr: &str) -> Option<(u64, u64, u64)> {
+    let ep = format!("http://{addr}");
+    let ch = tonic::transport::Endpoint::from_shared(ep)
+        .ok()?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_millis(800))
+        .connect()
+        .await
+        .ok()?;
+    let r = MaintenanceClient::new(ch)
+        .status(StatusRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    let id = r.header.map(|h| h.member_id).unwrap_or(0);
+    Some((id, r.leader, r.raft_term))
+}
+
 /// A set of member processes; dropping it kills them all.
 pub struct ProcessCluster {
     pub flavor: Flavor,
@@ -101,6 +123,21 @@ impl ProcessCluster {
     /// Starts `n` members under `dir`. With `ports = Some((peer, client, api))`
     /// member `i` uses `peer+i`, `client+i` and `api+i`; with `None`, free ports.
     pub fn start(
+        flavor: Flavor,
+        bin: &Path,
+        dir: &Path,
+        n: usize,
+        ports: Option<(u16, u16, u16)>,
+        extra_args: &[String],
+    ) -> Result<Self, ClusterError> {
+        let mut c = Self::plan(flavor, bin, dir, n, ports, extra_args)?;
+        c.spawn_all()?;
+        Ok(c)
+    }
+
+    /// Like `start`, but starts nothing yet: the caller can give members
+    /// their own arguments (`own_args`), then calls `spawn_all`.
+    pub fn plan(
         flavor: Flavor,
         bin: &Path,
         dir: &Path,
@@ -124,11 +161,12 @@ impl ProcessCluster {
                     api_port,
                     data_dir: dir.join(format!("{prefix}{}", i + 1)),
                     joined_via: None,
+                    own_args: Vec::new(),
                     child: None,
                 }
             })
             .collect();
-        let mut c = ProcessCluster {
+        let c = ProcessCluster {
             flavor,
             bin: bin.to_path_buf(),
             members,
@@ -136,10 +174,17 @@ impl ProcessCluster {
             log_dir: dir.join("logs"),
         };
         std::fs::create_dir_all(&c.log_dir)?;
-        for i in 0..n {
-            c.spawn(i)?;
-        }
         Ok(c)
+    }
+
+    /// Starts every member that is not running.
+    pub fn spawn_all(&mut self) -> Result<(), ClusterError> {
+        for i in 0..self.members.len() {
+            if !self.members[i].is_running() {
+                self.spawn(i)?;
+            }
+        }
+        Ok(())
     }
 
     fn initial_cluster(&self) -> String {
@@ -173,7 +218,7 @@ impl ProcessCluster {
                     Some(via) => cmd.args(["--join", via]),
                     None => cmd.args(["--initial-cluster", &initial]),
                 };
-                cmd.args(&self.extra_args);
+                cmd.args(&self.extra_args).args(&m.own_args);
             }
             Flavor::Etcd => {
                 let peer = format!("http://{}", m.peer_addr());
@@ -233,10 +278,24 @@ impl ProcessCluster {
             api_port: free_port(),
             data_dir: dir.join(format!("m{}", i + 1)),
             joined_via: Some(self.members[via].peer_addr()),
+            own_args: Vec::new(),
             child: None,
         });
         self.spawn(i)?;
         Ok(i)
+    }
+
+    /// Kills member `i`, wipes its data dir and starts it empty, joining
+    /// through `via` (a peer address): the second half of replacing a
+    /// member once it was removed from the membership.
+    pub fn rejoin_empty(&mut self, i: usize, via: String) -> Result<(), ClusterError> {
+        self.kill(i);
+        match std::fs::remove_dir_all(&self.members[i].data_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        self.members[i].joined_via = Some(via);
+        self.spawn(i)
     }
 
     /// Restarts member `i` on its data dir but on new free ports, as when a
@@ -321,21 +380,7 @@ impl ProcessCluster {
 
     /// Asks member `i` for its status: (member id, leader id, raft term).
     pub async fn status(&self, i: usize) -> Option<(u64, u64, u64)> {
-        let ep = format!("http://{}", self.members[i].client_addr());
-        let ch = tonic::transport::Endpoint::from_shared(ep)
-            .ok()?
-            .connect_timeout(Duration::from_millis(300))
-            .timeout(Duration::from_millis(800))
-            .connect()
-            .await
-            .ok()?;
-        let r = MaintenanceClient::new(ch)
-            .status(StatusRequest {})
-            .await
-            .ok()?
-            .into_inner();
-        let id = r.header.map(|h| h.member_id).unwrap_or(0);
-        Some((id, r.leader, r.raft_term))
+        status_of(&self.members[i].client_addr()).await
     }
 
     /// The index of the member every running member agrees is leader.

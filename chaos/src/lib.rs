@@ -1,10 +1,15 @@
-//! Fault injection against real Keel clusters. So far: the process cluster
-//! (spawn, kill, pause, restart members as child processes) that `keel up`,
-//! the benchmarks and the end-to-end tests share. The nemeses, workloads and
-//! checkers of the chaos harness build on it (issue 6).
+//! Fault injection against real Keel clusters: the process cluster (spawn,
+//! kill, pause, restart members as child processes) that `keel up`, the
+//! benchmarks and the end-to-end tests share, and the chaos harness built on
+//! it (`keel chaos run`): per-link proxies, nemeses on a seeded schedule,
+//! recorded workloads, checkers and the report.
 
 pub mod check;
 pub mod cluster;
+pub mod nemesis;
+pub mod proxy;
+pub mod report;
+pub mod run;
 pub mod wait;
 pub mod workload;
 

@@ -6,6 +6,7 @@
 mod agent;
 mod backup;
 mod bench;
+mod chaos;
 mod client;
 mod cluster;
 mod kubectl;
@@ -38,7 +39,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one master (a member of the Raft store).
-    Master(master::MasterArgs),
+    Master(Box<master::MasterArgs>),
     /// Run one node agent: registers the node and runs the pods bound to it.
     Agent(agent::AgentArgs),
     /// Start a local HA cluster as child processes; Ctrl-C stops it.
@@ -99,6 +100,9 @@ enum Cmd {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Chaos testing: inject faults into a cluster and check nothing was lost.
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCmd),
 }
 
 fn init_logs(format: LogFormat) {
@@ -122,7 +126,7 @@ fn main() -> anyhow::Result<()> {
     // proxy cut) kills the whole process without a word.
     let serves = matches!(
         cli.cmd,
-        Cmd::Master(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Bench(_)
+        Cmd::Master(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Chaos(_) | Cmd::Bench(_)
     );
     if !serves {
         // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
@@ -136,11 +140,12 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Master(a) => master::run(a).await,
+            Cmd::Master(a) => master::run(*a).await,
             Cmd::Agent(a) => agent::run(a).await,
             Cmd::Up(a) => up::run(a).await,
             Cmd::Cluster(a) => cluster::run(a).await,
             Cmd::Bench(b) => bench::run(b).await,
+            Cmd::Chaos(c) => chaos::run(c).await,
             Cmd::Backup(a) => backup::run(a).await,
             Cmd::Apply { t, a } => kubectl::apply::apply(&t, a).await,
             Cmd::Get { t, a } => kubectl::get::get(&t, a).await,

@@ -18,6 +18,7 @@ async fn register_history_through_a_leader_kill_is_linearizable() {
         keys: 6,
         duration: Duration::from_secs(5),
         timeout: Duration::from_secs(2),
+        key_period: None,
     };
     let workload = tokio::spawn(async move { run(&w).await });
     poll(Duration::from_secs(10), "some writes", || async {

@@ -1,5 +1,9 @@
-//! Checkers over recorded histories. So far: linearizability of register
-//! histories (`linearizable`); the watch, lost-write and convergence
-//! checkers of the chaos harness come next (issue 6).
+//! Checkers over recorded histories: linearizability of register histories
+//! (`linearizable`), no acknowledged write lost (`lost_write`), no two
+//! leaders in one term (`leaders`) and watch completeness (`watch`). Each is
+//! a plain function over plain values, unit-tested on hand-made inputs.
 
+pub mod leaders;
 pub mod linearizable;
+pub mod lost_write;
+pub mod watch;
