@@ -4,6 +4,7 @@
 
 mod failover;
 mod kv;
+mod pods;
 mod schedule;
 
 use clap::Subcommand;
@@ -18,6 +19,8 @@ pub enum BenchCmd {
     Load(kv::LoadArgs),
     /// Pods bound per second and create-to-bound latency over simulated nodes.
     Schedule(schedule::ScheduleArgs),
+    /// Create-to-Running latency of pods run by real agents (3 masters, 2 agents).
+    Pods(pods::PodsArgs),
 }
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
@@ -26,5 +29,6 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Failover(a) => failover::run(a).await,
         BenchCmd::Load(a) => kv::load(a).await,
         BenchCmd::Schedule(a) => schedule::run(a).await,
+        BenchCmd::Pods(a) => pods::run(a).await,
     }
 }
