@@ -33,6 +33,8 @@ use crate::write;
 pub const DEFAULT_HISTORY_LIMIT: i64 = 10;
 
 /// What the Deployment controller does.
+// Actions are few and short-lived; boxing the objects would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Replace the Deployment (rollback: a new template and the annotation
@@ -288,8 +290,7 @@ pub fn reconcile(d: &Deployment, rss: &[&ReplicaSet], pods: &[&Pod], now: i64) -
                 None => create = Some(new_replicaset(d, &hash, new_rev, new_target)),
             }
             // Scale old ones down only once the new one is where it should be.
-            if new_target == new_spec && new_idx.is_some() {
-                let ni = new_idx.expect("checked");
+            if let Some(ni) = new_idx.filter(|_| new_target == new_spec) {
                 scale_down_olds(
                     &owned,
                     ni,

@@ -20,6 +20,8 @@ use crate::workqueue::WorkQueue;
 use crate::write;
 
 /// What the Endpoints controller does.
+// Actions are few and short-lived; boxing the objects would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Create(Endpoints),

@@ -19,6 +19,8 @@ use crate::write;
 pub const BURST: usize = 500;
 
 /// What the ReplicaSet controller does.
+// Actions are few and short-lived; boxing the objects would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Create(Pod),
@@ -137,6 +139,9 @@ pub fn reconcile(rs: &ReplicaSet, pods: &[&Pod], now: i64) -> Vec<Action> {
     actions
 }
 
+/// An action carried out: the Event to record, if any, and the revision written.
+type Done = (Option<(&'static str, String)>, i64);
+
 fn rs_key_for_pod(p: &Pod) -> Option<Key> {
     owner_of(&p.metadata, "ReplicaSet").map(|o| (p.metadata.namespace.clone(), o.name.clone()))
 }
@@ -209,7 +214,7 @@ async fn sync(ctx: &Ctx, k: Key) -> SyncResult {
     let mut first_err = None;
     let mut status = None;
     let reg = &ctx.registry;
-    let results: Vec<Result<(Option<(&'static str, String)>, i64), crate::ApiError>> =
+    let results: Vec<Result<Done, crate::ApiError>> =
         futures::stream::iter(actions.into_iter().filter_map(|a| match a {
             Action::Status(s) => {
                 status = Some(s);
