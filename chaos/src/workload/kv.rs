@@ -13,7 +13,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::kv_clients;
+use super::{ERROR_BACKOFF, kv_clients, never_sent};
 
 /// How to run the workload.
 #[derive(Debug, Clone)]
@@ -121,6 +121,7 @@ pub async fn run(w: &KvWorkload, start: Instant) -> Vec<KvOp> {
                                 acked.push((key.clone(), value.clone()));
                                 KvOutcome::Ok(None)
                             }
+                            Err(e) if never_sent(&e) => KvOutcome::Fail,
                             Err(_) => KvOutcome::Unknown,
                         };
                         KvOp {
@@ -134,6 +135,9 @@ pub async fn run(w: &KvWorkload, start: Instant) -> Vec<KvOp> {
                         }
                     }
                 };
+                if !matches!(op.outcome, KvOutcome::Ok(_)) {
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                }
                 history.lock().await.push(op);
             }
         }));

@@ -14,6 +14,9 @@ use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::mvccpb::KeyValue;
 use tonic::transport::{Channel, Endpoint};
 
+/// Pause after a failed request, so a client does not spin on a dead member.
+pub const ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
 /// One lazily connected KV client per endpoint, each request bounded by `timeout`.
 pub fn kv_clients(endpoints: &[String], timeout: Duration) -> Vec<KvClient<Channel>> {
     endpoints
@@ -45,4 +48,41 @@ pub async fn range_prefix(
         .await?
         .into_inner()
         .kvs)
+}
+
+/// Whether a request certainly never reached the server (the connection
+/// could not be made), so a write that failed this way did not happen.
+pub fn never_sent(s: &tonic::Status) -> bool {
+    let mut msg = s.message().to_lowercase();
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        msg.push_str(&e.to_string().to_lowercase());
+        src = e.source();
+    }
+    s.code() == tonic::Code::Unavailable
+        && (msg.contains("tcp connect error") || msg.contains("connection refused"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_proto::etcdserverpb::PutRequest;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_known_not_sent() {
+        // A port nothing listens on: bind, note it, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut kv = kv_clients(&[format!("127.0.0.1:{port}")], Duration::from_secs(1))
+            .pop()
+            .unwrap();
+        let e = kv.put(PutRequest::default()).await.unwrap_err();
+        assert!(never_sent(&e), "{e:?}");
+        assert!(!never_sent(&tonic::Status::unavailable(
+            "leader did not answer"
+        )));
+    }
 }

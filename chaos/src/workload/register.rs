@@ -19,6 +19,7 @@ use rand::Rng;
 use tokio::sync::Mutex;
 use tonic::transport::Endpoint;
 
+use super::{ERROR_BACKOFF, never_sent};
 use crate::check::linearizable::{Op, Operation, Outcome};
 
 /// How to run the workload.
@@ -114,6 +115,7 @@ pub async fn run_at(w: &RegisterWorkload, start: Instant) -> Vec<Operation> {
                         .await
                     {
                         Ok(_) => Outcome::Written,
+                        Err(e) if never_sent(&e) => Outcome::Failed,
                         Err(_) => Outcome::Unknown,
                     },
                     Op::Cas(from, to) => {
@@ -138,11 +140,16 @@ pub async fn run_at(w: &RegisterWorkload, start: Instant) -> Vec<Operation> {
                         };
                         match kv.txn(txn).await {
                             Ok(r) => Outcome::Swapped(r.into_inner().succeeded),
+                            Err(e) if never_sent(&e) => Outcome::Failed,
                             Err(_) => Outcome::Unknown,
                         }
                     }
                 };
                 let ret = start.elapsed().as_micros() as u64;
+                if matches!(outcome, Outcome::Failed | Outcome::Unknown) {
+                    // Do not spin on a member that is down.
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                }
                 history.lock().await.push(Operation {
                     client,
                     key,

@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, watch};
 use tonic::transport::Endpoint;
 
 use super::kv::{KvKind, KvOp, KvOutcome};
-use super::kv_clients;
+use super::{ERROR_BACKOFF, kv_clients, never_sent};
 
 /// The key prefix the workload writes and watches.
 pub const PREFIX: &str = "watch/";
@@ -150,8 +150,12 @@ async fn writer(w: WatchWorkload, client: u64, start: Instant, history: Arc<Mute
             .await;
         let outcome = match r {
             Ok(_) => KvOutcome::Ok(None),
+            Err(e) if never_sent(&e) => KvOutcome::Fail,
             Err(_) => KvOutcome::Unknown,
         };
+        if !matches!(outcome, KvOutcome::Ok(_)) {
+            tokio::time::sleep(ERROR_BACKOFF).await;
+        }
         history.lock().await.writes.push(KvOp {
             client,
             kind: KvKind::Put,
