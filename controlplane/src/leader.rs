@@ -106,8 +106,9 @@ fn start(registry: &Registry, cfg: &ControllerConfig, term: u64) -> Term {
     );
     let cancel = CancellationToken::new();
     let span = tracing::info_span!("leader", term);
-    let task =
-        tokio::spawn(lead(registry.clone(), cfg.clone(), cancel.clone(), became).instrument(span));
+    let task = tokio::spawn(
+        lead(registry.clone(), cfg.clone(), cancel.clone(), became, term).instrument(span),
+    );
     Term { term, cancel, task }
 }
 
@@ -117,7 +118,23 @@ async fn lead(
     cfg: ControllerConfig,
     cancel: CancellationToken,
     became: Instant,
+    term: u64,
 ) {
+    // Fence first: from now on a previous leader's controllers can write
+    // nothing, creates included, and ours can write only until the next
+    // leader fences us out in turn.
+    let registry = loop {
+        match registry.fenced(term).await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not write the leader fencing token; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    };
     let inf = Informers::start(&registry, &cancel);
     let events = Recorder::start(registry.clone(), cancel.clone());
     let mut tasks = tokio::task::JoinSet::new();

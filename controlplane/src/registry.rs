@@ -60,7 +60,14 @@ pub struct Change {
 #[derive(Clone)]
 pub struct Registry {
     node: Arc<Node>,
+    /// The leader's fencing token: every write also requires this key to be
+    /// at this revision, so once a newer leader wrote its own token, nothing
+    /// this (deposed) leader proposes applies. None for API requests.
+    fence: Option<(Arc<str>, i64)>,
 }
+
+/// The key each new leader writes before its scheduler and controllers start.
+pub const LEADER_FENCE_KEY: &str = "/keel/leader";
 
 fn decode_kv(kv: &KeyValue, revision: i64) -> Result<Value, ApiError> {
     let mut v: Value = serde_json::from_slice(&kv.value)
@@ -146,18 +153,60 @@ fn new_uid() -> String {
 
 impl Registry {
     pub fn new(node: Arc<Node>) -> Self {
-        Registry { node }
+        Registry { node, fence: None }
     }
 
     pub fn node(&self) -> &Arc<Node> {
         &self.node
     }
 
-    async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, ApiError> {
-        match self.node.write(Op::Txn(t)).await?.result {
-            Some(R::Txn(r)) => Ok(r),
-            _ => Err(ApiError::internal("unexpected store answer")),
+    async fn txn(&self, mut t: TxnRequest) -> Result<TxnResponse, ApiError> {
+        if let Some((key, rev)) = &self.fence {
+            t.compare.push(cmp_mod(key, *rev));
+            // Last, so callers still find their own failure reads first.
+            t.failure.push(get(key));
         }
+        let r = match self.node.write(Op::Txn(t)).await?.result {
+            Some(R::Txn(r)) => r,
+            _ => return Err(ApiError::internal("unexpected store answer")),
+        };
+        if let (false, Some((_, rev))) = (r.succeeded, &self.fence) {
+            let fence_now = match r.responses.last().and_then(|r| r.response.as_ref()) {
+                Some(response_op::Response::ResponseRange(rr)) => {
+                    rr.kvs.first().map(|kv| kv.mod_revision).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            if fence_now != *rev {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    "fenced: a newer leader has taken over; this master's controllers may not write",
+                ));
+            }
+        }
+        Ok(r)
+    }
+
+    /// Writes this member's leader fencing token for `term` and returns a
+    /// registry whose every write is conditional on it: once a newer leader
+    /// writes its token, writes through the returned registry fail with 409.
+    pub async fn fenced(&self, term: u64) -> Result<Registry, ApiError> {
+        let token = json!({"member": self.node.id, "term": term, "at": now_rfc3339()});
+        let r = self
+            .txn(TxnRequest {
+                success: vec![put(
+                    LEADER_FENCE_KEY,
+                    serde_json::to_vec(&token).unwrap_or_default(),
+                )],
+                ..Default::default()
+            })
+            .await?;
+        let rev = r.header.map(|h| h.revision).unwrap_or(0);
+        Ok(Registry {
+            node: self.node.clone(),
+            fence: Some((Arc::from(LEADER_FENCE_KEY), rev)),
+        })
     }
 
     /// The current revision of the store, after a linearizable barrier.

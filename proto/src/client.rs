@@ -16,7 +16,7 @@ use crate::api::{List, Resource, Status, WatchEvent};
 pub enum ClientError {
     /// The API answered with an error `Status`.
     #[error("{} ({}): {}", .0.reason, .0.code, .0.message)]
-    Api(Status),
+    Api(Box<Status>),
     /// No server could be reached.
     #[error("no API server reachable ({0})")]
     Unreachable(String),
@@ -159,7 +159,7 @@ impl ApiClient {
             let s = serde_json::from_slice::<Status>(&bytes).unwrap_or_else(|_| {
                 Status::failure(code, "Unknown", String::from_utf8_lossy(&bytes).to_string())
             });
-            return Err(ClientError::Api(s));
+            return Err(ClientError::Api(Box::new(s)));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -252,7 +252,7 @@ impl ApiClient {
             let s = serde_json::from_slice::<Status>(&bytes).unwrap_or_else(|_| {
                 Status::failure(code, "Unknown", String::from_utf8_lossy(&bytes).to_string())
             });
-            return Err(ClientError::Api(s));
+            return Err(ClientError::Api(Box::new(s)));
         }
         Ok(lines(r.bytes_stream()).map(|l| {
             let l = l?;

@@ -99,18 +99,16 @@ pub async fn get(t: &Target, a: GetArgs) -> anyhow::Result<()> {
         t.namespace.clone()
     };
     let all_ns = k.namespaced && a.all_namespaces;
-    if let Some(name) = &a.name {
-        if !a.watch {
-            let o = client.get_value(&object_path(k, &ns, name)).await?;
-            if a.output == Some(Output::Json) {
-                println!("{}", serde_json::to_string_pretty(&o)?);
-            } else if a.output == Some(Output::Yaml) {
-                print!("{}", serde_yaml_ng::to_string(&o)?);
-            } else {
-                print_objects(k.kind, &[o], a.output, false, true)?;
-            }
-            return Ok(());
+    if let (Some(name), false) = (&a.name, a.watch) {
+        let o = client.get_value(&object_path(k, &ns, name)).await?;
+        if a.output == Some(Output::Json) {
+            println!("{}", serde_json::to_string_pretty(&o)?);
+        } else if a.output == Some(Output::Yaml) {
+            print!("{}", serde_yaml_ng::to_string(&o)?);
+        } else {
+            print_objects(k.kind, &[o], a.output, false, true)?;
         }
+        return Ok(());
     }
     let mut q = Vec::new();
     if let Some(l) = &a.selector {

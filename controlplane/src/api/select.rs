@@ -82,7 +82,7 @@ fn split_terms(s: &str) -> Result<Vec<&str>, ApiError> {
             }
             _ => {}
         }
-        if depth < 0 || depth > 1 {
+        if !(0..=1).contains(&depth) {
             return Err(ApiError::bad_request(format!(
                 "unbalanced parentheses in selector {s:?}"
             )));

@@ -1,0 +1,51 @@
+//! Leader fencing: once a newer leader has written its fencing token, every
+//! write through an older leader's registry (create, replace, delete) fails
+//! and changes nothing, while the API's own (unfenced) writes go on.
+
+use keel_controlplane::{Registry, kinds};
+use keel_proto::api::Lease;
+use keel_tests::InProcessCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_writes_change_nothing() {
+    let c = InProcessCluster::start(3).await.unwrap();
+    let plain = Registry::new(c.nodes[0].clone());
+    plain.ensure_namespaces().await.unwrap();
+    let old = plain.fenced(1).await.unwrap();
+    let l = old.create_t(&Lease::new("default", "a")).await.unwrap();
+    // A newer leader (another member) fences the old one out.
+    let new = Registry::new(c.nodes[1].clone()).fenced(2).await.unwrap();
+    let before = plain.revision().await.unwrap();
+
+    let e = old.create_t(&Lease::new("default", "b")).await.unwrap_err();
+    assert_eq!(e.code, 409);
+    assert!(e.message.contains("fenced"), "{e}");
+    let mut changed = l.clone();
+    changed.spec.holder_identity = "old-leader".into();
+    let e = old.update_t(&changed).await.unwrap_err();
+    assert!(e.message.contains("fenced"), "{e}");
+    let e = old.delete_t(&l).await.unwrap_err();
+    assert!(e.message.contains("fenced"), "{e}");
+    assert_eq!(
+        plain.revision().await.unwrap(),
+        before,
+        "nothing was written"
+    );
+    let kept: Lease = plain.get_t("default", "a").await.unwrap();
+    assert_eq!(kept.spec.holder_identity, "");
+    assert!(plain.get_t::<Lease>("default", "b").await.is_err());
+
+    // The new leader and the API are unaffected; a plain conflict is still a conflict.
+    new.update_t(&changed).await.unwrap();
+    let e = new.update_t(&changed).await.unwrap_err();
+    assert_eq!(e.reason, "Conflict");
+    assert!(!e.message.contains("fenced"), "{e}");
+    plain
+        .create(
+            kinds::of::<Lease>(),
+            serde_json::to_value(Lease::new("default", "c")).unwrap(),
+        )
+        .await
+        .unwrap();
+    c.shutdown().await;
+}
