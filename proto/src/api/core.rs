@@ -320,7 +320,11 @@ pub struct ServiceSpec {
     pub selector: BTreeMap<String, String>,
     #[serde(default)]
     pub ports: Vec<ServicePort>,
-    #[serde(default, rename = "clusterIP", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "clusterIP",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub cluster_ip: String,
     /// ClusterIP (the only type Keel implements).
     #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
@@ -418,4 +422,3 @@ pub struct EventSource {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host: String,
 }
-

@@ -39,9 +39,7 @@ pub fn bytes(q: &str) -> Result<i64, String> {
         .iter()
         .find_map(|(s, m)| q.strip_suffix(s).map(|n| (n, *m)))
         .unwrap_or((q, 1.0));
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid quantity {q:?}"))?;
+    let v: f64 = num.parse().map_err(|_| format!("invalid quantity {q:?}"))?;
     if !v.is_finite() || v < 0.0 {
         return Err(format!("invalid quantity {q:?}"));
     }

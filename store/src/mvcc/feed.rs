@@ -70,7 +70,9 @@ impl Feed {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up = true,
-                Err(broadcast::error::RecvError::Closed) => return Err(EtcdError::Unavailable("store closed".into())),
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(EtcdError::Unavailable("store closed".into()));
+                }
             }
         }
     }
