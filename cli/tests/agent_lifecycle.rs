@@ -3,6 +3,9 @@
 //! a command that does not exist ends with ContainerCannotRun and the OS
 //! error, without hurting the agent; a pod whose readiness probe starts
 //! failing leaves its Service's endpoints; logs read through the masters.
+//! Also the API server's cluster IP allocation: Services created at once
+//! through different masters get distinct IPs; a taken or out-of-range
+//! clusterIP is refused with 422.
 
 mod agent_support;
 mod common;
@@ -10,7 +13,8 @@ mod common;
 use std::time::Duration;
 
 use agent_support as s;
-use keel_proto::api::Pod;
+use keel_proto::api::core::ServicePort;
+use keel_proto::api::{Pod, Service};
 use keel_proto::client::ApiClient;
 
 const PODS: &str = "apiVersion: v1
@@ -156,6 +160,45 @@ async fn restarts_back_off_bad_commands_fail_clearly_and_unready_pods_leave_endp
     assert!(!p2.is_ready() && !p2.status.container_statuses[0].ready);
     assert!(!ips.contains(&p2.status.pod_ip), "{ips:?}");
     assert_eq!(p2.status.phase, "Running");
+
+    // Cluster IPs: 12 Services created concurrently through all three
+    // masters get 12 distinct addresses of the range.
+    let svc = |name: &str, ip: &str| {
+        let mut s = Service::new("default", name);
+        s.spec.cluster_ip = ip.into();
+        s.spec.ports = vec![ServicePort {
+            port: 80,
+            ..Default::default()
+        }];
+        s
+    };
+    let created = futures::future::join_all((0..12).map(|i| {
+        let c = ApiClient::new(&[apis[i % 3].clone()]);
+        async move { c.create(&svc(&format!("s{i}"), "")).await }
+    }))
+    .await;
+    let mut ips: Vec<String> = created
+        .into_iter()
+        .map(|r| r.expect("service created").spec.cluster_ip)
+        .collect();
+    assert!(ips.iter().all(|ip| ip.starts_with("127.96.")), "{ips:?}");
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 12, "distinct cluster IPs");
+    let taken = client.create(&svc("dup", &ips[0])).await.unwrap_err();
+    assert_eq!(taken.code(), 422);
+    assert!(taken.to_string().contains("already allocated"), "{taken}");
+    let outside = client.create(&svc("out", "10.0.0.1")).await.unwrap_err();
+    assert_eq!(outside.code(), 422);
+    assert!(outside.to_string().contains("127.96.0.0/16"), "{outside}");
+    // A freed address can be asked for again.
+    let owner = "s0".to_string();
+    let owned = client.get::<Service>("default", &owner).await.unwrap();
+    client.delete::<Service>("default", &owner).await.unwrap();
+    client
+        .create(&svc("again", &owned.spec.cluster_ip))
+        .await
+        .expect("a released clusterIP is free again");
 
     // Logs through the masters, with --tail; a wrong container is refused.
     let server = apis.join(",");
