@@ -2,7 +2,8 @@
 //! back-off (CrashLoopBackOff, restartCount, lastState with its exit code);
 //! a command that does not exist ends with ContainerCannotRun and the OS
 //! error, without hurting the agent; a pod whose readiness probe starts
-//! failing leaves its Service's endpoints; logs read through the masters.
+//! failing leaves its Service's endpoints; a failing liveness probe restarts
+//! its container; logs read through the masters.
 //! Also the API server's cluster IP allocation: Services created at once
 //! through different masters get distinct IPs; a taken or out-of-range
 //! clusterIP is refused with 422.
@@ -38,6 +39,16 @@ metadata: {name: nocmd-always}
 spec:
   containers:
   - {name: c, command: [/no/such/path/keel]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: live}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    command: [sh, -c, 'touch alive; exec sleep 600']
+    livenessProbe: {exec: {command: [test, -f, alive]}, periodSeconds: 1, failureThreshold: 2}
 ";
 
 fn probed(name: &str) -> String {
@@ -160,6 +171,29 @@ async fn restarts_back_off_bad_commands_fail_clearly_and_unready_pods_leave_endp
     assert!(!p2.is_ready() && !p2.status.container_statuses[0].ready);
     assert!(!ips.contains(&p2.status.pod_ip), "{ips:?}");
     assert_eq!(p2.status.phase, "Running");
+
+    // Liveness: once its probe fails twice the container is restarted.
+    let live = common::poll(Duration::from_secs(15), "live ready", || async {
+        let p = client.get::<Pod>("default", "live").await.ok()?;
+        p.is_ready().then_some(p)
+    })
+    .await;
+    std::fs::remove_file(
+        agents.agents[0]
+            .data_dir
+            .join("pods")
+            .join(&live.metadata.uid)
+            .join("containers/c/alive"),
+    )
+    .expect("remove the liveness flag");
+    let cs = common::poll(Duration::from_secs(15), "live restarted", || async {
+        let p = client.get::<Pod>("default", "live").await.ok()?;
+        let cs = p.status.container_statuses.first()?.clone();
+        (cs.restart_count == 1 && cs.ready).then_some(cs)
+    })
+    .await;
+    let last = cs.last_state.unwrap().terminated.unwrap();
+    assert!(last.message.contains("liveness"), "{last:?}");
 
     // Cluster IPs: 12 Services created concurrently through all three
     // masters get 12 distinct addresses of the range.
