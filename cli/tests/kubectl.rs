@@ -141,3 +141,174 @@ async fn apply_get_scale_delete_through_the_cli() {
     let (ok, _, err) = keel(&server, &["get", "deploy", "web", "-n", "shop"]);
     assert!(!ok && err.contains("not found"), "{err}");
 }
+
+/// Plays kubelet for nodes without agents: every bound pod becomes Running and Ready.
+async fn fake_kubelet(client: &ApiClient, ns: &str) {
+    use keel_proto::api::Pod;
+    use keel_proto::api::core::ContainerStatus;
+    use keel_proto::api::meta::Condition;
+    let Ok(list) = client.list::<Pod>(ns, "").await else {
+        return;
+    };
+    for mut p in list.items {
+        if p.spec.node_name.is_empty() || p.is_ready() || p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        p.status.phase = "Running".into();
+        p.status.pod_ip = "10.1.1.1".into();
+        p.status.conditions = vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            ..Default::default()
+        }];
+        p.status.container_statuses = vec![ContainerStatus {
+            name: "web".into(),
+            ready: true,
+            ..Default::default()
+        }];
+        let _ = client.update_status(&p).await;
+    }
+}
+
+const ROLLING: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: x, command: [sleep, 'VERSION']}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_status_history_undo_pause_and_resume() {
+    use keel_proto::api::meta::Condition;
+    use keel_proto::api::{Deployment, Node};
+    let tc = common::start(3, &[]).await;
+    let apis: Vec<String> = tc.c.members.iter().map(|m| m.api_addr()).collect();
+    let server = apis.join(",");
+    let client = std::sync::Arc::new(ApiClient::new(&apis));
+    common::poll(Duration::from_secs(20), "default namespace", || async {
+        client.get::<Namespace>("", "default").await.ok()
+    })
+    .await;
+    for i in 0..3 {
+        let mut n = Node::new("", &format!("n{i}"));
+        n.metadata
+            .labels
+            .insert("topology.kubernetes.io/zone".into(), format!("z{i}"));
+        n.status.allocatable.insert("cpu".into(), "8".into());
+        n.status.allocatable.insert("memory".into(), "16Gi".into());
+        n.status.conditions.push(Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            ..Default::default()
+        });
+        client.create(&n).await.unwrap();
+    }
+    let kubelet = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                fake_kubelet(&client, "default").await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let apply = |version: &str| {
+        let f = dir.path().join(format!("web-{version}.yaml"));
+        std::fs::write(&f, ROLLING.replace("VERSION", version)).unwrap();
+        keel(&server, &["apply", "-f", f.to_str().unwrap()])
+    };
+    let template_arg = || async {
+        let d: Deployment = client.get("default", "web").await.unwrap();
+        d.spec.template.spec.containers[0].command[1].clone()
+    };
+
+    assert!(apply("100").0);
+    let (ok, out, err) = keel(
+        &server,
+        &["rollout", "status", "deploy/web", "--timeout", "60"],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("deployment \"web\" successfully rolled out"),
+        "{out}"
+    );
+    assert!(apply("200").0);
+    let (ok, out, err) = keel(
+        &server,
+        &["rollout", "status", "deployment", "web", "--timeout", "60"],
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, out, _) = keel(&server, &["rollout", "history", "deploy/web"]);
+    assert!(ok);
+    let revs: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revs, ["1", "2"], "{out}");
+
+    let (ok, out, err) = keel(&server, &["rollout", "undo", "deploy/web"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "deployment.apps/web rolled back to revision 1");
+    common::poll(
+        Duration::from_secs(30),
+        "the template of revision 1",
+        || async { (template_arg().await == "100").then_some(()) },
+    )
+    .await;
+    let (ok, _, err) = keel(
+        &server,
+        &["rollout", "status", "deploy/web", "--timeout", "60"],
+    );
+    assert!(ok, "{err}");
+    let (_, out, _) = keel(&server, &["rollout", "history", "deploy/web"]);
+    let revs: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revs, ["2", "3"], "revision 1 came back as 3: {out}");
+    let (ok, _, err) = keel(
+        &server,
+        &["rollout", "undo", "deploy/web", "--to-revision", "9"],
+    );
+    assert!(!ok && err.contains("no revision 9"), "{err}");
+
+    // Paused: a new template is not rolled out until resumed.
+    assert!(keel(&server, &["rollout", "pause", "deploy/web"]).0);
+    assert!(apply("300").0);
+    let (ok, _, err) = keel(
+        &server,
+        &["rollout", "status", "deploy/web", "--timeout", "2"],
+    );
+    assert!(!ok && err.contains("paused"), "{err}");
+    let d: Deployment = client.get("default", "web").await.unwrap();
+    assert!(
+        d.spec.paused,
+        "apply keeps the pause (the manifest does not mention it)"
+    );
+    assert!(keel(&server, &["rollout", "resume", "deploy/web"]).0);
+    let (ok, out, err) = keel(
+        &server,
+        &["rollout", "status", "deploy/web", "--timeout", "60"],
+    );
+    assert!(ok, "{out}{err}");
+
+    let (ok, out, _) = keel(&server, &["describe", "deploy", "web"]);
+    assert!(ok && out.contains("ScalingReplicaSet"), "{out}");
+    let (ok, out, _) = keel(&server, &["get", "pods", "-o", "wide"]);
+    assert!(ok);
+    assert_eq!(
+        out.lines().filter(|l| l.contains("Running")).count(),
+        3,
+        "{out}"
+    );
+    kubelet.abort();
+}

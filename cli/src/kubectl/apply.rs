@@ -71,11 +71,17 @@ pub async fn apply(t: &Target, a: ApplyArgs) -> anyhow::Result<()> {
                 if same(&d.value, &have) {
                     Ok("unchanged")
                 } else {
-                    let mut v = d.value.clone();
-                    v["metadata"]["resourceVersion"] = have["metadata"]["resourceVersion"].clone();
-                    let body = serde_json::to_vec(&v)?;
+                    // Merge the manifest over the live object, so fields it
+                    // does not mention (a pause, a server-set clusterIP) stay
+                    // as they are; the server retries the merge if the object
+                    // changes meanwhile (a controller updating its status).
+                    let body = serde_json::to_vec(&d.value)?;
                     client
-                        .call::<Value>(Method::PUT, &path, Some(("application/json", body)))
+                        .call::<Value>(
+                            Method::PATCH,
+                            &path,
+                            Some(("application/merge-patch+json", body)),
+                        )
                         .await
                         .map(|_| "configured")
                 }

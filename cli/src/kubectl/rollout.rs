@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use keel_proto::api::apps::{REVISION_ANNOTATION, TEMPLATE_HASH_LABEL};
+use keel_proto::api::apps::{REVISION_ANNOTATION, ROLLBACK_ANNOTATION};
 use keel_proto::api::{Deployment, ReplicaSet};
 use serde_json::json;
 
@@ -161,30 +161,35 @@ pub async fn run(t: &Target, cmd: RolloutCmd) -> anyhow::Result<()> {
             Ok(())
         }
         RolloutCmd::Undo(a) => {
+            // The Deployment controller performs the rollback (it copies the
+            // chosen revision's template); here we only check that the
+            // revision exists, for a clear error, and ask for it.
             let d: Deployment = c.get(ns, &name).await?;
-            let rss = owned(&c, &d).await?;
+            let revs: Vec<i64> = owned(&c, &d).await?.iter().map(revision).collect();
             let current = d
                 .metadata
                 .annotations
                 .get(REVISION_ANNOTATION)
                 .and_then(|r| r.parse::<i64>().ok())
-                .unwrap_or_else(|| rss.last().map(revision).unwrap_or(0));
+                .unwrap_or_else(|| revs.last().copied().unwrap_or(0));
             let target = if a.to_revision > 0 {
-                rss.iter().find(|rs| revision(rs) == a.to_revision)
+                revs.iter().copied().find(|r| *r == a.to_revision)
             } else {
-                rss.iter().rev().find(|rs| revision(rs) < current)
+                revs.iter().rev().copied().find(|r| *r < current)
             };
-            let Some(rs) = target else {
-                anyhow::bail!("no revision to roll back to (current revision {current})");
+            let Some(to) = target else {
+                anyhow::bail!(
+                    "no revision {} to roll back to (current revision {current}, known: {revs:?})",
+                    if a.to_revision > 0 {
+                        a.to_revision.to_string()
+                    } else {
+                        "before the current".into()
+                    }
+                );
             };
-            let mut tpl = rs.spec.template.clone();
-            tpl.metadata.labels.remove(TEMPLATE_HASH_LABEL);
-            let patch = json!({"spec": {"template": tpl}, "metadata": {"resourceVersion": d.metadata.resource_version}});
+            let patch = json!({"metadata": {"annotations": {ROLLBACK_ANNOTATION: to.to_string()}}});
             c.merge_patch::<Deployment>(ns, &name, &patch).await?;
-            println!(
-                "deployment.apps/{name} rolled back to revision {}",
-                revision(rs)
-            );
+            println!("deployment.apps/{name} rolled back to revision {to}");
             Ok(())
         }
         RolloutCmd::Pause(_) | RolloutCmd::Resume(_) => {
