@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/etcd/kv.proto",
             "proto/etcd/rpc.proto",
             "proto/keel/raft.proto",
+            "proto/keel/agent.proto",
         ],
         &["proto"],
     )?;

@@ -1,8 +1,9 @@
 //! Keel's node agent (kubelet and kube-proxy in one): registers its Node,
 //! renews its Lease, runs the pods bound to it through a container runtime,
 //! reports their status, proxies every Service's cluster IP to its ready
-//! endpoints and serves container logs. It speaks only the REST API
-//! (`keel-proto`'s client); it never links the store or the control plane.
+//! endpoints and serves container logs. It speaks only the wire contracts in
+//! `keel-proto`: the gRPC Agent service for its pods, the REST client for
+//! everything else; it never links the store or the control plane.
 
 pub mod env;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod heartbeat;
 pub mod ipam;
 pub mod lifecycle;
 pub mod logs;
+pub mod pod_watch;
 pub mod probe;
 pub mod proxy;
 pub mod register;

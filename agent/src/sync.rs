@@ -1,6 +1,6 @@
-//! The pod sync loop: watches the pods bound to this node (list + watch with
-//! `fieldSelector=spec.nodeName=<node>`, re-listing after 410 or errors and
-//! failing over between masters inside the client) and keeps one worker per
+//! The pod sync loop: watches the pods bound to this node (over the masters'
+//! gRPC Agent service, `pod_watch`: a list, then every change, resuming on
+//! the next master after errors and listing again after compaction) and keeps one worker per
 //! pod (see `lifecycle`), so the runtime matches the API: new pods start,
 //! deleted ones stop. Losing the API never touches a running pod; only an
 //! explicit deletion (or absence from a fresh list) stops one.
@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_proto::api::Pod;
-use keel_proto::client::encode;
 use tokio::sync::{mpsc, watch};
 
 use crate::Ctx;
 use crate::lifecycle;
+use crate::pod_watch;
 use crate::state::PodRecord;
-use crate::watcher::{self, Event};
+use crate::watcher::Event;
 
 struct Handle {
     spec: watch::Sender<Option<Pod>>,
@@ -26,12 +26,12 @@ struct Handle {
 /// Runs the sync loop until `shutdown` turns true. `adopted` is what the
 /// previous agent on this data dir left running.
 pub async fn run(ctx: Arc<Ctx>, adopted: Vec<PodRecord>, mut shutdown: watch::Receiver<bool>) {
-    let path = format!(
-        "/api/v1/pods?fieldSelector={}",
-        encode(&format!("spec.nodeName={}", ctx.cfg.name))
-    );
     let (tx, mut rx) = mpsc::channel(1024);
-    let w = tokio::spawn(watcher::run::<Pod>(ctx.client.clone(), path, tx));
+    let w = tokio::spawn(pod_watch::run(
+        ctx.client.servers().to_vec(),
+        ctx.cfg.name.clone(),
+        tx,
+    ));
     let mut adopted: Option<HashMap<String, PodRecord>> =
         Some(adopted.into_iter().map(|r| (r.uid.clone(), r)).collect());
     let mut to_adopt: HashMap<String, PodRecord> = HashMap::new();

@@ -17,6 +17,11 @@ pub mod keelraft {
     tonic::include_proto!("keelraft");
 }
 
+/// The masters' agent-facing gRPC API (the pods bound to a node).
+pub mod keelagent {
+    tonic::include_proto!("keelagent");
+}
+
 /// Requests larger than this are refused, as etcd's default `--max-request-bytes`.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 

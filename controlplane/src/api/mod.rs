@@ -1,6 +1,7 @@
 //! The REST API every master serves on `--listen-api`: Kubernetes paths and
 //! verbs over the registry, plus `/healthz`, `/readyz` and `/version`.
 
+pub mod agent_grpc;
 pub mod codec;
 pub mod handlers;
 pub mod logs;
@@ -35,7 +36,9 @@ pub fn router(reg: Registry) -> Router {
         .route(logs::PATH, get(logs::handler))
         .route("/api/{*rest}", any(dispatch))
         .route("/apis/{*rest}", any(dispatch))
-        .with_state(reg)
+        .with_state(reg.clone())
+        // The agents' gRPC service shares the port (HTTP/2 requests to /keelagent.Agent/...).
+        .merge(tonic::service::Routes::new(agent_grpc::server(reg)).into_axum_router())
 }
 
 /// Serves the API on `listener` until `shutdown` turns true.
