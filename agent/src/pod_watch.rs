@@ -37,7 +37,7 @@ pub async fn run(masters: Vec<String>, node: String, tx: mpsc::Sender<Event<Pod>
             return;
         }
         // Try the next master at once; back off only after a whole round failed.
-        if next % masters.len().max(1) == 0 {
+        if next.is_multiple_of(masters.len().max(1)) {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
         }
