@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use futures::StreamExt;
-use keel_proto::api::{Lease, Namespace};
-use keel_proto::client::{ApiClient, ClientError};
+use keel_proto::api::Lease;
+use keel_proto::client::ClientError;
 use serde_json::{Value, json};
 
 async fn raw(
@@ -30,13 +30,6 @@ async fn raw(
     (code, v)
 }
 
-async fn ready(client: &ApiClient) {
-    common::poll(Duration::from_secs(20), "default namespace", || async {
-        client.get::<Namespace>("", "default").await.ok()
-    })
-    .await;
-}
-
 const DEPLOY: &str = "apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -53,9 +46,8 @@ spec:
 async fn bad_requests_get_status_errors_and_change_nothing() {
     let tc = common::start(3, &[]).await;
     // Write through a follower as well as through whichever member leads.
-    let apis: Vec<String> = tc.c.members.iter().map(|m| m.api_addr()).collect();
-    let client = ApiClient::new(&apis);
-    ready(&client).await;
+    let apis = common::apis(&tc);
+    let client = common::api_client(&tc).await;
     let base = &apis[1];
     let coll = "/apis/apps/v1/namespaces/default/deployments";
     let (code, created) = raw(
@@ -67,7 +59,23 @@ async fn bad_requests_get_status_errors_and_change_nothing() {
     )
     .await;
     assert_eq!(code, 201, "{created}");
-    let rv = created["metadata"]["resourceVersion"]
+    // The Deployment controller annotates the object and writes its status
+    // (in more than one write); wait until it has finished, so that from here
+    // on only our requests could change it: observed, and unchanged across
+    // two reads a moment apart.
+    let url = format!("{coll}/web");
+    let settled = common::poll(
+        Duration::from_secs(20),
+        "the controller to settle",
+        || async {
+            let a: Value = client.get_value(&url).await.ok()?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let b: Value = client.get_value(&url).await.ok()?;
+            (b["status"]["observedGeneration"] == json!(1) && a == b).then_some(b)
+        },
+    )
+    .await;
+    let rv = settled["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
         .to_string();
@@ -207,7 +215,7 @@ async fn bad_requests_get_status_errors_and_change_nothing() {
     assert_eq!(after["items"][0]["spec"]["replicas"], json!(0));
 
     // A replace at the current resourceVersion works and bumps generation.
-    let mut fresh = created.clone();
+    let mut fresh = settled.clone();
     fresh["spec"]["replicas"] = json!(2);
     let (code, updated) = raw(
         &apis[2],
@@ -230,9 +238,7 @@ async fn bad_requests_get_status_errors_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_from_an_old_resource_version_replays_every_change_in_order() {
     let tc = common::start(3, &[]).await;
-    let apis: Vec<String> = tc.c.members.iter().map(|m| m.api_addr()).collect();
-    let client = ApiClient::new(&apis);
-    ready(&client).await;
+    let client = common::api_client(&tc).await;
     let start_rv: String = client
         .get_value("/apis/coordination.k8s.io/v1/namespaces/default/leases")
         .await

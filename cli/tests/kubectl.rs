@@ -6,7 +6,6 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use keel_proto::api::Namespace;
 use keel_proto::client::ApiClient;
 
 fn keel(server: &str, args: &[&str]) -> (bool, String, String) {
@@ -53,13 +52,9 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_get_scale_delete_through_the_cli() {
     let tc = common::start(3, &[]).await;
-    let apis: Vec<String> = tc.c.members.iter().map(|m| m.api_addr()).collect();
-    let server = apis.join(",");
-    let client = ApiClient::new(&apis);
-    common::poll(Duration::from_secs(20), "default namespace", || async {
-        client.get::<Namespace>("", "default").await.ok()
-    })
-    .await;
+    let server = common::apis(&tc).join(",");
+    // The API serves once the default namespace exists.
+    common::api_client(&tc).await;
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("app.yaml");
     std::fs::write(&app, APP).unwrap();
@@ -188,13 +183,8 @@ async fn rollout_status_history_undo_pause_and_resume() {
     use keel_proto::api::meta::Condition;
     use keel_proto::api::{Deployment, Node};
     let tc = common::start(3, &[]).await;
-    let apis: Vec<String> = tc.c.members.iter().map(|m| m.api_addr()).collect();
-    let server = apis.join(",");
-    let client = std::sync::Arc::new(ApiClient::new(&apis));
-    common::poll(Duration::from_secs(20), "default namespace", || async {
-        client.get::<Namespace>("", "default").await.ok()
-    })
-    .await;
+    let server = common::apis(&tc).join(",");
+    let client = std::sync::Arc::new(common::api_client(&tc).await);
     for i in 0..3 {
         let mut n = Node::new("", &format!("n{i}"));
         n.metadata

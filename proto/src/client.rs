@@ -290,16 +290,7 @@ fn json_body<T: serde::Serialize>(obj: &T) -> Result<(&'static str, Vec<u8>), Cl
 }
 
 /// Percent-encodes a query value.
-pub fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub use crate::percent_encode as encode;
 
 impl crate::api::ObjectMeta {
     /// The namespace, or `default` for namespaced kinds without one.

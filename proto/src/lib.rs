@@ -22,6 +22,19 @@ pub mod keelagent {
     tonic::include_proto!("keelagent");
 }
 
+/// Percent-encodes a URL path segment or query value (RFC 3986 unreserved
+/// characters stay as they are).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Requests larger than this are refused, as etcd's default `--max-request-bytes`.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 

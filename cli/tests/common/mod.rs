@@ -98,3 +98,22 @@ pub async fn keys_with_prefix(
         .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
         .collect())
 }
+
+/// The REST API addresses of every member.
+pub fn apis(tc: &TestCluster) -> Vec<String> {
+    tc.c.members.iter().map(|m| m.api_addr()).collect()
+}
+
+/// A REST client over every member's API, once the API serves (the default
+/// namespace exists).
+pub async fn api_client(tc: &TestCluster) -> keel_proto::client::ApiClient {
+    let client = keel_proto::client::ApiClient::new(&apis(tc));
+    poll(Duration::from_secs(20), "the default namespace", || async {
+        client
+            .get::<keel_proto::api::Namespace>("", "default")
+            .await
+            .ok()
+    })
+    .await;
+    client
+}

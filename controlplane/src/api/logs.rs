@@ -18,21 +18,10 @@ use tokio::net::TcpStream;
 use super::codec;
 use crate::error::ApiError;
 use crate::registry::Registry;
+use keel_proto::percent_encode as encode;
 
 /// The route of the subresource.
 pub const PATH: &str = "/api/v1/namespaces/{namespace}/pods/{name}/log";
-
-/// Percent-encodes a path segment.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// The address type under which agents publish their endpoint.
 const AGENT_ADDRESS_TYPE: &str = "KeelAgent";
