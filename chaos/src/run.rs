@@ -17,7 +17,7 @@ use crate::nemesis::schedule::{self, Nemesis, Timing};
 use crate::nemesis::{self, Ctx};
 use crate::proxy::Mesh;
 use crate::report::{self, Histories, Summary, Violation};
-use crate::workload::{kv, range_prefix, register, watch as watch_wl};
+use crate::workload::{kv, probe, range_prefix, register, watch as watch_wl};
 
 /// Which workload to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -143,6 +143,13 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
         Duration::from_millis(100),
         stop_rx,
     ));
+    let probes = tokio::spawn(probe::run(
+        endpoints.clone(),
+        cfg.duration,
+        cfg.op_timeout,
+        Duration::from_millis(50),
+        start,
+    ));
     let has = |w| cfg.workloads.contains(&w);
     let reg = has(Workload::Register).then(|| {
         let w = register::RegisterWorkload {
@@ -197,7 +204,10 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
         ));
     }
 
-    let mut h = Histories::default();
+    let mut h = Histories {
+        probes: probes.await.unwrap_or_default(),
+        ..Default::default()
+    };
     if let Some(t) = reg {
         h.register = t.await.unwrap_or_default();
     }

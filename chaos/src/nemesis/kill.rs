@@ -4,14 +4,14 @@
 //! restarted member catches up from its fsynced log.
 
 use super::schedule::Planned;
-use super::{Ctx, NemesisError, hold};
+use super::{Ctx, Injected, hold};
 
-pub async fn run(ctx: &mut Ctx<'_>, p: &Planned) -> Result<String, NemesisError> {
+pub async fn run(ctx: &mut Ctx<'_>, p: &Planned) -> Injected {
     let i = ctx.member(&p.target).await?;
     let target = ctx.describe(i).await;
     ctx.cluster.kill(i);
     tracing::info!(%target, "nemesis: SIGKILL");
     hold(p.hold_ms).await;
     ctx.cluster.restart(i)?;
-    Ok(target)
+    Ok((target, vec![i]))
 }

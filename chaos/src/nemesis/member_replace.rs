@@ -11,7 +11,7 @@ use keel_proto::etcdserverpb::{MemberListRequest, MemberRemoveRequest};
 use tonic::transport::{Channel, Endpoint};
 
 use super::schedule::{Planned, Target};
-use super::{Ctx, NemesisError};
+use super::{Ctx, Injected, NemesisError};
 use crate::cluster::status_of;
 
 fn cluster_client(addr: &str) -> Option<ClusterClient<Channel>> {
@@ -43,7 +43,7 @@ async fn is_voter(addr: &str, id: u64) -> bool {
     }
 }
 
-pub async fn run(ctx: &mut Ctx<'_>, p: &Planned) -> Result<String, NemesisError> {
+pub async fn run(ctx: &mut Ctx<'_>, p: &Planned) -> Injected {
     let n = ctx.cluster.members.len();
     let leader = ctx.current_leader().await.ok_or(NemesisError::NoLeader)?;
     // Never the leader: removing it is a leadership transfer, not a replacement.
@@ -94,7 +94,7 @@ pub async fn run(ctx: &mut Ctx<'_>, p: &Planned) -> Result<String, NemesisError>
     loop {
         let l = ctx.current_leader().await.unwrap_or(via);
         if is_voter(&ctx.cluster.members[l].client_addr(), id).await {
-            return Ok(format!("{target} (removed, wiped, rejoined)"));
+            return Ok((format!("{target} (removed, wiped, rejoined)"), vec![victim]));
         }
         if Instant::now() >= deadline {
             return Err(NemesisError::Membership(format!(

@@ -37,6 +37,10 @@ pub struct FaultRecord {
     pub nemesis: Nemesis,
     /// What the target resolved to (`m2 (leader)`, `{m1} | {m2,m3}`...).
     pub target: String,
+    /// Members the fault touched: killed, paused, restarted, replaced, or on
+    /// the minority side of a partition (none for bridge and ring shapes,
+    /// where every member still sees a majority).
+    pub affected: Vec<usize>,
     pub start: u64,
     /// When the fault was healed (the member is back, links restored).
     pub healed: u64,
@@ -119,6 +123,9 @@ impl Ctx<'_> {
     }
 }
 
+/// What a nemesis reports: its target described, and the members it touched.
+pub type Injected = Result<(String, Vec<usize>), NemesisError>;
+
 /// Sleeps while a fault holds (this is the fault's length, not a wait for
 /// readiness).
 pub async fn hold(ms: u64) {
@@ -143,14 +150,15 @@ pub async fn run_one(ctx: &mut Ctx<'_>, p: &Planned) -> FaultRecord {
     heal_all(ctx);
     let healed = ctx.now();
     let recovered = ctx.wait_recovered(Duration::from_secs(30)).await;
-    let (target, error) = match r {
-        Ok(t) => (t, None),
-        Err(e) => (String::new(), Some(e.to_string())),
+    let (target, affected, error) = match r {
+        Ok((t, a)) => (t, a, None),
+        Err(e) => (String::new(), Vec::new(), Some(e.to_string())),
     };
     tracing::info!(nemesis = p.nemesis.name(), %target, ?error, "fault healed");
     FaultRecord {
         nemesis: p.nemesis,
         target,
+        affected,
         start,
         healed,
         recovered,

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use super::schedule::{Planned, Target};
-use super::{Ctx, NemesisError, hold};
+use super::{Ctx, Injected, NemesisError, hold};
 
 /// The unordered pairs of members to cut for a shape over `n` members
 /// (`leader` resolves `IsolateLeader`).
@@ -74,7 +74,7 @@ fn describe(ctx: &Ctx<'_>, target: &Target, leader: Option<usize>) -> String {
     format!("{{{}}} | {{{}}}", names(&minority), names(&majority))
 }
 
-pub async fn run(ctx: &mut Ctx<'_>, p: &Planned) -> Result<String, NemesisError> {
+pub async fn run(ctx: &mut Ctx<'_>, p: &Planned) -> Injected {
     let n = ctx.cluster.members.len();
     let leader = match p.target {
         Target::IsolateLeader => Some(ctx.current_leader().await.ok_or(NemesisError::NoLeader)?),
@@ -91,7 +91,12 @@ pub async fn run(ctx: &mut Ctx<'_>, p: &Planned) -> Result<String, NemesisError>
     tracing::info!(%target, "nemesis: partition");
     hold(p.hold_ms).await;
     ctx.mesh.heal();
-    Ok(target)
+    let minority = match &p.target {
+        Target::IsolateLeader => leader.into_iter().collect(),
+        Target::Minority { members } => members.clone(),
+        _ => Vec::new(),
+    };
+    Ok((target, minority))
 }
 
 #[cfg(test)]

@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use super::schedule::Planned;
-use super::{Ctx, NemesisError};
+use super::{Ctx, Injected};
 
-pub async fn run(ctx: &mut Ctx<'_>, p: &Planned) -> Result<String, NemesisError> {
+pub async fn run(ctx: &mut Ctx<'_>, p: &Planned) -> Injected {
     let i = ctx.member(&p.target).await?;
     let target = ctx.describe(i).await;
     tracing::info!(%target, "nemesis: restart");
     tokio::task::block_in_place(|| ctx.cluster.stop(i, Duration::from_secs(5)));
     ctx.cluster.restart(i)?;
-    Ok(target)
+    Ok((target, vec![i]))
 }

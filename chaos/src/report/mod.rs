@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::check::leaders::Observation;
 use crate::check::linearizable::{Op, Operation, Outcome};
 use crate::workload::kv::KvOp;
+use crate::workload::probe::ProbeOp;
 use crate::workload::watch::WatchHistory;
 
 pub use summary::{Summary, summarize};
@@ -26,6 +27,7 @@ pub struct Histories {
     pub kv: Vec<KvOp>,
     pub watch: WatchHistory,
     pub status: Vec<Observation>,
+    pub probes: Vec<ProbeOp>,
 }
 
 /// One violation found by a checker.
@@ -102,6 +104,7 @@ pub fn write(out: &Path, s: &Summary, h: &Histories, names: &[String]) -> Result
         "kv": h.kv,
         "watch": h.watch,
         "status": h.status,
+        "probes": h.probes,
         "members": names,
         "faults": s.faults,
     });

@@ -51,6 +51,11 @@ pub struct Summary {
     /// Per fault kind: the longest time (ms) without any acknowledged write
     /// in a window overlapping one such fault (from injection to recovery).
     pub longest_write_unavailability_ms: BTreeMap<String, f64>,
+    /// Per fault kind: the longest time (ms) in which no member the fault
+    /// did not touch acknowledged a probe write (one sticky writer per
+    /// member, `workload::probe`): the cluster's own unavailability, free of
+    /// clients waiting on the faulted member.
+    pub longest_write_unavailability_untouched_ms: BTreeMap<String, f64>,
     /// The same outside every fault window, for comparison.
     pub longest_write_gap_without_faults_ms: f64,
     pub leader_changes: usize,
@@ -135,6 +140,11 @@ pub fn summarize(
             ops.entry(name.into()).or_default().add(outcome);
         }
     }
+    for p in &h.probes {
+        ops.entry("probe".into())
+            .or_default()
+            .add(if p.ok { "ok" } else { "fail" });
+    }
     if !h.watch.received.is_empty() {
         ops.insert(
             "watch-events".into(),
@@ -149,6 +159,7 @@ pub fn summarize(
     let mut unavailable: BTreeMap<String, f64> = BTreeMap::new();
     let acks = write_acks(h);
     let end = cfg.duration.as_micros() as u64;
+    let mut untouched: BTreeMap<String, f64> = BTreeMap::new();
     let mut windows = Vec::new();
     for f in faults {
         let kind = f.nemesis.name().to_string();
@@ -156,8 +167,20 @@ pub fn summarize(
         let to = f.recovered.unwrap_or(f.healed).max(f.healed);
         windows.push((f.start, to));
         let gap = longest_gap(&acks, f.start, to, end) as f64 / 1000.0;
-        let e = unavailable.entry(kind).or_default();
+        let e = unavailable.entry(kind.clone()).or_default();
         *e = e.max(gap);
+        let mut probe_acks: Vec<u64> = h
+            .probes
+            .iter()
+            .filter(|p| p.ok && !f.affected.contains(&p.member))
+            .map(|p| p.ret)
+            .collect();
+        if !probe_acks.is_empty() {
+            probe_acks.sort_unstable();
+            let gap = longest_gap(&probe_acks, f.start, to, end) as f64 / 1000.0;
+            let e = untouched.entry(kind).or_default();
+            *e = e.max(gap);
+        }
     }
     Summary {
         passed: violations.is_empty(),
@@ -175,6 +198,7 @@ pub fn summarize(
         ops,
         faults_by_kind,
         longest_write_unavailability_ms: unavailable,
+        longest_write_unavailability_untouched_ms: untouched,
         longest_write_gap_without_faults_ms: longest_quiet_gap(&acks, &windows) as f64 / 1000.0,
         leader_changes: leaders::changes(&h.status).len().saturating_sub(1),
         violations,
@@ -225,7 +249,7 @@ pub fn markdown(s: &Summary) -> String {
     }
     let _ = writeln!(
         m,
-        "\n## Faults\n\n| kind | injected | longest write unavailability |\n|---|---|---|"
+        "\n## Faults\n\nLongest write unavailability: for the clients (no write acknowledged to any client), and on the members the fault did not touch (no probe write acknowledged by any of them).\n\n| kind | injected | clients | untouched members |\n|---|---|---|---|"
     );
     for (k, n) in &s.faults_by_kind {
         let u = s
@@ -233,7 +257,12 @@ pub fn markdown(s: &Summary) -> String {
             .get(k)
             .copied()
             .unwrap_or(0.0);
-        let _ = writeln!(m, "| {k} | {n} | {u:.0} ms |");
+        let t = s
+            .longest_write_unavailability_untouched_ms
+            .get(k)
+            .map(|t| format!("{t:.0} ms"))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(m, "| {k} | {n} | {u:.0} ms | {t} |");
     }
     let _ = writeln!(
         m,

@@ -4,6 +4,7 @@
 //! between members, for watch completeness).
 
 pub mod kv;
+pub mod probe;
 pub mod register;
 pub mod watch;
 
