@@ -35,8 +35,7 @@ impl Workload {
             "kv" => Ok(Workload::Kv),
             "watch" => Ok(Workload::Watch),
             "deployments" => Err(
-                "the deployments workload is not built yet (it needs the control plane's controllers)"
-                    .into(),
+                "the deployments workload is not part of keel chaos run yet (see CHAOS.md)".into(),
             ),
             _ => Err(format!(
                 "unknown workload {s:?}; known: register, kv, watch"
