@@ -17,6 +17,7 @@ use crate::nemesis::schedule::{self, Nemesis, Timing};
 use crate::nemesis::{self, Ctx};
 use crate::proxy::Mesh;
 use crate::report::{self, Histories, Summary, Violation};
+use crate::workload::deployments;
 use crate::workload::{kv, probe, range_prefix, register, watch as watch_wl};
 
 /// Which workload to run.
@@ -26,6 +27,7 @@ pub enum Workload {
     Register,
     Kv,
     Watch,
+    Deployments,
 }
 
 impl Workload {
@@ -34,11 +36,9 @@ impl Workload {
             "register" => Ok(Workload::Register),
             "kv" => Ok(Workload::Kv),
             "watch" => Ok(Workload::Watch),
-            "deployments" => Err(
-                "the deployments workload is not part of keel chaos run yet (see CHAOS.md)".into(),
-            ),
+            "deployments" => Ok(Workload::Deployments),
             _ => Err(format!(
-                "unknown workload {s:?}; known: register, kv, watch"
+                "unknown workload {s:?}; known: register, kv, watch, deployments"
             )),
         }
     }
@@ -185,6 +185,38 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
         )
     });
 
+    // Deployments through the REST API of random masters (set up before the
+    // first fault, so the run starts from a known desired state).
+    let apis: Vec<String> = cluster.members.iter().map(|m| m.api_addr()).collect();
+    let dep_cfg = deployments::DeploymentsWorkload {
+        apis: apis.clone(),
+        namespace: "chaos".into(),
+        deployments: 3,
+        clients: cfg.clients.min(4),
+        duration: cfg.duration,
+        timeout: cfg.op_timeout,
+    };
+    let dep = if has(Workload::Deployments) {
+        match retry(Duration::from_secs(30), "deployments setup", || {
+            deployments::setup(&dep_cfg)
+        })
+        .await
+        {
+            Ok(()) => {
+                let w = dep_cfg.clone();
+                Some(tokio::spawn(
+                    async move { deployments::run_at(&w, start).await },
+                ))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "deployments workload not started");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let mut ctx = Ctx {
         cluster: &mut cluster,
         mesh: &mesh,
@@ -212,6 +244,19 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
     }
     if let Some(t) = kvw {
         h.kv = t.await.unwrap_or_default();
+    }
+    if has(Workload::Deployments) {
+        match dep {
+            Some(t) => h.deployments = t.await.unwrap_or_default(),
+            None => violations.push(Violation::new(
+                "convergence",
+                "the deployments workload could not be set up",
+            )),
+        }
+        // After healing the control plane must reach the desired state.
+        for v in deployments::converged(&apis, &dep_cfg.namespace, Duration::from_secs(90)).await {
+            violations.push(Violation::new("convergence", &v));
+        }
     }
     let final_timeout = Duration::from_secs(5);
     if !h.kv.is_empty() {

@@ -30,7 +30,7 @@ pub struct RunArgs {
     /// partition-majority, partition-bridge, partition-ring).
     #[arg(long, env = "KEEL_CHAOS_NEMESIS", default_value = "kill,leader-kill,pause,partition", value_delimiter = ',', value_parser = nemesis)]
     pub nemesis: Vec<Nemesis>,
-    /// Workloads: register, kv, watch (comma-separated to run several).
+    /// Workloads: register, kv, watch, deployments (comma-separated to run several).
     #[arg(long, env = "KEEL_CHAOS_WORKLOAD", default_value = "register", value_delimiter = ',', value_parser = Workload::parse)]
     pub workload: Vec<Workload>,
     /// Concurrent clients per workload.

@@ -68,7 +68,7 @@ fn a_short_run_through_leader_kills_partitions_and_pauses_passes() {
             "--nemesis",
             "leader-kill,partition,pause",
             "--workload",
-            "register,kv,watch",
+            "register,kv,watch,deployments",
             "--clients",
             "4",
             "--seed",
@@ -87,6 +87,12 @@ fn a_short_run_through_leader_kills_partitions_and_pauses_passes() {
     assert!(faults >= 4, "only {faults} faults: {}", s["faults"]);
     let reg_ok = s["ops"]["register"]["ok"].as_u64().unwrap_or(0);
     assert!(reg_ok >= 200, "only {reg_ok} register operations succeeded");
+    // Deployments were scaled and rolled through the faults, and the control
+    // plane converged afterwards (a failed convergence is a violation above).
+    for op in ["deployments-scale", "deployments-update"] {
+        let n = s["ops"][op]["ok"].as_u64().unwrap_or(0);
+        assert!(n >= 10, "only {n} {op} operations succeeded");
+    }
     for f in ["history.json", "report.md", "timeline.svg"] {
         assert!(dir.path().join(f).exists(), "{f} missing");
     }

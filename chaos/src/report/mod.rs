@@ -28,12 +28,13 @@ pub struct Histories {
     pub watch: WatchHistory,
     pub status: Vec<Observation>,
     pub probes: Vec<ProbeOp>,
+    pub deployments: Vec<crate::workload::deployments::DeployOp>,
 }
 
 /// One violation found by a checker.
 #[derive(Debug, Clone, Serialize)]
 pub struct Violation {
-    /// `linearizability`, `lost-write`, `two-leaders`, `watch` or `recovery`.
+    /// `linearizability`, `lost-write`, `two-leaders`, `watch`, `recovery` or `convergence`.
     pub checker: String,
     pub message: String,
     pub detail: Value,
@@ -105,6 +106,7 @@ pub fn write(out: &Path, s: &Summary, h: &Histories, names: &[String]) -> Result
         "watch": h.watch,
         "status": h.status,
         "probes": h.probes,
+        "deployments": h.deployments,
         "members": names,
         "faults": s.faults,
     });

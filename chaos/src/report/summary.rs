@@ -140,6 +140,11 @@ pub fn summarize(
             ops.entry(name.into()).or_default().add(outcome);
         }
     }
+    for o in &h.deployments {
+        ops.entry(format!("deployments-{}", o.op))
+            .or_default()
+            .add(o.outcome);
+    }
     for p in &h.probes {
         ops.entry("probe".into())
             .or_default()

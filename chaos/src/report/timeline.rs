@@ -62,6 +62,18 @@ pub fn draw(path: &Path, s: &Summary, h: &Histories, names: &[String]) -> Result
             k,
         ));
     }
+    for o in &h.deployments {
+        let k = match o.outcome {
+            "ok" => Kind::Ok,
+            "fail" => Kind::Fail,
+            _ => Kind::Unknown,
+        };
+        points.push((
+            o.invoke_us as f64 / 1e6,
+            (o.complete_us.saturating_sub(o.invoke_us)) as f64 / 1e3,
+            k,
+        ));
+    }
     let oks = points.iter().filter(|p| p.2 == Kind::Ok).count();
     let keep_every = oks.div_ceil(MAX_POINTS).max(1);
     let mut i = 0usize;

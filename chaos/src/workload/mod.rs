@@ -1,8 +1,10 @@
-//! Client workloads that record histories for the checkers: `register`
+//! Client workloads that record histories for the checkers (`deployments`
+//! drives the REST API; the others the etcd API): `register`
 //! (read/write/CAS for linearizability), `kv` (unique puts and reads for
 //! the lost-write checker) and `watch` (writes plus watchers that fail over
 //! between members, for watch completeness).
 
+pub mod deployments;
 pub mod kv;
 pub mod probe;
 pub mod register;
