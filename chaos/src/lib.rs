@@ -10,6 +10,7 @@ pub mod nemesis;
 pub mod proxy;
 pub mod report;
 pub mod run;
+pub mod sim;
 pub mod wait;
 pub mod workload;
 

@@ -6,8 +6,6 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use keel_proto::client::ApiClient;
-
 fn keel(server: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(common::bin())
         .args(args)
@@ -137,34 +135,6 @@ async fn apply_get_scale_delete_through_the_cli() {
     assert!(!ok && err.contains("not found"), "{err}");
 }
 
-/// Plays kubelet for nodes without agents: every bound pod becomes Running and Ready.
-async fn fake_kubelet(client: &ApiClient, ns: &str) {
-    use keel_proto::api::Pod;
-    use keel_proto::api::core::ContainerStatus;
-    use keel_proto::api::meta::Condition;
-    let Ok(list) = client.list::<Pod>(ns, "").await else {
-        return;
-    };
-    for mut p in list.items {
-        if p.spec.node_name.is_empty() || p.is_ready() || p.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        p.status.phase = "Running".into();
-        p.status.pod_ip = "10.1.1.1".into();
-        p.status.conditions = vec![Condition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            ..Default::default()
-        }];
-        p.status.container_statuses = vec![ContainerStatus {
-            name: "web".into(),
-            ready: true,
-            ..Default::default()
-        }];
-        let _ = client.update_status(&p).await;
-    }
-}
-
 const ROLLING: &str = "apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -180,30 +150,19 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_status_history_undo_pause_and_resume() {
-    use keel_proto::api::meta::Condition;
-    use keel_proto::api::{Deployment, Node};
+    use keel_proto::api::Deployment;
     let tc = common::start(3, &[]).await;
     let server = common::apis(&tc).join(",");
     let client = std::sync::Arc::new(common::api_client(&tc).await);
     for i in 0..3 {
-        let mut n = Node::new("", &format!("n{i}"));
-        n.metadata
-            .labels
-            .insert("topology.kubernetes.io/zone".into(), format!("z{i}"));
-        n.status.allocatable.insert("cpu".into(), "8".into());
-        n.status.allocatable.insert("memory".into(), "16Gi".into());
-        n.status.conditions.push(Condition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            ..Default::default()
-        });
+        let n = keel_chaos::sim::node(&format!("n{i}"), &format!("z{i}"), "8", "16Gi");
         client.create(&n).await.unwrap();
     }
     let kubelet = {
         let client = client.clone();
         tokio::spawn(async move {
             loop {
-                fake_kubelet(&client, "default").await;
+                let _ = keel_chaos::sim::mark_ready(&client, "default").await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })

@@ -8,8 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_proto::api::core::{Container, ContainerStatus};
-use keel_proto::api::meta::{Condition, now_rfc3339};
+use keel_proto::api::core::Container;
 use keel_proto::api::{Deployment, Namespace, Node, Pod, ReplicaSet};
 use keel_proto::client::{ApiClient, ClientError};
 use rand::Rng;
@@ -18,6 +17,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::check::converge;
+use crate::sim;
 
 /// How to run the workload.
 #[derive(Debug, Clone)]
@@ -50,25 +50,6 @@ pub struct DeployOp {
 }
 
 const NODES: usize = 3;
-
-fn sim_node(i: usize) -> Node {
-    let mut n = Node::new("", &format!("chaos-node-{i}"));
-    n.metadata.labels.insert(
-        "topology.kubernetes.io/zone".into(),
-        format!("zone-{}", i % 3),
-    );
-    for (k, v) in [("cpu", "32"), ("memory", "64Gi"), ("pods", "110")] {
-        n.status.capacity.insert(k.into(), v.into());
-        n.status.allocatable.insert(k.into(), v.into());
-    }
-    n.status.conditions.push(Condition {
-        type_: "Ready".into(),
-        status: "True".into(),
-        reason: "Simulated".into(),
-        ..Default::default()
-    });
-    n
-}
 
 fn deployment(ns: &str, name: &str) -> Deployment {
     let mut d = Deployment::new(ns, name);
@@ -104,7 +85,16 @@ pub async fn setup(w: &DeploymentsWorkload) -> Result<(), ClientError> {
     let c = ApiClient::new(&w.apis);
     ignore_exists(c.create(&Namespace::new("", &w.namespace)).await).await?;
     for i in 0..NODES {
-        ignore_exists(c.create(&sim_node(i)).await).await?;
+        ignore_exists(
+            c.create(&sim::node(
+                &format!("chaos-node-{i}"),
+                &format!("zone-{}", i % 3),
+                "32",
+                "64Gi",
+            ))
+            .await,
+        )
+        .await?;
     }
     for i in 0..w.deployments {
         ignore_exists(c.create(&deployment(&w.namespace, &format!("d{i}"))).await).await?;
@@ -186,42 +176,9 @@ pub async fn run_at(w: &DeploymentsWorkload, start: Instant) -> Vec<DeployOp> {
 async fn kubelet(apis: Vec<String>, ns: String, until: Instant) {
     let c = ApiClient::new(&apis);
     while Instant::now() < until {
-        let _ = mark_ready(&c, &ns).await;
+        let _ = sim::mark_ready(&c, &ns).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Marks every bound, not yet ready pod of `ns` Running and Ready.
-pub async fn mark_ready(c: &ApiClient, ns: &str) -> Result<(), ClientError> {
-    for mut p in c.list::<Pod>(ns, "").await?.items {
-        if p.spec.node_name.is_empty() || p.is_ready() || p.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let now = now_rfc3339();
-        p.status.phase = "Running".into();
-        p.status.pod_ip = "10.0.0.1".into();
-        p.status.start_time = Some(now.clone());
-        p.status.conditions = vec![Condition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            last_transition_time: Some(now),
-            ..Default::default()
-        }];
-        p.status.container_statuses = p
-            .spec
-            .containers
-            .iter()
-            .map(|ct| ContainerStatus {
-                name: ct.name.clone(),
-                ready: true,
-                started: Some(true),
-                ..Default::default()
-            })
-            .collect();
-        // A conflict means the pod changed; the next pass retries.
-        let _ = c.update_status(&p).await;
-    }
-    Ok(())
 }
 
 /// After healing: waits up to `timeout` for the control plane to converge
@@ -230,7 +187,7 @@ pub async fn converged(apis: &[String], ns: &str, timeout: Duration) -> Vec<Stri
     let c = ApiClient::new(apis);
     let deadline = Instant::now() + timeout;
     loop {
-        let _ = mark_ready(&c, ns).await;
+        let _ = sim::mark_ready(&c, ns).await;
         let state = async {
             Ok::<_, ClientError>((
                 c.list::<Deployment>(ns, "").await?.items,

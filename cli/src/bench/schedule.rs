@@ -15,7 +15,6 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use keel_chaos::{Flavor, ProcessCluster};
 use keel_proto::api::core::{Container, ResourceRequirements};
-use keel_proto::api::meta::{Condition, now_rfc3339};
 use keel_proto::api::{Namespace, Node, Pod};
 use keel_proto::client::ApiClient;
 use tokio::sync::Mutex;
@@ -44,26 +43,12 @@ pub struct ScheduleArgs {
 }
 
 fn node(i: usize) -> Node {
-    let mut n = Node::new("", &format!("sim-{i:05}"));
-    n.metadata.labels.insert(
-        "topology.kubernetes.io/zone".into(),
-        format!("zone-{}", i % 3),
-    );
-    n.metadata
-        .labels
-        .insert("keel.dev/simulated".into(), "true".into());
-    for (k, v) in [("cpu", "64"), ("memory", "256Gi"), ("pods", "110")] {
-        n.status.capacity.insert(k.into(), v.into());
-        n.status.allocatable.insert(k.into(), v.into());
-    }
-    n.status.conditions.push(Condition {
-        type_: "Ready".into(),
-        status: "True".into(),
-        reason: "Simulated".into(),
-        last_heartbeat_time: Some(now_rfc3339()),
-        ..Default::default()
-    });
-    n
+    keel_chaos::sim::node(
+        &format!("sim-{i:05}"),
+        &format!("zone-{}", i % 3),
+        "64",
+        "256Gi",
+    )
 }
 
 fn pod(ns: &str, name: &str) -> Pod {
