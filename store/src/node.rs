@@ -336,6 +336,20 @@ impl Node {
         codec::decode(&resp.data).map_err(tonic::Status::internal)
     }
 
+    /// Resolves once this member no longer sees `leader` as the leader.
+    async fn leader_moves_from(&self, leader: u64) {
+        let mut rx = self.raft.metrics();
+        loop {
+            if rx.borrow_watched().current_leader != Some(leader) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                // Raft stopped: the forward's own error will end the call.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Serves `req` on the leader, forwarding it when this member is not the
     /// leader and waiting (up to a few seconds) through elections.
     pub async fn leader_call(&self, req: LeaderRequest) -> Result<LeaderResponse, EtcdError> {
@@ -351,7 +365,28 @@ impl Node {
                 },
                 Some(l) => {
                     if let Some(m) = self.member(l) {
-                        match self.forward_to(self.dial_addr(&m), &req, true).await {
+                        // A leader that stops answering without closing the
+                        // connection (paused, or a dead network path) would
+                        // hold the forward until its timeout; give up on it as
+                        // soon as this member learns of another leader.
+                        let answer = tokio::select! {
+                            a = self.forward_to(self.dial_addr(&m), &req, true) => Some(a),
+                            _ = self.leader_moves_from(l) => None,
+                        };
+                        let Some(answer) = answer else {
+                            if idempotent {
+                                tracing::debug!(
+                                    old = l,
+                                    "leader changed during a forward, retrying"
+                                );
+                                continue;
+                            }
+                            return Err(EtcdError::Unavailable(
+                                "the leader changed while the write was in flight; outcome unknown"
+                                    .into(),
+                            ));
+                        };
+                        match answer {
                             Ok(Ok(r)) => return Ok(r),
                             Ok(Err(LeaderError::NotLeader)) => {}
                             Ok(Err(LeaderError::Etcd(c, m))) => {
