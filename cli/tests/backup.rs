@@ -432,7 +432,10 @@ async fn leader_writes_scheduled_verified_backups_and_keeps_the_newest() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("BAD: truncated"));
 }
 
-async fn all_at(ep: &str, revision: i64) -> Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)> {
+/// A key-value as compared across clusters: key, value, create and mod revision, version.
+type Row = (Vec<u8>, Vec<u8>, i64, i64, i64);
+
+async fn all_at(ep: &str, revision: i64) -> Vec<Row> {
     kv(ep)
         .await
         .range(RangeRequest {
@@ -510,9 +513,8 @@ async fn backup_under_write_load_restores_exactly_and_old_watchers_see_compactio
     // Every key, value and revision as the source had them at the backup revision.
     // The restored cluster's leader writes its own fencing token (runtime
     // state, not data); everything else must be exactly the source's.
-    let data = |v: Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>| -> Vec<_> {
-        v.into_iter().filter(|k| k.0 != b"/keel/leader").collect()
-    };
+    let data =
+        |v: Vec<Row>| -> Vec<Row> { v.into_iter().filter(|k| k.0 != b"/keel/leader").collect() };
     let now = data(all_at(&rep, 0).await);
     let source = data(source);
     assert_eq!(
