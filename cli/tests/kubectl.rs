@@ -100,6 +100,11 @@ async fn apply_get_scale_delete_through_the_cli() {
         ok && out.contains("shop ") && out.contains("default "),
         "{out}"
     );
+    let (ok, out, _) = keel(&server, &["get", "ns", "-o", "json"]);
+    assert!(ok);
+    let l: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(l["kind"], "List");
+    assert_eq!(l["items"].as_array().map(Vec::len), Some(4), "{out}");
     let (ok, out, _) = keel(&server, &["get", "svc", "-n", "shop", "-o", "yaml"]);
     assert!(ok && out.contains("targetPort: http"), "{out}");
 

@@ -45,7 +45,12 @@ fn print_objects(
     all_ns: bool,
     header: bool,
 ) -> anyhow::Result<()> {
+    // A listing comes out as one `List`, as kubectl prints it; watch events
+    // (no header) one object at a time.
+    let list = || serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
     match out {
+        Some(Output::Json) if header => println!("{}", serde_json::to_string_pretty(&list())?),
+        Some(Output::Yaml) if header => print!("{}", serde_yaml_ng::to_string(&list())?),
         Some(Output::Json) => {
             for i in items {
                 println!("{}", serde_json::to_string_pretty(i)?);
