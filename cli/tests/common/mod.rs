@@ -31,7 +31,26 @@ pub async fn start(n: usize, extra: &[&str]) -> TestCluster {
     c.wait_ready(Duration::from_secs(30))
         .await
         .expect("cluster ready");
+    control_plane_settled(&c.endpoints()[0]).await;
     TestCluster { c, dir }
+}
+
+/// Waits for the writes every Keel cluster makes at start (the default
+/// namespaces, the leader's fencing token), so tests that compare revisions
+/// see only their own writes.
+pub async fn control_plane_settled(ep: &str) {
+    poll(
+        Duration::from_secs(30),
+        "the control plane's startup writes",
+        || async {
+            let ns = keys_with_prefix(ep, "/registry/namespaces/", false)
+                .await
+                .ok()?;
+            let fence = keys_with_prefix(ep, "/keel/leader", false).await.ok()?;
+            (ns.len() >= 3 && !fence.is_empty()).then_some(())
+        },
+    )
+    .await;
 }
 
 pub async fn channel(ep: &str) -> Channel {
