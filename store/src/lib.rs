@@ -11,6 +11,7 @@ pub mod net;
 pub mod node;
 pub mod raft;
 pub mod recover;
+pub mod sealed;
 
 pub use config::{NodeConfig, parse_initial_cluster};
 pub use error::{EtcdError, StoreError};
