@@ -12,6 +12,7 @@ mod cluster;
 mod kubectl;
 mod logs;
 mod master;
+mod pki;
 mod up;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -46,6 +47,8 @@ enum Cmd {
     Up(up::UpArgs),
     /// Inspect and change cluster membership.
     Cluster(cluster::ClusterArgs),
+    /// The cluster PKI: create a CA and admin credentials, issue user certificates.
+    Pki(pki::PkiArgs),
     /// Backups: save from a running cluster, verify and inspect offline.
     Backup(backup::BackupArgs),
     /// Create or update the objects of a manifest (file, directory or -).
@@ -147,6 +150,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Bench(b) => bench::run(b).await,
             Cmd::Chaos(c) => chaos::run(c).await,
             Cmd::Backup(a) => backup::run(a).await,
+            Cmd::Pki(a) => pki::run(a),
             Cmd::Apply { t, a } => kubectl::apply::apply(&t, a).await,
             Cmd::Get { t, a } => kubectl::get::get(&t, a).await,
             Cmd::Describe { t, a } => kubectl::get::describe(&t, a).await,

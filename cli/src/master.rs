@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use std::sync::Arc;
+
 use keel_controlplane::Registry;
+use keel_controlplane::api::ApiConfig;
+use keel_controlplane::auth::audit::AuditLog;
+use keel_controlplane::auth::credentials;
 use keel_controlplane::leader::ControllerConfig;
 use keel_store::{Node, NodeConfig, parse_initial_cluster};
 
@@ -90,6 +95,24 @@ pub struct MasterArgs {
     /// puts a TCP proxy per link here so it can partition members.
     #[arg(long, env = "KEEL_PEER_OVERRIDE", hide = true, value_delimiter = ',')]
     pub peer_override: Vec<String>,
+    /// The cluster CA (ca.crt, ca.key, from `keel pki init`) and this
+    /// master's certificate; default: DATA_DIR/pki. A single-member
+    /// bootstrap that finds no CA creates one.
+    #[arg(long, env = "KEEL_PKI_DIR")]
+    pub pki_dir: Option<PathBuf>,
+    /// TESTS ONLY, UNSAFE: plain text on every port (no TLS, no client
+    /// certificates). Bearer tokens are still required on the REST API.
+    #[arg(long, env = "KEEL_INSECURE")]
+    pub insecure: bool,
+    /// Where this master writes its audit log (default: DATA_DIR/audit).
+    #[arg(long, env = "KEEL_AUDIT_DIR")]
+    pub audit_dir: Option<PathBuf>,
+    /// Rotate the audit log above this many bytes.
+    #[arg(long, env = "KEEL_AUDIT_MAX_BYTES", default_value_t = 100 << 20)]
+    pub audit_max_bytes: u64,
+    /// Rotated audit logs kept.
+    #[arg(long, env = "KEEL_AUDIT_KEEP", default_value_t = 5)]
+    pub audit_keep: usize,
 }
 
 pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
@@ -143,6 +166,30 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
         cfg.initial_cluster = vec![(a.name.clone(), cfg.peer_addr())];
         cfg.join = None;
     }
+    let pki = if a.insecure {
+        for _ in 0..3 {
+            tracing::warn!(
+                "!!! --insecure: this master speaks PLAIN TEXT on its peer, client and API ports; \
+                 anyone who can reach them can read and write the cluster. Tests only. !!!"
+            );
+        }
+        None
+    } else {
+        let dir = a.pki_dir.clone().unwrap_or_else(|| a.data_dir.join("pki"));
+        let single = cfg.initial_cluster.len() == 1 && cfg.join.is_none();
+        let addrs = [
+            cfg.peer_addr(),
+            cfg.client_addr(),
+            a.listen_api.clone(),
+            cfg.listen_peer.clone(),
+            cfg.listen_client.clone(),
+        ];
+        let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        let p = crate::pki::master(&dir, &a.name, &addrs, single)
+            .with_context(|| format!("the PKI in {}", dir.display()))?;
+        cfg.tls = Some(p.bundle.clone());
+        Some(p)
+    };
     let node = Node::start(cfg)
         .await
         .with_context(|| format!("starting master {}", a.name))?;
@@ -150,12 +197,50 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the API address {}", a.listen_api))?;
     let registry = Registry::new(node.clone());
-    tracing::info!(addr = %a.listen_api, "serving the REST API");
+    let audit_dir = a.audit_dir.clone().unwrap_or_else(|| a.data_dir.join("audit"));
+    let audit = AuditLog::open(&audit_dir, a.audit_max_bytes, a.audit_keep)
+        .with_context(|| format!("opening the audit log in {}", audit_dir.display()))?;
+    let api_cfg = ApiConfig {
+        tls: match &pki {
+            Some(p) => Some(Arc::new(keel_proto::pki::server_config(
+                &p.ca.cert_pem,
+                p.bundle.me.as_ref().context("master certificate")?,
+                false,
+            )?)),
+            None => None,
+        },
+        ca: pki.as_ref().map(|p| Arc::new(p.ca.clone())),
+        audit: Some(Arc::new(audit)),
+    };
+    tracing::info!(addr = %a.listen_api, https = api_cfg.tls.is_some(), "serving the REST API");
     tokio::spawn(keel_controlplane::api::serve(
         api,
         registry.clone(),
+        api_cfg,
         node.shutdown_signal(),
     ));
+    // The CA and the admin token's hash live in the store (so backups carry
+    // them); the first master to write them wins, the rest find them there.
+    if let Some(p) = pki {
+        let reg = registry.clone();
+        tokio::spawn(async move {
+            loop {
+                let r = async {
+                    credentials::ensure_ca(&reg, &p.ca).await?;
+                    if let Some(t) = &p.admin_token {
+                        credentials::ensure_token(&reg, t).await?;
+                    }
+                    Ok::<_, keel_controlplane::ApiError>(())
+                }
+                .await;
+                match r {
+                    Ok(()) => break,
+                    Err(e) => tracing::debug!(error = %e, "credentials not stored yet"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
     let controllers = ControllerConfig {
         node_monitor_grace: a.node_monitor_grace,
         pod_eviction_timeout: a.pod_eviction_timeout,

@@ -22,6 +22,8 @@ pub enum ClientError {
     Unreachable(String),
     #[error("bad response: {0}")]
     Decode(String),
+    #[error("client configuration: {0}")]
+    Config(String),
 }
 
 impl ClientError {
@@ -58,17 +60,55 @@ pub fn object<T: Resource>(ns: &str, name: &str) -> String {
     format!("{}/{name}", collection::<T>(ns))
 }
 
+/// How a client proves who it is and whom it trusts.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// The cluster CA; `None`: plain HTTP (masters run `--insecure`).
+    pub ca_pem: Option<String>,
+    /// A client certificate (nodes, admins with certificates).
+    pub identity: Option<crate::pki::Pair>,
+    /// A bearer token.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a key or a token.
+        f.debug_struct("Credentials")
+            .field("tls", &self.ca_pem.is_some())
+            .field("certificate", &self.identity.is_some())
+            .field("token", &self.token.is_some())
+            .finish()
+    }
+}
+
 /// A client of one cluster's API servers.
 pub struct ApiClient {
     servers: Vec<String>,
     http: reqwest::Client,
+    /// `Bearer <token>`, sent with every request.
+    auth: Option<reqwest::header::HeaderValue>,
     /// The server that answered last; tried first.
     current: AtomicUsize,
 }
 
 impl ApiClient {
+    /// A plain-HTTP client without credentials (for `--insecure` masters).
     /// `servers` are base URLs (`http://127.0.0.1:6443`) or `host:port`.
     pub fn new(servers: &[String]) -> Self {
+        Self::with_credentials(servers, &Credentials::default())
+            .expect("a plain HTTP client always builds")
+    }
+
+    /// A client that speaks HTTPS trusting only the cluster CA (when
+    /// `creds.ca_pem` is set), presents a certificate and/or a token.
+    /// `host:port` servers get `https://` with a CA, `http://` without.
+    pub fn with_credentials(servers: &[String], creds: &Credentials) -> Result<Self, ClientError> {
+        let scheme = if creds.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let servers = servers
             .iter()
             .map(|s| {
@@ -76,20 +116,34 @@ impl ApiClient {
                 if s.contains("://") {
                     s.to_string()
                 } else {
-                    format!("http://{s}")
+                    format!("{scheme}://{s}")
                 }
             })
             .collect();
-        let http = reqwest::Client::builder()
+        let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .build()
-            .expect("a plain HTTP client always builds");
-        ApiClient {
+            .tcp_nodelay(true);
+        if let Some(ca) = &creds.ca_pem {
+            let tls = crate::pki::client_config(ca, creds.identity.as_ref())
+                .map_err(|e| ClientError::Config(e.to_string()))?;
+            b = b.use_preconfigured_tls(tls);
+        }
+        let http = b.build().map_err(|e| ClientError::Config(e.to_string()))?;
+        let auth = match &creds.token {
+            Some(t) => {
+                let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                    .map_err(|_| ClientError::Config("the token has invalid characters".into()))?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(ApiClient {
             servers,
             http,
+            auth,
             current: AtomicUsize::new(0),
-        }
+        })
     }
 
     pub fn servers(&self) -> &[String] {
@@ -114,6 +168,9 @@ impl ApiClient {
                 break;
             };
             let mut req = self.http.request(method.clone(), format!("{base}{path}"));
+            if let Some(a) = &self.auth {
+                req = req.header(reqwest::header::AUTHORIZATION, a.clone());
+            }
             if let Some(t) = timeout {
                 req = req.timeout(t);
             }

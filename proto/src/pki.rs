@@ -166,6 +166,13 @@ fn set_validity(p: &mut CertificateParams) {
     p.not_after = (now + std::time::Duration::from_secs(VALIDITY_DAYS as u64 * 86_400)).into();
 }
 
+/// Checks that `csr_pem` is a well-formed, self-signed certificate request.
+pub fn check_csr(csr_pem: &str) -> Result<(), PkiError> {
+    CertificateSigningRequestParams::from_pem(csr_pem)
+        .map(|_| ())
+        .map_err(|e| PkiError::Refused(format!("malformed certificate request: {e}")))
+}
+
 /// A new key and a certificate request for it (what an agent sends when it joins).
 pub fn node_csr(node: &str) -> Result<(String, String), PkiError> {
     let key = KeyPair::generate()?;
@@ -314,6 +321,68 @@ pub fn client_config(ca_pem: &str, me: Option<&Pair>) -> Result<rustls::ClientCo
             .with_client_auth_cert(certs(&p.cert_pem)?, key(&p.key_pem)?)
             .map_err(tls),
         None => Ok(b.with_no_client_auth()),
+    }
+}
+
+/// The organisation of masters' certificates (Raft peers, full access).
+pub const ORG_MASTERS: &str = "keel:masters";
+/// The organisation of node certificates (`CN=node:<name>`).
+pub const ORG_NODES: &str = "keel:nodes";
+/// Organisations of user certificates, by role.
+pub const ORG_ADMIN: &str = "keel:admin";
+pub const ORG_EDIT: &str = "keel:edit";
+pub const ORG_VIEW: &str = "keel:view";
+
+/// The TLS material of one process: the cluster CA it trusts and, for
+/// mutual TLS, its own certificate.
+#[derive(Clone)]
+pub struct TlsBundle {
+    pub ca_pem: String,
+    pub me: Option<Pair>,
+}
+
+impl std::fmt::Debug for TlsBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a private key.
+        f.debug_struct("TlsBundle")
+            .field("has_identity", &self.me.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsBundle {
+    /// tonic's server side of mutual TLS: a client without a certificate
+    /// signed by the cluster CA fails the handshake.
+    pub fn tonic_server(&self) -> Result<tonic::transport::ServerTlsConfig, PkiError> {
+        let me = self
+            .me
+            .as_ref()
+            .ok_or_else(|| PkiError::Tls("a server needs its own certificate".into()))?;
+        Ok(tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &me.cert_pem,
+                &me.key_pem,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .client_auth_optional(false))
+    }
+
+    /// tonic's client side: trusts only the cluster CA, presents our certificate.
+    pub fn tonic_client(&self) -> tonic::transport::ClientTlsConfig {
+        let mut c = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem));
+        if let Some(me) = &self.me {
+            c = c.identity(tonic::transport::Identity::from_pem(
+                &me.cert_pem,
+                &me.key_pem,
+            ));
+        }
+        c
+    }
+
+    /// rustls client configuration (for reqwest and raw TLS).
+    pub fn rustls_client(&self) -> Result<rustls::ClientConfig, PkiError> {
+        client_config(&self.ca_pem, self.me.as_ref())
     }
 }
 

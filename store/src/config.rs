@@ -45,6 +45,9 @@ pub struct NodeConfig {
     /// forwarding, read-index). The chaos harness points these at per-link
     /// TCP proxies it can cut to partition members without root.
     pub peer_overrides: BTreeMap<String, String>,
+    /// This member's certificate and the cluster CA: the peer and client
+    /// ports require mutual TLS with them. None only with `--insecure`.
+    pub tls: Option<keel_proto::pki::TlsBundle>,
 }
 
 impl NodeConfig {
@@ -71,6 +74,7 @@ impl NodeConfig {
             backup_retain: 24,
             unsafe_local_reads: false,
             peer_overrides: BTreeMap::new(),
+            tls: None,
         }
     }
 

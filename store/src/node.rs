@@ -129,7 +129,11 @@ impl Node {
                 .iter()
                 .map(|(n, a)| (member_id(n), a.clone())),
         );
-        let net = NetworkFactory { book: book.clone() };
+        let client_tls = cfg.tls.as_ref().map(|t| t.tonic_client());
+        let net = NetworkFactory {
+            book: book.clone(),
+            tls: client_tls,
+        };
         let raft = Raft::new(id, Arc::new(rcfg), net, log, sm)
             .await
             .map_err(raft_err)?;
@@ -161,8 +165,13 @@ impl Node {
         let peer_svc = RaftServiceServer::new(RaftGrpc::new(node.clone()))
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20);
+        // Raft traffic: only masters (certificates of organisation
+        // keel:masters signed by the cluster CA) may connect.
+        let peer_server = crate::net::server(cfg.tls.as_ref())?;
+        let only_masters = crate::net::require_org(cfg.tls.is_some(), crate::net::PEER_ORGS);
         tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
+            let r = peer_server
+                .layer(tonic::service::InterceptorLayer::new(only_masters))
                 .add_service(peer_svc)
                 .serve_with_incoming_shutdown(crate::net::incoming(peer_listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -172,7 +181,7 @@ impl Node {
                 tracing::error!(error = %e, "peer server failed");
             }
         });
-        crate::etcd::serve(node.clone(), client_listener);
+        crate::etcd::serve(node.clone(), client_listener)?;
 
         node.bootstrap().await?;
         tokio::spawn(node.clone().lessor_loop());
@@ -308,7 +317,8 @@ impl Node {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let ch = channel(addr).map_err(|e| EtcdError::Unavailable(e.to_string()))?;
+        let tls = self.cfg.tls.as_ref().map(|t| t.tonic_client());
+        let ch = channel(addr, tls.as_ref()).map_err(|e| EtcdError::Unavailable(e.to_string()))?;
         let c = RaftServiceClient::new(ch)
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20);

@@ -49,12 +49,22 @@ impl Agent for AgentService {
         &self,
         req: Request<WatchPodsRequest>,
     ) -> Result<Response<Self::WatchPodsStream>, Status> {
+        // Node restriction: a node watches only its own pods (the auth layer
+        // put the caller's identity in the request's extensions).
+        let caller = req.extensions().get::<crate::auth::Identity>().cloned();
         let WatchPodsRequest {
             node_name,
             resource_version,
         } = req.into_inner();
         if node_name.is_empty() {
             return Err(Status::invalid_argument("node_name is required"));
+        }
+        if let Some(me) = caller.as_ref().and_then(|c| c.node_name())
+            && me != node_name
+        {
+            return Err(Status::permission_denied(format!(
+                "node {me} may only watch its own pods, not those of node {node_name}"
+            )));
         }
         let kind = kinds::of::<Pod>();
         let (first, after) = if resource_version > 0 {

@@ -1,16 +1,22 @@
-//! The REST API every master serves on `--listen-api`: Kubernetes paths and
-//! verbs over the registry, plus `/healthz`, `/readyz` and `/version`.
+//! The REST API every master serves on `--listen-api` (HTTPS): Kubernetes
+//! paths and verbs over the registry, Keel's token, audit and bootstrap
+//! endpoints, plus `/healthz`, `/readyz` and `/version`, all behind the
+//! auth layer (`guard`).
 
+pub mod admin;
 pub mod agent_grpc;
 pub mod codec;
+pub mod guard;
 pub mod handlers;
 pub mod logs;
 pub mod route;
 pub mod select;
 pub mod service_ip;
+pub mod tls;
 pub mod watch;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -26,8 +32,27 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::registry::Registry;
 
-/// The router of the API.
-pub fn router(reg: Registry) -> Router {
+/// How a master serves its API.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// HTTPS (None only with `--insecure`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Signs node certificates at bootstrap.
+    pub ca: Option<Arc<keel_proto::pki::Ca>>,
+    pub audit: Option<Arc<crate::auth::audit::AuditLog>>,
+}
+
+/// The router of the API, behind the auth layer.
+pub fn router(reg: Registry, cfg: &ApiConfig) -> Router {
+    let guard = guard::Guard {
+        reg: reg.clone(),
+        audit: cfg.audit.clone(),
+    };
+    let admin = admin::router(admin::Admin {
+        reg: reg.clone(),
+        ca: cfg.ca.clone(),
+        audit: cfg.audit.clone(),
+    });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
@@ -39,19 +64,19 @@ pub fn router(reg: Registry) -> Router {
         .with_state(reg.clone())
         // The agents' gRPC service shares the port (HTTP/2 requests to /keelagent.Agent/...).
         .merge(tonic::service::Routes::new(agent_grpc::server(reg)).into_axum_router())
+        .merge(admin)
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
 }
 
 /// Serves the API on `listener` until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     reg: Registry,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    cfg: ApiConfig,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(reg))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
+    let r = router(reg, &cfg);
+    tls::serve(listener, r, cfg.tls, shutdown).await
 }
 
 async fn readyz(State(reg): State<Registry>) -> Response {

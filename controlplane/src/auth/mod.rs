@@ -2,6 +2,7 @@
 //! role-based access rules, and the audit log of mutating and denied requests.
 
 pub mod audit;
+pub mod credentials;
 pub mod rbac;
 pub mod tokens;
 

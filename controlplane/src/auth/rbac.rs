@@ -78,6 +78,8 @@ pub struct Access<'a> {
 }
 
 const READ: [&str; 3] = ["get", "list", "watch"];
+/// Resources only admins may touch, even to read: tokens and the audit log.
+const ADMIN_ONLY: [&str; 2] = ["tokens", "audit"];
 const CLUSTER_SCOPED_WRITES: [&str; 2] = ["nodes", "namespaces"];
 
 /// Allows or denies `access` by `id`; `stored` is the object as stored (for
@@ -87,9 +89,10 @@ pub fn authorize(id: &Identity, a: &Access, stored: Option<&Value>) -> Result<()
     let read = READ.contains(&a.verb);
     let allowed = match id.role {
         Role::Admin => true,
-        Role::View => read && a.resource != "tokens",
+        Role::View => read && !ADMIN_ONLY.contains(&a.resource),
         Role::Edit => {
-            a.resource != "tokens" && (read || !CLUSTER_SCOPED_WRITES.contains(&a.resource))
+            !ADMIN_ONLY.contains(&a.resource)
+                && (read || !CLUSTER_SCOPED_WRITES.contains(&a.resource))
         }
         Role::Node => node_may(id, a, stored, read),
     };
@@ -131,7 +134,7 @@ fn node_may(id: &Identity, a: &Access, stored: Option<&Value>, read: bool) -> bo
         return false;
     };
     match a.resource {
-        "tokens" => false,
+        r if ADMIN_ONLY.contains(&r) => false,
         // Agents read what they run, services and endpoints for the proxy,
         // and nodes, namespaces and leases.
         _ if read => true,

@@ -24,6 +24,9 @@ pub struct TokenRecord {
     /// A node bootstrap token: good for one certificate request.
     #[serde(default)]
     pub bootstrap: bool,
+    /// The node a bootstrap token was spent on (empty: not used yet).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub used_by: String,
     pub created_at: i64,
 }
 
@@ -38,6 +41,8 @@ pub enum TokenError {
     Expired,
     #[error("token has been revoked")]
     Revoked,
+    #[error("bootstrap token was already used by node {0}")]
+    Used(String),
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -71,9 +76,27 @@ pub fn generate(
         expires_at: if ttl_secs > 0 { now + ttl_secs } else { 0 },
         revoked: false,
         bootstrap,
+        used_by: String::new(),
         created_at: now,
     };
     (format!("keel.{id}.{secret}"), rec)
+}
+
+/// The record of an existing token string (e.g. the admin token written at
+/// bootstrap), never expiring.
+pub fn record_for(token: &str, user: &str, role: Role, now: i64) -> Result<TokenRecord, TokenError> {
+    let (id, secret) = parse(token)?;
+    Ok(TokenRecord {
+        id: id.to_string(),
+        secret_sha256: sha256_hex(secret),
+        user: user.to_string(),
+        role,
+        expires_at: 0,
+        revoked: false,
+        bootstrap: false,
+        used_by: String::new(),
+        created_at: now,
+    })
 }
 
 /// Splits a token into its id and secret.
@@ -105,6 +128,9 @@ pub fn verify(rec: &TokenRecord, secret: &str, now: i64) -> Result<(), TokenErro
     if rec.expires_at > 0 && now >= rec.expires_at {
         return Err(TokenError::Expired);
     }
+    if !rec.used_by.is_empty() {
+        return Err(TokenError::Used(rec.used_by.clone()));
+    }
     Ok(())
 }
 
@@ -128,6 +154,11 @@ mod tests {
         assert_eq!(
             verify(&rec, &"0".repeat(48), 1001),
             Err(TokenError::Unknown)
+        );
+        rec.used_by = "n1".into();
+        assert_eq!(
+            verify(&rec, secret, 1001),
+            Err(TokenError::Used("n1".into()))
         );
         rec.revoked = true;
         assert_eq!(verify(&rec, secret, 1001), Err(TokenError::Revoked));

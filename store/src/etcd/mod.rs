@@ -58,12 +58,16 @@ fn check_size<M: Message>(m: &M) -> Result<(), EtcdError> {
     Ok(())
 }
 
-/// Serves the etcd API on `listener` until the node shuts down.
-pub fn serve(node: Arc<Node>, listener: TcpListener) {
+/// Serves the etcd API on `listener` until the node shuts down: mutual TLS
+/// (masters and admins only) unless the member runs `--insecure`.
+pub fn serve(node: Arc<Node>, listener: TcpListener) -> Result<(), crate::StoreError> {
     let svc = Etcd { node: node.clone() };
     let mut stop = node.shutdown_signal();
+    let server = crate::net::server(node.cfg.tls.as_ref())?;
+    let admins = crate::net::require_org(node.cfg.tls.is_some(), crate::net::CLIENT_ORGS);
     tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
+        let r = server
+            .layer(tonic::service::InterceptorLayer::new(admins))
             .add_service(KvServer::new(svc.clone()).max_decoding_message_size(DECODE_LIMIT))
             .add_service(WatchServer::new(svc.clone()).max_decoding_message_size(DECODE_LIMIT))
             .add_service(LeaseServer::new(svc.clone()).max_decoding_message_size(DECODE_LIMIT))
@@ -81,4 +85,5 @@ pub fn serve(node: Arc<Node>, listener: TcpListener) {
             tracing::error!(error = %e, "client server failed");
         }
     });
+    Ok(())
 }

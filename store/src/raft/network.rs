@@ -16,7 +16,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::raft::codec;
 use crate::raft::state_machine::SnapshotData;
@@ -39,6 +39,8 @@ pub type AddressBook = Arc<RwLock<HashMap<u64, String>>>;
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
     pub book: AddressBook,
+    /// Mutual TLS towards peers (None only with `--insecure`).
+    pub tls: Option<ClientTlsConfig>,
 }
 
 /// A connection to one peer.
@@ -47,10 +49,11 @@ pub struct PeerClient {
     addr: String,
     client: RaftServiceClient<Channel>,
     book: AddressBook,
+    tls: Option<ClientTlsConfig>,
 }
 
-fn raft_client(addr: &str) -> RaftServiceClient<Channel> {
-    let ch = channel(addr).unwrap_or_else(|_| {
+fn raft_client(addr: &str, tls: Option<&ClientTlsConfig>) -> RaftServiceClient<Channel> {
+    let ch = channel(addr, tls).unwrap_or_else(|_| {
         // An unparsable address yields a channel that never connects;
         // every RPC then fails as Unreachable and openraft backs off.
         Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
@@ -60,9 +63,14 @@ fn raft_client(addr: &str) -> RaftServiceClient<Channel> {
         .max_encoding_message_size(64 << 20)
 }
 
-/// A lazily connecting channel to `addr` (`host:port`).
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+/// A lazily connecting channel to `addr` (`host:port`): mutual TLS with the
+/// cluster CA when `tls` is given (always, unless `--insecure`).
+pub fn channel(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, tonic::transport::Error> {
+    let ep = match tls {
+        Some(t) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(t.clone())?,
+        None => Endpoint::from_shared(format!("http://{addr}"))?,
+    };
+    Ok(ep
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -85,9 +93,10 @@ impl RaftNetworkFactory<C> for NetworkFactory {
             .unwrap_or_else(|| node.peer_addr.clone());
         PeerClient {
             target,
-            client: raft_client(&addr),
+            client: raft_client(&addr, self.tls.as_ref()),
             addr,
             book: self.book.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -111,7 +120,7 @@ impl PeerClient {
             && addr != self.addr
         {
             tracing::info!(target = self.target, from = %self.addr, to = %addr, "peer moved");
-            self.client = raft_client(&addr);
+            self.client = raft_client(&addr, self.tls.as_ref());
             self.addr = addr;
         }
     }

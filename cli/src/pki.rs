@@ -1,0 +1,231 @@
+//! `keel pki ...` and each master's TLS material: `keel pki init` creates a
+//! cluster CA, an admin client certificate and an admin token (0600) in a
+//! directory every master's `--pki-dir` gets a copy of; `keel pki issue`
+//! makes user certificates; at start a master issues its own serving and
+//! peer certificate (its addresses as SANs) from the CA.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use keel_controlplane::auth::Role;
+use keel_controlplane::auth::tokens::{self, TokenRecord};
+use keel_proto::pki::{self, Ca, PkiDir, TlsBundle, Usage};
+
+/// The admin token file in a PKI directory.
+pub const ADMIN_TOKEN: &str = "admin.token";
+/// The admin client certificate's name in a PKI directory (admin.crt/.key).
+pub const ADMIN_CERT: &str = "admin";
+
+#[derive(Args)]
+pub struct PkiArgs {
+    #[command(subcommand)]
+    cmd: PkiCmd,
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// Create a cluster CA, an admin certificate and an admin token in DIR.
+    Init {
+        #[arg(long, env = "KEEL_PKI_DIR")]
+        dir: PathBuf,
+        /// Names the CA.
+        #[arg(long, env = "KEEL_CLUSTER_NAME", default_value = "keel")]
+        cluster: String,
+    },
+    /// Issue a client certificate for a user with a role (OUT.crt, OUT.key).
+    Issue {
+        #[arg(long, env = "KEEL_PKI_DIR")]
+        dir: PathBuf,
+        /// The user's name (certificate CN).
+        #[arg(long)]
+        user: String,
+        /// admin, edit or view.
+        #[arg(long)]
+        role: Role,
+        /// File prefix of the certificate and key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn run(a: PkiArgs) -> anyhow::Result<()> {
+    match a.cmd {
+        PkiCmd::Init { dir, cluster } => {
+            init(&dir, &cluster)?;
+            println!("created the cluster CA, admin.crt/admin.key and {ADMIN_TOKEN} in {}", dir.display());
+            println!("copy ca.crt and ca.key to every master's --pki-dir before its first start");
+            Ok(())
+        }
+        PkiCmd::Issue {
+            dir,
+            user,
+            role,
+            out,
+        } => {
+            let org = match role {
+                Role::Admin => pki::ORG_ADMIN,
+                Role::Edit => pki::ORG_EDIT,
+                Role::View => pki::ORG_VIEW,
+                Role::Node => bail!("node certificates come from `keel agent --join-token`"),
+            };
+            let ca = PkiDir(dir.clone()).load_ca().context("loading the CA")?;
+            let p = ca.issue(&user, Some(org), &[], Usage::Client)?;
+            pki::write_private(&out.with_extension("key"), &p.key_pem)?;
+            pki::write_private(&out.with_extension("crt"), &p.cert_pem)?;
+            println!("wrote {0}.crt and {0}.key ({user}, role {role})", out.display());
+            Ok(())
+        }
+    }
+}
+
+/// Creates a CA, the admin client certificate and the admin token in `dir`;
+/// refuses to overwrite an existing CA.
+pub fn init(dir: &Path, cluster: &str) -> anyhow::Result<()> {
+    let d = PkiDir(dir.to_path_buf());
+    if d.ca_cert().exists() {
+        bail!("{} already holds a CA", dir.display());
+    }
+    let ca = Ca::generate(cluster)?;
+    d.save_ca(&ca)?;
+    let admin = ca.issue(ADMIN_CERT, Some(pki::ORG_ADMIN), &[], Usage::Client)?;
+    d.save_pair(ADMIN_CERT, &admin)?;
+    let (token, _) = tokens::generate("admin", Role::Admin, 0, false, 0);
+    pki::write_private(&dir.join(ADMIN_TOKEN), &format!("{token}\n"))?;
+    Ok(())
+}
+
+/// The admin's client TLS material and token in a PKI directory made by `init`.
+pub fn admin_of(dir: &Path) -> anyhow::Result<(TlsBundle, String)> {
+    let d = PkiDir(dir.to_path_buf());
+    let ca = std::fs::read_to_string(d.ca_cert())
+        .with_context(|| format!("reading {}", d.ca_cert().display()))?;
+    let me = d.load_pair(ADMIN_CERT)?;
+    let token = std::fs::read_to_string(dir.join(ADMIN_TOKEN))?
+        .trim()
+        .to_string();
+    Ok((
+        TlsBundle {
+            ca_pem: ca,
+            me: Some(me),
+        },
+        token,
+    ))
+}
+
+/// A master's TLS material, ready to serve.
+pub struct MasterPki {
+    pub ca: Ca,
+    /// The master's own certificate (CN `master:<name>`, O keel:masters).
+    pub bundle: TlsBundle,
+    /// The admin token's record, if the PKI dir holds the admin token: the
+    /// masters make sure it is in the store.
+    pub admin_token: Option<TokenRecord>,
+}
+
+/// The host part of `host:port` (IPv6 in brackets allowed).
+fn host_of(addr: &str) -> Option<String> {
+    let host = match addr.rsplit_once(':') {
+        Some((h, _)) => h,
+        None => addr,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty() && host != "0.0.0.0" && host != "::").then(|| host.to_string())
+}
+
+/// Loads the CA from `dir` (creating a new one when this master bootstraps
+/// a new single-member cluster and finds none) and issues this master's
+/// certificate for `addrs`.
+pub fn master(
+    dir: &Path,
+    name: &str,
+    addrs: &[&str],
+    may_create_ca: bool,
+) -> anyhow::Result<MasterPki> {
+    let d = PkiDir(dir.to_path_buf());
+    if !d.ca_cert().exists() {
+        if !may_create_ca {
+            bail!(
+                "no cluster CA in {0}: run `keel pki init --dir {0}` once, then copy ca.crt and \
+                 ca.key into every master's --pki-dir (a single-member bootstrap creates its own)",
+                dir.display()
+            );
+        }
+        tracing::info!(dir = %dir.display(), "no cluster CA found: creating one");
+        init(dir, "keel")?;
+    }
+    let ca = d.load_ca().context("loading the cluster CA")?;
+    let mut sans: Vec<String> = vec!["127.0.0.1".into(), "::1".into(), "localhost".into()];
+    for a in addrs {
+        if let Some(h) = host_of(a)
+            && !sans.contains(&h)
+        {
+            sans.push(h);
+        }
+    }
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim().to_string();
+        if !h.is_empty() && !sans.contains(&h) {
+            sans.push(h);
+        }
+    }
+    let me = ca.issue(
+        &format!("master:{name}"),
+        Some(pki::ORG_MASTERS),
+        &sans,
+        Usage::ServerAndClient,
+    )?;
+    d.save_pair(&format!("master-{name}"), &me)?;
+    let admin_token = match std::fs::read_to_string(dir.join(ADMIN_TOKEN)) {
+        Ok(t) => Some(
+            tokens::record_for(t.trim(), "admin", Role::Admin, keel_controlplane::auth::credentials::now())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(ADMIN_TOKEN).display()))?,
+        ),
+        Err(_) => None,
+    };
+    Ok(MasterPki {
+        bundle: TlsBundle {
+            ca_pem: ca.cert_pem.clone(),
+            me: Some(me),
+        },
+        ca,
+        admin_token,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+
+    #[test]
+    fn init_then_master_issues_a_certificate_for_its_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "t").unwrap();
+        assert!(init(dir.path(), "t").is_err(), "a second init must not replace the CA");
+        let m = master(dir.path(), "m1", &["10.1.2.3:7101", "0.0.0.0:6443"], false).unwrap();
+        let cert = m.bundle.me.as_ref().unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap();
+        assert_eq!(
+            pki::subject(&der),
+            Some(("master:m1".into(), pki::ORG_MASTERS.into()))
+        );
+        assert!(m.admin_token.is_some());
+        let (_, token) = admin_of(dir.path()).unwrap();
+        assert!(tokens::parse(&token).is_ok());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(ADMIN_TOKEN)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let empty = tempfile::tempdir().unwrap();
+        let e = master(empty.path(), "m2", &[], false).err().unwrap().to_string();
+        assert!(e.contains("keel pki init"), "{e}");
+    }
+
+    #[test]
+    fn hosts_come_from_addresses() {
+        assert_eq!(host_of("10.0.0.1:7101").as_deref(), Some("10.0.0.1"));
+        assert_eq!(host_of("[::1]:7101").as_deref(), Some("::1"));
+        assert_eq!(host_of("0.0.0.0:6443"), None);
+        assert_eq!(host_of("m1.example:6443").as_deref(), Some("m1.example"));
+    }
+}

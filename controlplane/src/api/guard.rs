@@ -1,0 +1,324 @@
+//! The API's front door: every request (REST and the agents' gRPC) is
+//! authenticated (client certificate, else bearer token; 401 without either),
+//! authorized by role (403 naming the missing permission, with node
+//! restriction), and, when it mutates or is denied, written to the audit log.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use keel_proto::pki;
+use serde_json::Value;
+
+use super::tls::PeerSubject;
+use super::{codec, route};
+use crate::auth::audit::{AuditEntry, AuditLog};
+use crate::auth::rbac::{self, Access};
+use crate::auth::{Identity, Role, credentials};
+use crate::error::ApiError;
+use crate::registry::Registry;
+
+/// Paths anyone may call: health and version (as Kubernetes allows anonymously).
+const PUBLIC: [&str; 4] = ["/healthz", "/livez", "/readyz", "/version"];
+/// The node bootstrap path: authenticated by a bootstrap token in its handler.
+pub const BOOTSTRAP_PATH: &str = "/keel/v1/bootstrap";
+
+/// What the auth layer needs.
+#[derive(Clone)]
+pub struct Guard {
+    pub reg: Registry,
+    pub audit: Option<Arc<AuditLog>>,
+}
+
+/// The role a client certificate's organisation grants.
+pub fn identity_of_cert(p: &PeerSubject) -> Result<Identity, String> {
+    let role = match p.org.as_str() {
+        pki::ORG_MASTERS | pki::ORG_ADMIN => Role::Admin,
+        pki::ORG_EDIT => Role::Edit,
+        pki::ORG_VIEW => Role::View,
+        pki::ORG_NODES if p.cn.starts_with("node:") => Role::Node,
+        o => {
+            return Err(format!(
+                "certificate {:?} has organisation {o:?}, which maps to no role",
+                p.cn
+            ));
+        }
+    };
+    Ok(Identity {
+        user: p.cn.clone(),
+        role,
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Who is calling: the client certificate wins over a token.
+async fn authenticate(
+    g: &Guard,
+    cert: Option<&PeerSubject>,
+    headers: &HeaderMap,
+) -> Result<Identity, String> {
+    if let Some(p) = cert {
+        return identity_of_cert(p);
+    }
+    let Some(token) = bearer(headers) else {
+        return Err("authentication required: present a client certificate signed by \
+                    the cluster CA or an `Authorization: Bearer` token"
+            .into());
+    };
+    let rec = credentials::authenticate(&g.reg, token)
+        .await
+        .map_err(|e| format!("invalid bearer token: {e}"))?;
+    if rec.bootstrap {
+        return Err(format!(
+            "bootstrap tokens are good only for {BOOTSTRAP_PATH} (a node's certificate request)"
+        ));
+    }
+    Ok(Identity {
+        user: rec.user,
+        role: rec.role,
+    })
+}
+
+/// The request as RBAC sees it (owned parts of `rbac::Access`).
+#[derive(Debug, Default, Clone)]
+struct Wants {
+    verb: String,
+    resource: String,
+    group: String,
+    namespace: String,
+    name: String,
+    subresource: String,
+}
+
+fn verb(method: &Method, named: bool, watch: bool) -> &'static str {
+    match *method {
+        Method::GET | Method::HEAD if named => "get",
+        Method::GET | Method::HEAD if watch => "watch",
+        Method::GET | Method::HEAD => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "unknown",
+    }
+}
+
+/// What a path and method ask for; `None` for paths no route serves (the
+/// router answers those 404 after authentication).
+fn wants(method: &Method, path: &str, query: &str) -> Option<Wants> {
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=1" || kv == "watch=true");
+    if path.starts_with("/keelagent.") {
+        return Some(Wants {
+            verb: "watch".into(),
+            resource: "pods".into(),
+            ..Default::default()
+        });
+    }
+    if let Some(rest) = path.strip_prefix("/keel/v1/") {
+        let mut segs = rest.split('/');
+        let resource = segs.next().unwrap_or_default().to_string();
+        let name = segs.next().unwrap_or_default().to_string();
+        return Some(Wants {
+            verb: verb(method, !name.is_empty(), watch).into(),
+            resource,
+            name,
+            ..Default::default()
+        });
+    }
+    let (path, sub) = match path.strip_suffix("/log") {
+        Some(p) if path.contains("/pods/") => (p, "log"),
+        _ => (path, ""),
+    };
+    let t = route::parse(path).ok()?;
+    let named = t.name.is_some();
+    Some(Wants {
+        verb: if sub == "log" {
+            "get".into()
+        } else {
+            verb(method, named, watch).into()
+        },
+        resource: t.kind.plural.to_string(),
+        group: t.kind.group.to_string(),
+        namespace: t.namespace.unwrap_or_default(),
+        name: t.name.unwrap_or_default(),
+        subresource: if t.status { "status".into() } else { sub.into() },
+    })
+}
+
+fn deny(headers: &HeaderMap, grpc: bool, code: u16, msg: String) -> Response {
+    if grpc {
+        let s = if code == 401 {
+            tonic::Status::unauthenticated(msg)
+        } else {
+            tonic::Status::permission_denied(msg)
+        };
+        return s.into_http::<Body>().into_response();
+    }
+    let reason = if code == 401 {
+        "Unauthorized"
+    } else {
+        "Forbidden"
+    };
+    codec::error(headers, &ApiError::new(code, reason, msg))
+}
+
+fn audit(g: &Guard, user: &str, w: &Wants, code: u16) {
+    let Some(log) = &g.audit else { return };
+    let e = AuditEntry {
+        time: keel_proto::api::meta::now_rfc3339(),
+        user: user.to_string(),
+        verb: w.verb.clone(),
+        resource: if w.subresource.is_empty() {
+            w.resource.clone()
+        } else {
+            format!("{}/{}", w.resource, w.subresource)
+        },
+        namespace: w.namespace.clone(),
+        name: w.name.clone(),
+        code,
+    };
+    if let Err(err) = log.record(&e) {
+        tracing::error!(error = %err, "cannot write the audit log");
+    }
+}
+
+/// The axum middleware.
+pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if PUBLIC.contains(&path.as_str()) {
+        return next.run(req).await;
+    }
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let grpc = path.starts_with("/keelagent.");
+    let mut w = wants(&method, &path, req.uri().query().unwrap_or("")).unwrap_or_else(|| Wants {
+        verb: verb(&method, false, false).into(),
+        ..Default::default()
+    });
+    let mutating = !matches!(method, Method::GET | Method::HEAD);
+    if path == BOOTSTRAP_PATH {
+        // The handler spends the bootstrap token; audit its answer.
+        let user = bearer(&headers)
+            .and_then(|t| crate::auth::tokens::parse(t).ok())
+            .map(|(id, _)| format!("bootstrap-token:{id}"))
+            .unwrap_or_else(|| "anonymous".into());
+        let resp = next.run(req).await;
+        audit(&g, &user, &w, resp.status().as_u16());
+        return resp;
+    }
+    let cert = req.extensions().get::<PeerSubject>().cloned();
+    let id = match authenticate(&g, cert.as_ref(), &headers).await {
+        Ok(id) => id,
+        Err(msg) => {
+            audit(&g, "anonymous", &w, 401);
+            return deny(&headers, grpc, 401, msg);
+        }
+    };
+    let mut req = req;
+    // Node restriction needs what the request names: the name of an object a
+    // node creates (from its body) and the node a pod is bound to.
+    let mut stored: Option<Value> = None;
+    if id.role == Role::Node && mutating && !w.resource.is_empty() {
+        if w.verb == "create" {
+            let (parts, body) = req.into_parts();
+            let bytes = match codec::read_body(body).await {
+                Ok(b) => b,
+                Err(e) => return codec::error(&headers, &e),
+            };
+            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                w.name = v["metadata"]["name"].as_str().unwrap_or("").to_string();
+            }
+            req = Request::from_parts(parts, Body::from(bytes));
+        }
+        if w.resource == "pods" && !w.name.is_empty() {
+            let pods = crate::kinds::of::<keel_proto::api::Pod>();
+            stored = g.reg.get(pods, &w.namespace, &w.name).await.ok();
+        }
+    }
+    let access = Access {
+        verb: &w.verb,
+        resource: &w.resource,
+        group: &w.group,
+        namespace: &w.namespace,
+        name: &w.name,
+        subresource: &w.subresource,
+    };
+    if let Err(msg) = rbac::authorize(&id, &access, stored.as_ref()) {
+        audit(&g, &id.user, &w, 403);
+        return deny(&headers, grpc, 403, msg);
+    }
+    req.extensions_mut().insert(id.clone());
+    let resp = next.run(req).await;
+    if mutating {
+        audit(&g, &id.user, &w, resp.status().as_u16());
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_what_rbac_checks() {
+        let w = wants(
+            &Method::PUT,
+            "/api/v1/namespaces/default/pods/web-1/status",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            (w.verb.as_str(), w.resource.as_str(), w.name.as_str()),
+            ("update", "pods", "web-1")
+        );
+        assert_eq!(w.subresource, "status");
+        let w = wants(&Method::GET, "/apis/apps/v1/deployments", "watch=1").unwrap();
+        assert_eq!((w.verb.as_str(), w.group.as_str()), ("watch", "apps"));
+        let w = wants(&Method::POST, "/api/v1/namespaces/default/pods", "").unwrap();
+        assert_eq!(w.verb, "create");
+        let w = wants(&Method::GET, "/api/v1/namespaces/d/pods/p/log", "").unwrap();
+        assert_eq!((w.verb.as_str(), w.subresource.as_str()), ("get", "log"));
+        let w = wants(&Method::DELETE, "/keel/v1/tokens/abc", "").unwrap();
+        assert_eq!(
+            (w.verb.as_str(), w.resource.as_str(), w.name.as_str()),
+            ("delete", "tokens", "abc")
+        );
+        assert!(wants(&Method::GET, "/api/v1/widgets", "").is_none());
+    }
+
+    #[test]
+    fn certificate_organisations_map_to_roles() {
+        let s = |cn: &str, org: &str| PeerSubject {
+            cn: cn.into(),
+            org: org.into(),
+        };
+        assert_eq!(
+            identity_of_cert(&s("node:n1", pki::ORG_NODES)).unwrap().role,
+            Role::Node
+        );
+        assert_eq!(
+            identity_of_cert(&s("admin", pki::ORG_ADMIN)).unwrap().role,
+            Role::Admin
+        );
+        assert_eq!(
+            identity_of_cert(&s("carol", pki::ORG_VIEW)).unwrap().role,
+            Role::View
+        );
+        // A node certificate must be named node:<name>.
+        assert!(identity_of_cert(&s("n1", pki::ORG_NODES)).is_err());
+        assert!(identity_of_cert(&s("x", "acme")).is_err());
+    }
+}
