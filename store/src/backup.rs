@@ -134,6 +134,28 @@ pub fn kind_of(key: &[u8]) -> String {
     }
 }
 
+/// Key prefixes whose values are secrets: the cluster CA's private key and
+/// the API tokens' hashes. Whatever shows a backup's content (`keel backup
+/// inspect`) must never print these values, only the keys.
+pub const SECRET_PREFIXES: &[&str] = &["/keel/pki/", "/keel/tokens/"];
+
+/// True if the value under `key` is secret (see [`SECRET_PREFIXES`]).
+pub fn is_secret_key(key: &[u8]) -> bool {
+    SECRET_PREFIXES
+        .iter()
+        .any(|p| key.starts_with(p.as_bytes()))
+}
+
+/// A value as it may be shown to a person: `<redacted>` under a secret
+/// key, else the bytes as (lossy) UTF-8.
+pub fn printable_value<'a>(key: &[u8], value: &'a [u8]) -> std::borrow::Cow<'a, str> {
+    if is_secret_key(key) {
+        "<redacted>".into()
+    } else {
+        String::from_utf8_lossy(value)
+    }
+}
+
 /// Summarizes dump records; fails on a record that does not decode.
 pub fn summarize(records: &[Record]) -> Result<Summary, BackupError> {
     let mut kvs = Vec::new();
@@ -369,4 +391,24 @@ pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result
     f.sync_all()?; // fsync: the file's bytes
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all() // fsync: the rename
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_values_are_redacted() {
+        let ca = b"-----BEGIN PRIVATE KEY-----";
+        assert_eq!(printable_value(b"/keel/pki/ca.key", ca), "<redacted>");
+        assert_eq!(
+            printable_value(b"/keel/tokens/abc", b"sha256"),
+            "<redacted>"
+        );
+        assert_eq!(printable_value(b"/registry/pods/d/a", b"{}"), "{}");
+        // A prefix match on whole path segments, not on a look-alike name.
+        assert!(!is_secret_key(b"/keel/pkix"));
+        assert!(!is_secret_key(b"/keel/tokens"));
+        assert!(is_secret_key(b"/keel/tokens/"));
+    }
 }

@@ -99,6 +99,19 @@ pub fn is_sealed(file: &[u8]) -> bool {
     file.starts_with(MAGIC)
 }
 
+/// How a sealed file's key is derived, for reports (`None` if not sealed
+/// or the KDF id is unknown). Reads only the clear header.
+pub fn describe(file: &[u8]) -> Option<&'static str> {
+    if !is_sealed(file) {
+        return None;
+    }
+    match file.get(MAGIC.len()) {
+        Some(&KDF_ARGON2ID) => Some("XChaCha20-Poly1305, key from a passphrase (Argon2id)"),
+        Some(&KDF_RAW_KEY) => Some("XChaCha20-Poly1305, key from a key file"),
+        _ => None,
+    }
+}
+
 /// The AEAD key for `secret` under KDF `id` and `salt`.
 fn derive(id: u8, salt: &[u8], secret: &Secret) -> Result<[u8; 32], SealError> {
     match (id, secret) {
@@ -308,6 +321,11 @@ mod tests {
     fn sealed_plain_files_detected() {
         assert!(!is_sealed(PLAIN));
         assert!(!is_sealed(b""));
+        assert_eq!(describe(PLAIN), None);
+        assert_eq!(
+            describe(&seal(PLAIN, &key()).unwrap()),
+            Some("XChaCha20-Poly1305, key from a key file")
+        );
         assert_eq!(open(PLAIN, &key()), Err(SealError::NotSealed));
         assert_eq!(open(b"", &key()), Err(SealError::NotSealed));
     }
