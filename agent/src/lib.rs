@@ -5,6 +5,7 @@
 //! `keel-proto`: the gRPC Agent service for its pods, the REST client for
 //! everything else; it never links the store or the control plane.
 
+pub mod bootstrap;
 pub mod env;
 pub mod error;
 pub mod heartbeat;

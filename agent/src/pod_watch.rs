@@ -10,7 +10,6 @@ use keel_proto::api::Pod;
 use keel_proto::keelagent::WatchPodsRequest;
 use keel_proto::keelagent::agent_client::AgentClient;
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
 
 use crate::watcher::Event;
 
@@ -51,7 +50,7 @@ async fn watch_once(
     rv: &mut i64,
     tx: &mpsc::Sender<Event<Pod>>,
 ) -> Result<(), tonic::Status> {
-    let ep = Endpoint::from_shared(base.to_string())
+    let ep = keel_proto::pki::endpoint(base)
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(5))

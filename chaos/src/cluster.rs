@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use keel_proto::etcdserverpb::StatusRequest;
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use keel_proto::pki;
 
 /// Errors starting or driving a process cluster.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub enum ClusterError {
     Io(#[from] std::io::Error),
     #[error("cluster not ready within {0:?}: {1}")]
     NotReady(Duration, String),
+    #[error("cluster PKI: {0}")]
+    Pki(String),
 }
 
 /// Which server the members run.
@@ -91,8 +94,7 @@ pub fn free_port() -> u16 {
 /// Asks the member at client address `addr` for its status: (member id,
 /// leader id, raft term); `None` if it does not answer within a second.
 pub async fn status_of(addr: &str) -> Option<(u64, u64, u64)> {
-    let ep = format!("http://{addr}");
-    let ch = tonic::transport::Endpoint::from_shared(ep)
+    let ch = keel_proto::pki::endpoint(addr)
         .ok()?
         .connect_timeout(Duration::from_millis(300))
         .timeout(Duration::from_millis(800))
@@ -115,6 +117,8 @@ pub struct ProcessCluster {
     pub members: Vec<MemberProc>,
     extra_args: Vec<String>,
     log_dir: PathBuf,
+    /// The cluster's PKI (`keel pki init`), every member's `--pki-dir`.
+    pub pki_dir: Option<PathBuf>,
 }
 
 const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
@@ -131,12 +135,16 @@ impl ProcessCluster {
         extra_args: &[String],
     ) -> Result<Self, ClusterError> {
         let mut c = Self::plan(flavor, bin, dir, n, ports, extra_args)?;
+        if flavor == Flavor::Keel {
+            c.use_pki(&dir.join("pki"))?;
+        }
         c.spawn_all()?;
         Ok(c)
     }
 
     /// Like `start`, but starts nothing yet: the caller can give members
-    /// their own arguments (`own_args`), then calls `spawn_all`.
+    /// their own arguments (`own_args`) and a PKI (`use_pki`; without one,
+    /// each member uses the default in its data dir), then calls `spawn_all`.
     pub fn plan(
         flavor: Flavor,
         bin: &Path,
@@ -172,9 +180,42 @@ impl ProcessCluster {
             members,
             extra_args: extra_args.to_vec(),
             log_dir: dir.join("logs"),
+            pki_dir: None,
         };
         std::fs::create_dir_all(&c.log_dir)?;
+        if flavor == Flavor::Etcd {
+            // etcd members run plain text, as the comparison baseline.
+            pki::set_client_defaults(pki::ClientDefaults::default());
+        }
         Ok(c)
+    }
+
+    /// Makes `dir` the cluster's PKI (created with `keel pki init` if it
+    /// holds none) and this process's credentials for dialing the cluster
+    /// (`pki::client_defaults`): the admin certificate and token.
+    pub fn use_pki(&mut self, dir: &Path) -> Result<(), ClusterError> {
+        if !dir.join("ca.crt").exists() {
+            let out = Command::new(&self.bin)
+                .args(["pki", "init", "--dir"])
+                .arg(dir)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|source| ClusterError::Spawn {
+                    what: "keel pki init".into(),
+                    source,
+                })?;
+            if !out.status.success() {
+                return Err(ClusterError::Pki(
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                ));
+            }
+        }
+        let d = pki::PkiDir(dir.to_path_buf())
+            .admin_defaults()
+            .map_err(|e| ClusterError::Pki(e.to_string()))?;
+        pki::set_client_defaults(d);
+        self.pki_dir = Some(dir.to_path_buf());
+        Ok(())
     }
 
     /// Starts every member that is not running.
@@ -214,6 +255,9 @@ impl ProcessCluster {
                     .args(["--listen-client", &m.client_addr()])
                     .args(["--listen-api", &m.api_addr()])
                     .args(["--zone", &m.zone]);
+                if let Some(p) = &self.pki_dir {
+                    cmd.arg("--pki-dir").arg(p);
+                }
                 match &m.joined_via {
                     Some(via) => cmd.args(["--join", via]),
                     None => cmd.args(["--initial-cluster", &initial]),

@@ -112,6 +112,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
         extra.push("--unsafe-local-reads".to_string());
     }
     let mut cluster = ProcessCluster::plan(Flavor::Keel, &cfg.bin, &cluster_dir, n, None, &extra)?;
+    cluster.use_pki(&cluster_dir.join("pki"))?;
     let peers: Vec<String> = cluster.members.iter().map(|m| m.peer_addr()).collect();
     let mesh = Mesh::start(&peers).await?;
     let names: Vec<String> = cluster.members.iter().map(|m| m.name.clone()).collect();

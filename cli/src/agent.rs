@@ -62,10 +62,44 @@ pub struct AgentArgs {
     /// Stop every pod when the agent exits (default: leave them for the next agent to adopt).
     #[arg(long, env = "KEEL_STOP_PODS_ON_EXIT")]
     pub stop_pods_on_exit: bool,
+    /// The cluster CA certificate (the masters' ca.crt); needed on the first
+    /// start, then kept in DATA_DIR/pki.
+    #[arg(long, env = "KEEL_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// A single-use bootstrap token (`keel token create --bootstrap`) that
+    /// buys this node its certificate on the first start. Prefer the
+    /// environment variable: command lines are visible to every user.
+    #[arg(long, env = "KEEL_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// TESTS ONLY, UNSAFE: talk plain text to masters started with --insecure.
+    #[arg(long, env = "KEEL_INSECURE")]
+    pub insecure: bool,
 }
 
 pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
     let RuntimeKind::Process = a.runtime;
+    if a.insecure {
+        tracing::warn!(
+            "!!! --insecure: this agent talks PLAIN TEXT to the masters, without a certificate. Tests only. !!!"
+        );
+    } else {
+        let ca = match &a.ca_cert {
+            Some(p) => Some(
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let creds = keel_agent::bootstrap::credentials(
+            &a.data_dir,
+            &a.name,
+            &a.masters,
+            ca,
+            a.join_token.as_deref(),
+        )
+        .await
+        .with_context(|| format!("agent {}: joining the cluster", a.name))?;
+        keel_proto::pki::set_client_defaults(creds);
+    }
     let mut cfg = keel_agent::Config::new(&a.name, a.data_dir.clone(), a.masters.clone());
     if let Some(r) = &a.pod_range {
         cfg.pod_range = PodRange::parse(r).map_err(anyhow::Error::msg)?;

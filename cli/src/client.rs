@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Splits `a,b,c` endpoint lists, accepting `http://` prefixes.
 pub fn parse_endpoints(s: &str) -> Vec<String> {
@@ -16,7 +16,7 @@ pub fn parse_endpoints(s: &str) -> Vec<String> {
 
 /// A channel to one endpoint, connected now.
 pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(format!("http://{endpoint}"))?
+    keel_proto::pki::endpoint(endpoint)?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .connect()

@@ -3,12 +3,14 @@
 //! commands (`keel apply/get/describe/delete/scale/rollout`) and benchmarks
 //! (`keel bench ...`).
 
+mod admin;
 mod agent;
 mod backup;
 mod bench;
 mod chaos;
 mod client;
 mod cluster;
+mod config;
 mod kubectl;
 mod logs;
 mod master;
@@ -27,6 +29,8 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    auth: config::Auth,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -100,6 +104,20 @@ enum Cmd {
         #[command(flatten)]
         a: logs::LogsArgs,
     },
+    /// Bearer tokens: create (shown once), list, revoke.
+    Token {
+        #[command(flatten)]
+        t: kubectl::Target,
+        #[command(subcommand)]
+        cmd: admin::TokenCmd,
+    },
+    /// The masters' audit logs of mutating and denied requests.
+    Audit {
+        #[command(flatten)]
+        t: kubectl::Target,
+        #[command(subcommand)]
+        cmd: admin::AuditCmd,
+    },
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -138,6 +156,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     init_logs(cli.log_format);
+    // Client commands dial with the config's credentials; the servers and
+    // harnesses (master, agent, up, chaos, bench) set up their own.
+    if !serves && !matches!(cli.cmd, Cmd::Pki(_)) {
+        config::apply(&cli.auth)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -158,6 +181,8 @@ fn main() -> anyhow::Result<()> {
             Cmd::Scale { t, a } => kubectl::apply::scale(&t, a).await,
             Cmd::Rollout { t, cmd } => kubectl::rollout::run(&t, cmd).await,
             Cmd::Logs { t, a } => logs::run(&t, a).await,
+            Cmd::Token { t, cmd } => admin::token(&t, cmd).await,
+            Cmd::Audit { t, cmd } => admin::audit(&t, cmd).await,
         }
     })
 }

@@ -185,7 +185,8 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
             cfg.listen_client.clone(),
         ];
         let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-        let p = crate::pki::master(&dir, &a.name, &addrs, single)
+        let own = a.data_dir.join("tls");
+        let p = crate::pki::master(&dir, &own, &a.name, &addrs, single)
             .with_context(|| format!("the PKI in {}", dir.display()))?;
         cfg.tls = Some(p.bundle.clone());
         Some(p)
@@ -197,7 +198,10 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the API address {}", a.listen_api))?;
     let registry = Registry::new(node.clone());
-    let audit_dir = a.audit_dir.clone().unwrap_or_else(|| a.data_dir.join("audit"));
+    let audit_dir = a
+        .audit_dir
+        .clone()
+        .unwrap_or_else(|| a.data_dir.join("audit"));
     let audit = AuditLog::open(&audit_dir, a.audit_max_bytes, a.audit_keep)
         .with_context(|| format!("opening the audit log in {}", audit_dir.display()))?;
     let api_cfg = ApiConfig {

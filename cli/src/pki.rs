@@ -10,12 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use keel_controlplane::auth::Role;
 use keel_controlplane::auth::tokens::{self, TokenRecord};
-use keel_proto::pki::{self, Ca, PkiDir, TlsBundle, Usage};
-
-/// The admin token file in a PKI directory.
-pub const ADMIN_TOKEN: &str = "admin.token";
-/// The admin client certificate's name in a PKI directory (admin.crt/.key).
-pub const ADMIN_CERT: &str = "admin";
+use keel_proto::pki::{self, ADMIN_CERT, ADMIN_TOKEN, Ca, PkiDir, TlsBundle, Usage};
 
 #[derive(Args)]
 pub struct PkiArgs {
@@ -53,7 +48,10 @@ pub fn run(a: PkiArgs) -> anyhow::Result<()> {
     match a.cmd {
         PkiCmd::Init { dir, cluster } => {
             init(&dir, &cluster)?;
-            println!("created the cluster CA, admin.crt/admin.key and {ADMIN_TOKEN} in {}", dir.display());
+            println!(
+                "created the cluster CA, admin.crt/admin.key and {ADMIN_TOKEN} in {}",
+                dir.display()
+            );
             println!("copy ca.crt and ca.key to every master's --pki-dir before its first start");
             Ok(())
         }
@@ -73,7 +71,10 @@ pub fn run(a: PkiArgs) -> anyhow::Result<()> {
             let p = ca.issue(&user, Some(org), &[], Usage::Client)?;
             pki::write_private(&out.with_extension("key"), &p.key_pem)?;
             pki::write_private(&out.with_extension("crt"), &p.cert_pem)?;
-            println!("wrote {0}.crt and {0}.key ({user}, role {role})", out.display());
+            println!(
+                "wrote {0}.crt and {0}.key ({user}, role {role})",
+                out.display()
+            );
             Ok(())
         }
     }
@@ -95,22 +96,25 @@ pub fn init(dir: &Path, cluster: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The admin's client TLS material and token in a PKI directory made by `init`.
-pub fn admin_of(dir: &Path) -> anyhow::Result<(TlsBundle, String)> {
-    let d = PkiDir(dir.to_path_buf());
-    let ca = std::fs::read_to_string(d.ca_cert())
-        .with_context(|| format!("reading {}", d.ca_cert().display()))?;
-    let me = d.load_pair(ADMIN_CERT)?;
-    let token = std::fs::read_to_string(dir.join(ADMIN_TOKEN))?
-        .trim()
-        .to_string();
-    Ok((
-        TlsBundle {
-            ca_pem: ca,
-            me: Some(me),
-        },
-        token,
-    ))
+/// Writes the cluster CA a restored key space holds into the member's
+/// default PKI dir (DATA_DIR/pki), so the restored cluster serves with the
+/// CA its clients already trust; false if the backup holds no CA.
+pub fn restore_ca(kv: &keel_store::mvcc::KvStore, data_dir: &Path) -> anyhow::Result<bool> {
+    let r = kv.range(&keel_proto::etcdserverpb::RangeRequest {
+        key: keel_controlplane::auth::credentials::CA_KEY
+            .as_bytes()
+            .to_vec(),
+        ..Default::default()
+    })?;
+    let Some(ca) = r
+        .kvs
+        .first()
+        .and_then(|v| keel_controlplane::auth::credentials::decode_ca(&v.value))
+    else {
+        return Ok(false);
+    };
+    PkiDir(data_dir.join("pki")).save_ca(&ca)?;
+    Ok(true)
 }
 
 /// A master's TLS material, ready to serve.
@@ -135,9 +139,11 @@ fn host_of(addr: &str) -> Option<String> {
 
 /// Loads the CA from `dir` (creating a new one when this master bootstraps
 /// a new single-member cluster and finds none) and issues this master's
-/// certificate for `addrs`.
+/// certificate for `addrs`, written to `own_dir` (the PKI dir may be shared
+/// by several masters on one machine).
 pub fn master(
     dir: &Path,
+    own_dir: &Path,
     name: &str,
     addrs: &[&str],
     may_create_ca: bool,
@@ -175,11 +181,16 @@ pub fn master(
         &sans,
         Usage::ServerAndClient,
     )?;
-    d.save_pair(&format!("master-{name}"), &me)?;
+    PkiDir(own_dir.to_path_buf()).save_pair("master", &me)?;
     let admin_token = match std::fs::read_to_string(dir.join(ADMIN_TOKEN)) {
         Ok(t) => Some(
-            tokens::record_for(t.trim(), "admin", Role::Admin, keel_controlplane::auth::credentials::now())
-                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(ADMIN_TOKEN).display()))?,
+            tokens::record_for(
+                t.trim(),
+                "admin",
+                Role::Admin,
+                keel_controlplane::auth::credentials::now(),
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(ADMIN_TOKEN).display()))?,
         ),
         Err(_) => None,
     };
@@ -202,22 +213,41 @@ mod tests {
     fn init_then_master_issues_a_certificate_for_its_addresses() {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), "t").unwrap();
-        assert!(init(dir.path(), "t").is_err(), "a second init must not replace the CA");
-        let m = master(dir.path(), "m1", &["10.1.2.3:7101", "0.0.0.0:6443"], false).unwrap();
+        assert!(
+            init(dir.path(), "t").is_err(),
+            "a second init must not replace the CA"
+        );
+        let own = tempfile::tempdir().unwrap();
+        let m = master(
+            dir.path(),
+            own.path(),
+            "m1",
+            &["10.1.2.3:7101", "0.0.0.0:6443"],
+            false,
+        )
+        .unwrap();
+        assert!(own.path().join("master.key").exists());
         let cert = m.bundle.me.as_ref().unwrap();
-        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap();
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap();
         assert_eq!(
             pki::subject(&der),
             Some(("master:m1".into(), pki::ORG_MASTERS.into()))
         );
         assert!(m.admin_token.is_some());
-        let (_, token) = admin_of(dir.path()).unwrap();
-        assert!(tokens::parse(&token).is_ok());
+        let d = PkiDir(dir.path().to_path_buf()).admin_defaults().unwrap();
+        assert!(tokens::parse(&d.token.unwrap()).is_ok());
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(ADMIN_TOKEN)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(ADMIN_TOKEN))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let empty = tempfile::tempdir().unwrap();
-        let e = master(empty.path(), "m2", &[], false).err().unwrap().to_string();
+        let e = master(empty.path(), own.path(), "m2", &[], false)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("keel pki init"), "{e}");
     }
 

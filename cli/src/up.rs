@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use keel_chaos::{Flavor, ProcessCluster};
 
@@ -29,6 +30,10 @@ pub struct UpArgs {
     /// Number of node agents (zones a and b in turn).
     #[arg(long, env = "KEEL_AGENTS", default_value_t = 2)]
     agents: usize,
+    /// Where to write the client config for `keel get` and friends
+    /// (default: ~/.keel/config).
+    #[arg(long, env = "KEEL_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 /// An agent child process.
@@ -40,7 +45,31 @@ struct AgentProc {
     child: Child,
 }
 
-fn spawn_agent(bin: &Path, dir: &Path, i: usize, masters: &str) -> anyhow::Result<AgentProc> {
+/// A single-use bootstrap token for agent `node`.
+async fn bootstrap_token(c: &keel_proto::client::ApiClient, node: &str) -> anyhow::Result<String> {
+    let body = serde_json::json!({"user": format!("bootstrap-{node}"), "role": "node", "ttlSeconds": 3600, "bootstrap": true});
+    let r: serde_json::Value = c
+        .call(
+            reqwest::Method::POST,
+            "/keel/v1/tokens",
+            Some(("application/json", serde_json::to_vec(&body)?)),
+        )
+        .await
+        .context("creating a bootstrap token")?;
+    r["token"]
+        .as_str()
+        .map(str::to_string)
+        .context("no token in the answer")
+}
+
+fn spawn_agent(
+    bin: &Path,
+    dir: &Path,
+    i: usize,
+    masters: &str,
+    ca: &Path,
+    join_token: &str,
+) -> anyhow::Result<AgentProc> {
     let name = format!("n{}", i + 1);
     let zone = ["zone-a", "zone-b"][i % 2].to_string();
     let range = format!("127.{}.0.0/16", 11 + i);
@@ -59,6 +88,10 @@ fn spawn_agent(bin: &Path, dir: &Path, i: usize, masters: &str) -> anyhow::Resul
         .args(["--masters", masters])
         .args(["--zone", &zone])
         .args(["--pod-range", &range])
+        .arg("--ca-cert")
+        .arg(ca)
+        // Passed in the environment, not on the command line (ps shows that).
+        .env("KEEL_JOIN_TOKEN", join_token)
         // A stopped `keel up` leaves no pod behind.
         .arg("--stop-pods-on-exit")
         .stdin(Stdio::null())
@@ -125,7 +158,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     );
     for (i, m) in cluster.members.iter().enumerate() {
         println!(
-            "  {:<4} zone {:<7} api http://{}  client {}  peer {}  pid {}{}  log {}",
+            "  {:<4} zone {:<7} api https://{}  client {}  peer {}  pid {}{}  log {}",
             m.name,
             m.zone,
             m.api_addr(),
@@ -137,10 +170,38 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         );
     }
     let apis: Vec<String> = cluster.members.iter().map(|m| m.api_addr()).collect();
+    let pki_dir = std::path::absolute(cluster.pki_dir.clone().context("the cluster's PKI")?)?;
+    // Every agent joins with its own single-use bootstrap token.
+    let client = keel_proto::client::ApiClient::new(&apis);
     let mut agents = Vec::new();
     for i in 0..a.agents {
-        agents.push(spawn_agent(&bin, &a.data_dir, i, &apis.join(","))?);
+        let token = bootstrap_token(&client, &format!("n{}", i + 1)).await?;
+        agents.push(spawn_agent(
+            &bin,
+            &a.data_dir,
+            i,
+            &apis.join(","),
+            &pki_dir.join("ca.crt"),
+            &token,
+        )?);
     }
+    let config_path = a
+        .config
+        .clone()
+        .or_else(crate::config::default_path)
+        .context("no --config and no $HOME for ~/.keel/config")?;
+    let token = std::fs::read_to_string(pki_dir.join(keel_proto::pki::ADMIN_TOKEN))?;
+    crate::config::write(
+        &config_path,
+        &crate::config::ClientConfig {
+            servers: apis.clone(),
+            endpoints: cluster.endpoints(),
+            certificate_authority: pki_dir.join("ca.crt"),
+            client_certificate: Some(pki_dir.join("admin.crt")),
+            client_key: Some(pki_dir.join("admin.key")),
+            token: Some(token.trim().to_string()),
+        },
+    )?;
     for ag in &agents {
         println!(
             "  {:<4} zone {:<7} pods {}  pid {}  log {}",
@@ -152,6 +213,14 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         );
     }
     let eps = cluster.endpoints().join(",");
+    println!(
+        "\nTLS everywhere: CA, admin certificate and admin token in {}",
+        pki_dir.display()
+    );
+    println!(
+        "Client config (servers, CA, token) written to {}",
+        config_path.display()
+    );
     println!("\nTry:\n  keel get nodes");
     println!("  keel apply -f examples/web.yaml && keel get pods -o wide");
     println!("  keel cluster status --endpoints {eps}");

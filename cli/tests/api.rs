@@ -18,11 +18,9 @@ async fn raw(
     ct: &str,
     body: Vec<u8>,
 ) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .request(method, format!("http://{base}{path}"))
-        .header("Content-Type", ct)
-        .body(body)
-        .send()
+    // The admin's credentials (HTTPS pinned to the cluster CA, token).
+    let r = keel_proto::client::ApiClient::new(&[base.to_string()])
+        .send(method, path, Some((ct, body)), None)
         .await
         .expect("request");
     let code = r.status().as_u16();
@@ -230,7 +228,10 @@ async fn bad_requests_get_status_errors_and_change_nothing() {
     assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
     // Health endpoints answer.
     for p in ["/healthz", "/readyz", "/version"] {
-        let r = reqwest::get(format!("http://{base}{p}")).await.unwrap();
+        let r = keel_proto::client::ApiClient::new(&[base.to_string()])
+            .send(reqwest::Method::GET, p, None, None)
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200, "{p}");
     }
 }

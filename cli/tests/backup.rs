@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use std::time::Duration;
 
 use common::*;
@@ -14,7 +12,7 @@ use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_proto::etcdserverpb::{HashKvRequest, RangeRequest, StatusRequest};
 
 fn keel(args: &[&str]) -> std::process::Output {
-    Command::new(bin()).args(args).output().expect("run keel")
+    common::keel().args(args).output().expect("run keel")
 }
 
 fn field(out: &str, name: &str) -> String {
@@ -281,7 +279,11 @@ async fn restore_builds_an_identical_new_cluster_and_drill_passes() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 
-    let new = ProcessCluster::start(Flavor::Keel, &bin(), new_root.path(), 3, None, &[]).unwrap();
+    // No --pki-dir: each member serves with the CA the restore wrote into
+    // its data dir (taken from the backup), which the test clients trust.
+    let mut new =
+        ProcessCluster::plan(Flavor::Keel, &bin(), new_root.path(), 3, None, &[]).unwrap();
+    new.spawn_all().unwrap();
     new.wait_ready(Duration::from_secs(30)).await.unwrap();
     let neps = new.endpoints();
     for ep in &neps {
@@ -341,7 +343,10 @@ async fn restore_builds_an_identical_new_cluster_and_drill_passes() {
         "1000",
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let one = ProcessCluster::start(Flavor::Keel, &bin(), bumped.path(), 1, None, &[]).unwrap();
+    // No --pki-dir: each member serves with the CA the restore wrote into
+    // its data dir (taken from the backup), which the test clients trust.
+    let mut one = ProcessCluster::plan(Flavor::Keel, &bin(), bumped.path(), 1, None, &[]).unwrap();
+    one.spawn_all().unwrap();
     one.wait_ready(Duration::from_secs(30)).await.unwrap();
     let ep = one.endpoints()[0].clone();
     let old = kv(&ep)
@@ -507,7 +512,11 @@ async fn backup_under_write_load_restores_exactly_and_old_watchers_see_compactio
         "100",
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let restored = ProcessCluster::start(Flavor::Keel, &bin(), root.path(), 1, None, &[]).unwrap();
+    // No --pki-dir: each member serves with the CA the restore wrote into
+    // its data dir (taken from the backup), which the test clients trust.
+    let mut restored =
+        ProcessCluster::plan(Flavor::Keel, &bin(), root.path(), 1, None, &[]).unwrap();
+    restored.spawn_all().unwrap();
     restored.wait_ready(Duration::from_secs(30)).await.unwrap();
     let rep = restored.endpoints()[0].clone();
     // Every key, value and revision as the source had them at the backup revision.

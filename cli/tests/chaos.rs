@@ -8,15 +8,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-use common::bin;
 
 /// Runs `keel chaos run` with `args` into `out`, killing it after `max`;
 /// returns whether it succeeded and its summary.
 fn chaos(out: &Path, args: &[&str], max: Duration) -> (bool, serde_json::Value) {
-    let mut child = Command::new(bin())
+    let mut child = common::keel()
         .args(["chaos", "run", "--out"])
         .arg(out)
         .args(args)

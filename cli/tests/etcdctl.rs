@@ -47,7 +47,12 @@ impl Out {
 
 fn command(endpoints: &str) -> Command {
     let mut cmd = Command::new(etcdctl_bin());
+    // TLS with the admin's client certificate, as the client port demands.
+    let pki = common::shared_pki();
     cmd.env("ETCDCTL_API", "3")
+        .env("ETCDCTL_CACERT", pki.join("ca.crt"))
+        .env("ETCDCTL_CERT", pki.join("admin.crt"))
+        .env("ETCDCTL_KEY", pki.join("admin.key"))
         .arg(format!("--endpoints={endpoints}"))
         .arg("--dial-timeout=3s")
         .arg("--command-timeout=10s")
@@ -370,7 +375,12 @@ async fn etcdctl_cluster_and_maintenance() {
         assert_eq!(r[5], "false", "member list row {r:?}: not a learner");
         let i = (r[2][1..].parse::<usize>().unwrap()) - 1;
         assert_eq!(r[0], format!("{:x}", ids[i]), "member id of {}", r[2]);
-        assert_eq!(r[4], format!("http://{}", eps[i]), "client URL of {}", r[2]);
+        assert_eq!(
+            r[4],
+            format!("https://{}", eps[i]),
+            "client URL of {}",
+            r[2]
+        );
     }
 
     // endpoint status: exactly one leader, and every member names it.

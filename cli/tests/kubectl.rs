@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 fn keel(server: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::bin())
+    let out = common::keel()
         .args(args)
         .env("KEEL_SERVER", server)
         .env("RUST_BACKTRACE", "0")

@@ -182,8 +182,8 @@ async fn member_restarted_on_new_address_keeps_its_id() {
 
     tc.c.restart_on_new_ports(moved)
         .expect("restart on new ports");
-    let new_client = format!("http://{}", tc.c.members[moved].client_addr());
-    let new_peer = format!("http://{}", tc.c.members[moved].peer_addr());
+    let new_client = format!("https://{}", tc.c.members[moved].client_addr());
+    let new_peer = format!("https://{}", tc.c.members[moved].peer_addr());
     assert_ne!(tc.c.endpoints()[moved], eps[moved], "ports did not change");
 
     let m = poll(
@@ -261,7 +261,7 @@ async fn fourth_member_joins_as_voter_with_the_data() {
     )
     .await;
     let m = ms.iter().find(|m| m.name == name).unwrap();
-    assert_eq!(m.client_ur_ls, [format!("http://{new_ep}")], "{m:?}");
+    assert_eq!(m.client_ur_ls, [format!("https://{new_ep}")], "{m:?}");
     let id = tc.c.status(new).await.expect("status of the new member").0;
     assert_eq!(m.id, id);
 

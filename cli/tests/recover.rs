@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -30,7 +29,7 @@ async fn force_new_cluster_recovers_a_survivor_without_losing_acknowledged_write
     }
     let d0 = tc.c.members[0].data_dir.clone();
     let d1 = tc.c.members[1].data_dir.clone();
-    let out = Command::new(bin())
+    let out = common::keel()
         .args(["cluster", "recover", "--data-dir"])
         .arg(&d0)
         .arg("--data-dir")

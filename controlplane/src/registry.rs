@@ -444,7 +444,11 @@ impl Registry {
     // Raw keys outside /registry (cluster credentials: auth::credentials).
 
     /// One key's value and mod_revision; linearizable unless `local`.
-    pub async fn raw_get(&self, key: &str, local: bool) -> Result<Option<(Vec<u8>, i64)>, ApiError> {
+    pub async fn raw_get(
+        &self,
+        key: &str,
+        local: bool,
+    ) -> Result<Option<(Vec<u8>, i64)>, ApiError> {
         if !local {
             self.node.read_barrier().await?;
         }

@@ -90,14 +90,28 @@ pub struct ApiClient {
     auth: Option<reqwest::header::HeaderValue>,
     /// The server that answered last; tried first.
     current: AtomicUsize,
+    /// Why the configured credentials could not be used (every request fails).
+    broken: Option<String>,
 }
 
 impl ApiClient {
-    /// A plain-HTTP client without credentials (for `--insecure` masters).
-    /// `servers` are base URLs (`http://127.0.0.1:6443`) or `host:port`.
+    /// A client with this process's credentials (`pki::client_defaults`:
+    /// HTTPS pinned to the cluster CA, client certificate, token), or plain
+    /// HTTP when none are set. `servers` are base URLs or `host:port`.
     pub fn new(servers: &[String]) -> Self {
-        Self::with_credentials(servers, &Credentials::default())
-            .expect("a plain HTTP client always builds")
+        let d = crate::pki::client_defaults();
+        let creds = Credentials {
+            ca_pem: d.tls.as_ref().map(|t| t.ca_pem.clone()),
+            identity: d.tls.and_then(|t| t.me),
+            token: d.token,
+        };
+        Self::with_credentials(servers, &creds).unwrap_or_else(|e| {
+            // Never fall back to plain text: every request reports the error.
+            let mut c = Self::with_credentials(servers, &Credentials::default())
+                .expect("a plain HTTP client always builds");
+            c.broken = Some(e.to_string());
+            c
+        })
     }
 
     /// A client that speaks HTTPS trusting only the cluster CA (when
@@ -143,6 +157,7 @@ impl ApiClient {
             http,
             auth,
             current: AtomicUsize::new(0),
+            broken: None,
         })
     }
 
@@ -159,6 +174,9 @@ impl ApiClient {
         body: Option<(&str, Vec<u8>)>,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, ClientError> {
+        if let Some(e) = &self.broken {
+            return Err(ClientError::Config(e.clone()));
+        }
         let n = self.servers.len().max(1);
         let start = self.current.load(Ordering::Relaxed);
         let mut last = String::from("no servers configured");

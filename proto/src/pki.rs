@@ -213,10 +213,28 @@ pub fn write_private(path: &Path, data: &str) -> Result<(), PkiError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// The admin client certificate's name in a PKI directory (admin.crt/.key).
+pub const ADMIN_CERT: &str = "admin";
+/// The admin bearer token's file in a PKI directory (0600).
+pub const ADMIN_TOKEN: &str = "admin.token";
+
 /// The files of a PKI directory.
 pub struct PkiDir(pub PathBuf);
 
 impl PkiDir {
+    /// The admin's credentials in a directory made by `keel pki init`: the
+    /// CA, the admin client certificate and the admin token.
+    pub fn admin_defaults(&self) -> Result<ClientDefaults, PkiError> {
+        let token = read(&self.0.join(ADMIN_TOKEN))?.trim().to_string();
+        Ok(ClientDefaults {
+            tls: Some(TlsBundle {
+                ca_pem: read(&self.ca_cert())?,
+                me: Some(self.load_pair(ADMIN_CERT)?),
+            }),
+            token: Some(token),
+        })
+    }
+
     pub fn ca_cert(&self) -> PathBuf {
         self.0.join("ca.crt")
     }
@@ -383,6 +401,47 @@ impl TlsBundle {
     /// rustls client configuration (for reqwest and raw TLS).
     pub fn rustls_client(&self) -> Result<rustls::ClientConfig, PkiError> {
         client_config(&self.ca_pem, self.me.as_ref())
+    }
+}
+
+/// How this process dials Keel masters: the cluster CA and client
+/// certificate, and a bearer token for the REST API. A CLI, an agent or a
+/// test harness talks to one cluster at a time, so this is set once (by
+/// `keel` from its config, by `ProcessCluster` for the cluster it starts)
+/// and every client built afterwards uses it. Unset: plain text.
+#[derive(Clone, Default)]
+pub struct ClientDefaults {
+    pub tls: Option<TlsBundle>,
+    pub token: Option<String>,
+}
+
+static CLIENT_DEFAULTS: std::sync::RwLock<Option<ClientDefaults>> = std::sync::RwLock::new(None);
+
+/// Sets how this process dials masters (see `ClientDefaults`).
+pub fn set_client_defaults(d: ClientDefaults) {
+    *CLIENT_DEFAULTS.write().unwrap_or_else(|e| e.into_inner()) = Some(d);
+}
+
+/// How this process dials masters.
+pub fn client_defaults() -> ClientDefaults {
+    CLIENT_DEFAULTS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default()
+}
+
+/// A gRPC endpoint for a master's `host:port`: mutual TLS with the process's
+/// client defaults when set, plain text otherwise.
+pub fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let addr = addr
+        .trim()
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    match client_defaults().tls {
+        Some(t) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config(t.tonic_client()),
+        None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")),
     }
 }
 

@@ -6,7 +6,46 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use keel_chaos::{free_port, poll};
+use keel_proto::pki::{self, Ca, ClientDefaults, TlsBundle, Usage};
 use keel_store::{Node, NodeConfig};
+
+/// The CA of every in-process cluster in this test process: members run
+/// mutual TLS as in production, and the test's clients
+/// (`pki::client_defaults`) hold an admin certificate from it.
+fn process_ca() -> &'static Ca {
+    static CA: std::sync::OnceLock<Ca> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let ca = Ca::generate("in-process").expect("CA");
+        let admin = ca
+            .issue("admin", Some(pki::ORG_ADMIN), &[], Usage::Client)
+            .expect("admin certificate");
+        pki::set_client_defaults(ClientDefaults {
+            tls: Some(TlsBundle {
+                ca_pem: ca.cert_pem.clone(),
+                me: Some(admin),
+            }),
+            token: None,
+        });
+        ca
+    })
+}
+
+/// A member's TLS material.
+fn member_tls(name: &str) -> TlsBundle {
+    let ca = process_ca();
+    let me = ca
+        .issue(
+            &format!("master:{name}"),
+            Some(pki::ORG_MASTERS),
+            &["127.0.0.1".into(), "localhost".into()],
+            Usage::ServerAndClient,
+        )
+        .expect("member certificate");
+    TlsBundle {
+        ca_pem: ca.cert_pem.clone(),
+        me: Some(me),
+    }
+}
 
 /// Members running in this process, with their temp dir.
 pub struct InProcessCluster {
@@ -39,6 +78,7 @@ impl InProcessCluster {
             );
             cfg.initial_cluster = initial.clone();
             cfg.zone = format!("zone-{i}");
+            cfg.tls = Some(member_tls(&format!("m{}", i + 1)));
             tune(&mut cfg);
             nodes.push(Node::start(cfg).await?);
         }

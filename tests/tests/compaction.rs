@@ -6,14 +6,13 @@ use std::time::Duration;
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::{PutRequest, RangeRequest};
 use keel_tests::{InProcessCluster, poll};
-use tonic::transport::Endpoint;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_auto_compacts_old_history_on_every_member() {
     let c = InProcessCluster::start_with(3, |cfg| cfg.auto_compact_revisions = 20)
         .await
         .unwrap();
-    let ch = Endpoint::from_shared(format!("http://{}", c.endpoint(0)))
+    let ch = keel_proto::pki::endpoint(&c.endpoint(0))
         .unwrap()
         .connect_lazy();
     let mut kv = KvClient::new(ch);

@@ -11,12 +11,10 @@ use keel_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
 };
 use keel_tests::{InProcessCluster, poll};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 fn channel(ep: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{ep}"))
-        .unwrap()
-        .connect_lazy()
+    keel_proto::pki::endpoint(ep).unwrap().connect_lazy()
 }
 
 async fn count(ep: &str, key: &str) -> (i64, i64) {

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use keel_proto::etcdserverpb::cluster_client::ClusterClient;
 use keel_proto::etcdserverpb::{MemberListRequest, MemberRemoveRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::schedule::{Planned, Target};
 use super::{Ctx, Injected, NemesisError};
 use crate::cluster::status_of;
 
 fn cluster_client(addr: &str) -> Option<ClusterClient<Channel>> {
-    let ep = Endpoint::from_shared(format!("http://{addr}")).ok()?;
+    let ep = keel_proto::pki::endpoint(addr).ok()?;
     Some(ClusterClient::new(
         ep.connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10))

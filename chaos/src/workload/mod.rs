@@ -15,7 +15,7 @@ use std::time::Duration;
 use keel_proto::etcdserverpb::RangeRequest;
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::mvccpb::KeyValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Pause after a failed request, so a client does not spin on a dead member.
 pub const ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -24,7 +24,7 @@ pub const ERROR_BACKOFF: Duration = Duration::from_millis(50);
 pub fn kv_clients(endpoints: &[String], timeout: Duration) -> Vec<KvClient<Channel>> {
     endpoints
         .iter()
-        .filter_map(|ep| Endpoint::from_shared(format!("http://{ep}")).ok())
+        .filter_map(|ep| keel_proto::pki::endpoint(ep).ok())
         .map(|ep| KvClient::new(ep.connect_timeout(timeout).timeout(timeout).connect_lazy()))
         .collect()
 }

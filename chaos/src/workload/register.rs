@@ -17,7 +17,6 @@ use keel_proto::etcdserverpb::{
 };
 use rand::Rng;
 use tokio::sync::Mutex;
-use tonic::transport::Endpoint;
 
 use super::{ERROR_BACKOFF, never_sent};
 use crate::check::linearizable::{Op, Operation, Outcome};
@@ -58,7 +57,7 @@ pub async fn run_at(w: &RegisterWorkload, start: Instant) -> Vec<Operation> {
             let clients: Vec<_> = w
                 .endpoints
                 .iter()
-                .filter_map(|ep| Endpoint::from_shared(format!("http://{ep}")).ok())
+                .filter_map(|ep| keel_proto::pki::endpoint(ep).ok())
                 .map(|ep| {
                     KvClient::new(
                         ep.connect_timeout(w.timeout)

@@ -15,7 +15,6 @@ use keel_proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest, wat
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
-use tonic::transport::Endpoint;
 
 use super::kv::{KvKind, KvOp, KvOutcome};
 use super::{ERROR_BACKOFF, kv_clients, never_sent};
@@ -213,7 +212,7 @@ async fn follow(
     target: &watch::Receiver<Option<i64>>,
     last: &mut i64,
 ) -> String {
-    let Ok(ep) = Endpoint::from_shared(format!("http://{}", w.endpoints[member])) else {
+    let Ok(ep) = keel_proto::pki::endpoint(&w.endpoints[member]) else {
         return "bad endpoint".into();
     };
     let ch = ep.connect_timeout(w.timeout).connect_lazy();

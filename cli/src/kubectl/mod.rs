@@ -14,14 +14,10 @@ use keel_proto::client::ApiClient;
 /// Where the API is and which namespace to use.
 #[derive(Args, Debug, Clone)]
 pub struct Target {
-    /// API servers (any master), comma-separated `host:port` or URLs.
-    #[arg(
-        long,
-        global = true,
-        env = "KEEL_SERVER",
-        default_value = "127.0.0.1:6443,127.0.0.1:6444,127.0.0.1:6445"
-    )]
-    pub server: String,
+    /// API servers (any master), comma-separated `host:port` or URLs
+    /// (default: the config's servers, else 127.0.0.1:6443-6445).
+    #[arg(long, global = true, env = "KEEL_SERVER")]
+    pub server: Option<String>,
     /// Namespace of namespaced objects.
     #[arg(
         short = 'n',
@@ -35,13 +31,24 @@ pub struct Target {
 
 impl Target {
     pub fn client(&self) -> ApiClient {
-        let servers: Vec<String> = self
+        let mut servers: Vec<String> = self
             .server
+            .as_deref()
+            .unwrap_or("")
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .collect();
+        if servers.is_empty() {
+            servers = crate::config::servers();
+        }
+        if servers.is_empty() {
+            servers = ["6443", "6444", "6445"]
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect();
+        }
         ApiClient::new(&servers)
     }
 }

@@ -76,6 +76,23 @@ impl Agents {
     }
 
     pub fn spawn(&mut self, i: usize) {
+        // The first start joins with a fresh bootstrap token; later starts
+        // use the node certificate the agent saved.
+        let joined = self.agents[i]
+            .data_dir
+            .join("pki")
+            .join("node.crt")
+            .exists();
+        let token = if joined {
+            String::new()
+        } else {
+            let masters: Vec<String> = self.masters.split(',').map(str::to_string).collect();
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(common::bootstrap_token(
+                    &keel_proto::client::ApiClient::new(&masters),
+                ))
+            })
+        };
         let a = &self.agents[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -89,6 +106,9 @@ impl Agents {
             .arg(&a.data_dir)
             .args(["--masters", &self.masters])
             .args(["--pod-range", &a.range.to_string()])
+            .arg("--ca-cert")
+            .arg(common::shared_pki().join("ca.crt"))
+            .env("KEEL_JOIN_TOKEN", &token)
             .args(AGENT_ARGS)
             .env("RUST_LOG", "info,keel_agent=debug")
             .stdin(Stdio::null())

@@ -10,7 +10,7 @@ pub use keel_chaos::poll;
 use keel_chaos::{Flavor, ProcessCluster};
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::{PutRequest, RangeRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_keel"))
@@ -22,12 +22,65 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
 }
 
+/// The PKI every cluster of this test process uses (`keel pki init`, once):
+/// clusters run with TLS on, and one CA per process lets the test clients
+/// (`pki::client_defaults`) reach every cluster the tests start.
+pub fn shared_pki() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tempfile::Builder::new()
+            .prefix("keel-test-pki")
+            .tempdir()
+            .expect("temp dir")
+            .keep()
+            .join("pki");
+        let out = std::process::Command::new(bin())
+            .args(["pki", "init", "--dir"])
+            .arg(&d)
+            .output()
+            .expect("keel pki init");
+        assert!(out.status.success(), "keel pki init: {out:?}");
+        d
+    })
+    .clone()
+}
+
+/// A `keel` command that dials with the admin's credentials from the shared
+/// PKI (a config file of its own, so a developer's ~/.keel/config is never read).
+pub fn keel() -> std::process::Command {
+    let pki = shared_pki();
+    let config = pki.join("client-config.yaml");
+    if !config.exists() {
+        let token = std::fs::read_to_string(pki.join("admin.token")).expect("admin token");
+        let y = format!(
+            "certificateAuthority: {}\nclientCertificate: {}\nclientKey: {}\ntoken: {}\n",
+            pki.join("ca.crt").display(),
+            pki.join("admin.crt").display(),
+            pki.join("admin.key").display(),
+            token.trim()
+        );
+        let tmp = pki.join(format!("client-config.{}", std::process::id()));
+        std::fs::write(&tmp, y).expect("write client config");
+        std::fs::rename(&tmp, &config).expect("client config");
+    }
+    let mut c = std::process::Command::new(bin());
+    c.env("KEEL_CONFIG", config);
+    c
+}
+
+/// A process cluster planned in `dir` with the shared PKI; not started yet.
+pub fn plan(dir: &std::path::Path, n: usize, extra: &[String]) -> ProcessCluster {
+    let mut c = ProcessCluster::plan(Flavor::Keel, &bin(), dir, n, None, extra).expect("plan");
+    c.use_pki(&shared_pki()).expect("shared PKI");
+    c
+}
+
 /// Starts `n` Keel masters on free loopback ports and waits for a leader.
 pub async fn start(n: usize, extra: &[&str]) -> TestCluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    let c = ProcessCluster::start(Flavor::Keel, &bin(), dir.path(), n, None, &extra)
-        .expect("start cluster");
+    let mut c = plan(dir.path(), n, &extra);
+    c.spawn_all().expect("start cluster");
     c.wait_ready(Duration::from_secs(30))
         .await
         .expect("cluster ready");
@@ -53,8 +106,9 @@ pub async fn control_plane_settled(ep: &str) {
     .await;
 }
 
+/// A gRPC channel to a member's client port, with the admin certificate.
 pub async fn channel(ep: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{ep}"))
+    keel_proto::pki::endpoint(ep)
         .unwrap()
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(10))
@@ -121,6 +175,20 @@ pub async fn keys_with_prefix(
 /// The REST API addresses of every member.
 pub fn apis(tc: &TestCluster) -> Vec<String> {
     tc.c.members.iter().map(|m| m.api_addr()).collect()
+}
+
+/// A single-use bootstrap token for an agent.
+pub async fn bootstrap_token(client: &keel_proto::client::ApiClient) -> String {
+    let body = serde_json::json!({"user": "test-node", "role": "node", "ttlSeconds": 600, "bootstrap": true});
+    let r: serde_json::Value = client
+        .call(
+            reqwest::Method::POST,
+            "/keel/v1/tokens",
+            Some(("application/json", serde_json::to_vec(&body).unwrap())),
+        )
+        .await
+        .expect("create a bootstrap token");
+    r["token"].as_str().expect("token").to_string()
 }
 
 /// A REST client over every member's API, once the API serves (the default

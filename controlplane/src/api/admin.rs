@@ -98,7 +98,11 @@ impl From<TokenRecord> for TokenView {
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.len() > codec::MAX_BODY_BYTES {
-        return Err(ApiError::new(413, "RequestEntityTooLarge", "body too large"));
+        return Err(ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            "body too large",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed body: {e}")))
 }
@@ -206,19 +210,15 @@ async fn bootstrap(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> R
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::new(401, "Unauthorized", "a bootstrap token is required")
-            })?;
+            .ok_or_else(|| ApiError::new(401, "Unauthorized", "a bootstrap token is required"))?;
         let req: BootstrapRequest = parse_json(&body)?;
         validate::subdomain(&req.node_name)
             .map_err(|e| ApiError::invalid(format!("nodeName: {e}")))?;
-        let ca = a
-            .ca
-            .as_ref()
-            .ok_or_else(|| ApiError::unavailable("this master holds no CA key"))?;
+        let ca =
+            a.ca.as_ref()
+                .ok_or_else(|| ApiError::unavailable("this master holds no CA key"))?;
         // Check the request before spending the token on it.
-        keel_proto::pki::check_csr(&req.csr)
-            .map_err(|e| ApiError::invalid(format!("csr: {e}")))?;
+        keel_proto::pki::check_csr(&req.csr).map_err(|e| ApiError::invalid(format!("csr: {e}")))?;
         credentials::spend_bootstrap(&a.reg, token, &req.node_name).await?;
         let certificate = ca
             .sign_node_csr(&req.csr, &req.node_name)

@@ -72,9 +72,11 @@ async fn authenticate(
         return identity_of_cert(p);
     }
     let Some(token) = bearer(headers) else {
-        return Err("authentication required: present a client certificate signed by \
+        return Err(
+            "authentication required: present a client certificate signed by \
                     the cluster CA or an `Authorization: Bearer` token"
-            .into());
+                .into(),
+        );
     };
     let rec = credentials::authenticate(&g.reg, token)
         .await
@@ -154,7 +156,11 @@ fn wants(method: &Method, path: &str, query: &str) -> Option<Wants> {
         group: t.kind.group.to_string(),
         namespace: t.namespace.unwrap_or_default(),
         name: t.name.unwrap_or_default(),
-        subresource: if t.status { "status".into() } else { sub.into() },
+        subresource: if t.status {
+            "status".into()
+        } else {
+            sub.into()
+        },
     })
 }
 
@@ -306,7 +312,9 @@ mod tests {
             org: org.into(),
         };
         assert_eq!(
-            identity_of_cert(&s("node:n1", pki::ORG_NODES)).unwrap().role,
+            identity_of_cert(&s("node:n1", pki::ORG_NODES))
+                .unwrap()
+                .role,
             Role::Node
         );
         assert_eq!(

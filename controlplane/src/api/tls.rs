@@ -70,13 +70,15 @@ pub async fn serve(
                 .peer_certificates()
                 .and_then(|c| c.first().and_then(keel_proto::pki::subject))
                 .map(|(cn, org)| PeerSubject { cn, org });
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                if let Some(p) = &peer {
-                    req.extensions_mut().insert(p.clone());
-                }
-                let mut r = router.clone();
-                async move { r.call(req.map(axum::body::Body::new)).await }
-            });
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    if let Some(p) = &peer {
+                        req.extensions_mut().insert(p.clone());
+                    }
+                    let mut r = router.clone();
+                    async move { r.call(req.map(axum::body::Body::new)).await }
+                },
+            );
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;

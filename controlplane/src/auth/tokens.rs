@@ -84,7 +84,12 @@ pub fn generate(
 
 /// The record of an existing token string (e.g. the admin token written at
 /// bootstrap), never expiring.
-pub fn record_for(token: &str, user: &str, role: Role, now: i64) -> Result<TokenRecord, TokenError> {
+pub fn record_for(
+    token: &str,
+    user: &str,
+    role: Role,
+    now: i64,
+) -> Result<TokenRecord, TokenError> {
     let (id, secret) = parse(token)?;
     Ok(TokenRecord {
         id: id.to_string(),

@@ -15,11 +15,14 @@ use crate::error::EtcdError;
 use crate::node::LeaderRequest;
 use crate::raft::types::{self, member_id};
 
-fn url(addr: &str) -> Vec<String> {
+/// A member's URL: https when the cluster runs TLS (every member does, or
+/// none: `--insecure` is for whole test clusters).
+fn url(addr: &str, tls: bool) -> Vec<String> {
+    let scheme = if tls { "https" } else { "http" };
     if addr.is_empty() {
         Vec::new()
     } else {
-        vec![format!("http://{addr}")]
+        vec![format!("{scheme}://{addr}")]
     }
 }
 
@@ -32,14 +35,15 @@ fn strip(url: &str) -> String {
 
 impl Etcd {
     fn member_list(&self) -> Vec<Member> {
+        let tls = self.node.cfg.tls.is_some();
         self.node
             .members()
             .into_iter()
             .map(|(id, m, voter)| Member {
                 id,
                 name: m.name,
-                peer_ur_ls: url(&m.peer_addr),
-                client_ur_ls: url(&m.client_addr),
+                peer_ur_ls: url(&m.peer_addr, tls),
+                client_ur_ls: url(&m.client_addr, tls),
                 is_learner: !voter,
                 zone: m.zone,
             })

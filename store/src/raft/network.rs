@@ -65,7 +65,10 @@ fn raft_client(addr: &str, tls: Option<&ClientTlsConfig>) -> RaftServiceClient<C
 
 /// A lazily connecting channel to `addr` (`host:port`): mutual TLS with the
 /// cluster CA when `tls` is given (always, unless `--insecure`).
-pub fn channel(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, tonic::transport::Error> {
+pub fn channel(
+    addr: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
     let ep = match tls {
         Some(t) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(t.clone())?,
         None => Endpoint::from_shared(format!("http://{addr}"))?,
