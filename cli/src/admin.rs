@@ -144,7 +144,7 @@ pub enum AuditCmd {
     /// The last entries of every master's audit log, merged by time.
     Tail {
         /// Entries per master.
-        #[arg(short = 'n', long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20)]
         lines: usize,
         /// Print the JSON lines as they are.
         #[arg(long)]

@@ -59,7 +59,8 @@ async fn backup_of_a_live_cluster_verifies_offline_and_corruption_is_caught() {
     let tc = start(3, &[]).await;
     let eps = tc.c.endpoints();
     // The control plane writes its own keys at start (the default
-    // namespaces, the leader's fencing token); count them first.
+    // namespaces, the leader's fencing token, the CA, the admin token's
+    // hash); count them first.
     let base = poll(
         Duration::from_secs(20),
         "the control plane's keys",
@@ -70,7 +71,17 @@ async fn backup_of_a_live_cluster_verifies_offline_and_corruption_is_caught() {
             let fence = keys_with_prefix(&eps[0], "/keel/leader", false)
                 .await
                 .ok()?;
-            (ns.len() == 3 && fence.len() == 1).then_some(ns.len() + fence.len())
+            // The CA and the admin token's hash.
+            let creds = keys_with_prefix(&eps[0], "/keel/pki/", false)
+                .await
+                .ok()?
+                .len()
+                + keys_with_prefix(&eps[0], "/keel/tokens/", false)
+                    .await
+                    .ok()?
+                    .len();
+            (ns.len() == 3 && fence.len() == 1 && creds == 2)
+                .then_some(ns.len() + fence.len() + creds)
         },
     )
     .await;
@@ -328,6 +339,27 @@ async fn restore_builds_an_identical_new_cluster_and_drill_passes() {
         .unwrap_err();
     assert_eq!(before.code(), tonic::Code::OutOfRange, "{before:?}");
     assert!(put(&neps[1], "after", "restore").await.unwrap() > rev);
+    // Credentials survive the restore: the old admin token (its hash came
+    // with the backup; no token file was given to the new masters) works on
+    // the REST API, over HTTPS with the CA the backup carried.
+    let token = std::fs::read_to_string(common::shared_pki().join("admin.token")).unwrap();
+    let apis: Vec<String> = new.members.iter().map(|m| m.api_addr()).collect();
+    let by_token = keel_proto::client::ApiClient::with_credentials(
+        &apis,
+        &keel_proto::client::Credentials {
+            ca_pem: Some(std::fs::read_to_string(new_root.path().join("m1/pki/ca.crt")).unwrap()),
+            identity: None,
+            token: Some(token.trim().to_string()),
+        },
+    )
+    .unwrap();
+    poll(
+        Duration::from_secs(20),
+        "the old token on the restored cluster",
+        || async { by_token.get_value("/api/v1/namespaces/default").await.ok() },
+    )
+    .await;
+    assert!(!new_root.path().join("m1/pki/admin.token").exists());
     drop(new);
 
     // With a revision bump, old revisions read as compacted.

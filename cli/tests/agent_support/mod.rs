@@ -244,7 +244,7 @@ pub async fn cluster_ip(c: &ApiClient, svc: &str) -> String {
 /// Applies a YAML/JSON manifest through the CLI (as a user would).
 pub fn apply(server: &str, yaml: &str) {
     use std::io::Write;
-    let mut child = Command::new(common::bin())
+    let mut child = common::keel()
         .args(["apply", "-f", "-", "--server", server])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -267,10 +267,7 @@ pub fn apply(server: &str, yaml: &str) {
 
 /// Runs a keel CLI command; (success, stdout, stderr).
 pub fn keel(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::bin())
-        .args(args)
-        .output()
-        .expect("run keel");
+    let out = common::keel().args(args).output().expect("run keel");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

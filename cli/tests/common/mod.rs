@@ -48,9 +48,9 @@ pub fn shared_pki() -> PathBuf {
 /// A `keel` command that dials with the admin's credentials from the shared
 /// PKI (a config file of its own, so a developer's ~/.keel/config is never read).
 pub fn keel() -> std::process::Command {
-    let pki = shared_pki();
-    let config = pki.join("client-config.yaml");
-    if !config.exists() {
+    static CONFIG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let pki = shared_pki();
         let token = std::fs::read_to_string(pki.join("admin.token")).expect("admin token");
         let y = format!(
             "certificateAuthority: {}\nclientCertificate: {}\nclientKey: {}\ntoken: {}\n",
@@ -59,10 +59,10 @@ pub fn keel() -> std::process::Command {
             pki.join("admin.key").display(),
             token.trim()
         );
-        let tmp = pki.join(format!("client-config.{}", std::process::id()));
-        std::fs::write(&tmp, y).expect("write client config");
-        std::fs::rename(&tmp, &config).expect("client config");
-    }
+        let path = pki.join("client-config.yaml");
+        std::fs::write(&path, y).expect("write client config");
+        path
+    });
     let mut c = std::process::Command::new(bin());
     c.env("KEEL_CONFIG", config);
     c
@@ -89,7 +89,7 @@ pub async fn start(n: usize, extra: &[&str]) -> TestCluster {
 }
 
 /// Waits for the writes every Keel cluster makes at start (the default
-/// namespaces, the leader's fencing token), so tests that compare revisions
+/// namespaces, the leader's fencing token, the CA and admin token), so tests that compare revisions
 /// see only their own writes.
 pub async fn control_plane_settled(ep: &str) {
     poll(
@@ -100,7 +100,11 @@ pub async fn control_plane_settled(ep: &str) {
                 .await
                 .ok()?;
             let fence = keys_with_prefix(ep, "/keel/leader", false).await.ok()?;
-            (ns.len() >= 3 && !fence.is_empty()).then_some(())
+            // The CA and the admin token's hash (written by the masters at start).
+            let ca = keys_with_prefix(ep, "/keel/pki/", false).await.ok()?;
+            let tokens = keys_with_prefix(ep, "/keel/tokens/", false).await.ok()?;
+            (ns.len() >= 3 && !fence.is_empty() && !ca.is_empty() && !tokens.is_empty())
+                .then_some(())
         },
     )
     .await;

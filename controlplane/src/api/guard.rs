@@ -237,18 +237,19 @@ pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response
     // Node restriction needs what the request names: the name of an object a
     // node creates (from its body) and the node a pod is bound to.
     let mut stored: Option<Value> = None;
-    if id.role == Role::Node && mutating && !w.resource.is_empty() {
-        if w.verb == "create" {
-            let (parts, body) = req.into_parts();
-            let bytes = match codec::read_body(body).await {
-                Ok(b) => b,
-                Err(e) => return codec::error(&headers, &e),
-            };
-            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-                w.name = v["metadata"]["name"].as_str().unwrap_or("").to_string();
-            }
-            req = Request::from_parts(parts, Body::from(bytes));
+    if w.verb == "create" && (path.starts_with("/api/") || path.starts_with("/apis/")) {
+        // The name is in the body: node restriction and the audit log need it.
+        let (parts, body) = req.into_parts();
+        let bytes = match codec::read_body(body).await {
+            Ok(b) => b,
+            Err(e) => return codec::error(&headers, &e),
+        };
+        if let Ok(v) = codec::parse(&headers, &bytes) {
+            w.name = v["metadata"]["name"].as_str().unwrap_or("").to_string();
         }
+        req = Request::from_parts(parts, Body::from(bytes));
+    }
+    if id.role == Role::Node && mutating && !w.resource.is_empty() {
         if w.resource == "pods" && !w.name.is_empty() {
             let pods = crate::kinds::of::<keel_proto::api::Pod>();
             stored = g.reg.get(pods, &w.namespace, &w.name).await.ok();

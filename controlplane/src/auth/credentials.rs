@@ -105,12 +105,19 @@ pub async fn create_token(
 
 /// Checks a bearer token against its record as this master has applied it
 /// (a local read: a revocation takes effect once this master applied it,
-/// within a heartbeat of the commit).
+/// within a heartbeat of the commit). A token this master does not know yet
+/// is looked up again after a linearizable barrier, so a token works on
+/// every master as soon as its creation was acknowledged.
 pub async fn authenticate(reg: &Registry, token: &str) -> Result<TokenRecord, TokenError> {
     let (id, secret) = tokens::parse(token)?;
-    let rec = match reg.raw_get(&tokens::key(id), true).await {
-        Ok(Some((v, _))) => decode(&v).map_err(|_| TokenError::Unknown)?,
-        _ => return Err(TokenError::Unknown),
+    let key = tokens::key(id);
+    let found = match reg.raw_get(&key, true).await {
+        Ok(Some(v)) => Some(v),
+        _ => reg.raw_get(&key, false).await.ok().flatten(),
+    };
+    let rec = match found {
+        Some((v, _)) => decode(&v).map_err(|_| TokenError::Unknown)?,
+        None => return Err(TokenError::Unknown),
     };
     tokens::verify(&rec, secret, now())?;
     Ok(rec)
