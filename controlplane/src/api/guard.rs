@@ -249,11 +249,9 @@ pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response
         }
         req = Request::from_parts(parts, Body::from(bytes));
     }
-    if id.role == Role::Node && mutating && !w.resource.is_empty() {
-        if w.resource == "pods" && !w.name.is_empty() {
-            let pods = crate::kinds::of::<keel_proto::api::Pod>();
-            stored = g.reg.get(pods, &w.namespace, &w.name).await.ok();
-        }
+    if id.role == Role::Node && mutating && w.resource == "pods" && !w.name.is_empty() {
+        let pods = crate::kinds::of::<keel_proto::api::Pod>();
+        stored = g.reg.get(pods, &w.namespace, &w.name).await.ok();
     }
     let access = Access {
         verb: &w.verb,
