@@ -13,6 +13,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use keel_proto::https::PeerSubject;
+use keel_proto::pki;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::Ctx;
@@ -39,7 +41,9 @@ pub fn tail_offset(data: &[u8], n: usize) -> usize {
     0
 }
 
-/// Serves the log endpoint on `listener` forever.
+/// Serves the log endpoint on `listener` forever: HTTPS with the node's
+/// certificate, to masters only (mutual TLS, organisation keel:masters),
+/// when the agent has joined with a certificate; plain HTTP with `--insecure`.
 pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -48,8 +52,43 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
             get(container_log),
         )
         .with_state(ctx);
-    if let Err(e) = axum::serve(listener, app).await {
+    let tls = match pki::client_defaults().tls {
+        Some(pki::TlsBundle {
+            ca_pem,
+            me: Some(me),
+        }) => match pki::server_config(&ca_pem, &me, true) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::error!(error = %e, "log endpoint: bad TLS material; not serving");
+                return;
+            }
+        },
+        _ => None,
+    };
+    let app = if tls.is_some() {
+        app.layer(axum::middleware::from_fn(only_masters))
+    } else {
+        app
+    };
+    let (_running, stop) = tokio::sync::watch::channel(false);
+    if let Err(e) = keel_proto::https::serve(listener, app, tls, stop).await {
         tracing::error!(error = %e, "log endpoint stopped");
+    }
+}
+
+/// Only masters read container logs (they proxy `keel logs` after their
+/// own authorization); any other certificate of the cluster gets 403.
+async fn only_masters(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match req.extensions().get::<PeerSubject>() {
+        Some(p) if p.org == pki::ORG_MASTERS => next.run(req).await,
+        Some(p) => err(
+            StatusCode::FORBIDDEN,
+            format!("{} may not read container logs: masters only", p.cn),
+        ),
+        None => err(
+            StatusCode::UNAUTHORIZED,
+            "a master's certificate is required".into(),
+        ),
     }
 }
 

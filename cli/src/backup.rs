@@ -442,7 +442,7 @@ fn enc_keygen(out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_hex32(path: &Path) -> anyhow::Result<[u8; 32]> {
+pub fn read_hex32(path: &Path) -> anyhow::Result<[u8; 32]> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let t = text.trim();

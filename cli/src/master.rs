@@ -82,6 +82,10 @@ pub struct MasterArgs {
     /// How many scheduled backups to keep.
     #[arg(long, env = "KEEL_BACKUP_RETAIN", default_value_t = 24)]
     pub backup_retain: usize,
+    /// Seal scheduled backups with this key (`keel backup keygen
+    /// --encryption`): they hold the cluster CA's key and token hashes.
+    #[arg(long, env = "KEEL_BACKUP_KEY_FILE")]
+    pub backup_key_file: Option<PathBuf>,
     /// After quorum loss: restart this survivor as a single-member cluster
     /// with all its data (see `keel cluster recover`). Refuses to run twice.
     #[arg(long, env = "KEEL_FORCE_NEW_CLUSTER")]
@@ -139,6 +143,17 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
     cfg.backup_dir = a.backup_dir;
     cfg.backup_interval = a.backup_interval;
     cfg.backup_retain = a.backup_retain;
+    if let Some(k) = &a.backup_key_file {
+        cfg.backup_seal = Some(keel_store::sealed::Secret::Key(
+            crate::backup::read_hex32(k).context("--backup-key-file")?,
+        ));
+    }
+    if cfg.backup_dir.is_some() && cfg.backup_seal.is_none() {
+        tracing::warn!(
+            "scheduled backups are not encrypted: they hold the cluster CA's key; \
+             pass --backup-key-file to seal them"
+        );
+    }
     cfg.unsafe_local_reads = a.unsafe_local_reads;
     for o in &a.peer_override {
         let (name, addr) = o
@@ -189,6 +204,11 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
         let p = crate::pki::master(&dir, &own, &a.name, &addrs, single)
             .with_context(|| format!("the PKI in {}", dir.display()))?;
         cfg.tls = Some(p.bundle.clone());
+        // What this master dials others with (agents' log endpoints).
+        keel_proto::pki::set_client_defaults(keel_proto::pki::ClientDefaults {
+            tls: Some(p.bundle.clone()),
+            token: None,
+        });
         Some(p)
     };
     let node = Node::start(cfg)

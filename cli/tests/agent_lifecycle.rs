@@ -244,4 +244,44 @@ async fn restarts_back_off_bad_commands_fail_clearly_and_unready_pods_leave_endp
         !ok && err.contains("container nope is not valid for pod crash"),
         "{err}"
     );
+
+    // The agent's log endpoint itself admits masters only: plain text fails,
+    // and the admin's certificate (the cluster's, but not a master's) gets 403.
+    let pod: Pod = client.get("default", "crash").await.unwrap();
+    let node: keel_proto::api::Node = client.get("", &pod.spec.node_name).await.unwrap();
+    let addr: std::net::SocketAddr = node
+        .status
+        .addresses
+        .iter()
+        .find(|a| a.type_ == "KeelAgent")
+        .unwrap()
+        .address
+        .parse()
+        .unwrap();
+    let path = format!(
+        "/containerLogs/default/crash/{}",
+        pod.spec.containers[0].name
+    );
+    let plain = reqwest::get(format!("http://{addr}{path}")).await;
+    assert!(
+        plain.is_err() || !plain.as_ref().unwrap().status().is_success(),
+        "plain text read logs: {plain:?}"
+    );
+    let admin = keel_proto::pki::PkiDir(common::shared_pki())
+        .admin_defaults()
+        .unwrap()
+        .tls
+        .unwrap();
+    let name = keel_proto::pki::node_server_name(&pod.spec.node_name);
+    let https = reqwest::Client::builder()
+        .use_preconfigured_tls(admin.rustls_client().unwrap())
+        .resolve(&name, addr)
+        .build()
+        .unwrap();
+    let r = https
+        .get(format!("https://{name}:{}{path}", addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "{r:?}");
 }

@@ -411,6 +411,11 @@ async fn leader_writes_scheduled_verified_backups_and_keeps_the_newest() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("backups");
     let d = dir.to_str().unwrap().to_string();
+    // Scheduled backups hold the CA key: seal them with a key file.
+    let key = root.path().join("enc.key");
+    let k = key.to_str().unwrap().to_string();
+    let out = keel(&["backup", "keygen", "--encryption", "--out", &k]);
+    assert!(out.status.success(), "{out:?}");
     let tc = start(
         3,
         &[
@@ -420,6 +425,8 @@ async fn leader_writes_scheduled_verified_backups_and_keeps_the_newest() {
             "1s",
             "--backup-retain",
             "2",
+            "--backup-key-file",
+            &k,
         ],
     )
     .await;
@@ -453,7 +460,12 @@ async fn leader_writes_scheduled_verified_backups_and_keeps_the_newest() {
         },
     )
     .await;
+    // Without the key they are only known to be encrypted; with it, verified.
     let out = keel(&["backup", "list", "--backup-dir", &d]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("encrypted"), "{listing}");
+    assert!(!listing.contains("  ok"), "{listing}");
+    let out = keel(&["backup", "list", "--backup-dir", &d, "--key-file", &k]);
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -464,7 +476,7 @@ async fn leader_writes_scheduled_verified_backups_and_keeps_the_newest() {
 
     // A damaged backup in the directory makes `list` fail, naming it.
     std::fs::write(dir.join("keel-damaged.keelbak"), b"KEELBAK1\nxx").unwrap();
-    let out = keel(&["backup", "list", "--backup-dir", &d]);
+    let out = keel(&["backup", "list", "--backup-dir", &d, "--key-file", &k]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("BAD: truncated"));
 }

@@ -45,5 +45,8 @@ pub mod api;
 #[cfg(feature = "client")]
 pub mod client;
 
+/// Serving axum routers over HTTPS with the client's certificate subject.
+#[cfg(feature = "https")]
+pub mod https;
 /// The cluster PKI: CA, certificates and the rustls configurations.
 pub mod pki;

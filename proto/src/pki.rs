@@ -122,15 +122,18 @@ impl Ca {
         })
     }
 
-    /// Signs a node's certificate request as a client certificate for
-    /// `node:<name>`, whatever names the request asked for.
+    /// Signs a node's certificate request for `node:<name>`, whatever names
+    /// the request asked for: a client certificate, and the serving
+    /// certificate of the node's log endpoint under the one name
+    /// `node_server_name(node)` (never an address, so a node can never pose
+    /// as a master, whom clients reach by address).
     pub fn sign_node_csr(&self, csr_pem: &str, node: &str) -> Result<String, PkiError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::Refused(format!("malformed certificate request: {e}")))?;
         csr.params.distinguished_name = name(&format!("node:{node}"), Some("keel:nodes"));
-        csr.params.subject_alt_names.clear();
+        csr.params.subject_alt_names = vec![SanType::DnsName(node_server_name(node).try_into()?)];
         csr.params.is_ca = IsCa::NoCa;
-        leaf(&mut csr.params, Usage::Client);
+        leaf(&mut csr.params, Usage::ServerAndClient);
         Ok(csr.signed_by(&self.issuer()?)?.pem())
     }
 }
@@ -164,6 +167,11 @@ fn set_validity(p: &mut CertificateParams) {
     let now = std::time::SystemTime::now();
     p.not_before = (now - std::time::Duration::from_secs(3600)).into();
     p.not_after = (now + std::time::Duration::from_secs(VALIDITY_DAYS as u64 * 86_400)).into();
+}
+
+/// The name a node's log endpoint is verified against (its only SAN).
+pub fn node_server_name(node: &str) -> String {
+    format!("{node}.nodes.keel")
 }
 
 /// Checks that `csr_pem` is a well-formed, self-signed certificate request.
@@ -615,6 +623,18 @@ mod tests {
         .unwrap();
         assert_eq!(got, Some(("node:n1".into(), "keel:nodes".into())));
         assert!(ca.sign_node_csr("garbage", "n1").is_err());
+        // The node serves its log endpoint under its node name only: a
+        // client dialing a master's address never accepts a node certificate.
+        let serve = |name: &str| {
+            handshake(
+                server_config(&ca.cert_pem, &node, true).unwrap(),
+                client_config(&ca.cert_pem, Some(&master)).unwrap(),
+                name,
+            )
+        };
+        assert!(serve(&node_server_name("n1")).is_ok());
+        assert!(serve("127.0.0.1").is_err());
+        assert!(serve(&node_server_name("n2")).is_err());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct NodeConfig {
     pub backup_interval: Duration,
     /// How many scheduled backups to keep (oldest are deleted).
     pub backup_retain: usize,
+    /// Seal scheduled backups with this secret (they hold the CA key).
+    pub backup_seal: Option<crate::sealed::Secret>,
     /// Debug only: serve "linearizable" reads locally without read-index.
     /// Exists so the chaos checker can prove it catches stale reads.
     pub unsafe_local_reads: bool,
@@ -72,6 +74,7 @@ impl NodeConfig {
             backup_dir: None,
             backup_interval: Duration::from_secs(3600),
             backup_retain: 24,
+            backup_seal: None,
             unsafe_local_reads: false,
             peer_overrides: BTreeMap::new(),
             tls: None,

@@ -879,8 +879,18 @@ impl Node {
             "keel-{:016x}-{:012}-{}.keelbak",
             header.cluster_id, header.revision, header.created_at_unix
         ));
+        let sealed_err = |e: crate::sealed::SealError| StoreError::Config(format!("backup: {e}"));
+        let file = match &self.cfg.backup_seal {
+            Some(s) => crate::sealed::seal(&file, s).map_err(sealed_err)?,
+            None => file,
+        };
         crate::backup::write_atomically(&path, &file)?;
-        crate::backup::decode(&std::fs::read(&path)?).map_err(|e| {
+        let back = std::fs::read(&path)?;
+        let plain = match &self.cfg.backup_seal {
+            Some(s) => crate::sealed::open(&back, s).map_err(sealed_err)?,
+            None => back,
+        };
+        crate::backup::decode(&plain).map_err(|e| {
             StoreError::Config(format!("backup {} does not verify: {e}", path.display()))
         })?;
         let mut all: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?

@@ -13,13 +13,13 @@ use axum::response::{IntoResponse, Response};
 use keel_proto::pki;
 use serde_json::Value;
 
-use super::tls::PeerSubject;
 use super::{codec, route};
 use crate::auth::audit::{AuditEntry, AuditLog};
 use crate::auth::rbac::{self, Access};
 use crate::auth::{Identity, Role, credentials};
 use crate::error::ApiError;
 use crate::registry::Registry;
+use keel_proto::https::PeerSubject;
 
 /// Paths anyone may call: health and version (as Kubernetes allows anonymously).
 const PUBLIC: [&str; 4] = ["/healthz", "/livez", "/readyz", "/version"];

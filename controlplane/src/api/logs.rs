@@ -12,6 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use keel_proto::api::{Node, Pod};
+use keel_proto::pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -25,6 +26,10 @@ pub const PATH: &str = "/api/v1/namespaces/{namespace}/pods/{name}/log";
 
 /// The address type under which agents publish their endpoint.
 const AGENT_ADDRESS_TYPE: &str = "KeelAgent";
+
+/// A connection to an agent: TLS, or plain TCP with `--insecure`.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 pub async fn handler(
     State(reg): State<Registry>,
@@ -109,10 +114,28 @@ async fn serve(
             pod.spec.node_name
         ))
     };
-    let mut s = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(&addr))
+    let tcp = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(&addr))
         .await
         .map_err(|_| unreachable("connect timed out".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
+    // Mutual TLS with the master's certificate; the agent must present the
+    // node certificate of the node the pod is bound to.
+    let mut s: Box<dyn Stream> = match pki::client_defaults().tls {
+        Some(t) => {
+            let cfg = t.rustls_client().map_err(|e| unreachable(e.to_string()))?;
+            let name =
+                rustls::pki_types::ServerName::try_from(pki::node_server_name(&pod.spec.node_name))
+                    .map_err(|e| unreachable(e.to_string()))?;
+            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+            Box::new(
+                tokio::time::timeout(Duration::from_secs(3), tls.connect(name, tcp))
+                    .await
+                    .map_err(|_| unreachable("TLS handshake timed out".into()))?
+                    .map_err(|e| unreachable(format!("TLS: {e}")))?,
+            )
+        }
+        None => Box::new(tcp),
+    };
     // HTTP/1.0: the agent closes the connection after the body, which
     // delimits it, so a followed log streams until either side stops.
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())

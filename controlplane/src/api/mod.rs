@@ -12,7 +12,6 @@ pub mod logs;
 pub mod route;
 pub mod select;
 pub mod service_ip;
-pub mod tls;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -76,7 +75,7 @@ pub async fn serve(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let r = router(reg, &cfg);
-    tls::serve(listener, r, cfg.tls, shutdown).await
+    keel_proto::https::serve(listener, r, cfg.tls, shutdown).await
 }
 
 async fn readyz(State(reg): State<Registry>) -> Response {

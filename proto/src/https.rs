@@ -1,7 +1,8 @@
-//! Serving the REST API over HTTPS: a rustls handshake per connection (the
-//! client certificate, if any, must be signed by the cluster CA), then HTTP/1
-//! or HTTP/2 (the agents' gRPC) with the client certificate's subject in
-//! every request's extensions for the auth layer.
+//! Serving an axum router over HTTPS (feature `https`; the masters' REST API
+//! and the agents' log endpoint): a rustls handshake per connection (a
+//! client certificate, if the configuration asks for or allows one, must be
+//! signed by the cluster CA), then HTTP/1 or HTTP/2 (gRPC), with the client
+//! certificate's subject in every request's extensions.
 
 use std::sync::Arc;
 
@@ -19,6 +20,10 @@ pub struct PeerSubject {
 
 /// Serves `router` on `listener`: HTTPS with `tls`, plain HTTP without
 /// (`--insecure`), until `shutdown` turns true.
+///
+/// An answer to a client that presents a certificate must use
+/// `PeerSubject` only after checking its organisation: the handshake proves
+/// the CA signed it, not what it may do.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -68,7 +73,7 @@ pub async fn serve(
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|c| c.first().and_then(keel_proto::pki::subject))
+                .and_then(|c| c.first().and_then(crate::pki::subject))
                 .map(|(cn, org)| PeerSubject { cn, org });
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
