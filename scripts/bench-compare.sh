@@ -11,24 +11,27 @@ keel=target/release/keel
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
-run_kv() { # label endpoints
+run_kv() { # label endpoints [credential flags]
   for c in 1 64 256; do
-    "$keel" bench kv --endpoints "$2" --clients "$c" --seconds "$secs" --label "$1" | tail -1 | sed "s/^/| $1 | $c /"
+    "$keel" bench kv --endpoints "$2" --clients "$c" --seconds "$secs" --label "$1" "${@:3}" | tail -1 | sed "s/^/| $1 | $c /"
   done
 }
 
 echo "| target | clients | ops | ops/s | p50 ms | p99 ms | max ms | errors |"
 echo "|---|---|---|---|---|---|---|---|"
-"$keel" up --data-dir "$work/keel" --peer-port 17101 --client-port 12479 >"$work/keel.out" 2>&1 &
+# Keel runs with TLS on (as always); its client config goes to $work.
+"$keel" up --data-dir "$work/keel" --peer-port 17101 --client-port 12479 --api-port 16443 \
+  --agents 0 --config "$work/keel.config" >"$work/keel.out" 2>&1 &
 up=$!
-until grep -q "Keel is up" "$work/keel.out"; do sleep 0.2; done
-run_kv keel 127.0.0.1:12479,127.0.0.1:12480,127.0.0.1:12481
+until grep -q "Client config" "$work/keel.out"; do sleep 0.2; done
+run_kv keel 127.0.0.1:12479,127.0.0.1:12480,127.0.0.1:12481 --config "$work/keel.config"
 kill -INT $up; wait $up || true
 
 bash scripts/etcd-cluster.sh "$work/etcd" >"$work/etcd.out" 2>&1 &
 etcd_up=$!
 until ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:22379 endpoint health >/dev/null 2>&1; do sleep 0.2; done
-run_kv etcd 127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579
+# etcd as Debian's defaults run it: plain text.
+run_kv etcd 127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579 --plaintext
 kill "$etcd_up"; wait "$etcd_up" || true
 
 echo

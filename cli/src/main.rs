@@ -156,9 +156,13 @@ fn main() -> anyhow::Result<()> {
         }
     }
     init_logs(cli.log_format);
-    // Client commands dial with the config's credentials; the servers and
-    // harnesses (master, agent, up, chaos, bench) set up their own.
-    if !serves && !matches!(cli.cmd, Cmd::Pki(_)) {
+    // Client commands dial with the config's credentials (benchmarks too:
+    // `bench kv` drives a running cluster; the benchmarks that start their
+    // own cluster switch to its PKI); servers and harnesses set up their own.
+    if !matches!(
+        cli.cmd,
+        Cmd::Pki(_) | Cmd::Master(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Chaos(_)
+    ) {
         config::apply(&cli.auth)?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

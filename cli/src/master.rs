@@ -181,16 +181,19 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
         cfg.initial_cluster = vec![(a.name.clone(), cfg.peer_addr())];
         cfg.join = None;
     }
-    let pki = if a.insecure {
+    let pki_dir = a.pki_dir.clone().unwrap_or_else(|| a.data_dir.join("pki"));
+    let (pki, admin_token) = if a.insecure {
         for _ in 0..3 {
             tracing::warn!(
                 "!!! --insecure: this master speaks PLAIN TEXT on its peer, client and API ports; \
                  anyone who can reach them can read and write the cluster. Tests only. !!!"
             );
         }
-        None
+        // Still no anonymous access: the API wants the admin token.
+        let t = crate::pki::admin_token(&pki_dir, true)?;
+        tracing::warn!(token_file = %pki_dir.join(keel_proto::pki::ADMIN_TOKEN).display(), "--insecure: admin token");
+        (None, t)
     } else {
-        let dir = a.pki_dir.clone().unwrap_or_else(|| a.data_dir.join("pki"));
         let single = cfg.initial_cluster.len() == 1 && cfg.join.is_none();
         let addrs = [
             cfg.peer_addr(),
@@ -201,15 +204,16 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
         ];
         let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
         let own = a.data_dir.join("tls");
-        let p = crate::pki::master(&dir, &own, &a.name, &addrs, single)
-            .with_context(|| format!("the PKI in {}", dir.display()))?;
+        let p = crate::pki::master(&pki_dir, &own, &a.name, &addrs, single)
+            .with_context(|| format!("the PKI in {}", pki_dir.display()))?;
         cfg.tls = Some(p.bundle.clone());
         // What this master dials others with (agents' log endpoints).
         keel_proto::pki::set_client_defaults(keel_proto::pki::ClientDefaults {
             tls: Some(p.bundle.clone()),
             token: None,
         });
-        Some(p)
+        let t = p.admin_token.clone();
+        (Some(p), t)
     };
     let node = Node::start(cfg)
         .await
@@ -245,13 +249,16 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
     ));
     // The CA and the admin token's hash live in the store (so backups carry
     // them); the first master to write them wins, the rest find them there.
-    if let Some(p) = pki {
+    let ca = pki.map(|p| p.ca);
+    {
         let reg = registry.clone();
         tokio::spawn(async move {
             loop {
                 let r = async {
-                    credentials::ensure_ca(&reg, &p.ca).await?;
-                    if let Some(t) = &p.admin_token {
+                    if let Some(ca) = &ca {
+                        credentials::ensure_ca(&reg, ca).await?;
+                    }
+                    if let Some(t) = &admin_token {
                         credentials::ensure_token(&reg, t).await?;
                     }
                     Ok::<_, keel_controlplane::ApiError>(())

@@ -117,6 +117,28 @@ pub fn restore_ca(kv: &keel_store::mvcc::KvStore, data_dir: &Path) -> anyhow::Re
     Ok(true)
 }
 
+/// The record of the admin token in `dir` (ADMIN_TOKEN), creating the
+/// token file (0600) first when `create` and it is missing.
+pub fn admin_token(dir: &Path, create: bool) -> anyhow::Result<Option<TokenRecord>> {
+    let path = dir.join(ADMIN_TOKEN);
+    if create && !path.exists() {
+        let (token, _) = tokens::generate("admin", Role::Admin, 0, false, 0);
+        pki::write_private(&path, &format!("{token}\n"))?;
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(Some(
+            tokens::record_for(
+                t.trim(),
+                "admin",
+                Role::Admin,
+                keel_controlplane::auth::credentials::now(),
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
 /// A master's TLS material, ready to serve.
 pub struct MasterPki {
     pub ca: Ca,
@@ -182,18 +204,7 @@ pub fn master(
         Usage::ServerAndClient,
     )?;
     PkiDir(own_dir.to_path_buf()).save_pair("master", &me)?;
-    let admin_token = match std::fs::read_to_string(dir.join(ADMIN_TOKEN)) {
-        Ok(t) => Some(
-            tokens::record_for(
-                t.trim(),
-                "admin",
-                Role::Admin,
-                keel_controlplane::auth::credentials::now(),
-            )
-            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(ADMIN_TOKEN).display()))?,
-        ),
-        Err(_) => None,
-    };
+    let admin_token = admin_token(dir, false)?;
     Ok(MasterPki {
         bundle: TlsBundle {
             ca_pem: ca.cert_pem.clone(),

@@ -489,3 +489,61 @@ async fn an_agent_without_a_valid_token_cannot_join() {
         "an agent without a valid token registered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_is_plain_text_loud_and_still_needs_a_token() {
+    // One member, --insecure, no PKI at all. (This process's clients dial
+    // TLS, so readiness and requests here use explicit plain-text clients.)
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = keel_chaos::ProcessCluster::plan(
+        keel_chaos::Flavor::Keel,
+        &common::bin(),
+        dir.path(),
+        1,
+        None,
+        &["--insecure".to_string()],
+    )
+    .unwrap();
+    c.spawn_all().unwrap();
+    let api = vec![c.members[0].api_addr()];
+    let token_file = c.members[0].data_dir.join("pki").join("admin.token");
+    let plain = ApiClient::with_credentials(&api, &Credentials::default()).unwrap();
+    common::poll(Duration::from_secs(30), "the insecure API", || async {
+        plain
+            .send(reqwest::Method::GET, "/readyz", None, None)
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await;
+    // No anonymous access even in plain text.
+    assert_eq!(api_code(plain.get_value("/api/v1/namespaces").await), 401);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let with_token = ApiClient::with_credentials(
+        &api,
+        &Credentials {
+            ca_pem: None,
+            identity: None,
+            token: Some(token.trim().to_string()),
+        },
+    )
+    .unwrap();
+    common::poll(
+        Duration::from_secs(20),
+        "the admin token stored",
+        || async { with_token.get_value("/api/v1/namespaces").await.ok() },
+    )
+    .await;
+    let log = std::fs::read_to_string(c.log_path(0)).unwrap();
+    assert!(
+        log.contains("--insecure: this master speaks PLAIN TEXT"),
+        "{log}"
+    );
+    assert!(!c.members[0].data_dir.join("pki").join("ca.key").exists());
+}
