@@ -46,7 +46,10 @@ struct AgentProc {
 }
 
 /// A single-use bootstrap token for agent `node`.
-async fn bootstrap_token(c: &keel_proto::client::ApiClient, node: &str) -> anyhow::Result<String> {
+pub async fn bootstrap_token(
+    c: &keel_proto::client::ApiClient,
+    node: &str,
+) -> anyhow::Result<String> {
     let body = serde_json::json!({"user": format!("bootstrap-{node}"), "role": "node", "ttlSeconds": 3600, "bootstrap": true});
     let r: serde_json::Value = c
         .call(
@@ -60,6 +63,14 @@ async fn bootstrap_token(c: &keel_proto::client::ApiClient, node: &str) -> anyho
         .as_str()
         .map(str::to_string)
         .context("no token in the answer")
+}
+
+/// Makes an agent command join with the cluster CA and a bootstrap token
+/// (in the environment, not on the command line: `ps` shows that).
+pub fn join_with(cmd: &mut Command, ca: &Path, join_token: &str) {
+    cmd.arg("--ca-cert")
+        .arg(ca)
+        .env("KEEL_JOIN_TOKEN", join_token);
 }
 
 fn spawn_agent(
@@ -87,11 +98,9 @@ fn spawn_agent(
         .arg(dir.join("agents").join(&name))
         .args(["--masters", masters])
         .args(["--zone", &zone])
-        .args(["--pod-range", &range])
-        .arg("--ca-cert")
-        .arg(ca)
-        // Passed in the environment, not on the command line (ps shows that).
-        .env("KEEL_JOIN_TOKEN", join_token)
+        .args(["--pod-range", &range]);
+    join_with(&mut cmd, ca, join_token);
+    cmd
         // A stopped `keel up` leaves no pod behind.
         .arg("--stop-pods-on-exit")
         .stdin(Stdio::null())

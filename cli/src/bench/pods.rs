@@ -4,6 +4,7 @@
 //! (from just before the POST to the watch event reporting phase Running).
 //! Prints p50/p90/p99/max and the spread over the nodes.
 
+use anyhow::Context;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,7 +37,14 @@ pub struct PodsArgs {
     dir: Option<PathBuf>,
 }
 
-fn agent(bin: &Path, dir: &Path, i: usize, masters: &str) -> anyhow::Result<Child> {
+fn agent(
+    bin: &Path,
+    dir: &Path,
+    i: usize,
+    masters: &str,
+    ca: &Path,
+    token: &str,
+) -> anyhow::Result<Child> {
     let name = format!("bench-n{}", i + 1);
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     let mut cmd = Command::new(bin);
@@ -46,8 +54,9 @@ fn agent(bin: &Path, dir: &Path, i: usize, masters: &str) -> anyhow::Result<Chil
         .arg(dir.join(&name))
         .args(["--zone", ["zone-a", "zone-b"][i % 2]])
         .args(["--pod-range", &(200 + i).to_string()])
-        .args(["--agent-port", "0", "--stop-pods-on-exit"])
-        .stdin(Stdio::null())
+        .args(["--agent-port", "0", "--stop-pods-on-exit"]);
+    crate::up::join_with(&mut cmd, ca, token);
+    cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
     // SAFETY: prctl is async-signal-safe; the agent gets SIGTERM (and stops
@@ -84,11 +93,17 @@ pub async fn run(a: PodsArgs) -> anyhow::Result<()> {
     let mut cluster = ProcessCluster::start(Flavor::Keel, &bin, &dir, 3, None, &[])?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let apis: Vec<String> = cluster.members.iter().map(|m| m.api_addr()).collect();
+    let client = Arc::new(ApiClient::new(&apis));
+    let ca = cluster
+        .pki_dir
+        .clone()
+        .context("the cluster's PKI")?
+        .join("ca.crt");
     let mut agents = Vec::new();
     for i in 0..a.agents {
-        agents.push(agent(&bin, &dir, i, &apis.join(","))?);
+        let token = crate::up::bootstrap_token(&client, &format!("bench-n{}", i + 1)).await?;
+        agents.push(agent(&bin, &dir, i, &apis.join(","), &ca, &token)?);
     }
-    let client = Arc::new(ApiClient::new(&apis));
     keel_chaos::poll(Duration::from_secs(60), "Ready nodes", || async {
         let n = client.list::<Node>("", "").await.ok()?;
         (n.items
