@@ -13,6 +13,8 @@ use keel_proto::api::{Namespace, Pod};
 use keel_proto::client::{ApiClient, ClientError, Credentials};
 use keel_proto::etcdserverpb::StatusRequest;
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use keel_proto::keelagent::WatchPodsRequest;
+use keel_proto::keelagent::agent_client::AgentClient;
 use keel_proto::keelraft::RaftPayload;
 use keel_proto::keelraft::raft_service_client::RaftServiceClient;
 use keel_proto::pki::{self, Ca, Pair, TlsBundle, Usage};
@@ -395,6 +397,29 @@ async fn tokens_roles_node_restriction_bootstrap_and_audit() {
     }
     let still: Pod = admin.get("default", "on-n2").await.unwrap();
     assert_ne!(still.status.phase, "Failed");
+    // It watches its own pods over the agents' gRPC service, not n2's.
+    let n1_tls = TlsBundle {
+        ca_pem: ca_pem(),
+        me: Some(node_identity(&admin, &apis, "n1").await),
+    };
+    let watch = |node: &'static str| {
+        let ep = grpc(&apis[0], Some(&n1_tls));
+        async move {
+            let ch = ep.connect().await.unwrap();
+            AgentClient::new(ch)
+                .watch_pods(WatchPodsRequest {
+                    node_name: node.into(),
+                    resource_version: 0,
+                })
+                .await
+                .map(|_| ())
+        }
+    };
+    watch("n1").await.expect("a node watches its own pods");
+    assert_eq!(
+        watch("n2").await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
     // Nor may it delete pods or create another node's Node.
     assert_eq!(api_code(n1.delete::<Pod>("default", "on-n1").await), 403);
     let r = n1

@@ -1,13 +1,15 @@
 //! Property tests ("fuzzing" within a bounded budget) of every decoder a
 //! request goes through: YAML/JSON bodies, strict typed decoding of every
-//! kind, label and field selectors, and merge patches over valid objects.
+//! kind, label and field selectors, merge patches over valid objects,
+//! request paths and bearer tokens.
 //! None may panic; bad input must come back as 400 or 422 (404 for unknown
 //! kinds), never as a 500.
 //!
 //! Longer run: `PROPTEST_CASES=200000 cargo test --release -p keel-controlplane --test fuzz_decoders`
 
 use axum::http::HeaderMap;
-use keel_controlplane::api::{codec, select};
+use keel_controlplane::api::{codec, route, select};
+use keel_controlplane::auth::tokens;
 use keel_controlplane::kinds::KINDS;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -105,6 +107,23 @@ proptest! {
         match select::fields(&s) {
             Ok(f) => { select::fields_match(&f, &deployment()); }
             Err(e) => prop_assert_eq!(e.code, 400),
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_never_panic_and_only_the_exact_shape_parses(s in "(keel\\.)?[0-9a-fA-Fz.]{0,70}") {
+        if let Ok((id, secret)) = tokens::parse(&s) {
+            prop_assert_eq!(id.len(), 12);
+            prop_assert_eq!(secret.len(), 48);
+            prop_assert_eq!(format!("keel.{id}.{secret}"), s);
+        }
+    }
+
+    #[test]
+    fn request_paths_never_panic(segs in prop::collection::vec("[a-z0-9{}.%-]{0,12}", 0..8), apis in any::<bool>()) {
+        let path = format!("/{}/{}", if apis { "apis" } else { "api" }, segs.join("/"));
+        if let Err(e) = route::parse(&path) {
+            prop_assert_eq!(e.code, 404);
         }
     }
 }

@@ -28,9 +28,11 @@ pub struct TestCluster {
 pub fn shared_pki() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
+        // Kept for the whole process (a static never drops), so it lives in
+        // Cargo's scratch dir for tests, which `cargo clean` removes.
         let d = tempfile::Builder::new()
             .prefix("keel-test-pki")
-            .tempdir()
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .expect("temp dir")
             .keep()
             .join("pki");
