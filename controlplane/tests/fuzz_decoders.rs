@@ -54,12 +54,23 @@ fn deployment() -> Value {
             "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "100m"}}}]}}}})
 }
 
+/// Cases per property: `PROPTEST_CASES` if set, else 512. (A literal in
+/// the config would override the variable: proptest reads it only into
+/// its default config.)
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(512)
+}
+
 fn client_error(code: u16) -> bool {
     matches!(code, 400 | 404 | 413 | 422)
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // 512 cases per property in the suite; PROPTEST_CASES sets a longer run.
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn bodies_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), yaml in any::<bool>()) {
