@@ -193,15 +193,20 @@ impl Registry {
     /// writes its token, writes through the returned registry fail with 409.
     pub async fn fenced(&self, term: u64) -> Result<Registry, ApiError> {
         let token = json!({"member": self.node.id, "term": term, "at": now_rfc3339()});
-        let r = self
-            .txn(TxnRequest {
-                success: vec![put(
-                    LEADER_FENCE_KEY,
-                    serde_json::to_vec(&token).unwrap_or_default(),
-                )],
-                ..Default::default()
-            })
-            .await?;
+        // Never forwarded: only the leader itself may write its token (a
+        // member with a stale view of leadership would otherwise fence out
+        // the real leader through it).
+        let t = TxnRequest {
+            success: vec![put(
+                LEADER_FENCE_KEY,
+                serde_json::to_vec(&token).unwrap_or_default(),
+            )],
+            ..Default::default()
+        };
+        let r = match self.node.write_as_leader(Op::Txn(t)).await?.result {
+            Some(R::Txn(r)) => r,
+            _ => return Err(ApiError::internal("unexpected store answer")),
+        };
         let rev = r.header.map(|h| h.revision).unwrap_or(0);
         Ok(Registry {
             node: self.node.clone(),

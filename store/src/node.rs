@@ -444,6 +444,28 @@ impl Node {
         }
     }
 
+    /// Writes `op` only if this member is the leader, never forwarding it:
+    /// the entry commits in this member's own term or not at all. For
+    /// writes that claim leadership (the controllers' fencing token): a
+    /// member that merely believes it leads (a stale view right after a
+    /// restart) must not get such a write committed by the real leader.
+    pub async fn write_as_leader(&self, op: command::Op) -> Result<CommandResult, EtcdError> {
+        match self.serve_leader(LeaderRequest::Write(Cmd::new(op))).await {
+            Ok(LeaderResponse::Write(r)) => match r.0.result {
+                Some(command_result::Result::Error(e)) => {
+                    Err(EtcdError::from_parts(e.code, &e.message))
+                }
+                Some(_) => Ok(r.0),
+                None => Err(EtcdError::Internal("empty result".into())),
+            },
+            Ok(other) => Err(EtcdError::Internal(format!("unexpected answer {other:?}"))),
+            Err(LeaderError::NotLeader) => Err(EtcdError::Unavailable(
+                "this member is not the leader".into(),
+            )),
+            Err(LeaderError::Etcd(code, msg)) => Err(EtcdError::from_parts(code, &msg)),
+        }
+    }
+
     /// Blocks until this member's state machine reflects every write
     /// committed before the call (read-index through the leader).
     pub async fn read_barrier(&self) -> Result<(), EtcdError> {

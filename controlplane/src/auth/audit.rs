@@ -23,6 +23,17 @@ pub struct AuditEntry {
     pub code: u16,
 }
 
+/// Opens `path` for appending, created readable by its owner only (who did
+/// what is for the cluster's operators).
+fn open_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// A size-rotated JSON-lines file: `audit.log`, then `audit.log.1` ... `.N`.
 pub struct AuditLog {
     path: PathBuf,
@@ -35,7 +46,7 @@ impl AuditLog {
     pub fn open(dir: &Path, max_bytes: u64, keep: usize) -> std::io::Result<AuditLog> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("audit.log");
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = open_private(&path)?;
         let size = file.metadata()?.len();
         Ok(AuditLog {
             path,
@@ -62,10 +73,7 @@ impl AuditLog {
                 }
             }
             std::fs::rename(&self.path, self.rotated(1))?;
-            g.0 = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
+            g.0 = open_private(&self.path)?;
             g.1 = 0;
         }
         g.0.write_all(&line)?;
@@ -107,5 +115,8 @@ mod tests {
         assert!(dir.path().join("audit.log.1").exists());
         assert!(dir.path().join("audit.log.2").exists());
         assert!(!dir.path().join("audit.log.3").exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(log.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }
