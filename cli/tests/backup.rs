@@ -103,6 +103,65 @@ async fn backup_of_a_live_cluster_verifies_offline_and_corruption_is_caught() {
     let stdout = saved.stdout.clone();
     assert_eq!(field(&stdout, "keys"), (base + 21).to_string());
 
+    // The backup carries the cluster CA (its key included), so it can be
+    // sealed: `save --encrypt` leaves no readable key in the file, opening
+    // needs the passphrase, and `inspect` never prints secret values.
+    let plain = std::fs::read(&file).unwrap();
+    let has_key = |b: &[u8]| b.windows(11).any(|w| w == b"PRIVATE KEY");
+    assert!(has_key(&plain), "the backup should carry the CA key");
+    let pass = tc.dir.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let wrong = tc.dir.path().join("wrong");
+    std::fs::write(&wrong, "not it\n").unwrap();
+    let sealed = tc.dir.path().join("b1.sealed.keelbak");
+    let (p, w, sf) = (
+        pass.to_str().unwrap(),
+        wrong.to_str().unwrap(),
+        sealed.to_str().unwrap(),
+    );
+    let o = keel(&[
+        "backup",
+        "save",
+        "--endpoints",
+        &eps.join(","),
+        "--out",
+        sf,
+        "--encrypt",
+        "--passphrase-file",
+        p,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !has_key(&std::fs::read(&sealed).unwrap()),
+        "sealed file shows the key"
+    );
+    let o = keel(&["backup", "verify", sf, "--passphrase-file", p]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = keel(&["backup", "verify", sf]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("encrypted"),
+        "{o:?}"
+    );
+    let o = keel(&["backup", "verify", sf, "--passphrase-file", w]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("wrong passphrase"),
+        "{o:?}"
+    );
+    for (file, extra) in [(f, vec![]), (sf, vec!["--passphrase-file", p])] {
+        let mut args = vec!["backup", "inspect", file, "--prefix", "/keel/"];
+        args.extend(extra);
+        let o = keel(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("/keel/pki/ca"), "{out}");
+        assert!(
+            !out.contains("PRIVATE KEY") && !out.contains("secretSha256"),
+            "{out}"
+        );
+    }
+
     // The recorded content hash is the cluster's HashKV at that revision.
     let (rev, hash) = (saved.revision, saved.hash);
     let live = MaintenanceClient::new(channel(&eps[1]).await)
