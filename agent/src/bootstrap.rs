@@ -87,14 +87,8 @@ async fn join(
             token: Some(token.to_string()),
         },
     )?;
-    let body = serde_json::to_vec(&json!({"nodeName": node, "csr": csr}))
-        .map_err(|e| AgentError::Config(e.to_string()))?;
     let r: Value = c
-        .call(
-            reqwest::Method::POST,
-            "/keel/v1/bootstrap",
-            Some(("application/json", body)),
-        )
+        .post("/keel/v1/bootstrap", &json!({"nodeName": node, "csr": csr}))
         .await?;
     let cert_pem = r["certificate"]
         .as_str()

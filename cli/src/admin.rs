@@ -54,19 +54,6 @@ fn ttl_secs(s: &str) -> anyhow::Result<i64> {
     Ok(n * mult)
 }
 
-async fn post_json<T: serde::de::DeserializeOwned>(
-    c: &ApiClient,
-    path: &str,
-    body: &Value,
-) -> anyhow::Result<T> {
-    Ok(c.call(
-        reqwest::Method::POST,
-        path,
-        Some(("application/json", serde_json::to_vec(body)?)),
-    )
-    .await?)
-}
-
 pub async fn token(t: &Target, cmd: TokenCmd) -> anyhow::Result<()> {
     let c = t.client();
     match cmd {
@@ -85,12 +72,12 @@ pub async fn token(t: &Target, cmd: TokenCmd) -> anyhow::Result<()> {
             } else {
                 user
             };
-            let r: TokenCreated = post_json(
-                &c,
-                "/keel/v1/tokens",
-                &json!({"user": user, "role": role, "ttlSeconds": ttl_secs(&ttl)?, "bootstrap": bootstrap}),
-            )
-            .await?;
+            let r: TokenCreated = c
+                .post(
+                    "/keel/v1/tokens",
+                    &json!({"user": user, "role": role, "ttlSeconds": ttl_secs(&ttl)?, "bootstrap": bootstrap}),
+                )
+                .await?;
             println!("{}", r.token);
         }
         TokenCmd::List => {

@@ -81,38 +81,33 @@ pub fn apply(a: &Auth) -> anyhow::Result<()> {
         _ => None,
     };
     let cfg = file.clone().unwrap_or_default();
-    if a.plaintext {
-        keel_proto::pki::set_client_defaults(ClientDefaults {
-            tls: None,
-            token: a.token.clone().or(cfg.token.clone()),
-        });
-    } else {
-        let ca = a
-            .ca_cert
-            .clone()
-            .or_else(|| file.as_ref().map(|f| f.certificate_authority.clone()));
-        let pair = match (
-            a.client_cert.clone().or(cfg.client_certificate.clone()),
-            a.client_key.clone().or(cfg.client_key.clone()),
-        ) {
-            (Some(c), Some(k)) => Some(Pair {
-                cert_pem: read(&c)?,
-                key_pem: read(&k)?,
-            }),
-            _ => None,
-        };
-        let tls = match ca {
-            Some(ca) => Some(TlsBundle {
+    let ca = a
+        .ca_cert
+        .clone()
+        .or_else(|| file.as_ref().map(|f| f.certificate_authority.clone()));
+    let tls = match ca {
+        Some(ca) if !a.plaintext => {
+            let me = match (
+                a.client_cert.clone().or(cfg.client_certificate.clone()),
+                a.client_key.clone().or(cfg.client_key.clone()),
+            ) {
+                (Some(c), Some(k)) => Some(Pair {
+                    cert_pem: read(&c)?,
+                    key_pem: read(&k)?,
+                }),
+                _ => None,
+            };
+            Some(TlsBundle {
                 ca_pem: read(&ca)?,
-                me: pair,
-            }),
-            None => None,
-        };
-        keel_proto::pki::set_client_defaults(ClientDefaults {
-            tls,
-            token: a.token.clone().or(cfg.token.clone()),
-        });
-    }
+                me,
+            })
+        }
+        _ => None,
+    };
+    keel_proto::pki::set_client_defaults(ClientDefaults {
+        tls,
+        token: a.token.clone().or(cfg.token.clone()),
+    });
     let _ = LOADED.set(cfg);
     Ok(())
 }

@@ -52,11 +52,7 @@ pub async fn bootstrap_token(
 ) -> anyhow::Result<String> {
     let body = serde_json::json!({"user": format!("bootstrap-{node}"), "role": "node", "ttlSeconds": 3600, "bootstrap": true});
     let r: serde_json::Value = c
-        .call(
-            reqwest::Method::POST,
-            "/keel/v1/tokens",
-            Some(("application/json", serde_json::to_vec(&body)?)),
-        )
+        .post("/keel/v1/tokens", &body)
         .await
         .context("creating a bootstrap token")?;
     r["token"]

@@ -138,14 +138,7 @@ async fn node_identity(admin: &ApiClient, apis: &[String], node: &str) -> Pair {
     let (csr, key_pem) = pki::node_csr(node).unwrap();
     let c = client(apis, None, Some(token));
     let r: Value = c
-        .call(
-            reqwest::Method::POST,
-            "/keel/v1/bootstrap",
-            Some((
-                "application/json",
-                serde_json::to_vec(&json!({"nodeName": node, "csr": csr})).unwrap(),
-            )),
-        )
+        .post("/keel/v1/bootstrap", &json!({"nodeName": node, "csr": csr}))
         .await
         .expect("bootstrap");
     Pair {
@@ -276,16 +269,9 @@ async fn tokens_roles_node_restriction_bootstrap_and_audit() {
     let viewer = client(&apis, None, Some(view_token.clone()));
     viewer.get::<Namespace>("", "default").await.unwrap();
     let r = viewer
-        .call::<Value>(
-            reqwest::Method::POST,
+        .post::<Value>(
             "/api/v1/namespaces",
-            Some((
-                "application/json",
-                serde_json::to_vec(
-                    &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "nope"}}),
-                )
-                .unwrap(),
-            )),
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "nope"}}),
         )
         .await;
     let msg = api_message(r);
@@ -322,14 +308,9 @@ async fn tokens_roles_node_restriction_bootstrap_and_audit() {
 
     // Expiry: a one-second token stops working.
     let r: Value = admin
-        .call(
-            reqwest::Method::POST,
+        .post(
             "/keel/v1/tokens",
-            Some((
-                "application/json",
-                serde_json::to_vec(&json!({"user": "brief", "role": "edit", "ttlSeconds": 1}))
-                    .unwrap(),
-            )),
+            &json!({"user": "brief", "role": "edit", "ttlSeconds": 1}),
         )
         .await
         .unwrap();
@@ -348,15 +329,8 @@ async fn tokens_roles_node_restriction_bootstrap_and_audit() {
     let join = |node: &str| {
         let (csr, _) = pki::node_csr(node).unwrap();
         let c = client(&apis, None, Some(token.clone()));
-        let body = serde_json::to_vec(&json!({"nodeName": node, "csr": csr})).unwrap();
-        async move {
-            c.call::<Value>(
-                reqwest::Method::POST,
-                "/keel/v1/bootstrap",
-                Some(("application/json", body)),
-            )
-            .await
-        }
+        let body = json!({"nodeName": node, "csr": csr});
+        async move { c.post::<Value>("/keel/v1/bootstrap", &body).await }
     };
     join("n1").await.expect("first use");
     let again = join("n9").await;
@@ -418,16 +392,9 @@ async fn tokens_roles_node_restriction_bootstrap_and_audit() {
     // Nor may it delete pods or create another node's Node.
     assert_eq!(api_code(n1.delete::<Pod>("default", "on-n1").await), 403);
     let r = n1
-        .call::<Value>(
-            reqwest::Method::POST,
+        .post::<Value>(
             "/api/v1/nodes",
-            Some((
-                "application/json",
-                serde_json::to_vec(
-                    &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"}}),
-                )
-                .unwrap(),
-            )),
+            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"}}),
         )
         .await;
     assert_eq!(api_code(r), 403);

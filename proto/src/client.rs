@@ -261,6 +261,17 @@ impl ApiClient {
         self.call(reqwest::Method::GET, &path, None).await
     }
 
+    /// POSTs `body` as JSON to `path` and decodes the answer (Keel's own
+    /// endpoints: tokens, bootstrap).
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, ClientError> {
+        self.call(reqwest::Method::POST, path, Some(json_body(body)?))
+            .await
+    }
+
     pub async fn create<T: Resource>(&self, obj: &T) -> Result<T, ClientError> {
         let path = collection::<T>(&obj.meta().namespace_or_default::<T>());
         self.call(reqwest::Method::POST, &path, Some(json_body(obj)?))

@@ -187,11 +187,7 @@ pub fn apis(tc: &TestCluster) -> Vec<String> {
 pub async fn bootstrap_token(client: &keel_proto::client::ApiClient) -> String {
     let body = serde_json::json!({"user": "test-node", "role": "node", "ttlSeconds": 600, "bootstrap": true});
     let r: serde_json::Value = client
-        .call(
-            reqwest::Method::POST,
-            "/keel/v1/tokens",
-            Some(("application/json", serde_json::to_vec(&body).unwrap())),
-        )
+        .post("/keel/v1/tokens", &body)
         .await
         .expect("create a bootstrap token");
     r["token"].as_str().expect("token").to_string()

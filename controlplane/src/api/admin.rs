@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::codec;
-use super::guard::BOOTSTRAP_PATH;
+use super::guard::{BOOTSTRAP_PATH, bearer};
 use crate::auth::audit::AuditLog;
 use crate::auth::credentials;
 use crate::auth::rbac::Role;
@@ -206,10 +206,7 @@ pub struct BootstrapResponse {
 
 async fn bootstrap(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Response {
     let r = async {
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+        let token = bearer(&headers)
             .ok_or_else(|| ApiError::new(401, "Unauthorized", "a bootstrap token is required"))?;
         let req: BootstrapRequest = parse_json(&body)?;
         validate::subdomain(&req.node_name)

@@ -53,7 +53,8 @@ pub fn identity_of_cert(p: &PeerSubject) -> Result<Identity, String> {
     })
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()

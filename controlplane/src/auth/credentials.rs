@@ -51,18 +51,14 @@ pub async fn ensure_ca(reg: &Registry, ca: &Ca) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The CA as this member last applied it (a local read: used at start-up,
-/// before serving, to recover the PKI of a restored cluster).
-pub async fn stored_ca(reg: &Registry) -> Result<Option<Ca>, ApiError> {
+/// The CA as this member last applied it (a local read).
+async fn stored_ca(reg: &Registry) -> Result<Option<Ca>, ApiError> {
     let Some((v, _)) = reg.raw_get(CA_KEY, true).await? else {
         return Ok(None);
     };
-    let s: StoredCa =
-        serde_json::from_slice(&v).map_err(|e| ApiError::internal(format!("stored CA: {e}")))?;
-    Ok(Some(Ca {
-        cert_pem: s.cert_pem,
-        key_pem: s.key_pem,
-    }))
+    decode_ca(&v)
+        .map(Some)
+        .ok_or_else(|| ApiError::internal("the stored CA does not decode"))
 }
 
 /// The CA in a stored value (as a backup holds it).
