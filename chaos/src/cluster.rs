@@ -110,6 +110,23 @@ pub async fn status_of(addr: &str) -> Option<(u64, u64, u64)> {
     Some((id, r.leader, r.raft_term))
 }
 
+/// A single-use bootstrap token for agent `node`, valid `ttl_secs`, made
+/// through `client` (which must hold admin credentials).
+pub async fn bootstrap_token(
+    client: &keel_proto::client::ApiClient,
+    node: &str,
+    ttl_secs: i64,
+) -> Result<String, keel_proto::client::ClientError> {
+    let body = serde_json::json!({
+        "user": format!("bootstrap-{node}"), "role": "node", "ttlSeconds": ttl_secs, "bootstrap": true
+    });
+    let r: serde_json::Value = client.post("/keel/v1/tokens", &body).await?;
+    r["token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| keel_proto::client::ClientError::Decode("no token in the answer".into()))
+}
+
 /// A set of member processes; dropping it kills them all.
 pub struct ProcessCluster {
     pub flavor: Flavor,

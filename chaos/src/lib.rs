@@ -14,5 +14,5 @@ pub mod sim;
 pub mod wait;
 pub mod workload;
 
-pub use cluster::{ClusterError, Flavor, ProcessCluster, free_port};
+pub use cluster::{ClusterError, Flavor, ProcessCluster, bootstrap_token, free_port};
 pub use wait::poll;

@@ -156,13 +156,15 @@ fn main() -> anyhow::Result<()> {
         }
     }
     init_logs(cli.log_format);
-    // Client commands dial with the config's credentials (benchmarks too:
-    // `bench kv` drives a running cluster; the benchmarks that start their
-    // own cluster switch to its PKI); servers and harnesses set up their own.
-    if !matches!(
-        cli.cmd,
-        Cmd::Pki(_) | Cmd::Master(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Chaos(_)
-    ) {
+    // Commands that dial a running cluster use the config's credentials;
+    // servers, harnesses and benchmarks that start their own cluster use
+    // their own (a stale ~/.keel/config must not break them).
+    let dials_a_running_cluster = match &cli.cmd {
+        Cmd::Pki(_) | Cmd::Master(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Chaos(_) => false,
+        Cmd::Bench(b) => b.dials_a_running_cluster(),
+        _ => true,
+    };
+    if dials_a_running_cluster {
         config::apply(&cli.auth)?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

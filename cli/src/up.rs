@@ -45,22 +45,6 @@ struct AgentProc {
     child: Child,
 }
 
-/// A single-use bootstrap token for agent `node`.
-pub async fn bootstrap_token(
-    c: &keel_proto::client::ApiClient,
-    node: &str,
-) -> anyhow::Result<String> {
-    let body = serde_json::json!({"user": format!("bootstrap-{node}"), "role": "node", "ttlSeconds": 3600, "bootstrap": true});
-    let r: serde_json::Value = c
-        .post("/keel/v1/tokens", &body)
-        .await
-        .context("creating a bootstrap token")?;
-    r["token"]
-        .as_str()
-        .map(str::to_string)
-        .context("no token in the answer")
-}
-
 /// Makes an agent command join with the cluster CA and a bootstrap token
 /// (in the environment, not on the command line: `ps` shows that).
 pub fn join_with(cmd: &mut Command, ca: &Path, join_token: &str) {
@@ -180,7 +164,9 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     let client = keel_proto::client::ApiClient::new(&apis);
     let mut agents = Vec::new();
     for i in 0..a.agents {
-        let token = bootstrap_token(&client, &format!("n{}", i + 1)).await?;
+        let token = keel_chaos::bootstrap_token(&client, &format!("n{}", i + 1), 3600)
+            .await
+            .context("creating a bootstrap token")?;
         agents.push(spawn_agent(
             &bin,
             &a.data_dir,

@@ -23,6 +23,18 @@ pub enum BenchCmd {
     Pods(pods::PodsArgs),
 }
 
+impl BenchCmd {
+    /// Whether the benchmark drives an existing cluster (so it dials with
+    /// the client config) rather than one it starts.
+    pub fn dials_a_running_cluster(&self) -> bool {
+        match self {
+            BenchCmd::Kv(_) | BenchCmd::Load(_) => true,
+            BenchCmd::Schedule(a) => a.server.is_some(),
+            BenchCmd::Failover(_) | BenchCmd::Pods(_) => false,
+        }
+    }
+}
+
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Kv(a) => kv::run(a).await,

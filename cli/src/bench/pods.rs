@@ -101,7 +101,7 @@ pub async fn run(a: PodsArgs) -> anyhow::Result<()> {
         .join("ca.crt");
     let mut agents = Vec::new();
     for i in 0..a.agents {
-        let token = crate::up::bootstrap_token(&client, &format!("bench-n{}", i + 1)).await?;
+        let token = keel_chaos::bootstrap_token(&client, &format!("bench-n{}", i + 1), 600).await?;
         agents.push(agent(&bin, &dir, i, &apis.join(","), &ca, &token)?);
     }
     keel_chaos::poll(Duration::from_secs(60), "Ready nodes", || async {

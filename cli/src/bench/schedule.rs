@@ -32,7 +32,7 @@ pub struct ScheduleArgs {
     clients: usize,
     /// Use a running cluster's API (comma-separated) instead of starting one.
     #[arg(long, env = "KEEL_SERVER")]
-    server: Option<String>,
+    pub server: Option<String>,
     /// After the run, SIGKILL the leader and time until scheduling resumes
     /// (only with a cluster this command started).
     #[arg(long)]

@@ -185,12 +185,9 @@ pub fn apis(tc: &TestCluster) -> Vec<String> {
 
 /// A single-use bootstrap token for an agent.
 pub async fn bootstrap_token(client: &keel_proto::client::ApiClient) -> String {
-    let body = serde_json::json!({"user": "test-node", "role": "node", "ttlSeconds": 600, "bootstrap": true});
-    let r: serde_json::Value = client
-        .post("/keel/v1/tokens", &body)
+    keel_chaos::bootstrap_token(client, "test-node", 600)
         .await
-        .expect("create a bootstrap token");
-    r["token"].as_str().expect("token").to_string()
+        .expect("create a bootstrap token")
 }
 
 /// A REST client over every member's API, once the API serves (the default
