@@ -150,4 +150,8 @@ pub enum StoreError {
     Config(String),
     #[error("transport error: {0}")]
     Transport(String),
+    /// The key space could not be read while applying committed entries:
+    /// the member must stop rather than apply them differently from others.
+    #[error("storage failure while applying committed entries: {0}")]
+    Apply(String),
 }

@@ -894,10 +894,11 @@ fn txn_with_an_invalid_op_applies_nothing() {
     assert_eq!(kv.revision(), 2);
     assert_eq!(value(&get(&kv, "a").unwrap()), "1");
 
-    // Nested: the inner txn's compare only becomes true after the outer put,
-    // so the bad op is only found midway; everything is rolled back.
+    // Nested: the inner txn's bad op comes after the outer put (its
+    // compare, like etcd's, sees the state before the txn); everything is
+    // rolled back.
     let inner = TxnRequest {
-        compare: vec![cmp_value("a", CompareResult::Equal, "2")],
+        compare: vec![cmp_value("a", CompareResult::Equal, "1")],
         success: vec![bad],
         failure: vec![],
     };
@@ -1616,4 +1617,152 @@ async fn state_survives_reopening() {
 
     // And writes continue from the recovered revision.
     assert_eq!(put(&kv, "z", "1").header.unwrap().revision, rev + 1);
+}
+
+// ------------------------------------------------- hostile ranges (issue 12)
+
+/// The request that took every member of a cluster down: a txn whose range
+/// ends before its key. etcd answers it with an empty range; so must we.
+#[test]
+fn txn_with_a_reversed_range_answers_empty_and_still_writes() {
+    let (_d, kv) = open();
+    put(&kv, "a", "1"); // 2
+    let t = txn(
+        &kv,
+        TxnRequest {
+            success: vec![op_put("x", "1"), op_range(range_req("b", b"a"))],
+            ..Default::default()
+        },
+    );
+    assert!(t.succeeded);
+    match &t.responses[1].response {
+        Some(response_op::Response::ResponseRange(r)) => {
+            assert!(r.kvs.is_empty(), "{r:?}");
+            assert_eq!(r.count, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(value(&get(&kv, "x").unwrap()), "1");
+    assert_eq!(kv.revision(), 3);
+}
+
+#[test]
+fn every_reversed_range_form_is_empty_and_changes_nothing() {
+    let (_d, kv) = open();
+    for k in ["a", "b", "c"] {
+        put(&kv, k, "v");
+    }
+    let before = kv.revision();
+    // Range outside a txn, at the current and at a past revision.
+    for rev in [0, before - 1] {
+        let r = range(
+            &kv,
+            RangeRequest {
+                revision: rev,
+                ..range_req("c", b"a")
+            },
+        );
+        assert!(r.kvs.is_empty() && r.count == 0, "rev {rev}: {r:?}");
+    }
+    // A range whose end equals its key is empty too.
+    assert!(range(&kv, range_req("b", b"b")).kvs.is_empty());
+    // DeleteRange, alone and inside a txn, deletes nothing and keeps the revision.
+    assert_eq!(delete(&kv, "c", b"a").deleted, 0);
+    let t = txn(
+        &kv,
+        TxnRequest {
+            success: vec![op_del("c", b"a"), op_range(range_req("c", b"a"))],
+            ..Default::default()
+        },
+    );
+    assert!(t.succeeded);
+    assert_eq!(kv.revision(), before, "nothing was written");
+    // A compare over an empty range compares against an absent key (etcd's
+    // applyCompare): version 0 holds, a value compare never does.
+    let mut c = cmp_version("c", CompareResult::Equal, 0);
+    c.range_end = b"a".to_vec();
+    assert!(holds(&kv, c));
+    let mut c = cmp_value("c", CompareResult::NotEqual, "zzz");
+    c.range_end = b"a".to_vec();
+    assert!(!holds(&kv, c));
+    // A compare over a real range with no keys in it behaves the same way.
+    let mut c = cmp_version("m", CompareResult::Greater, 0);
+    c.range_end = b"n".to_vec();
+    assert!(!holds(&kv, c));
+    assert_eq!(
+        keys_of(&range(&kv, range_req("a", b"\0")).kvs),
+        ["a", "b", "c"]
+    );
+}
+
+/// etcd evaluates every compare of a transaction, nested ones included,
+/// against the state before the transaction writes anything.
+#[test]
+fn nested_compares_see_the_state_before_the_txn() {
+    let (_d, kv) = open();
+    put(&kv, "k", "old");
+    let inner = TxnRequest {
+        compare: vec![cmp_value("k", CompareResult::Equal, "old")],
+        success: vec![op_put("seen", "old")],
+        failure: vec![op_put("seen", "new")],
+    };
+    let t = txn(
+        &kv,
+        TxnRequest {
+            success: vec![
+                op_put("k", "new"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestTxn(inner)),
+                },
+            ],
+            ..Default::default()
+        },
+    );
+    assert!(t.succeeded);
+    assert_eq!(value(&get(&kv, "seen").unwrap()), "old");
+}
+
+/// A range inside a txn at the revision before the txn's own writes reads
+/// that revision, not the writes.
+#[test]
+fn txn_range_at_the_current_revision_does_not_see_its_own_writes() {
+    let (_d, kv) = open();
+    put(&kv, "k", "old");
+    let rev = kv.revision();
+    let t = txn(
+        &kv,
+        TxnRequest {
+            success: vec![
+                op_put("k", "new"),
+                op_range(RangeRequest {
+                    revision: rev,
+                    ..range_req("k", b"")
+                }),
+            ],
+            ..Default::default()
+        },
+    );
+    match &t.responses[1].response {
+        Some(response_op::Response::ResponseRange(r)) => assert_eq!(value(&r.kvs[0]), "old"),
+        other => panic!("{other:?}"),
+    }
+    // A revision past the current one is refused before anything is written.
+    let r = exec(
+        &kv,
+        Op::Txn(TxnRequest {
+            success: vec![
+                op_put("k", "newer"),
+                op_range(RangeRequest {
+                    revision: kv.revision() + 1,
+                    ..range_req("k", b"")
+                }),
+            ],
+            ..Default::default()
+        }),
+    );
+    assert_eq!(
+        expect_error(r).message,
+        EtcdError::FutureRevision.to_string()
+    );
+    assert_eq!(value(&get(&kv, "k").unwrap()), "new");
 }

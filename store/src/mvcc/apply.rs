@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use keel_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
     LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
-    PutResponse, RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
-    compare, request_op, response_op,
+    PutResponse, RangeRequest, ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare,
+    request_op, response_op,
 };
 use keel_proto::keelraft::{Command, CommandError, CommandResult, command, command_result};
 use keel_proto::mvccpb::{Event, KeyValue, event};
@@ -17,7 +17,7 @@ use prost::Message;
 
 use super::keys::{self, in_range, kv_bounds, kv_key};
 use super::read::shape_range;
-use super::{EventBatch, KvStore, decode};
+use super::{EventBatch, KvStore};
 use crate::error::{EtcdError, StoreError};
 
 /// Metadata written in the same atomic batch as the commands' effects.
@@ -30,16 +30,47 @@ pub struct BatchMeta {
     pub cluster_id: Option<u64>,
 }
 
+/// Why applying one command stopped.
+#[derive(Debug)]
+enum Stop {
+    /// The request is refused: the client gets this error, nothing changes.
+    Refused(EtcdError),
+    /// The key space could not be read: the member must stop (a failed read
+    /// is never taken for an absent key, or members would diverge).
+    Storage(String),
+}
+
+impl From<EtcdError> for Stop {
+    fn from(e: EtcdError) -> Self {
+        Stop::Refused(e)
+    }
+}
+
+type Step<T> = Result<T, Stop>;
+
+/// Every range inside one transaction together may return at most this many
+/// bytes of keys and values: every member builds the answer, so an unbounded
+/// one could exhaust all of them at once.
+pub const MAX_TXN_RANGE_BYTES: usize = 64 << 20;
+
 /// Builds one sled batch over the committed tree, reading its own writes.
+///
+/// Writes go to two layers: `batch` holds the effects of the batch's earlier
+/// commands, `cmd` those of the command being applied. A command that fails
+/// (or panics) drops `cmd` and its events, so it changes nothing, and every
+/// member reaches that same result.
 struct Writer<'a> {
     tree: &'a sled::Tree,
-    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    batch: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    cmd: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// The latest revision, including entries earlier in this batch.
     rev: i64,
     compact: i64,
     /// Events recorded by the entry being applied.
     sub: u32,
     events: Vec<(i64, Event)>,
+    /// Bytes returned so far by ranges of the transaction being applied.
+    range_bytes: usize,
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -49,43 +80,63 @@ fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
+fn storage(e: impl std::fmt::Display) -> Stop {
+    Stop::Storage(e.to_string())
+}
+
+fn decode_rec<M: Message + Default>(bytes: &[u8]) -> Step<M> {
+    M::decode(bytes).map_err(|e| storage(format!("corrupt record in the key space: {e}")))
+}
+
 impl<'a> Writer<'a> {
-    fn get(&self, k: &[u8]) -> Option<Vec<u8>> {
-        match self.overlay.get(k) {
-            Some(v) => v.clone(),
-            None => self.tree.get(k).ok().flatten().map(|v| v.to_vec()),
+    fn get(&self, k: &[u8]) -> Step<Option<Vec<u8>>> {
+        if let Some(v) = self.cmd.get(k).or_else(|| self.batch.get(k)) {
+            return Ok(v.clone());
         }
+        Ok(self.tree.get(k).map_err(storage)?.map(|v| v.to_vec()))
     }
 
     fn set(&mut self, k: Vec<u8>, v: Vec<u8>) {
-        self.overlay.insert(k, Some(v));
+        self.cmd.insert(k, Some(v));
     }
 
     fn del(&mut self, k: Vec<u8>) {
-        self.overlay.insert(k, None);
+        self.cmd.insert(k, None);
     }
 
-    fn get_kv(&self, user: &[u8]) -> Option<KeyValue> {
-        self.get(&kv_key(user)).map(|v| decode(&v))
+    fn get_kv(&self, user: &[u8]) -> Step<Option<KeyValue>> {
+        self.get(&kv_key(user))?.map(|v| decode_rec(&v)).transpose()
     }
 
-    /// Current key-values in an etcd range, seeing this batch's writes.
-    fn scan(&self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
-        let (start, end) = kv_bounds(key, range_end);
-        let end = end.unwrap_or_else(|| vec![keys::KV + 1]);
-        let mut map: BTreeMap<Vec<u8>, Vec<u8>> = self
-            .tree
-            .range(start.clone()..end.clone())
-            .filter_map(|r| r.ok())
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect();
-        for (k, v) in self.overlay.range(start..end) {
-            match v {
-                Some(v) => map.insert(k.clone(), v.clone()),
-                None => map.remove(k),
-            };
+    /// Every record in `[start, end)` (raw keys), seeing this batch's writes.
+    fn scan_raw(&self, start: &[u8], end: &[u8]) -> Step<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut map = BTreeMap::new();
+        if start >= end {
+            return Ok(map);
         }
-        map.values().map(|v| decode(v)).collect()
+        for r in self.tree.range(start..end) {
+            let (k, v) = r.map_err(storage)?;
+            map.insert(k.to_vec(), v.to_vec());
+        }
+        for layer in [&self.batch, &self.cmd] {
+            for (k, v) in layer.range(start.to_vec()..end.to_vec()) {
+                match v {
+                    Some(v) => map.insert(k.clone(), v.clone()),
+                    None => map.remove(k),
+                };
+            }
+        }
+        Ok(map)
+    }
+
+    /// Current key-values in an etcd range (any form: single key, prefix,
+    /// from-key, reversed = empty), seeing this batch's writes.
+    fn scan(&self, key: &[u8], range_end: &[u8]) -> Step<Vec<KeyValue>> {
+        let (start, end) = kv_bounds(key, range_end);
+        self.scan_raw(&start, &end)?
+            .values()
+            .map(|v| decode_rec(v))
+            .collect()
     }
 
     fn next_rev(&self) -> i64 {
@@ -116,26 +167,42 @@ impl<'a> Writer<'a> {
         }
     }
 
-    fn lease_exists(&self, id: i64) -> bool {
-        self.get(&keys::lease_key(id)).is_some()
+    fn lease_exists(&self, id: i64) -> Step<bool> {
+        Ok(self.get(&keys::lease_key(id))?.is_some())
     }
 
-    fn check_put(&self, p: &PutRequest) -> Result<(), EtcdError> {
+    /// etcd's `checkRequestPut`: the key an `ignore_*` put keeps must exist,
+    /// and so must its lease.
+    fn check_put(&self, p: &PutRequest) -> Step<()> {
         if p.key.is_empty() {
-            return Err(EtcdError::EmptyKey);
+            return Err(EtcdError::EmptyKey.into());
         }
-        if (p.ignore_value || p.ignore_lease) && self.get_kv(&p.key).is_none() {
-            return Err(EtcdError::KeyNotFound);
+        if (p.ignore_value || p.ignore_lease) && self.get_kv(&p.key)?.is_none() {
+            return Err(EtcdError::KeyNotFound.into());
         }
-        if !p.ignore_lease && p.lease != 0 && !self.lease_exists(p.lease) {
-            return Err(EtcdError::LeaseNotFound);
+        if p.lease != 0 && !self.lease_exists(p.lease)? {
+            return Err(EtcdError::LeaseNotFound.into());
         }
         Ok(())
     }
 
-    fn put(&mut self, p: &PutRequest) -> Result<PutResponse, EtcdError> {
+    /// etcd's `checkRequestRange`: a historic read names a revision that exists.
+    fn check_range(&self, r: &RangeRequest) -> Step<()> {
+        if r.key.is_empty() {
+            return Err(EtcdError::EmptyKey.into());
+        }
+        if r.revision > self.rev {
+            return Err(EtcdError::FutureRevision.into());
+        }
+        if r.revision > 0 && r.revision < self.compact {
+            return Err(EtcdError::Compacted.into());
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, p: &PutRequest) -> Step<PutResponse> {
         self.check_put(p)?;
-        let prev = self.get_kv(&p.key);
+        let prev = self.get_kv(&p.key)?;
         let rev = self.next_rev();
         let value = if p.ignore_value {
             prev.as_ref().map(|k| k.value.clone()).unwrap_or_default()
@@ -173,11 +240,11 @@ impl<'a> Writer<'a> {
         })
     }
 
-    fn delete_range(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse, EtcdError> {
+    fn delete_range(&mut self, d: &DeleteRangeRequest) -> Step<DeleteRangeResponse> {
         if d.key.is_empty() {
-            return Err(EtcdError::EmptyKey);
+            return Err(EtcdError::EmptyKey.into());
         }
-        let victims = self.scan(&d.key, &d.range_end);
+        let victims = self.scan(&d.key, &d.range_end)?;
         let rev = self.next_rev();
         for kv in &victims {
             self.del(kv_key(&kv.key));
@@ -201,91 +268,120 @@ impl<'a> Writer<'a> {
         })
     }
 
-    fn range(
-        &self,
-        r: &RangeRequest,
-    ) -> Result<keel_proto::etcdserverpb::RangeResponse, EtcdError> {
-        if r.key.is_empty() {
-            return Err(EtcdError::EmptyKey);
-        }
-        if r.revision > 0 && r.revision != self.resp_rev() {
-            // A historic read inside a transaction reads committed history.
-            if r.revision < self.compact {
-                return Err(EtcdError::Compacted);
-            }
-            if r.revision > self.rev {
-                return Err(EtcdError::FutureRevision);
-            }
+    /// A range inside a transaction, at the current or a past revision.
+    fn range(&mut self, r: &RangeRequest) -> Step<keel_proto::etcdserverpb::RangeResponse> {
+        self.check_range(r)?;
+        let kvs = if r.revision > 0 && r.revision < self.resp_rev() {
             // Undo stored events after the revision and this batch's own
             // (not yet stored) events, so batching never changes the answer.
-            let mut later = super::read::later_events(self.tree, r.revision);
+            let mut later = Vec::new();
+            for item in self
+                .tree
+                .range(keys::rev_key(r.revision + 1, 0)..vec![keys::REV + 1])
+            {
+                let (_, v) = item.map_err(storage)?;
+                later.push(decode_rec::<Event>(&v)?);
+            }
             later.extend(
                 self.events
                     .iter()
                     .filter(|(rev, _)| *rev > r.revision)
                     .map(|(_, e)| e.clone()),
             );
-            let kvs = super::read::undo_after(
-                self.scan(&r.key, &r.range_end),
+            super::read::undo_after(
+                self.scan(&r.key, &r.range_end)?,
                 later.into_iter(),
                 &r.key,
                 &r.range_end,
-            );
-            return Ok(shape_range(kvs, r, self.resp_rev()));
-        }
-        Ok(shape_range(
-            self.scan(&r.key, &r.range_end),
-            r,
-            self.resp_rev(),
-        ))
-    }
-
-    fn compare(&self, c: &Compare) -> bool {
-        let kvs: Vec<Option<KeyValue>> = if c.range_end.is_empty() {
-            vec![self.get_kv(&c.key)]
+            )
         } else {
-            self.scan(&c.key, &c.range_end)
-                .into_iter()
-                .map(Some)
-                .collect()
+            self.scan(&r.key, &r.range_end)?
         };
-        kvs.iter().all(|kv| compare_one(c, kv.as_ref()))
+        let resp = shape_range(kvs, r, self.resp_rev());
+        self.range_bytes += resp
+            .kvs
+            .iter()
+            .map(|kv| kv.key.len() + kv.value.len())
+            .sum::<usize>();
+        if self.range_bytes > MAX_TXN_RANGE_BYTES {
+            return Err(EtcdError::InvalidArgument(format!(
+                "ranges in one transaction may return at most {MAX_TXN_RANGE_BYTES} bytes"
+            ))
+            .into());
+        }
+        Ok(resp)
     }
 
-    /// Checks every op of the branch that will run, so a failing op leaves
-    /// the whole transaction unapplied.
-    fn check_ops(&self, ops: &[RequestOp]) -> Result<(), EtcdError> {
-        for op in ops {
-            match &op.request {
-                Some(request_op::Request::RequestPut(p)) => self.check_put(p)?,
-                Some(request_op::Request::RequestRange(r)) => {
-                    if r.key.is_empty() {
-                        return Err(EtcdError::EmptyKey);
-                    }
-                    if r.revision > 0 && r.revision < self.compact {
-                        return Err(EtcdError::Compacted);
-                    }
-                    if r.revision > self.rev + 1 {
-                        return Err(EtcdError::FutureRevision);
-                    }
-                }
-                Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
-                    return Err(EtcdError::EmptyKey);
-                }
-                Some(request_op::Request::RequestTxn(t)) => {
-                    let ok = t.compare.iter().all(|c| self.compare(c));
-                    self.check_ops(if ok { &t.success } else { &t.failure })?;
-                }
-                _ => {}
+    /// etcd's `applyCompare`: every key of the range satisfies the compare;
+    /// a range with no keys compares against an absent key.
+    fn compare(&self, c: &Compare) -> Step<bool> {
+        let kvs = if c.range_end.is_empty() {
+            self.get_kv(&c.key)?.into_iter().collect()
+        } else {
+            self.scan(&c.key, &c.range_end)?
+        };
+        if kvs.is_empty() {
+            return Ok(compare_one(c, None));
+        }
+        Ok(kvs.iter().all(|kv| compare_one(c, Some(kv))))
+    }
+
+    /// etcd's `compareToPath`: the outcome of every compare the transaction
+    /// will reach (depth first), all against the state before it writes.
+    fn compare_path(&self, t: &TxnRequest, path: &mut Vec<bool>) -> Step<()> {
+        let mut ok = true;
+        for c in &t.compare {
+            if !self.compare(c)? {
+                ok = false;
+                break;
+            }
+        }
+        path.push(ok);
+        for op in if ok { &t.success } else { &t.failure } {
+            if let Some(request_op::Request::RequestTxn(inner)) = &op.request {
+                self.compare_path(inner, path)?;
             }
         }
         Ok(())
     }
 
-    fn txn(&mut self, t: &TxnRequest) -> Result<TxnResponse, EtcdError> {
-        let succeeded = t.compare.iter().all(|c| self.compare(c));
+    /// etcd's `checkRequests`: checks every op of the branches the path
+    /// takes, puts first, then ranges, so a failing op leaves the whole
+    /// transaction unapplied. Returns how many path entries it consumed.
+    fn check_ops(&self, t: &TxnRequest, path: &[bool], puts: bool) -> Step<usize> {
+        let Some(&ok) = path.first() else {
+            return Err(EtcdError::Internal("transaction path too short".into()).into());
+        };
+        let mut used = 1;
+        for op in if ok { &t.success } else { &t.failure } {
+            match &op.request {
+                Some(request_op::Request::RequestPut(p)) if puts => self.check_put(p)?,
+                Some(request_op::Request::RequestRange(r)) if !puts => self.check_range(r)?,
+                Some(request_op::Request::RequestTxn(inner)) => {
+                    used += self.check_ops(inner, &path[used..], puts)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(used)
+    }
+
+    fn txn(&mut self, t: &TxnRequest) -> Step<TxnResponse> {
+        let mut path = Vec::new();
+        self.compare_path(t, &mut path)?;
+        self.check_ops(t, &path, true)?;
+        self.check_ops(t, &path, false)?;
+        let mut at = 0;
+        self.run_txn(t, &path, &mut at)
+    }
+
+    /// Runs the branches `path` chose; `at` is the next path entry.
+    fn run_txn(&mut self, t: &TxnRequest, path: &[bool], at: &mut usize) -> Step<TxnResponse> {
+        let succeeded = *path
+            .get(*at)
+            .ok_or_else(|| EtcdError::Internal("transaction path too short".into()))?;
+        *at += 1;
         let ops = if succeeded { &t.success } else { &t.failure };
-        self.check_ops(ops)?;
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let resp = match &op.request {
@@ -299,9 +395,11 @@ impl<'a> Writer<'a> {
                     response_op::Response::ResponseDeleteRange(self.delete_range(d)?)
                 }
                 Some(request_op::Request::RequestTxn(inner)) => {
-                    response_op::Response::ResponseTxn(self.txn(inner)?)
+                    response_op::Response::ResponseTxn(self.run_txn(inner, path, at)?)
                 }
-                None => return Err(EtcdError::InvalidArgument("empty request op".into())),
+                None => {
+                    return Err(EtcdError::InvalidArgument("empty request op".into()).into());
+                }
             };
             responses.push(ResponseOp {
                 response: Some(resp),
@@ -314,30 +412,17 @@ impl<'a> Writer<'a> {
         })
     }
 
-    fn compact(&mut self, c: &CompactionRequest) -> Result<CompactionResponse, EtcdError> {
+    fn compact(&mut self, c: &CompactionRequest) -> Step<CompactionResponse> {
         if c.revision > self.rev {
-            return Err(EtcdError::FutureRevision);
+            return Err(EtcdError::FutureRevision.into());
         }
         if c.revision <= self.compact {
-            return Err(EtcdError::Compacted);
+            return Err(EtcdError::Compacted.into());
         }
         // History below the compaction revision is dropped; reads and
         // watches at or above it stay possible.
         let (lo, hi) = (keys::rev_key(0, 0), keys::rev_key(c.revision, 0));
-        let mut doomed: Vec<Vec<u8>> = self
-            .tree
-            .range(lo.clone()..hi.clone())
-            .keys()
-            .filter_map(|k| k.ok())
-            .map(|k| k.to_vec())
-            .collect();
-        // Events recorded earlier in this batch are not stored yet.
-        doomed.extend(
-            self.overlay
-                .range(lo..hi)
-                .filter(|(_, v)| v.is_some())
-                .map(|(k, _)| k.clone()),
-        );
+        let doomed: Vec<Vec<u8>> = self.scan_raw(&lo, &hi)?.into_keys().collect();
         for k in doomed {
             self.del(k);
         }
@@ -351,14 +436,15 @@ impl<'a> Writer<'a> {
         })
     }
 
-    fn lease_grant(&mut self, g: &LeaseGrantRequest) -> Result<LeaseGrantResponse, EtcdError> {
+    fn lease_grant(&mut self, g: &LeaseGrantRequest) -> Step<LeaseGrantResponse> {
         if g.id == 0 {
             return Err(EtcdError::InvalidArgument(
                 "lease id must be chosen before proposing".into(),
-            ));
+            )
+            .into());
         }
-        if self.lease_exists(g.id) {
-            return Err(EtcdError::LeaseExists);
+        if self.lease_exists(g.id)? {
+            return Err(EtcdError::LeaseExists.into());
         }
         self.set(keys::lease_key(g.id), g.encode_to_vec());
         Ok(LeaseGrantResponse {
@@ -369,31 +455,16 @@ impl<'a> Writer<'a> {
         })
     }
 
-    fn lease_revoke(&mut self, r: &LeaseRevokeRequest) -> Result<LeaseRevokeResponse, EtcdError> {
-        if !self.lease_exists(r.id) {
-            return Err(EtcdError::LeaseNotFound);
+    fn lease_revoke(&mut self, r: &LeaseRevokeRequest) -> Step<LeaseRevokeResponse> {
+        if !self.lease_exists(r.id)? {
+            return Err(EtcdError::LeaseNotFound.into());
         }
         let prefix = keys::attach_prefix(r.id);
-        let mut attached: Vec<Vec<u8>> = self
-            .tree
-            .scan_prefix(&prefix)
-            .keys()
-            .filter_map(|k| k.ok())
+        let attached: Vec<Vec<u8>> = self
+            .scan_raw(&prefix, &keys::prefix_end(&prefix))?
+            .into_keys()
             .map(|k| k[prefix.len()..].to_vec())
             .collect();
-        for (k, v) in self
-            .overlay
-            .range(prefix.clone()..keys::prefix_end(&prefix))
-        {
-            let user = k[prefix.len()..].to_vec();
-            if v.is_some() {
-                attached.push(user);
-            } else {
-                attached.retain(|u| *u != user);
-            }
-        }
-        attached.sort();
-        attached.dedup();
         for user in attached {
             self.delete_range(&DeleteRangeRequest {
                 key: user,
@@ -406,41 +477,63 @@ impl<'a> Writer<'a> {
         })
     }
 
-    fn apply(&mut self, cmd: &Command) -> CommandResult {
+    fn run(&mut self, cmd: &Command) -> Step<command_result::Result> {
         use command::Op;
         use command_result::Result as R;
-        // A transaction validates its branch before writing, but nested
-        // branches can still fail midway: keep a rollback point for it.
-        let mark =
-            matches!(cmd.op, Some(Op::Txn(_))).then(|| (self.overlay.clone(), self.events.len()));
-        let res = match &cmd.op {
+        match &cmd.op {
             Some(Op::Put(p)) => self.put(p).map(R::Put),
             Some(Op::DeleteRange(d)) => self.delete_range(d).map(R::DeleteRange),
             Some(Op::Txn(t)) => self.txn(t).map(R::Txn),
             Some(Op::Compact(c)) => self.compact(c).map(R::Compact),
             Some(Op::LeaseGrant(g)) => self.lease_grant(g).map(R::LeaseGrant),
             Some(Op::LeaseRevoke(r)) => self.lease_revoke(r).map(R::LeaseRevoke),
-            None => Err(EtcdError::InvalidArgument("empty command".into())),
-        };
-        let result = match res {
-            Ok(r) => r,
-            Err(e) => {
-                // Every other command validates before its first write.
-                if let Some((overlay, n_events)) = mark {
-                    self.overlay = overlay;
-                    self.events.truncate(n_events);
-                    self.sub = 0;
+            None => Err(EtcdError::InvalidArgument("empty command".into()).into()),
+        }
+    }
+
+    /// Applies one command. It is total: a refused request, and even a bug
+    /// that panics, answers with an error and leaves the key space as it was,
+    /// the same on every member (they all run the same code on the same
+    /// entries). Only a storage failure stops the batch (and the member).
+    fn apply(&mut self, cmd: &Command) -> Result<CommandResult, String> {
+        use command_result::Result as R;
+        let (n_events, compact) = (self.events.len(), self.compact);
+        self.range_bytes = 0;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(cmd)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(cmd = %crate::raft::types::Cmd(cmd.clone()), %what,
+                    "applying a command panicked; answered with an error, nothing changed");
+                Err(EtcdError::Internal(format!("applying the request failed: {what}")).into())
+            });
+        let result = match outcome {
+            Ok(r) => {
+                let cmd = std::mem::take(&mut self.cmd);
+                self.batch.extend(cmd);
+                r
+            }
+            Err(stop) => {
+                self.cmd.clear();
+                self.events.truncate(n_events);
+                self.sub = 0;
+                self.compact = compact;
+                match stop {
+                    Stop::Refused(e) => R::Error(CommandError {
+                        code: e.code() as i32,
+                        message: e.to_string(),
+                    }),
+                    Stop::Storage(e) => return Err(e),
                 }
-                R::Error(CommandError {
-                    code: e.code() as i32,
-                    message: e.to_string(),
-                })
             }
         };
         self.finish_entry();
-        CommandResult {
+        Ok(CommandResult {
             result: Some(result),
-        }
+        })
     }
 }
 
@@ -480,29 +573,40 @@ impl KvStore {
         let _g = self.lock.write().unwrap_or_else(|e| e.into_inner());
         let mut w = Writer {
             tree: &self.tree,
-            overlay: BTreeMap::new(),
+            batch: BTreeMap::new(),
+            cmd: BTreeMap::new(),
             rev: self.revision(),
             compact: self.compact_revision(),
             sub: 0,
             events: Vec::new(),
+            range_bytes: 0,
         };
-        let results = cmds
-            .iter()
-            .map(|c| c.map(|c| w.apply(c)))
-            .collect::<Vec<_>>();
+        let mut results = Vec::with_capacity(cmds.len());
+        for c in cmds {
+            results.push(match c {
+                Some(c) => Some(w.apply(c).map_err(StoreError::Apply)?),
+                None => None,
+            });
+        }
+        let cluster_recorded = w.get(keys::META_CLUSTER_ID).map_err(|e| match e {
+            Stop::Storage(e) => StoreError::Apply(e),
+            Stop::Refused(e) => StoreError::Apply(e.to_string()),
+        })?;
         w.set(keys::META_REVISION.to_vec(), w.rev.to_be_bytes().to_vec());
         w.set(keys::META_APPLIED.to_vec(), meta.applied);
         if let Some(m) = meta.membership {
             w.set(keys::META_MEMBERSHIP.to_vec(), m);
         }
         if let Some(id) = meta.cluster_id
-            && w.get(keys::META_CLUSTER_ID).is_none()
+            && cluster_recorded.is_none()
         {
             w.set(keys::META_CLUSTER_ID.to_vec(), id.to_be_bytes().to_vec());
         }
         let (rev, compact, events) = (w.rev, w.compact, std::mem::take(&mut w.events));
+        let mut overlay = std::mem::take(&mut w.batch);
+        overlay.extend(std::mem::take(&mut w.cmd));
         let mut batch = sled::Batch::default();
-        for (k, v) in w.overlay {
+        for (k, v) in overlay {
             match v {
                 Some(v) => batch.insert(k, v),
                 None => batch.remove(k),

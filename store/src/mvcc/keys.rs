@@ -62,18 +62,25 @@ pub fn attach_key(id: i64, user: &[u8]) -> Vec<u8> {
 }
 
 /// The sled key bounds `[start, end)` for an etcd user-key range. An empty
-/// `range_end` means the single key; `"\0"` means every key from `key` on.
-pub fn kv_bounds(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+/// `range_end` means the single key; `"\0"` means every key from `key` on. A
+/// `range_end` at or below `key` is an empty range (etcd answers it with no
+/// keys, never an error), so `end` is never below `start`: every caller may
+/// pass the bounds to `BTreeMap::range` or `sled::Tree::range` as they are.
+pub fn kv_bounds(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let start = kv_key(key);
-    if range_end.is_empty() {
+    let end = if range_end.is_empty() {
         let mut end = start.clone();
         end.push(0);
-        (start, Some(end))
+        end
     } else if range_end == [0] {
-        (start, Some(vec![KV + 1]))
+        vec![KV + 1]
     } else {
-        (start, Some(kv_key(range_end)))
+        kv_key(range_end)
+    };
+    if end < start {
+        return (start.clone(), start);
     }
+    (start, end)
 }
 
 /// True when `user` lies in the etcd range `[key, range_end)`.
@@ -113,6 +120,26 @@ mod tests {
         assert_eq!(prefix_end(b"a"), b"b");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn reversed_and_empty_ranges_have_ordered_bounds() {
+        for (key, end) in [
+            (&b"b"[..], &b"a"[..]),
+            (b"b", b"b"),
+            (b"\xff", b"\x01"),
+            (b"a", b""),
+            (b"a", b"\0"),
+            (b"\0", b"\0"),
+        ] {
+            let (s, e) = kv_bounds(key, end);
+            assert!(s <= e, "{key:?}..{end:?}");
+            // No user key is inside a reversed range either way.
+            if !end.is_empty() && end != b"\0" && end <= key {
+                assert_eq!(s, e);
+                assert!(!in_range(key, key, end));
+            }
+        }
     }
 
     #[test]

@@ -13,11 +13,8 @@ use crate::error::EtcdError;
 /// Every current key-value in `[key, range_end)`, sorted by key.
 pub fn scan_current(tree: &sled::Tree, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
     let (start, end) = kv_bounds(key, range_end);
-    let iter = match end {
-        Some(e) => tree.range(start..e),
-        None => tree.range(start..),
-    };
-    iter.filter_map(|r| r.ok())
+    tree.range(start..end)
+        .filter_map(|r| r.ok())
         .map(|(_, v)| decode::<KeyValue>(&v))
         .collect()
 }
