@@ -388,6 +388,14 @@ impl ProcessCluster {
         }
     }
 
+    /// How member `i` exited, if it has (reaping it); None while it runs.
+    pub fn exit_status(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let c = self.members[i].child.as_mut()?;
+        let st = c.try_wait().ok().flatten()?;
+        self.members[i].child = None;
+        Some(st)
+    }
+
     /// SIGKILL member `i` and reap it.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {

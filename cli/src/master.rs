@@ -13,7 +13,7 @@ use keel_controlplane::api::ApiConfig;
 use keel_controlplane::auth::audit::AuditLog;
 use keel_controlplane::auth::credentials;
 use keel_controlplane::leader::ControllerConfig;
-use keel_store::{Node, NodeConfig, parse_initial_cluster};
+use keel_store::{NodeConfig, parse_initial_cluster};
 
 #[derive(Args, Debug, Clone)]
 pub struct MasterArgs {
@@ -99,6 +99,10 @@ pub struct MasterArgs {
     /// puts a TCP proxy per link here so it can partition members.
     #[arg(long, env = "KEEL_PEER_OVERRIDE", hide = true, value_delimiter = ',')]
     pub peer_override: Vec<String>,
+    /// TEST ONLY (a failpoint): applying a put of exactly this key fails as
+    /// a storage error would, to show that such a member exits.
+    #[arg(long, env = "KEEL_FAILPOINT_APPLY_ERROR_KEY", hide = true)]
+    pub failpoint_apply_error_key: Option<String>,
     /// The cluster CA (ca.crt, ca.key, from `keel pki init`) and this
     /// master's certificate; default: DATA_DIR/pki. A single-member
     /// bootstrap that finds no CA creates one.
@@ -155,6 +159,10 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
         );
     }
     cfg.unsafe_local_reads = a.unsafe_local_reads;
+    cfg.failpoint_apply_error_key = a
+        .failpoint_apply_error_key
+        .as_ref()
+        .map(|k| k.as_bytes().to_vec());
     for o in &a.peer_override {
         let (name, addr) = o
             .split_once('=')
@@ -215,7 +223,7 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
         let t = p.admin_token.clone();
         (Some(p), t)
     };
-    let node = Node::start(cfg)
+    let node = keel_store::start(cfg)
         .await
         .with_context(|| format!("starting master {}", a.name))?;
     let api = tokio::net::TcpListener::bind(&a.listen_api)
@@ -291,6 +299,14 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        why = node.raft_stopped() => {
+            // No zombies: a member whose Raft core stopped can neither
+            // commit nor apply; exit non-zero at once so a supervisor
+            // (systemd's Restart=on-failure, see docs/) restarts it.
+            tracing::error!(reason = %why, "FATAL: the Raft core stopped; exiting so a supervisor restarts this member");
+            eprintln!("keel master {}: FATAL: {why}; exiting", a.name);
+            std::process::exit(70);
+        }
     }
     tracing::info!("shutting down");
     node.shutdown().await;

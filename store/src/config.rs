@@ -47,6 +47,9 @@ pub struct NodeConfig {
     /// forwarding, read-index). The chaos harness points these at per-link
     /// TCP proxies it can cut to partition members without root.
     pub peer_overrides: BTreeMap<String, String>,
+    /// Test only (a failpoint): applying a put of exactly this key fails as
+    /// a storage error would, so tests can show that such a member stops.
+    pub failpoint_apply_error_key: Option<Vec<u8>>,
     /// This member's certificate and the cluster CA: the peer and client
     /// ports require mutual TLS with them. None only with `--insecure`.
     pub tls: Option<keel_proto::pki::TlsBundle>,
@@ -77,6 +80,7 @@ impl NodeConfig {
             backup_seal: None,
             unsafe_local_reads: false,
             peer_overrides: BTreeMap::new(),
+            failpoint_apply_error_key: None,
             tls: None,
         }
     }

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod config;
 pub mod error;
 pub mod etcd;
+pub mod member;
 pub mod mvcc;
 pub mod net;
 pub mod node;
@@ -15,4 +16,5 @@ pub mod sealed;
 
 pub use config::{NodeConfig, parse_initial_cluster};
 pub use error::{EtcdError, StoreError};
+pub use member::start;
 pub use node::Node;

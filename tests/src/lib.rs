@@ -80,7 +80,7 @@ impl InProcessCluster {
             cfg.zone = format!("zone-{i}");
             cfg.tls = Some(member_tls(&format!("m{}", i + 1)));
             tune(&mut cfg);
-            nodes.push(Node::start(cfg).await?);
+            nodes.push(keel_store::start(cfg).await?);
         }
         let c = InProcessCluster { nodes, dir };
         poll(Duration::from_secs(20), "a leader", || async { c.leader() }).await;

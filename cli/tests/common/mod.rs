@@ -3,6 +3,8 @@
 //! path, `CARGO_BIN_EXE_keel`, to that package's own tests.)
 #![allow(dead_code, unused_imports)]
 
+pub mod etcdctl;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

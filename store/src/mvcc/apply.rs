@@ -61,6 +61,8 @@ pub const MAX_TXN_RANGE_BYTES: usize = 64 << 20;
 /// member reaches that same result.
 struct Writer<'a> {
     tree: &'a sled::Tree,
+    /// Test only: a put of this key fails as a storage error.
+    failpoint: Option<&'a [u8]>,
     batch: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     cmd: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// The latest revision, including entries earlier in this batch.
@@ -201,6 +203,9 @@ impl<'a> Writer<'a> {
     }
 
     fn put(&mut self, p: &PutRequest) -> Step<PutResponse> {
+        if self.failpoint == Some(p.key.as_slice()) {
+            return Err(storage("failpoint: injected storage error"));
+        }
         self.check_put(p)?;
         let prev = self.get_kv(&p.key)?;
         let rev = self.next_rev();
@@ -573,6 +578,7 @@ impl KvStore {
         let _g = self.lock.write().unwrap_or_else(|e| e.into_inner());
         let mut w = Writer {
             tree: &self.tree,
+            failpoint: self.failpoint.get().map(Vec::as_slice),
             batch: BTreeMap::new(),
             cmd: BTreeMap::new(),
             rev: self.revision(),

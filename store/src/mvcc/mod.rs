@@ -43,6 +43,8 @@ pub struct KvStore {
     /// Cached cluster id (0 until the first membership entry is applied).
     cluster_id: AtomicU64,
     events: broadcast::Sender<Arc<EventBatch>>,
+    /// Test only: a put of this key fails to apply as a storage error.
+    failpoint: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl KvStore {
@@ -67,6 +69,7 @@ impl KvStore {
             compact_revision: AtomicI64::new(0),
             cluster_id: AtomicU64::new(0),
             events,
+            failpoint: std::sync::OnceLock::new(),
         };
         s.reload_counters()?;
         Ok(Arc::new(s))
@@ -86,6 +89,11 @@ impl KvStore {
             b.copy_from_slice(&v[..8]);
             i64::from_be_bytes(b)
         }))
+    }
+
+    /// Test only: makes applying a put of `key` fail as a storage error.
+    pub fn set_failpoint(&self, key: Vec<u8>) {
+        let _ = self.failpoint.set(key);
     }
 
     /// The current (latest applied) revision.

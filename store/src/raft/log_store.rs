@@ -42,6 +42,10 @@ const K_VOTE: &str = "vote";
 const K_PURGED: &str = "last_purged";
 const K_COMMITTED: &str = "committed";
 
+/// The most encoded entry bytes one AppendEntries carries (a quarter of the
+/// peer link's message limit, leaving room for the encoding's overhead).
+pub const MAX_APPEND_BYTES: usize = crate::raft::network::PEER_MESSAGE_LIMIT / 4;
+
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -134,6 +138,37 @@ impl RaftLogReader<C> for LogStore {
             for item in iter {
                 let (_, v) = item.map_err(io_err)?;
                 out.push(codec::decode(v.value()).map_err(io_err)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The entries openraft replicates in one AppendEntries: at most
+    /// `MAX_APPEND_BYTES` of encoded entries (always at least one, as
+    /// openraft requires), so a batch of large entries never exceeds the peer
+    /// link's message limit.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(io_err)?;
+            let t = tx.open_table(LOG).map_err(io_err)?;
+            let mut out = Vec::new();
+            if end <= start {
+                return Ok(out);
+            }
+            let mut bytes = 0usize;
+            for item in t.range(start..end).map_err(io_err)? {
+                let (_, v) = item.map_err(io_err)?;
+                let raw = v.value();
+                if !out.is_empty() && bytes + raw.len() > MAX_APPEND_BYTES {
+                    break;
+                }
+                bytes += raw.len();
+                out.push(codec::decode(raw).map_err(io_err)?);
             }
             Ok(out)
         })

@@ -59,9 +59,13 @@ fn raft_client(addr: &str, tls: Option<&ClientTlsConfig>) -> RaftServiceClient<C
         Endpoint::from_static("http://0.0.0.0:1").connect_lazy()
     });
     RaftServiceClient::new(ch)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(PEER_MESSAGE_LIMIT)
+        .max_encoding_message_size(PEER_MESSAGE_LIMIT)
 }
+
+/// The largest gRPC message on the peer link, the same on both sides (the
+/// server in `crate::member`, every client here and in `node::forward`).
+pub const PEER_MESSAGE_LIMIT: usize = 64 << 20;
 
 /// A lazily connecting channel to `addr` (`host:port`): mutual TLS with the
 /// cluster CA when `tls` is given (always, unless `--insecure`).

@@ -3,17 +3,15 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use keel_proto::keelraft::raft_service_server::RaftService;
 use keel_proto::keelraft::{RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk};
-use openraft::ReadPolicy;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::node::{FORWARDED, LeaderError, LeaderRequest, Node};
+use crate::node::{FORWARDED, LeaderError, LeaderRequest, Node, read_index};
 use crate::raft::codec;
 use crate::raft::types::{Raft, TypeConfig};
 
@@ -123,17 +121,6 @@ impl RaftService for RaftGrpc {
         Ok(Response::new(ReadIndexResponse {
             read_log_id: codec::encode(&index),
         }))
-    }
-}
-
-/// On the leader: confirms leadership with a quorum (ReadIndex) and returns
-/// the log index a linearizable read must wait for.
-pub async fn read_index(raft: &Raft) -> Result<u64, Status> {
-    let fut = raft.get_read_linearizer(ReadPolicy::ReadIndex);
-    match tokio::time::timeout(Duration::from_secs(3), fut).await {
-        Err(_) => Err(Status::unavailable("etcdserver: request timed out")),
-        Ok(Err(e)) => Err(Status::unavailable(format!("etcdserver: not leader: {e}"))),
-        Ok(Ok(lin)) => Ok(lin.read_log_id().index()),
     }
 }
 

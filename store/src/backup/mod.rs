@@ -2,6 +2,9 @@
 //! revision, with a header an auditor can read offline. The byte layout is
 //! documented in `docs/backup-format.md`.
 
+pub mod schedule;
+pub use schedule::{files_in, write_verified};
+
 use std::collections::BTreeMap;
 
 use keel_proto::mvccpb::KeyValue;

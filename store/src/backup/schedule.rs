@@ -1,0 +1,101 @@
+//! Backups written by the leader on a schedule (`--backup-dir`), and the
+//! two steps every backup writer shares: write a file atomically and read
+//! it back through the verifier, and list a directory's backup files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::StoreError;
+use crate::node::Node;
+use crate::sealed::{self, Secret};
+
+/// The backup files (`*.keelbak`) in `dir`, sorted by name (oldest first for
+/// the names scheduled backups get).
+pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "keelbak"))
+        .collect();
+    all.sort();
+    Ok(all)
+}
+
+/// Seals `file` with `seal` (if given), writes it atomically to `path`, then
+/// reads it back, opens and verifies it: a backup is only reported written
+/// once it is known to restore.
+pub fn write_verified(
+    path: &Path,
+    file: &[u8],
+    seal: Option<&Secret>,
+) -> Result<super::Backup, StoreError> {
+    let sealed_err = |e: sealed::SealError| StoreError::Config(format!("backup: {e}"));
+    let out = match seal {
+        Some(s) => sealed::seal(file, s).map_err(sealed_err)?,
+        None => file.to_vec(),
+    };
+    super::write_atomically(path, &out)?;
+    let back = std::fs::read(path)?;
+    let plain = match seal {
+        Some(s) => sealed::open(&back, s).map_err(sealed_err)?,
+        None => back,
+    };
+    super::decode(&plain)
+        .map_err(|e| StoreError::Config(format!("backup {} does not verify: {e}", path.display())))
+}
+
+/// While `node` leads: writes a verified backup into `dir` every
+/// `backup_interval` and keeps the newest `backup_retain` of them.
+pub async fn run(node: Arc<Node>, dir: PathBuf) {
+    let mut stop = node.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(node.cfg.backup_interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if !node.is_leader() {
+            continue;
+        }
+        let n = node.clone();
+        let dir2 = dir.clone();
+        match tokio::task::spawn_blocking(move || write_one(&n, &dir2)).await {
+            Ok(Ok(path)) => {
+                tracing::info!(path = %path.display(), "scheduled backup written and verified")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "scheduled backup failed"),
+            Err(e) => tracing::error!(error = %e, "scheduled backup task failed"),
+        }
+    }
+}
+
+/// Writes one backup of `node`'s key space into `dir` and prunes old ones.
+pub fn write_one(node: &Node, dir: &Path) -> Result<PathBuf, StoreError> {
+    let (dump, _, _) = node.kv.dump();
+    let m = node.metrics();
+    let source = super::Source {
+        member: node.cfg.name.clone(),
+        member_id: node.id,
+        raft_term: m.current_term,
+        raft_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+    };
+    let (header, file) =
+        super::build(&dump, &source).map_err(|e| StoreError::Config(format!("backup: {e}")))?;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!(
+        "keel-{:016x}-{:012}-{}.keelbak",
+        header.cluster_id, header.revision, header.created_at_unix
+    ));
+    write_verified(&path, &file, node.cfg.backup_seal.as_ref())?;
+    let ours: Vec<PathBuf> = files_in(dir)?
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("keel-"))
+        })
+        .collect();
+    let excess = ours.len().saturating_sub(node.cfg.backup_retain.max(1));
+    for old in &ours[..excess] {
+        std::fs::remove_file(old)?;
+    }
+    Ok(path)
+}

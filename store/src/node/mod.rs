@@ -1,0 +1,183 @@
+//! One store member: its storage, its openraft instance and what it knows of
+//! the cluster. Each concern of a running member has a file of its own:
+//! `leader.rs` the requests only the leader serves, `forward.rs` sending them
+//! to the leader, `read_index.rs` linearizable read barriers, `membership.rs`
+//! membership changes, `lessor.rs` lease expiry, `compaction.rs` automatic
+//! compaction, `address.rs` publishing this member's addresses,
+//! `bootstrap.rs` initializing or joining a cluster and `watchdog.rs`
+//! noticing that the Raft core stopped. The servers and background loops are
+//! started from one place, `crate::member`.
+
+mod address;
+mod bootstrap;
+mod compaction;
+mod forward;
+mod leader;
+mod lessor;
+mod membership;
+mod read_index;
+mod watchdog;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use keel_proto::keelraft::raft_service_client::RaftServiceClient;
+use openraft::async_runtime::WatchReceiver;
+use openraft::{Config, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::config::NodeConfig;
+use crate::error::StoreError;
+use crate::mvcc::KvStore;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{AddressBook, NetworkFactory};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::types::{Member, Raft, TypeConfig, member_id};
+
+pub use leader::{FORWARDED, LeaderError, LeaderRequest, LeaderResponse};
+pub use read_index::read_index;
+
+pub type Metrics = openraft::RaftMetrics<TypeConfig>;
+
+/// A running member.
+pub struct Node {
+    pub id: u64,
+    pub cfg: NodeConfig,
+    pub raft: Raft,
+    pub kv: Arc<KvStore>,
+    /// Peer addresses the Raft transport dials, kept from the membership.
+    book: AddressBook,
+    lessor: Mutex<lessor::Lessor>,
+    peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+fn raft_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Raft(e.to_string())
+}
+
+impl Node {
+    /// Opens the data dir (Raft log and vote, key space) and starts Raft.
+    /// `crate::member::start` then serves it and joins or bootstraps.
+    pub async fn open(cfg: NodeConfig) -> Result<Arc<Node>, StoreError> {
+        if cfg.name.is_empty() {
+            return Err(StoreError::Config("member name must not be empty".into()));
+        }
+        let id = member_id(&cfg.name);
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let log = LogStore::open(&cfg.data_dir)?;
+        let kv = KvStore::open(&cfg.data_dir)?;
+        if let Some(key) = &cfg.failpoint_apply_error_key {
+            tracing::warn!("test-only failpoint on: applying a put of {key:?} fails");
+            kv.set_failpoint(key.clone());
+        }
+        let sm = StateMachine::new(kv.clone(), &cfg.data_dir);
+        let rcfg = Config {
+            cluster_name: "keel".into(),
+            heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+            election_timeout_min: cfg.election_min.as_millis() as u64,
+            election_timeout_max: cfg.election_max.as_millis() as u64,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_in_snapshot_log_to_keep: cfg.keep_behind_snapshot,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(raft_err)?;
+        let book = AddressBook::default();
+        book.write().unwrap_or_else(|e| e.into_inner()).extend(
+            cfg.peer_overrides
+                .iter()
+                .map(|(n, a)| (member_id(n), a.clone())),
+        );
+        let client_tls = cfg.tls.as_ref().map(|t| t.tonic_client());
+        let net = NetworkFactory {
+            book: book.clone(),
+            tls: client_tls,
+        };
+        let raft = Raft::new(id, Arc::new(rcfg), net, log, sm)
+            .await
+            .map_err(raft_err)?;
+        let (shutdown_tx, _) = watch::channel(false);
+        Ok(Arc::new(Node {
+            id,
+            cfg,
+            raft,
+            kv,
+            book,
+            lessor: Mutex::new(lessor::Lessor::default()),
+            peers: Mutex::new(HashMap::new()),
+            shutdown_tx,
+        }))
+    }
+
+    fn me(&self) -> Member {
+        Member {
+            name: self.cfg.name.clone(),
+            peer_addr: self.cfg.peer_addr(),
+            client_addr: self.cfg.client_addr(),
+            zone: self.cfg.zone.clone(),
+        }
+    }
+
+    /// The latest Raft metrics of this member.
+    pub fn metrics(&self) -> Metrics {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// The leader this member knows of (no copy of the metrics).
+    pub fn current_leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// Every member with its record and whether it votes.
+    pub fn members(&self) -> Vec<(u64, Member, bool)> {
+        let m = self.metrics();
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<u64> = mem.voter_ids().collect();
+        mem.nodes()
+            .map(|(id, n)| (*id, n.clone(), voters.contains(id)))
+            .collect()
+    }
+
+    fn member(&self, id: u64) -> Option<Member> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// Where this member dials member `m`: its membership address, unless a
+    /// test-only override names another (`NodeConfig::peer_overrides`).
+    fn dial_addr<'a>(&'a self, m: &'a Member) -> &'a str {
+        self.cfg
+            .peer_overrides
+            .get(&m.name)
+            .map_or(m.peer_addr.as_str(), String::as_str)
+    }
+
+    /// Stops serving and shuts Raft down.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown_tx.send(true);
+        let _ = self.raft.shutdown().await;
+    }
+
+    /// A receiver that turns true when the member shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    /// Sleeps for `d`; false when the member shut down meanwhile (loops end).
+    async fn idle(&self, d: std::time::Duration) -> bool {
+        let mut stop = self.shutdown_tx.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = stop.wait_for(|s| *s) => false,
+        }
+    }
+}
