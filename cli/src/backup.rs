@@ -529,14 +529,13 @@ async fn save(
     if let Some(k) = sign_key {
         backup::sign(&mut file, k);
     }
-    if let Some(s) = seal_with {
-        file = sealed::seal(&file, s)?;
-    }
-    backup::write_atomically(out, &file).with_context(|| format!("writing {}", out.display()))?;
-    // Read it back (and open it) before claiming success.
-    let (_, enc) = read(out, seal_with)?;
-    print_header(&header, enc);
-    println!("saved {} ({} bytes)", out.display(), file.len());
+    // Sealed if asked, written atomically, then read back, opened and
+    // verified before claiming success.
+    backup::write_verified(out, &file, seal_with)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let written = std::fs::read(out).with_context(|| format!("reading {}", out.display()))?;
+    print_header(&header, sealed::describe(&written));
+    println!("saved {} ({} bytes)", out.display(), written.len());
     Ok(())
 }
 
@@ -603,12 +602,7 @@ async fn drill(file: &Path, secret: Option<&Secret>) -> anyhow::Result<()> {
 }
 
 fn list(dir: &Path, secret: Option<&Secret>) -> anyhow::Result<()> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "keelbak"))
-        .collect();
-    files.sort();
+    let files = backup::files_in(dir).with_context(|| format!("reading {}", dir.display()))?;
     println!(
         "{:<56} {:>9} {:>7} {:>12} {:>9}  STATUS",
         "FILE", "REVISION", "KEYS", "CREATED", "BYTES"

@@ -16,6 +16,12 @@ pub enum EtcdError {
     TooManyOps,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
@@ -57,7 +63,8 @@ impl EtcdError {
         use EtcdError::*;
         match self {
             EmptyKey | KeyNotFound | DuplicateKey | TooManyOps | RequestTooLarge
-            | InvalidCompare(_) | InvalidArgument(_) => Code::InvalidArgument,
+            | ValueProvided | LeaseProvided | InvalidSortOption | InvalidCompare(_)
+            | InvalidArgument(_) => Code::InvalidArgument,
             Compacted | FutureRevision => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             LeaseExists
@@ -82,6 +89,9 @@ impl EtcdError {
             DuplicateKey,
             TooManyOps,
             RequestTooLarge,
+            ValueProvided,
+            LeaseProvided,
+            InvalidSortOption,
             Compacted,
             FutureRevision,
             LeaseNotFound,

@@ -1766,3 +1766,48 @@ fn txn_range_at_the_current_revision_does_not_see_its_own_writes() {
     );
     assert_eq!(value(&get(&kv, "k").unwrap()), "new");
 }
+
+/// Requests etcd refuses before proposing them get etcd's errors here too.
+#[test]
+fn malformed_puts_and_ranges_are_refused_before_proposing() {
+    use keel_store::mvcc::apply::{validate_put, validate_range};
+    let p = PutRequest {
+        ignore_value: true,
+        ..put_req("k", "v")
+    };
+    assert_eq!(validate_put(&p), Err(EtcdError::ValueProvided));
+    let p = PutRequest {
+        ignore_lease: true,
+        lease: 7,
+        ..put_req("k", "")
+    };
+    assert_eq!(validate_put(&p), Err(EtcdError::LeaseProvided));
+    assert_eq!(validate_put(&put_req("", "v")), Err(EtcdError::EmptyKey));
+    assert!(validate_put(&put_req("k", "v")).is_ok());
+    let r = RangeRequest {
+        sort_order: 9,
+        ..range_req("k", b"")
+    };
+    assert_eq!(validate_range(&r), Err(EtcdError::InvalidSortOption));
+    assert_eq!(
+        validate_range(&range_req("", b"")),
+        Err(EtcdError::EmptyKey)
+    );
+    // The same checks run on every op of a transaction, nested ones too.
+    let t = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                failure: vec![op_range(r)],
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&t, 128), Err(EtcdError::InvalidSortOption));
+    // 128 ops per branch at most (etcd's --max-txn-ops default).
+    let many = TxnRequest {
+        success: (0..129).map(|i| op_put(&format!("k{i}"), "v")).collect(),
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&many, 128), Err(EtcdError::TooManyOps));
+}

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Etcd, check_size};
 use crate::error::EtcdError;
-use crate::mvcc::apply::validate_txn;
+use crate::mvcc::apply::{validate_put, validate_range, validate_txn};
 
 /// etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
@@ -35,6 +35,7 @@ impl Kv for Etcd {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = req.into_inner();
         check_size(&req)?;
+        validate_range(&req)?;
         if !req.serializable {
             self.node.read_barrier().await?;
         }
@@ -47,9 +48,7 @@ impl Kv for Etcd {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = req.into_inner();
         check_size(&req)?;
-        if req.key.is_empty() {
-            return Err(EtcdError::EmptyKey.into());
-        }
+        validate_put(&req)?;
         match self.node.write(Op::Put(req)).await?.result {
             Some(R::Put(mut r)) => {
                 self.stamp(&mut r.header);

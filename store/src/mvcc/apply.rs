@@ -629,6 +629,33 @@ impl KvStore {
     }
 }
 
+/// Checks a put before it is proposed (etcd's `checkPutRequest`).
+pub fn validate_put(p: &PutRequest) -> Result<(), EtcdError> {
+    if p.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(EtcdError::ValueProvided);
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(EtcdError::LeaseProvided);
+    }
+    Ok(())
+}
+
+/// Checks a range before it is served or proposed inside a transaction
+/// (etcd's `checkRangeRequest`).
+pub fn validate_range(r: &RangeRequest) -> Result<(), EtcdError> {
+    use keel_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+    if r.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
+        return Err(EtcdError::InvalidSortOption);
+    }
+    Ok(())
+}
+
 /// Checks a transaction before it is proposed: empty keys, too many ops,
 /// duplicate writes, malformed compares (etcd's `checkTxnRequest`).
 pub fn validate_txn(t: &TxnRequest, max_ops: usize) -> Result<(), EtcdError> {
@@ -665,9 +692,7 @@ pub fn validate_txn(t: &TxnRequest, max_ops: usize) -> Result<(), EtcdError> {
         for op in ops.iter() {
             match &op.request {
                 Some(request_op::Request::RequestPut(p)) => {
-                    if p.key.is_empty() {
-                        return Err(EtcdError::EmptyKey);
-                    }
+                    validate_put(p)?;
                     if puts.contains(&p.key.as_slice())
                         || dels.iter().any(|(k, e)| in_range(&p.key, k, e))
                     {
@@ -684,11 +709,11 @@ pub fn validate_txn(t: &TxnRequest, max_ops: usize) -> Result<(), EtcdError> {
                     }
                     dels.push((&d.key, &d.range_end));
                 }
-                Some(request_op::Request::RequestRange(r)) if r.key.is_empty() => {
-                    return Err(EtcdError::EmptyKey);
+                Some(request_op::Request::RequestRange(r)) => validate_range(r)?,
+                Some(request_op::Request::RequestTxn(inner)) => {
+                    // etcd leaves a nested txn what its parent branch did not use.
+                    validate_txn(inner, max_ops.saturating_sub(ops.len()))?
                 }
-                Some(request_op::Request::RequestRange(_)) => {}
-                Some(request_op::Request::RequestTxn(inner)) => validate_txn(inner, max_ops)?,
                 None => return Err(EtcdError::InvalidArgument("empty request op in txn".into())),
             }
         }
