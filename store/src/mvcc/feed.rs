@@ -11,6 +11,9 @@ use tokio::sync::broadcast;
 use super::KvStore;
 use crate::error::EtcdError;
 
+/// Revisions of stored history read per step when catching up.
+pub const CATCH_UP_REVISIONS: i64 = 512;
+
 /// A cursor over the key space's events.
 pub struct Feed {
     kv: Arc<KvStore>,
@@ -44,11 +47,18 @@ impl Feed {
     pub async fn next(&mut self) -> Result<Vec<(i64, Event)>, EtcdError> {
         loop {
             if self.catch_up {
-                let (events, upto) = self.kv.events_between(self.next, None)?;
+                // History is read a page of revisions at a time, so a watch
+                // from far back never loads the whole history at once.
+                let to = self.next.saturating_add(CATCH_UP_REVISIONS - 1);
+                let (events, cur) = self.kv.events_between(self.next, Some(to))?;
+                let upto = to.min(cur);
                 self.next = self.next.max(upto + 1);
-                self.catch_up = false;
+                self.catch_up = upto < cur;
                 if !events.is_empty() {
                     return Ok(events);
+                }
+                if self.catch_up {
+                    continue;
                 }
             }
             match self.live.recv().await {
