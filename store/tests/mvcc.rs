@@ -1819,7 +1819,9 @@ async fn feed_catch_up_is_paged_and_complete() {
     use keel_store::mvcc::feed::{CATCH_UP_REVISIONS, Feed};
     let (_d, kv) = open();
     let n = 3 * CATCH_UP_REVISIONS as usize + 7;
-    let ops: Vec<Op> = (0..n).map(|i| put_op(&format!("k{}", i % 10), "v")).collect();
+    let ops: Vec<Op> = (0..n)
+        .map(|i| put_op(&format!("k{}", i % 10), "v"))
+        .collect();
     exec_batch(&kv, ops);
     let (mut feed, cur) = Feed::open(kv.clone(), 2);
     assert_eq!(cur, n as i64 + 1);
