@@ -534,3 +534,73 @@ async fn insecure_is_plain_text_loud_and_still_needs_a_token() {
     );
     assert!(!c.members[0].data_dir.join("pki").join("ca.key").exists());
 }
+
+/// A flood of made-up tokens gets 401s without becoming a flood of quorum
+/// reads, and its audit lines are throttled (with a count of the suppressed
+/// ones), so it cannot rotate the audit history away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_tokens_is_throttled_in_the_audit_log() {
+    let tc = common::start(1, &[]).await;
+    let apis = common::apis(&tc);
+    let admin = client(&apis, None, Some(admin_token()));
+    admin
+        .post::<Value>(
+            "/api/v1/namespaces",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "before-flood"}}),
+        )
+        .await
+        .unwrap();
+    let flood = 600;
+    let started = std::time::Instant::now();
+    let mut codes = Vec::new();
+    for chunk in (0..flood).collect::<Vec<_>>().chunks(50) {
+        let reqs = chunk.iter().map(|i| {
+            let c = client(&apis, None, Some(format!("keel.bad{i:05}.secret")));
+            async move { api_code(c.get_value("/api/v1/namespaces").await) }
+        });
+        codes.extend(futures::future::join_all(reqs).await);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert!(codes.iter().all(|c| *c == 401), "{codes:?}");
+    let audit = |apis: Vec<String>| async move {
+        let out = common::keel()
+            .args(["audit", "tail", "--lines", "5000", "--json", "--server"])
+            .arg(apis.join(","))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let lines = audit(apis.clone()).await;
+    let written = lines.iter().filter(|e| e["code"] == 401).count();
+    eprintln!("{flood} bad tokens in {secs:.2}s: {written} audit lines");
+    // Burst 100, then 10 a second.
+    assert!(
+        (written as f64) <= 100.0 + 10.0 * secs + 2.0,
+        "{written} 401 lines for {flood} requests in {secs:.1}s"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|e| e["name"] == "before-flood" && e["code"] == 201),
+        "the flood pushed earlier entries out"
+    );
+    // The count of what was suppressed is written with the next 401 let through.
+    common::poll(Duration::from_secs(15), "a suppressed count", || {
+        let apis = apis.clone();
+        async move {
+            let bad = client(&apis, None, Some("keel.after.secret".into()));
+            let _ = bad.get_value("/api/v1/namespaces").await;
+            audit(apis)
+                .await
+                .iter()
+                .any(|e| e["user"].as_str().is_some_and(|u| u.contains("suppressed")))
+                .then_some(())
+        }
+    })
+    .await;
+}

@@ -4,6 +4,7 @@
 //! restriction), and, when it mutates or is denied, written to the audit log.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -16,6 +17,7 @@ use serde_json::Value;
 use super::{codec, route};
 use crate::auth::audit::{AuditEntry, AuditLog};
 use crate::auth::rbac::{self, Access};
+use crate::auth::throttle::Bucket;
 use crate::auth::{Identity, Role, credentials};
 use crate::error::ApiError;
 use crate::registry::Registry;
@@ -31,6 +33,37 @@ pub const BOOTSTRAP_PATH: &str = "/keel/v1/bootstrap";
 pub struct Guard {
     pub reg: Registry,
     pub audit: Option<Arc<AuditLog>>,
+    pub limits: Arc<Limits>,
+}
+
+/// The auth layer's defences against floods of bad credentials.
+pub struct Limits {
+    /// Quorum reads for tokens this master does not know (20/s, burst 50).
+    pub token_lookups: Bucket,
+    /// Audit lines for unauthenticated requests (10/s, burst 100); the
+    /// rest are counted and reported in the next line that is written.
+    pub unauthenticated_audit: Bucket,
+    suppressed: AtomicU64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            token_lookups: Bucket::new(20.0, 50),
+            unauthenticated_audit: Bucket::new(10.0, 100),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Guard {
+    pub fn new(reg: Registry, audit: Option<Arc<AuditLog>>) -> Guard {
+        Guard {
+            reg,
+            audit,
+            limits: Arc::new(Limits::default()),
+        }
+    }
 }
 
 /// The role a client certificate's organisation grants.
@@ -79,7 +112,7 @@ async fn authenticate(
                 .into(),
         );
     };
-    let rec = credentials::authenticate(&g.reg, token)
+    let rec = credentials::authenticate(&g.reg, token, &g.limits.token_lookups)
         .await
         .map_err(|e| format!("invalid bearer token: {e}"))?;
     if rec.bootstrap {
@@ -202,6 +235,23 @@ fn audit(g: &Guard, user: &str, w: &Wants, code: u16) {
     }
 }
 
+/// Audits a 401 unless they come too fast: a flood of bad credentials must
+/// not rotate the audit history away. Suppressed lines are counted, and the
+/// count is written (as user `anonymous (+N suppressed)`) with the next one.
+fn audit_unauthenticated(g: &Guard, w: &Wants) {
+    if !g.limits.unauthenticated_audit.try_take() {
+        g.limits.suppressed.fetch_add(1, AtomicOrdering::Relaxed);
+        return;
+    }
+    let n = g.limits.suppressed.swap(0, AtomicOrdering::Relaxed);
+    let user = if n == 0 {
+        "anonymous".to_string()
+    } else {
+        format!("anonymous (+{n} suppressed)")
+    };
+    audit(g, &user, w, 401);
+}
+
 /// The axum middleware.
 pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
@@ -230,7 +280,7 @@ pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response
     let id = match authenticate(&g, cert.as_ref(), &headers).await {
         Ok(id) => id,
         Err(msg) => {
-            audit(&g, "anonymous", &w, 401);
+            audit_unauthenticated(&g, &w);
             return deny(&headers, grpc, 401, msg);
         }
     };

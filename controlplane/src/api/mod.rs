@@ -43,10 +43,7 @@ pub struct ApiConfig {
 
 /// The router of the API, behind the auth layer.
 pub fn router(reg: Registry, cfg: &ApiConfig) -> Router {
-    let guard = guard::Guard {
-        reg: reg.clone(),
-        audit: cfg.audit.clone(),
-    };
+    let guard = guard::Guard::new(reg.clone(), cfg.audit.clone());
     let admin = admin::router(admin::Admin {
         reg: reg.clone(),
         ca: cfg.ca.clone(),

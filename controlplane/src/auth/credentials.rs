@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::rbac::Role;
 use super::tokens::{self, TokenError, TokenRecord};
+use crate::auth::throttle::Bucket;
 use crate::error::ApiError;
 use crate::registry::Registry;
 
@@ -104,12 +105,22 @@ pub async fn create_token(
 /// within a heartbeat of the commit). A token this master does not know yet
 /// is looked up again after a linearizable barrier, so a token works on
 /// every master as soon as its creation was acknowledged.
-pub async fn authenticate(reg: &Registry, token: &str) -> Result<TokenRecord, TokenError> {
+///
+/// A token this master does not know yet is read again after a read barrier
+/// (a token created a moment ago works everywhere at once), but only while
+/// `lookups` has tokens: a flood of made-up tokens is refused locally
+/// instead of becoming a flood of quorum reads.
+pub async fn authenticate(
+    reg: &Registry,
+    token: &str,
+    lookups: &Bucket,
+) -> Result<TokenRecord, TokenError> {
     let (id, secret) = tokens::parse(token)?;
     let key = tokens::key(id);
     let found = match reg.raw_get(&key, true).await {
         Ok(Some(v)) => Some(v),
-        _ => reg.raw_get(&key, false).await.ok().flatten(),
+        _ if lookups.try_take() => reg.raw_get(&key, false).await.ok().flatten(),
+        _ => None,
     };
     let rec = match found {
         Some((v, _)) => decode(&v).map_err(|_| TokenError::Unknown)?,

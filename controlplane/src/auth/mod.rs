@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod credentials;
 pub mod rbac;
+pub mod throttle;
 pub mod tokens;
 
 pub use rbac::{Identity, Role};
