@@ -137,6 +137,20 @@ async fn bad_requests_get_status_errors_and_change_nothing() {
             "already exists",
         ),
         (
+            // Under the 3 MiB body limit, over etcd's 1.5 MiB request limit.
+            "object over etcd's request size",
+            "application/yaml",
+            DEPLOY.replace(
+                "metadata: {name: web}",
+                &format!(
+                    "metadata: {{name: big, annotations: {{a: {}}}}}",
+                    "a".repeat(2 << 20)
+                ),
+            ),
+            413,
+            "etcd's request size limit",
+        ),
+        (
             "oversized body",
             "application/json",
             format!("{{\"x\":\"{}\"}}", "a".repeat(4 << 20)),

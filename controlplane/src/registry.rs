@@ -76,12 +76,26 @@ fn decode_kv(kv: &KeyValue, revision: i64) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-fn encode(v: &Value) -> Vec<u8> {
+/// The stored form of an object; refused (413, nothing written) when it
+/// exceeds etcd's request size limit, before it reaches Raft.
+fn encode(v: &Value) -> Result<Vec<u8>, ApiError> {
     let mut v = v.clone();
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
     }
-    serde_json::to_vec(&v).expect("a Value always serialises")
+    let bytes = serde_json::to_vec(&v).expect("a Value always serialises");
+    if bytes.len() > keel_proto::MAX_REQUEST_BYTES {
+        return Err(ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!(
+                "the object is {} bytes; objects are limited to {} bytes (etcd's request size limit)",
+                bytes.len(),
+                keel_proto::MAX_REQUEST_BYTES
+            ),
+        ));
+    }
+    Ok(bytes)
 }
 
 fn cmp_create(key: &str, rev: i64, result: compare::CompareResult) -> Compare {
@@ -299,7 +313,7 @@ impl Registry {
         let r = self
             .txn(TxnRequest {
                 compare: compares,
-                success: vec![put(&k, encode(&obj))],
+                success: vec![put(&k, encode(&obj)?)],
                 failure: vec![get(&k)],
             })
             .await?;
@@ -374,7 +388,7 @@ impl Registry {
                 )),
             }
         } else {
-            put(&k, encode(&new))
+            put(&k, encode(&new)?)
         };
         let r = self
             .txn(TxnRequest {
