@@ -13,6 +13,7 @@ pub mod node;
 pub mod raft;
 pub mod recover;
 pub mod sealed;
+pub mod watch_quota;
 
 pub use config::{NodeConfig, parse_initial_cluster};
 pub use error::{EtcdError, StoreError};

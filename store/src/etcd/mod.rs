@@ -23,6 +23,10 @@ use tokio::net::TcpListener;
 use crate::error::EtcdError;
 use crate::node::Node;
 
+/// Concurrent watches one client identity may hold on one member (etcd has
+/// no such limit; a runaway client must not exhaust a member).
+pub const MAX_WATCHES_PER_CLIENT: usize = 10_000;
+
 /// Messages up to this size are decoded so that an over-large request gets
 /// etcd's own "request is too large" error rather than a transport error.
 const DECODE_LIMIT: usize = 8 << 20;
@@ -31,6 +35,7 @@ const DECODE_LIMIT: usize = 8 << 20;
 #[derive(Clone)]
 pub struct Etcd {
     node: Arc<Node>,
+    watches: Arc<crate::watch_quota::WatchQuota>,
 }
 
 impl Etcd {
@@ -61,7 +66,10 @@ fn check_size<M: Message>(m: &M) -> Result<(), EtcdError> {
 /// Serves the etcd API on `listener` until the node shuts down: mutual TLS
 /// (masters and admins only) unless the member runs `--insecure`.
 pub fn serve(node: Arc<Node>, listener: TcpListener) -> Result<(), crate::StoreError> {
-    let svc = Etcd { node: node.clone() };
+    let svc = Etcd {
+        node: node.clone(),
+        watches: Arc::new(crate::watch_quota::WatchQuota::new(MAX_WATCHES_PER_CLIENT)),
+    };
     let mut stop = node.shutdown_signal();
     let server = crate::net::server(node.cfg.tls.as_ref())?;
     let admins = crate::net::require_org(node.cfg.tls.is_some(), crate::net::CLIENT_ORGS);

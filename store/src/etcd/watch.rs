@@ -32,6 +32,13 @@ impl Watch for Etcd {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // Watches are counted per client identity (its certificate's CN;
+        // one shared name without TLS).
+        let who = req
+            .peer_certs()
+            .and_then(|c| c.first().and_then(keel_proto::pki::subject))
+            .map(|(cn, _)| cn)
+            .unwrap_or_else(|| "(plain text)".into());
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<WatchResponse, Status>>(256);
         let svc = self.clone();
@@ -56,8 +63,28 @@ impl Watch for Etcd {
                                 .await;
                             continue;
                         }
+                        let Some(slot) = svc.watches.acquire(&who) else {
+                            let _ = tx
+                                .send(Ok(WatchResponse {
+                                    header: svc.header(0),
+                                    watch_id: id,
+                                    created: true,
+                                    canceled: true,
+                                    cancel_reason: format!(
+                                        "etcdserver: too many watches for {who:?} (at most {} at once)",
+                                        svc.watches.limit()
+                                    ),
+                                    ..Default::default()
+                                }))
+                                .await;
+                            continue;
+                        };
                         next_id = next_id.max(id + 1);
-                        let h = tokio::spawn(run_watcher(svc.clone(), id, c, tx.clone()));
+                        let w = run_watcher(svc.clone(), id, c, tx.clone());
+                        let h = tokio::spawn(async move {
+                            let _slot = slot;
+                            w.await
+                        });
                         watchers.insert(id, h);
                     }
                     Some(watch_request::RequestUnion::CancelRequest(c)) => {
