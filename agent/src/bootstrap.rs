@@ -2,7 +2,9 @@
 //! agent makes a key and a certificate request, presents a single-use
 //! bootstrap token once, and gets back a node certificate (CN `node:<name>`)
 //! signed by the cluster CA; from then on it authenticates with that
-//! certificate only. The key never leaves the node.
+//! certificate only. The key never leaves the node. Node certificates are
+//! short-lived (`pki::NODE_VALIDITY_DAYS`): the agent renews its own, with a
+//! new key, once less than a third of its lifetime is left.
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +46,12 @@ pub async fn credentials(
         })?,
     };
     let me = match dir.load_pair(NODE_CERT) {
+        Ok(p) if renewal_due(&p, now()) => {
+            tracing::info!("the node certificate expires soon: renewing it");
+            let fresh = renew(node, masters, &ca_pem, &p).await?;
+            dir.save_pair(NODE_CERT, &fresh).map_err(pki_err)?;
+            fresh
+        }
         Ok(p) => {
             tracing::info!("using the node certificate in {}", dir.0.display());
             p
@@ -95,4 +103,106 @@ async fn join(
         .ok_or_else(|| AgentError::Config("the bootstrap answer has no certificate".into()))?
         .to_string();
     Ok(Pair { cert_pem, key_pem })
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// True once less than a third of the certificate's lifetime is left (or
+/// it cannot be read).
+pub fn renewal_due(p: &Pair, now: i64) -> bool {
+    match pki::pem_validity(&p.cert_pem) {
+        Some((issued, expires)) => expires - now < (expires - issued) / 3,
+        None => true,
+    }
+}
+
+/// A new key and certificate for `node`, asked for with its current one.
+async fn renew(
+    node: &str,
+    masters: &[String],
+    ca_pem: &str,
+    me: &Pair,
+) -> Result<Pair, AgentError> {
+    let (csr, key_pem) = pki::node_csr(node).map_err(pki_err)?;
+    let c = ApiClient::with_credentials(
+        masters,
+        &Credentials {
+            ca_pem: Some(ca_pem.to_string()),
+            identity: Some(me.clone()),
+            token: None,
+        },
+    )?;
+    let r: Value = c
+        .post(
+            &format!("/keel/v1/certificates/{node}"),
+            &json!({ "csr": csr }),
+        )
+        .await?;
+    let cert_pem = r["certificate"]
+        .as_str()
+        .ok_or_else(|| AgentError::Config("the renewal answer has no certificate".into()))?
+        .to_string();
+    tracing::info!(node, "renewed the node certificate");
+    Ok(Pair { cert_pem, key_pem })
+}
+
+/// Renews the node certificate whenever it is due (checked every hour),
+/// saving it and making it this process's client credentials, until the
+/// process ends. A failed renewal is retried at the next check.
+pub async fn renewal_loop(data_dir: PathBuf, node: String, masters: Vec<String>) {
+    let dir = PkiDir(pki_dir(&data_dir));
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        let (Ok(me), Ok(ca_pem)) = (
+            dir.load_pair(NODE_CERT),
+            std::fs::read_to_string(dir.ca_cert()),
+        ) else {
+            continue;
+        };
+        if !renewal_due(&me, now()) {
+            continue;
+        }
+        match renew(&node, &masters, &ca_pem, &me).await {
+            Ok(fresh) => {
+                if let Err(e) = dir.save_pair(NODE_CERT, &fresh) {
+                    tracing::error!(error = %e, "cannot save the renewed node certificate");
+                    continue;
+                }
+                pki::set_client_defaults(ClientDefaults {
+                    tls: Some(TlsBundle {
+                        ca_pem,
+                        me: Some(fresh),
+                    }),
+                    token: None,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the node certificate failed; will retry")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_in_the_last_third_of_a_certificates_life() {
+        let ca = pki::Ca::generate("t").unwrap();
+        let (csr, key_pem) = pki::node_csr("n1").unwrap();
+        let cert_pem = ca.sign_node_csr(&csr, "n1").unwrap();
+        let p = Pair { cert_pem, key_pem };
+        let (issued, expires) = pki::pem_validity(&p.cert_pem).unwrap();
+        assert_eq!(expires - issued, pki::NODE_VALIDITY_DAYS * 86_400);
+        assert!(!renewal_due(&p, issued));
+        assert!(!renewal_due(&p, expires - (expires - issued) / 2));
+        assert!(renewal_due(&p, expires - (expires - issued) / 4));
+        assert!(renewal_due(&p, expires + 1));
+    }
 }

@@ -118,7 +118,8 @@ pub async fn bootstrap_token(
     ttl_secs: i64,
 ) -> Result<String, keel_proto::client::ClientError> {
     let body = serde_json::json!({
-        "user": format!("bootstrap-{node}"), "role": "node", "ttlSeconds": ttl_secs, "bootstrap": true
+        "user": format!("bootstrap-{node}"), "role": "node", "ttlSeconds": ttl_secs,
+        "bootstrap": true, "nodeName": node
     });
     let r: serde_json::Value = client.post("/keel/v1/tokens", &body).await?;
     r["token"]

@@ -26,9 +26,13 @@ pub enum TokenCmd {
         /// Lifetime: a number with s, m, h or d (0: never expires).
         #[arg(long, default_value = "24h")]
         ttl: String,
-        /// A node bootstrap token: good for one `keel agent --join-token`.
-        #[arg(long)]
+        /// A node bootstrap token: good for one `keel agent --join-token`
+        /// of the node named by --node.
+        #[arg(long, requires = "node")]
         bootstrap: bool,
+        /// The one node a bootstrap token admits.
+        #[arg(long, default_value = "")]
+        node: String,
     },
     /// List tokens (never their secrets).
     List,
@@ -62,6 +66,7 @@ pub async fn token(t: &Target, cmd: TokenCmd) -> anyhow::Result<()> {
             user,
             ttl,
             bootstrap,
+            node,
         } => {
             let user = if user.is_empty() {
                 if bootstrap {
@@ -75,7 +80,8 @@ pub async fn token(t: &Target, cmd: TokenCmd) -> anyhow::Result<()> {
             let r: TokenCreated = c
                 .post(
                     "/keel/v1/tokens",
-                    &json!({"user": user, "role": role, "ttlSeconds": ttl_secs(&ttl)?, "bootstrap": bootstrap}),
+                    &json!({"user": user, "role": role, "ttlSeconds": ttl_secs(&ttl)?,
+                            "bootstrap": bootstrap, "nodeName": node}),
                 )
                 .await?;
             println!("{}", r.token);
@@ -123,6 +129,22 @@ pub async fn token(t: &Target, cmd: TokenCmd) -> anyhow::Result<()> {
             println!("token {id} revoked");
         }
     }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Refuse every certificate issued to NODE until now, on every master.
+    Revoke { node: String },
+}
+
+pub async fn node(t: &Target, cmd: NodeCmd) -> anyhow::Result<()> {
+    let NodeCmd::Revoke { node } = cmd;
+    let _: Value = t
+        .client()
+        .post("/keel/v1/revoked-nodes", &json!({ "nodeName": node }))
+        .await?;
+    println!("node {node}: certificates revoked");
     Ok(())
 }
 

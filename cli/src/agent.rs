@@ -99,6 +99,11 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("agent {}: joining the cluster", a.name))?;
         keel_proto::pki::set_client_defaults(creds);
+        tokio::spawn(keel_agent::bootstrap::renewal_loop(
+            a.data_dir.clone(),
+            a.name.clone(),
+            a.masters.clone(),
+        ));
     }
     let mut cfg = keel_agent::Config::new(&a.name, a.data_dir.clone(), a.masters.clone());
     if let Some(r) = &a.pod_range {

@@ -111,6 +111,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: admin::TokenCmd,
     },
+    /// Node identities: revoke a node's certificates (refused at once on
+    /// every master; the node must join again with a new bootstrap token).
+    Node {
+        #[command(flatten)]
+        t: kubectl::Target,
+        #[command(subcommand)]
+        cmd: admin::NodeCmd,
+    },
     /// The masters' audit logs of mutating and denied requests.
     Audit {
         #[command(flatten)]
@@ -189,6 +197,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Logs { t, a } => logs::run(&t, a).await,
             Cmd::Token { t, cmd } => admin::token(&t, cmd).await,
             Cmd::Audit { t, cmd } => admin::audit(&t, cmd).await,
+            Cmd::Node { t, cmd } => admin::node(&t, cmd).await,
         }
     })
 }

@@ -134,7 +134,7 @@ fn api_message(r: Result<Value, ClientError>) -> String {
 
 /// A node certificate bought with a fresh bootstrap token.
 async fn node_identity(admin: &ApiClient, apis: &[String], node: &str) -> Pair {
-    let token = common::bootstrap_token(admin).await;
+    let token = common::bootstrap_token(admin, node).await;
     let (csr, key_pem) = pki::node_csr(node).unwrap();
     let c = client(apis, None, Some(token));
     let r: Value = c
@@ -324,20 +324,25 @@ async fn tokens_roles_node_restriction_bootstrap_and_audit() {
     .await;
     assert!(msg.contains("expired"), "{msg}");
 
-    // Bootstrap tokens are single use.
-    let token = common::bootstrap_token(&admin).await;
-    let join = |node: &str| {
-        let (csr, _) = pki::node_csr(node).unwrap();
+    // Bootstrap tokens are bound to one node and single use.
+    let token = common::bootstrap_token(&admin, "n7").await;
+    let join = |node: &str, csr_for: &str| {
+        let (csr, _) = pki::node_csr(csr_for).unwrap();
         let c = client(&apis, None, Some(token.clone()));
         let body = json!({"nodeName": node, "csr": csr});
         async move { c.post::<Value>("/keel/v1/bootstrap", &body).await }
     };
-    join("n1").await.expect("first use");
-    let again = join("n9").await;
+    let r = join("n9", "n9").await;
+    assert_eq!(api_code(r), 403, "a token for n7 used for n9");
+    assert!(api_message(join("n9", "n9").await).contains("is for node \"n7\""));
+    let r = join("n7", "n9").await;
+    assert_eq!(api_code(r), 422, "a CSR naming another node");
+    join("n7", "n7").await.expect("first use");
+    let again = join("n7", "n7").await;
     assert_eq!(api_code(again), 401);
-    assert!(api_message(join("n9").await).contains("already used"));
+    assert!(api_message(join("n7", "n7").await).contains("already used"));
     // ... and good for nothing else.
-    let other = common::bootstrap_token(&admin).await;
+    let other = common::bootstrap_token(&admin, "n8").await;
     let b = client(&apis, None, Some(other));
     assert_eq!(api_code(b.get_value("/api/v1/pods").await), 401);
 
@@ -603,4 +608,83 @@ async fn a_flood_of_bad_tokens_is_throttled_in_the_audit_log() {
         }
     })
     .await;
+}
+
+/// Node identity: a registered node's name cannot be taken by a new
+/// machine, a node renews only its own certificate, and a revoked node's
+/// certificate is refused on every master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_renew_and_revoke() {
+    let tc = common::start(3, &[]).await;
+    let apis = common::apis(&tc);
+    let admin = client(&apis, None, Some(admin_token()));
+
+    // A name that already has a registered Node is refused (nothing spent).
+    admin
+        .post::<Value>(
+            "/api/v1/nodes",
+            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "taken"}}),
+        )
+        .await
+        .unwrap();
+    let token = common::bootstrap_token(&admin, "taken").await;
+    let (csr, _) = pki::node_csr("taken").unwrap();
+    let r = client(&apis, None, Some(token))
+        .post::<Value>(
+            "/keel/v1/bootstrap",
+            &json!({"nodeName": "taken", "csr": csr}),
+        )
+        .await;
+    assert_eq!(api_code(r), 409);
+
+    // Renewal: a node gets a new certificate for itself, not for another.
+    let n5 = node_identity(&admin, &apis, "n5").await;
+    let (issued, expires) = pki::pem_validity(&n5.cert_pem).unwrap();
+    assert_eq!(expires - issued, pki::NODE_VALIDITY_DAYS * 86_400);
+    let as_n5 = client(&apis, Some(n5.clone()), None);
+    let (csr, key_pem) = pki::node_csr("n5").unwrap();
+    let r: Value = as_n5
+        .post("/keel/v1/certificates/n5", &json!({ "csr": csr }))
+        .await
+        .expect("renewal");
+    let renewed = Pair {
+        cert_pem: r["certificate"].as_str().unwrap().to_string(),
+        key_pem,
+    };
+    client(&apis, Some(renewed.clone()), None)
+        .get_value("/api/v1/nodes")
+        .await
+        .expect("the renewed certificate works");
+    let (csr, _) = pki::node_csr("n6").unwrap();
+    let r = as_n5
+        .post::<Value>("/keel/v1/certificates/n6", &json!({ "csr": csr }))
+        .await;
+    assert_eq!(api_code(r), 403, "n5 renewing n6's certificate");
+
+    // Revocation: every master refuses n5's certificates, old and renewed.
+    let out = common::keel()
+        .args(["node", "revoke", "n5", "--server"])
+        .arg(apis.join(","))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for api in &apis {
+        for cert in [&n5, &renewed] {
+            let one = client(std::slice::from_ref(api), Some(cert.clone()), None);
+            let msg = common::poll(Duration::from_secs(10), "revocation applied", || async {
+                match one.get_value("/api/v1/nodes").await {
+                    Err(ClientError::Api(s)) if s.code == 401 => Some(s.message),
+                    _ => None,
+                }
+            })
+            .await;
+            assert!(msg.contains("revoked"), "{msg}");
+        }
+    }
+    // Other nodes are unaffected.
+    let n6 = node_identity(&admin, &apis, "n6").await;
+    client(&apis, Some(n6), None)
+        .get_value("/api/v1/nodes")
+        .await
+        .expect("n6 is not revoked");
 }

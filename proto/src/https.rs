@@ -18,6 +18,9 @@ use tower::Service;
 pub struct PeerSubject {
     pub cn: String,
     pub org: String,
+    /// When the certificate was issued (seconds since the epoch): a node
+    /// revoked after it refuses it.
+    pub issued_at: i64,
 }
 
 /// How long a connection may take over each step before it is dropped, so
@@ -108,8 +111,12 @@ pub async fn serve_with(
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|c| c.first().and_then(crate::pki::subject))
-                .map(|(cn, org)| PeerSubject { cn, org });
+                .and_then(|c| c.first())
+                .and_then(|c| {
+                    let (cn, org) = crate::pki::subject(c)?;
+                    let (issued_at, _) = crate::pki::validity(c).unwrap_or_default();
+                    Some(PeerSubject { cn, org, issued_at })
+                });
             let activity = Arc::new(Activity::default());
             activity
                 .idle_since_ms

@@ -66,6 +66,11 @@ pub enum Usage {
 }
 
 const VALIDITY_DAYS: i64 = 3650;
+/// Node certificates are short-lived; agents renew them (see
+/// `agent/src/bootstrap.rs`) once less than a third of this is left.
+pub const NODE_VALIDITY_DAYS: i64 = 30;
+/// Certificates are valid from this long before they are issued (clock skew).
+pub const BACKDATE_SECS: i64 = 3600;
 
 impl Ca {
     /// A new self-signed CA named after the cluster.
@@ -134,6 +139,9 @@ impl Ca {
         csr.params.subject_alt_names = vec![SanType::DnsName(node_server_name(node).try_into()?)];
         csr.params.is_ca = IsCa::NoCa;
         leaf(&mut csr.params, Usage::ServerAndClient);
+        let now = std::time::SystemTime::now();
+        csr.params.not_after =
+            (now + std::time::Duration::from_secs(NODE_VALIDITY_DAYS as u64 * 86_400)).into();
         Ok(csr.signed_by(&self.issuer()?)?.pem())
     }
 }
@@ -165,7 +173,7 @@ fn leaf(p: &mut CertificateParams, usage: Usage) {
 
 fn set_validity(p: &mut CertificateParams) {
     let now = std::time::SystemTime::now();
-    p.not_before = (now - std::time::Duration::from_secs(3600)).into();
+    p.not_before = (now - std::time::Duration::from_secs(BACKDATE_SECS as u64)).into();
     p.not_after = (now + std::time::Duration::from_secs(VALIDITY_DAYS as u64 * 86_400)).into();
 }
 
@@ -174,11 +182,46 @@ pub fn node_server_name(node: &str) -> String {
     format!("{node}.nodes.keel")
 }
 
-/// Checks that `csr_pem` is a well-formed, self-signed certificate request.
-pub fn check_csr(csr_pem: &str) -> Result<(), PkiError> {
-    CertificateSigningRequestParams::from_pem(csr_pem)
-        .map(|_| ())
-        .map_err(|e| PkiError::Refused(format!("malformed certificate request: {e}")))
+/// Checks that `csr_pem` is a well-formed, self-signed certificate request
+/// for node `node` (common name `node:<node>`): a request naming another
+/// node, or none, is refused.
+pub fn check_csr(csr_pem: &str, node: &str) -> Result<(), PkiError> {
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| PkiError::Refused(format!("malformed certificate request: {e}")))?;
+    let want = format!("node:{node}");
+    let cn = csr
+        .params
+        .distinguished_name
+        .get(&DnType::CommonName)
+        .map(|v| match v {
+            rcgen::DnValue::PrintableString(s) => s.to_string(),
+            rcgen::DnValue::Utf8String(s) => s.clone(),
+            other => format!("{other:?}"),
+        });
+    if cn.as_deref() != Some(want.as_str()) {
+        return Err(PkiError::Refused(format!(
+            "the certificate request is for {:?}, not {want:?}",
+            cn.unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// When a certificate was issued (seconds since the epoch), and when it
+/// expires.
+pub fn validity(cert: &CertificateDer<'_>) -> Option<(i64, i64)> {
+    let (_, c) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let v = c.validity();
+    Some((
+        v.not_before.timestamp() + BACKDATE_SECS,
+        v.not_after.timestamp(),
+    ))
+}
+
+/// `validity` of a PEM certificate.
+pub fn pem_validity(cert_pem: &str) -> Option<(i64, i64)> {
+    let der = certs(cert_pem).ok()?.into_iter().next()?;
+    validity(&der)
 }
 
 /// A new key and a certificate request for it (what an agent sends when it joins).

@@ -90,6 +90,7 @@ impl Agents {
             tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current().block_on(common::bootstrap_token(
                     &keel_proto::client::ApiClient::new(&masters),
+                    &self.agents[i].name,
                 ))
             })
         };

@@ -185,9 +185,9 @@ pub fn apis(tc: &TestCluster) -> Vec<String> {
     tc.c.members.iter().map(|m| m.api_addr()).collect()
 }
 
-/// A single-use bootstrap token for an agent.
-pub async fn bootstrap_token(client: &keel_proto::client::ApiClient) -> String {
-    keel_chaos::bootstrap_token(client, "test-node", 600)
+/// A single-use bootstrap token for the agent of node `node`.
+pub async fn bootstrap_token(client: &keel_proto::client::ApiClient, node: &str) -> String {
+    keel_chaos::bootstrap_token(client, node, 600)
         .await
         .expect("create a bootstrap token")
 }

@@ -1,7 +1,9 @@
 //! Keel's own endpoints beside the Kubernetes paths: bearer tokens
 //! (`/keel/v1/tokens`, admin only), this master's audit log
 //! (`/keel/v1/audit`, admin only) and node bootstrap (`/keel/v1/bootstrap`:
-//! a bootstrap token buys one node certificate for a CSR).
+//! a bootstrap token buys one node certificate for a CSR), node certificate
+//! renewal (`/keel/v1/certificates/<node>`, by that node) and node
+//! revocation (`/keel/v1/revoked-nodes`, admin only).
 
 use std::sync::Arc;
 
@@ -42,6 +44,8 @@ pub fn router(a: Admin) -> Router {
         .route("/keel/v1/tokens/{id}", delete(revoke_token))
         .route("/keel/v1/audit", get(audit_tail))
         .route(BOOTSTRAP_PATH, post(bootstrap))
+        .route("/keel/v1/certificates/{node}", post(renew))
+        .route("/keel/v1/revoked-nodes", post(revoke_node))
         .with_state(a)
 }
 
@@ -56,6 +60,9 @@ pub struct TokenRequest {
     pub ttl_seconds: i64,
     #[serde(default)]
     pub bootstrap: bool,
+    /// The node a bootstrap token is for (required with `bootstrap`).
+    #[serde(default)]
+    pub node_name: String,
 }
 
 /// The answer to a token creation: the secret, shown only this once.
@@ -77,6 +84,8 @@ pub struct TokenView {
     pub revoked: bool,
     pub bootstrap: bool,
     #[serde(default)]
+    pub node: String,
+    #[serde(default)]
     pub used_by: String,
     pub created_at: i64,
 }
@@ -90,6 +99,7 @@ impl From<TokenRecord> for TokenView {
             expires_at: r.expires_at,
             revoked: r.revoked,
             bootstrap: r.bootstrap,
+            node: r.node,
             used_by: r.used_by,
             created_at: r.created_at,
         }
@@ -116,10 +126,27 @@ async fn create_token(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -
         if req.ttl_seconds < 0 {
             return Err(ApiError::invalid("ttlSeconds: must not be negative"));
         }
+        if req.bootstrap {
+            validate::subdomain(&req.node_name).map_err(|e| {
+                ApiError::invalid(format!(
+                    "nodeName: a bootstrap token is bound to one node: {e}"
+                ))
+            })?;
+        } else if !req.node_name.is_empty() {
+            return Err(ApiError::invalid(
+                "nodeName: only bootstrap tokens are bound to a node",
+            ));
+        }
         let role = if req.bootstrap { Role::Node } else { req.role };
-        let (token, rec) =
-            credentials::create_token(&a.reg, &req.user, role, req.ttl_seconds, req.bootstrap)
-                .await?;
+        let (token, rec) = credentials::create_token(
+            &a.reg,
+            &req.user,
+            role,
+            req.ttl_seconds,
+            req.bootstrap,
+            &req.node_name,
+        )
+        .await?;
         Ok(TokenCreated {
             token,
             record: rec.into(),
@@ -214,8 +241,22 @@ async fn bootstrap(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> R
         let ca =
             a.ca.as_ref()
                 .ok_or_else(|| ApiError::unavailable("this master holds no CA key"))?;
-        // Check the request before spending the token on it.
-        keel_proto::pki::check_csr(&req.csr).map_err(|e| ApiError::invalid(format!("csr: {e}")))?;
+        // Check the request before spending the token on it: the CSR names
+        // this node, and no node of that name is registered (a second
+        // machine must not take over a node's identity).
+        keel_proto::pki::check_csr(&req.csr, &req.node_name)
+            .map_err(|e| ApiError::invalid(format!("csr: {e}")))?;
+        let nodes = crate::kinds::of::<keel_proto::api::Node>();
+        if a.reg.get(nodes, "", &req.node_name).await.is_ok() {
+            return Err(ApiError::new(
+                409,
+                "AlreadyExists",
+                format!(
+                    "node {:?} is already registered; delete it first to admit a new machine under its name",
+                    req.node_name
+                ),
+            ));
+        }
         credentials::spend_bootstrap(&a.reg, token, &req.node_name).await?;
         let certificate = ca
             .sign_node_csr(&req.csr, &req.node_name)
@@ -229,6 +270,66 @@ async fn bootstrap(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> R
     .await;
     match r {
         Ok(b) => (StatusCode::CREATED, Json(b)).into_response(),
+        Err(e) => codec::error(&headers, &e),
+    }
+}
+
+/// `POST /keel/v1/certificates/<node>`: a node renews its certificate.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RenewRequest {
+    /// A PEM certificate signing request for the node's (new) key.
+    pub csr: String,
+}
+
+async fn renew(
+    State(a): State<Admin>,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        // The guard admitted only node `node` itself (or an admin).
+        let req: RenewRequest = parse_json(&body)?;
+        keel_proto::pki::check_csr(&req.csr, &node)
+            .map_err(|e| ApiError::invalid(format!("csr: {e}")))?;
+        let ca =
+            a.ca.as_ref()
+                .ok_or_else(|| ApiError::unavailable("this master holds no CA key"))?;
+        let certificate = ca
+            .sign_node_csr(&req.csr, &node)
+            .map_err(|e| ApiError::invalid(format!("csr: {e}")))?;
+        tracing::info!(%node, "renewed a node certificate");
+        Ok(BootstrapResponse {
+            certificate,
+            ca: ca.cert_pem.clone(),
+        })
+    }
+    .await;
+    match r {
+        Ok(b) => (StatusCode::CREATED, Json(b)).into_response(),
+        Err(e) => codec::error(&headers, &e),
+    }
+}
+
+/// `POST /keel/v1/revoked-nodes`: refuses every certificate issued to a
+/// node until now, on every master as soon as it applied the write.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevokeNodeRequest {
+    pub node_name: String,
+}
+
+async fn revoke_node(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> Response {
+    let r = async {
+        let req: RevokeNodeRequest = parse_json(&body)?;
+        validate::subdomain(&req.node_name)
+            .map_err(|e| ApiError::invalid(format!("nodeName: {e}")))?;
+        credentials::revoke_node(&a.reg, &req.node_name).await
+    }
+    .await;
+    match r {
+        Ok(rec) => (StatusCode::CREATED, Json(rec)).into_response(),
         Err(e) => codec::error(&headers, &e),
     }
 }

@@ -103,7 +103,18 @@ async fn authenticate(
     headers: &HeaderMap,
 ) -> Result<Identity, String> {
     if let Some(p) = cert {
-        return identity_of_cert(p);
+        let id = identity_of_cert(p)?;
+        if let Some(node) = id.node_name()
+            && let Some(at) = credentials::node_revoked_at(&g.reg, node).await
+            // Whole seconds: a certificate issued in the second of the
+            // revocation is refused too.
+            && p.issued_at <= at
+        {
+            return Err(format!(
+                "the certificate of node {node:?} was revoked; the node must join again"
+            ));
+        }
+        return Ok(id);
     }
     let Some(token) = bearer(headers) else {
         return Err(
@@ -360,6 +371,7 @@ mod tests {
         let s = |cn: &str, org: &str| PeerSubject {
             cn: cn.into(),
             org: org.into(),
+            issued_at: 0,
         };
         assert_eq!(
             identity_of_cert(&s("node:n1", pki::ORG_NODES))

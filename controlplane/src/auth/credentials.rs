@@ -92,8 +92,10 @@ pub async fn create_token(
     role: Role,
     ttl_secs: i64,
     bootstrap: bool,
+    node: &str,
 ) -> Result<(String, TokenRecord), ApiError> {
-    let (secret, rec) = tokens::generate(user, role, ttl_secs, bootstrap, now());
+    let (secret, mut rec) = tokens::generate(user, role, ttl_secs, bootstrap, now());
+    rec.node = node.to_string();
     if !ensure_token(reg, &rec).await? {
         return Err(ApiError::internal("token id collision; try again"));
     }
@@ -128,6 +130,52 @@ pub async fn authenticate(
     };
     tokens::verify(&rec, secret, now())?;
     Ok(rec)
+}
+
+/// Where the revocation of node `name`'s certificates is recorded.
+pub fn node_revocation_key(name: &str) -> String {
+    format!("/keel/revoked-nodes/{name}")
+}
+
+/// A node's revocation: certificates issued before `revoked_at` are refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRevocation {
+    pub node: String,
+    pub revoked_at: i64,
+}
+
+/// Revokes every certificate issued to node `name` until now.
+pub async fn revoke_node(reg: &Registry, name: &str) -> Result<NodeRevocation, ApiError> {
+    let rec = NodeRevocation {
+        node: name.to_string(),
+        revoked_at: now(),
+    };
+    let key = node_revocation_key(name);
+    let value = serde_json::to_vec(&rec).expect("a revocation serialises");
+    for _ in 0..5 {
+        let done = match reg.raw_get(&key, false).await? {
+            None => reg.raw_create(&key, value.clone()).await?,
+            Some((_, rev)) => reg.raw_swap(&key, value.clone(), rev).await?,
+        };
+        if done {
+            return Ok(rec);
+        }
+    }
+    Err(ApiError::conflict("revoked-nodes", name))
+}
+
+/// When node `name`'s certificates were last revoked, as this master has
+/// applied it (a local read, so every request by a node can afford it).
+pub async fn node_revoked_at(reg: &Registry, name: &str) -> Option<i64> {
+    let (v, _) = reg
+        .raw_get(&node_revocation_key(name), true)
+        .await
+        .ok()
+        .flatten()?;
+    serde_json::from_slice::<NodeRevocation>(&v)
+        .ok()
+        .map(|r| r.revoked_at)
 }
 
 /// Every token record (linearizable).
@@ -186,6 +234,16 @@ pub async fn spend_bootstrap(reg: &Registry, token: &str, node: &str) -> Result<
             403,
             "Forbidden",
             "this is not a bootstrap token (create one with `keel token create --bootstrap`)",
+        ));
+    }
+    if rec.node != node {
+        return Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "this bootstrap token is for node {:?}, not {node:?}",
+                rec.node
+            ),
         ));
     }
     rec.used_by = node.to_string();

@@ -78,8 +78,9 @@ pub struct Access<'a> {
 }
 
 const READ: [&str; 3] = ["get", "list", "watch"];
-/// Resources only admins may touch, even to read: tokens and the audit log.
-const ADMIN_ONLY: [&str; 2] = ["tokens", "audit"];
+/// Resources only admins may touch, even to read: tokens, the audit log,
+/// node revocations and node certificates (a node renews its own, below).
+const ADMIN_ONLY: [&str; 4] = ["tokens", "audit", "revoked-nodes", "certificates"];
 const CLUSTER_SCOPED_WRITES: [&str; 2] = ["nodes", "namespaces"];
 
 /// Allows or denies `access` by `id`; `stored` is the object as stored (for
@@ -134,6 +135,8 @@ fn node_may(id: &Identity, a: &Access, stored: Option<&Value>, read: bool) -> bo
         return false;
     };
     match a.resource {
+        // A node renews its own certificate, no other.
+        "certificates" => a.verb == "create" && a.name == me,
         r if ADMIN_ONLY.contains(&r) => false,
         // Agents read what they run, services and endpoints for the proxy,
         // and nodes, namespaces and leases.

@@ -24,6 +24,9 @@ pub struct TokenRecord {
     /// A node bootstrap token: good for one certificate request.
     #[serde(default)]
     pub bootstrap: bool,
+    /// The one node a bootstrap token may join as (bound at creation).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
     /// The node a bootstrap token was spent on (empty: not used yet).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub used_by: String,
@@ -76,6 +79,7 @@ pub fn generate(
         expires_at: if ttl_secs > 0 { now + ttl_secs } else { 0 },
         revoked: false,
         bootstrap,
+        node: String::new(),
         used_by: String::new(),
         created_at: now,
     };
@@ -99,6 +103,7 @@ pub fn record_for(
         expires_at: 0,
         revoked: false,
         bootstrap: false,
+        node: String::new(),
         used_by: String::new(),
         created_at: now,
     })
