@@ -16,6 +16,9 @@
 pub mod image;
 pub mod network;
 
+/// The Engine client, for callers (tests) that inspect what the runtime made.
+pub use bollard;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -126,6 +129,14 @@ pub async fn remove_agent(docker: &Docker, agent: &str) -> usize {
     .await;
     let _ = docker.remove_network(&format!("keel-{agent}")).await;
     n
+}
+
+/// Every container (running or not) of agent `agent`.
+pub async fn containers_of(
+    docker: &Docker,
+    agent: &str,
+) -> Result<Vec<ContainerSummary>, RuntimeError> {
+    list(docker, &[(LABEL_AGENT, agent)]).await
 }
 
 /// Containers (running or not) carrying every label of `labels`.
