@@ -374,7 +374,7 @@ impl Worker {
         let nano_cpus = limits
             .and_then(|l| l.get("cpu"))
             .and_then(|q| quantity::cpu_millis(q).ok())
-            .map(|m| m as i64 * 1_000_000);
+            .map(|m| m * 1_000_000);
         let expand = |v: &[String]| v.iter().map(|a| env::expand(a, &env)).collect();
         let mounts = spec
             .volume_mounts
