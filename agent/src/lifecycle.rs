@@ -381,16 +381,12 @@ impl Worker {
             .iter()
             .filter_map(|vm| {
                 let v = self.pod.spec.volumes.iter().find(|v| v.name == vm.name)?;
-                let (host_path, create) = match (&v.empty_dir, &v.host_path) {
-                    (Some(_), _) => (self.sandbox.dir.join("volumes").join(&v.name), true),
-                    (None, Some(h)) => (h.path.clone().into(), false),
-                    (None, None) => return None,
-                };
+                v.empty_dir.as_ref()?;
                 Some(Mount {
-                    host_path,
+                    host_path: self.sandbox.dir.join("volumes").join(&v.name),
                     container_path: vm.mount_path.clone(),
                     read_only: vm.read_only,
-                    create,
+                    create: true,
                 })
             })
             .collect();
@@ -423,14 +419,32 @@ impl Worker {
                 continue;
             }
             let config = self.config_for(i);
+            let unmounted: Vec<&str> = self.ctrs[i]
+                .spec
+                .volume_mounts
+                .iter()
+                .filter(|m| {
+                    !config
+                        .mounts
+                        .iter()
+                        .any(|x| x.container_path == m.mount_path)
+                })
+                .map(|m| m.name.as_str())
+                .collect();
+            let bad_mounts = (!unmounted.is_empty())
+                .then(|| format!("volumeMounts {unmounted:?} name no emptyDir volume of the pod"));
             let c = &mut self.ctrs[i];
             c.next_start = None;
             c.attempts += 1;
-            let started = self
-                .ctx
-                .runtime
-                .start_container(&self.sandbox, &config)
-                .await;
+            let started = match bad_mounts {
+                Some(m) => Err(RuntimeError::Setup(m)),
+                None => {
+                    self.ctx
+                        .runtime
+                        .start_container(&self.sandbox, &config)
+                        .await
+                }
+            };
             let c = &mut self.ctrs[i];
             match started {
                 Ok(h) => {

@@ -11,7 +11,8 @@
 //!   restarted; a missing image is ErrImagePull then ImagePullBackOff, with
 //!   `Never` ErrImageNeverPull; a SIGKILLed agent restarted adopts its
 //!   containers (same ids, no restarts) and removes those of a pod deleted
-//!   while it was down.
+//!   while it was down. A mount of no volume fails its container
+//!   (CreateContainerError); hostPath is refused by the API.
 
 mod agent_support;
 mod common;
@@ -293,6 +294,18 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: badmount}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: keel-test/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: [sleep, '3600']
+    volumeMounts: [{name: nowhere, mountPath: /data}]
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: gone}
 spec:
   terminationGracePeriodSeconds: 1
@@ -352,6 +365,37 @@ async fn docker_pods_share_localhost_get_oom_killed_report_pull_errors_and_are_a
         never.1.contains("not present with pull policy of Never"),
         "{never:?}"
     );
+
+    // Bad input: a mount of no volume fails the container clearly; a
+    // hostPath volume (the node's files) is refused by the API.
+    let bad = common::poll(Duration::from_secs(30), "badmount Failed", || async {
+        let p = client.get::<Pod>("default", "badmount").await.ok()?;
+        (p.status.phase == "Failed").then_some(p)
+    })
+    .await;
+    let t = bad.status.container_statuses[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(t.reason, "CreateContainerError");
+    assert!(t.message.contains("nowhere"), "{t:?}");
+    let host_path = tc.dir.path().join("hostpath.yaml");
+    std::fs::write(
+        &host_path,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: hp}\nspec:\n  volumes: [{name: root, hostPath: {path: /}}]\n  containers: [{name: c, image: 'keel-test/busybox:latest'}]\n",
+    )
+    .unwrap();
+    let (ok, _, err) = s::keel(&[
+        "apply",
+        "-f",
+        host_path.to_str().unwrap(),
+        "--server",
+        &apis[0],
+    ]);
+    assert!(!ok && err.contains("hostPath"), "hostPath refused: {err}");
+    assert!(client.get::<Pod>("default", "hp").await.is_err());
 
     // Two containers, one IP: the writer fills the shared emptyDir and
     // reads it back from the web container over localhost.

@@ -103,7 +103,8 @@ pub struct PodSpec {
     pub termination_grace_period_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hostname: String,
-    /// Volumes the containers can mount (emptyDir and hostPath).
+    /// Volumes the containers can mount (emptyDir; hostPath is not
+    /// offered: it would hand any pod author the node's files).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
 }
@@ -116,9 +117,6 @@ pub struct Volume {
     /// A directory that lives and dies with the pod, shared by its containers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub empty_dir: Option<EmptyDirVolumeSource>,
-    /// A directory of the node (admin-only: it reaches the node's files).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_path: Option<HostPathVolumeSource>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -128,14 +126,6 @@ pub struct EmptyDirVolumeSource {
     pub medium: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub size_limit: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HostPathVolumeSource {
-    pub path: String,
-    #[serde(default, skip_serializing_if = "String::is_empty", rename = "type")]
-    pub type_: String,
 }
 
 /// Where a container mounts a pod volume.

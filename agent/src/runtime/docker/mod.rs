@@ -122,11 +122,7 @@ pub async fn remove_agent(docker: &Docker, agent: &str) -> usize {
         .await
         .unwrap_or_default();
     let n = all.len();
-    futures::future::join_all(all.iter().filter_map(|c| c.id.clone()).map(|id| {
-        let d = docker.clone();
-        async move { remove(&d, &id).await }
-    }))
-    .await;
+    remove_all(docker, all).await;
     let _ = docker.remove_network(&format!("keel-{agent}")).await;
     n
 }
@@ -156,6 +152,26 @@ async fn list(
         .list_containers(Some(opts))
         .await
         .map_err(|e| api_error("listing containers", e))
+}
+
+fn is_sandbox(c: &ContainerSummary) -> bool {
+    c.labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_CONTAINER))
+        .is_some_and(|n| n == SANDBOX)
+}
+
+/// Removes containers: those joined to a sandbox first, then the sandboxes
+/// (removing a sandbox under its members leaks network endpoints).
+async fn remove_all(docker: &Docker, all: Vec<ContainerSummary>) {
+    let (sandboxes, members): (Vec<_>, Vec<_>) = all.into_iter().partition(is_sandbox);
+    for group in [members, sandboxes] {
+        futures::future::join_all(group.iter().filter_map(|c| c.id.clone()).map(|id| {
+            let d = docker.clone();
+            async move { remove(&d, &id).await }
+        }))
+        .await;
+    }
 }
 
 async fn remove(docker: &Docker, id: &str) {
@@ -547,9 +563,7 @@ impl Runtime for DockerRuntime {
             )
             .await
             .unwrap_or_default();
-            for c in all {
-                remove(&me.docker, c.id.as_deref().unwrap_or_default()).await;
-            }
+            remove_all(&me.docker, all).await;
             if let Err(e) = std::fs::remove_dir_all(&s.dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
@@ -691,6 +705,7 @@ impl Runtime for DockerRuntime {
                 .await
                 .unwrap_or_default();
             let mut pods = std::collections::BTreeSet::new();
+            let mut gone = Vec::new();
             for c in all {
                 let uid = c
                     .labels
@@ -702,9 +717,10 @@ impl Runtime for DockerRuntime {
                     continue;
                 }
                 tracing::info!(pod_uid = %uid, container = c.id.as_deref().unwrap_or_default(), "removing a container of a pod the agent does not know");
-                remove(&me.docker, c.id.as_deref().unwrap_or_default()).await;
+                gone.push(c);
                 pods.insert(uid);
             }
+            remove_all(&me.docker, gone).await;
             for uid in &pods {
                 if !uid.is_empty() {
                     let _ = std::fs::remove_dir_all(me.cfg.root.join(uid));
