@@ -470,7 +470,9 @@ impl Worker {
                     c.next_start = Some(Instant::now() + backoff(c.pull_streak, initial, max));
                     let reason = match (&e, c.pull_streak) {
                         (RuntimeError::ImageNeverPull(_), _) => "ErrImageNeverPull",
-                        (_, 1) => "ErrImagePull",
+                        // The first failures show as ErrImagePull (long
+                        // enough to be seen), then ImagePullBackOff.
+                        (_, 1 | 2) => "ErrImagePull",
                         _ => "ImagePullBackOff",
                     };
                     let message = if reason == "ImagePullBackOff" {

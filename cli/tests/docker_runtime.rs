@@ -32,14 +32,19 @@ use keel_proto::client::ApiClient;
 const PAUSE: &str = "keel-test/pause:latest";
 const DOCKER_ARGS: &[&str] = &["--runtime", "docker", "--pause-image", PAUSE];
 
-/// Builds the test images (fails loudly when Docker is unreachable).
+/// Builds the test images once per test binary (fails loudly when Docker
+/// is unreachable; a failed build fails every test that needs them).
 fn test_images() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-images.sh");
-    let st = std::process::Command::new("bash")
-        .arg(&script)
-        .status()
-        .expect("running scripts/test-images.sh");
-    assert!(st.success(), "scripts/test-images.sh failed: {st}");
+    static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = BUILT.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-images.sh");
+        std::process::Command::new("bash")
+            .arg(&script)
+            .status()
+            .expect("running scripts/test-images.sh")
+            .success()
+    });
+    assert!(*ok, "scripts/test-images.sh failed");
 }
 
 /// Docker agents; dropping them (even when the test fails) kills the
