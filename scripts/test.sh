@@ -6,16 +6,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v etcdctl >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1; then
-  echo "installing etcd-client and etcd-server (etcdctl for the compatibility test)..."
+if ! command -v etcdctl >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1 ||
+  ! dpkg -s busybox-static >/dev/null 2>&1; then
+  echo "installing etcd-client, etcd-server and busybox-static..."
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-client etcd-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-client etcd-server busybox-static >/dev/null
   # The package's service is not wanted: tests start their own processes.
   $SUDO systemctl stop etcd >/dev/null 2>&1 || true
 fi
 command -v etcdctl >/dev/null || { echo "etcdctl is still missing" >&2; exit 1; }
+# The Docker runtime's tests run real containers of locally built images.
+bash scripts/test-images.sh
 
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 cargo fmt --all -- --check

@@ -2,8 +2,9 @@
 //! (`POD_NAME`, `POD_NAMESPACE`, `POD_IP`, `NODE_NAME`), Docker-links-style
 //! `<SVC>_SERVICE_HOST`/`<SVC>_SERVICE_PORT` for every Service of the pod's
 //! namespace, then the container's own `env` with `$(VAR)` references
-//! expanded. The same expansion applies to command and args, so
-//! `--bind $(POD_IP)` works as on Kubernetes.
+//! expanded and `valueFrom.fieldRef` resolved. The same expansion applies
+//! to command and args, so `--bind $(POD_IP)` works as on Kubernetes. Also
+//! the image pull policy's defaults by tag.
 
 use keel_proto::api::core::{Container, Pod, Service};
 use keel_proto::api::meta::IntOrString;
@@ -14,6 +15,7 @@ pub fn container_env(
     c: &Container,
     pod_ip: &str,
     node_name: &str,
+    host_ip: &str,
     services: &[Service],
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
@@ -56,10 +58,36 @@ pub fn container_env(
     set("POD_IP".into(), pod_ip.to_string());
     set("NODE_NAME".into(), node_name.to_string());
     for e in &c.env {
-        let v = expand(&e.value, &env);
+        let v = match e.value_from.as_ref().and_then(|f| f.field_ref.as_ref()) {
+            Some(f) => match f.field_path.as_str() {
+                "metadata.name" => pod.metadata.name.clone(),
+                "metadata.namespace" => pod.metadata.namespace.clone(),
+                "metadata.uid" => pod.metadata.uid.clone(),
+                "spec.nodeName" => node_name.to_string(),
+                "status.podIP" => pod_ip.to_string(),
+                "status.hostIP" => host_ip.to_string(),
+                other => {
+                    tracing::warn!(var = %e.name, field = other, "unsupported fieldRef; empty value");
+                    String::new()
+                }
+            },
+            None => expand(&e.value, &env),
+        };
         set_in(&mut env, e.name.clone(), v);
     }
     env
+}
+
+/// The container's `imagePullPolicy`, defaulted as Kubernetes does: an
+/// image tagged `:latest` or untagged is pulled `Always`, any other
+/// `IfNotPresent` (a digest counts as a tag).
+pub fn pull_policy(c: &Container) -> String {
+    if !c.image_pull_policy.is_empty() {
+        return c.image_pull_policy.clone();
+    }
+    let last = c.image.rsplit('/').next().unwrap_or("");
+    let tagged = c.image.contains('@') || last.split_once(':').is_some_and(|(_, t)| t != "latest");
+    if tagged { "IfNotPresent" } else { "Always" }.to_string()
 }
 
 /// The container's command line: `command` then `args`, with `$(VAR)` expanded.
@@ -122,7 +150,7 @@ pub fn resolve_port(c: &Container, p: &IntOrString) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_proto::api::core::{EnvVar, ServicePort};
+    use keel_proto::api::core::{EnvVar, EnvVarSource, ObjectFieldSelector, ServicePort};
 
     #[test]
     fn expansion_follows_kubernetes() {
@@ -148,18 +176,50 @@ mod tests {
         let other = Service::new("prod", "db");
         let c = Container {
             name: "c".into(),
-            env: vec![EnvVar {
-                name: "URL".into(),
-                value: "http://$(MY_WEB_SERVICE_HOST):$(MY_WEB_SERVICE_PORT)/$(POD_NAME)".into(),
-            }],
+            env: vec![
+                EnvVar {
+                    name: "URL".into(),
+                    value: "http://$(MY_WEB_SERVICE_HOST):$(MY_WEB_SERVICE_PORT)/$(POD_NAME)"
+                        .into(),
+                    ..Default::default()
+                },
+                EnvVar {
+                    name: "MY_IP".into(),
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "status.podIP".into(),
+                            ..Default::default()
+                        }),
+                    }),
+                    ..Default::default()
+                },
+            ],
             ..Default::default()
         };
-        let env = container_env(&pod, &c, "127.9.0.2", "n1", &[svc, other]);
+        let env = container_env(&pod, &c, "127.9.0.2", "n1", "127.9.0.1", &[svc, other]);
         let get = |k: &str| env.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
         assert_eq!(get("POD_IP"), Some("127.9.0.2"));
         assert_eq!(get("NODE_NAME"), Some("n1"));
         assert_eq!(get("MY_WEB_SERVICE_PORT_HTTP"), Some("8080"));
         assert_eq!(get("DB_SERVICE_HOST"), None);
         assert_eq!(get("URL"), Some("http://127.96.0.7:8080/web-1"));
+        assert_eq!(get("MY_IP"), Some("127.9.0.2"));
+    }
+
+    #[test]
+    fn pull_policy_defaults_by_tag() {
+        let c = |image: &str, policy: &str| Container {
+            name: "c".into(),
+            image: image.into(),
+            image_pull_policy: policy.into(),
+            ..Default::default()
+        };
+        assert_eq!(pull_policy(&c("busybox", "")), "Always");
+        assert_eq!(pull_policy(&c("busybox:latest", "")), "Always");
+        assert_eq!(pull_policy(&c("localhost:5000/busybox", "")), "Always");
+        assert_eq!(pull_policy(&c("busybox:1.36", "")), "IfNotPresent");
+        assert_eq!(pull_policy(&c("localhost:5000/b:1", "")), "IfNotPresent");
+        assert_eq!(pull_policy(&c("b@sha256:abc", "")), "IfNotPresent");
+        assert_eq!(pull_policy(&c("busybox:latest", "Never")), "Never");
     }
 }

@@ -34,7 +34,17 @@ use tokio::sync::watch;
 
 pub use error::AgentError;
 use ipam::{Ipam, PodRange};
-use runtime::{ProcessRuntime, Runtime, Sandbox};
+use runtime::{DockerRuntime, ProcessRuntime, Runtime, Sandbox};
+
+/// Which container runtime runs the pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    /// Local processes (no images).
+    Process,
+    /// Containers through the Docker Engine API, each pod's network held
+    /// by a sandbox container of `pause_image`.
+    Docker { pause_image: String },
+}
 use state::StateStore;
 
 /// How an agent runs.
@@ -60,6 +70,7 @@ pub struct Config {
     /// Stop every pod when the agent exits (otherwise they keep running
     /// and the next agent on this data dir adopts them).
     pub stop_pods_on_exit: bool,
+    pub runtime: RuntimeChoice,
 }
 
 impl Config {
@@ -79,6 +90,7 @@ impl Config {
             backoff_max: Duration::from_secs(300),
             log_max_bytes: 10 << 20,
             stop_pods_on_exit: false,
+            runtime: RuntimeChoice::Process,
         }
     }
 }
@@ -123,10 +135,32 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Age
     let agent_addr: SocketAddr = listener
         .local_addr()
         .map_err(|e| AgentError::io("agent endpoint address", e))?;
-    let runtime: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(
-        cfg.data_dir.join("pods"),
-        cfg.log_max_bytes,
-    ));
+    let runtime: Arc<dyn Runtime> = match &cfg.runtime {
+        RuntimeChoice::Process => Arc::new(ProcessRuntime::new(
+            cfg.data_dir.join("pods"),
+            cfg.log_max_bytes,
+        )),
+        RuntimeChoice::Docker { pause_image } => Arc::new(
+            DockerRuntime::connect(&runtime::docker::DockerConfig {
+                node: cfg.name.clone(),
+                root: cfg.data_dir.join("pods"),
+                pause_image: pause_image.clone(),
+                log_max_bytes: cfg.log_max_bytes,
+            })
+            .await?,
+        ),
+    };
+    // Containers of pods this agent has no record of (its state was lost,
+    // or they were left half-made) go; the recorded ones are adopted or
+    // stopped by the sync loop.
+    let known: Vec<String> = adopted.iter().map(|r| r.uid.clone()).collect();
+    let removed = runtime.remove_unknown(known).await;
+    if removed > 0 {
+        tracing::info!(
+            pods = removed,
+            "removed the containers of pods the agent has no record of"
+        );
+    }
     let ctx = Arc::new(Ctx {
         node_ip,
         client: Arc::new(ApiClient::new(&cfg.masters)),
@@ -141,6 +175,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Age
     tracing::info!(
         node = %ctx.cfg.name,
         pod_range = %ctx.cfg.pod_range.cidr(),
+        runtime = ctx.runtime.name(),
         agent = %agent_addr,
         adopting = adopted.len(),
         "agent starting"

@@ -22,7 +22,7 @@ use crate::Ctx;
 use crate::env;
 use crate::probe::{self, Kind, Outcome, Timing, Tracker};
 use crate::runtime::{
-    ContainerConfig, ContainerHandle, Exit, RuntimeError, Sandbox, SandboxConfig,
+    ContainerConfig, ContainerHandle, Exit, Mount, RuntimeError, Sandbox, SandboxConfig,
 };
 use crate::state::PodRecord;
 use crate::status::{self, ContainerView};
@@ -55,6 +55,8 @@ struct Ctr {
     attempts: i64,
     restart_base: i64,
     streak: u32,
+    /// Image pulls failed in a row (ImagePullBackOff's own back-off).
+    pull_streak: u32,
     next_start: Option<Instant>,
     done: Option<i32>,
     readiness: Option<Tracker>,
@@ -76,6 +78,7 @@ impl Ctr {
             attempts: 0,
             restart_base,
             streak: 0,
+            pull_streak: 0,
             next_start: Some(Instant::now()),
             done: None,
             readiness: None,
@@ -157,11 +160,11 @@ async fn run_inner(
 ) {
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
     let (probe_tx, mut probe_rx) = mpsc::channel(64);
-    let Some(mut w) = Worker::new(ctx, pod, adopted, exit_tx, probe_tx) else {
+    let Some(mut w) = Worker::new(ctx, pod, adopted, exit_tx, probe_tx).await else {
         return;
     };
     loop {
-        w.start_due();
+        w.start_due().await;
         w.report().await;
         let wake = w.next_wake();
         tokio::select! {
@@ -193,7 +196,7 @@ async fn run_inner(
 }
 
 impl Worker {
-    fn new(
+    async fn new(
         ctx: Arc<Ctx>,
         pod: Pod,
         adopted: Option<PodRecord>,
@@ -204,20 +207,36 @@ impl Worker {
         let sandbox = match &adopted {
             Some(rec) => rec.sandbox.clone(),
             None => {
-                let Some(ip) = ctx.ipam.lock().expect("ipam lock").allocate() else {
-                    tracing::error!("the node's pod range is exhausted");
-                    return None;
+                let ip = if ctx.runtime.assigns_ips() {
+                    None
+                } else {
+                    let Some(ip) = ctx.ipam.lock().expect("ipam lock").allocate() else {
+                        tracing::error!("the node's pod range is exhausted");
+                        return None;
+                    };
+                    Some(ip)
                 };
-                match ctx.runtime.create_sandbox(&SandboxConfig {
-                    uid: m.uid.clone(),
-                    namespace: m.namespace.clone(),
-                    name: m.name.clone(),
-                    ip,
-                }) {
+                let hostname = match pod.spec.hostname.as_str() {
+                    "" => m.name.clone(),
+                    h => h.to_string(),
+                };
+                match ctx
+                    .runtime
+                    .create_sandbox(&SandboxConfig {
+                        uid: m.uid.clone(),
+                        namespace: m.namespace.clone(),
+                        name: m.name.clone(),
+                        ip,
+                        hostname,
+                    })
+                    .await
+                {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot create the pod sandbox");
-                        ctx.ipam.lock().expect("ipam lock").release(ip);
+                        if let Some(ip) = ip {
+                            ctx.ipam.lock().expect("ipam lock").release(ip);
+                        }
                         return None;
                     }
                 }
@@ -256,14 +275,14 @@ impl Worker {
             w.sandbox.clone(),
         );
         if let Some(rec) = adopted {
-            w.adopt(&rec);
+            w.adopt(&rec).await;
         }
         w.persist();
         Some(w)
     }
 
     /// Takes over the containers a previous agent left.
-    fn adopt(&mut self, rec: &PodRecord) {
+    async fn adopt(&mut self, rec: &PodRecord) {
         for i in 0..self.ctrs.len() {
             let name = self.ctrs[i].spec.name.clone();
             if let Some(code) = rec.finished.get(&name) {
@@ -281,7 +300,7 @@ impl Worker {
             let Some(h) = rec.containers.get(&name) else {
                 continue;
             };
-            if self.ctx.runtime.adopt(&self.sandbox, h) {
+            if self.ctx.runtime.adopt(&self.sandbox, h).await {
                 tracing::info!(container = %name, pid = h.pid, "adopted running container");
                 let config = self.config_for(i);
                 let c = &mut self.ctrs[i];
@@ -335,30 +354,64 @@ impl Worker {
     fn config_for(&self, i: usize) -> ContainerConfig {
         let spec = &self.ctrs[i].spec;
         let services = self.ctx.services.read().expect("services lock").clone();
-        let env = env::container_env(
+        let mut env = env::container_env(
             &self.pod,
             spec,
             &self.sandbox.ip.to_string(),
             &self.ctx.cfg.name,
+            &self.ctx.node_ip.to_string(),
             &services,
         );
-        let memory_limit = spec
-            .resources
-            .as_ref()
-            .and_then(|r| r.limits.get("memory"))
+        if self.ctx.runtime.uses_images() && !spec.env.iter().any(|e| e.name == "PATH") {
+            // The image's PATH, not the agent's.
+            env.retain(|(k, _)| k != "PATH");
+        }
+        let limits = spec.resources.as_ref().map(|r| &r.limits);
+        let memory_limit = limits
+            .and_then(|l| l.get("memory"))
             .and_then(|q| quantity::bytes(q).ok())
             .and_then(|b| u64::try_from(b).ok());
+        let nano_cpus = limits
+            .and_then(|l| l.get("cpu"))
+            .and_then(|q| quantity::cpu_millis(q).ok())
+            .map(|m| m * 1_000_000);
+        let expand = |v: &[String]| v.iter().map(|a| env::expand(a, &env)).collect();
+        let mounts = spec
+            .volume_mounts
+            .iter()
+            .filter_map(|vm| {
+                let v = self.pod.spec.volumes.iter().find(|v| v.name == vm.name)?;
+                v.empty_dir.as_ref()?;
+                Some(Mount {
+                    host_path: self.sandbox.dir.join("volumes").join(&v.name),
+                    container_path: vm.mount_path.clone(),
+                    read_only: vm.read_only,
+                    create: true,
+                })
+            })
+            .collect();
         ContainerConfig {
             name: spec.name.clone(),
             argv: env::argv(spec, &env),
-            env,
+            command: expand(&spec.command),
+            args: expand(&spec.args),
             working_dir: spec.working_dir.clone(),
             memory_limit,
+            nano_cpus,
+            image: spec.image.clone(),
+            pull_policy: env::pull_policy(spec),
+            ports: spec
+                .ports
+                .iter()
+                .filter_map(|p| Some((u16::try_from(p.container_port).ok()?, p.protocol.clone())))
+                .collect(),
+            mounts,
+            env,
         }
     }
 
     /// Starts every container whose (re)start is due.
-    fn start_due(&mut self) {
+    async fn start_due(&mut self) {
         let now = Instant::now();
         for i in 0..self.ctrs.len() {
             let c = &self.ctrs[i];
@@ -366,11 +419,36 @@ impl Worker {
                 continue;
             }
             let config = self.config_for(i);
+            let unmounted: Vec<&str> = self.ctrs[i]
+                .spec
+                .volume_mounts
+                .iter()
+                .filter(|m| {
+                    !config
+                        .mounts
+                        .iter()
+                        .any(|x| x.container_path == m.mount_path)
+                })
+                .map(|m| m.name.as_str())
+                .collect();
+            let bad_mounts = (!unmounted.is_empty())
+                .then(|| format!("volumeMounts {unmounted:?} name no emptyDir volume of the pod"));
             let c = &mut self.ctrs[i];
             c.next_start = None;
             c.attempts += 1;
-            match self.ctx.runtime.start_container(&self.sandbox, &config) {
+            let started = match bad_mounts {
+                Some(m) => Err(RuntimeError::Setup(m)),
+                None => {
+                    self.ctx
+                        .runtime
+                        .start_container(&self.sandbox, &config)
+                        .await
+                }
+            };
+            let c = &mut self.ctrs[i];
+            match started {
                 Ok(h) => {
+                    c.pull_streak = 0;
                     tracing::info!(container = %config.name, pid = h.pid, restarts = c.restart_count(), "started container");
                     c.started = Some(Instant::now());
                     c.killed_by_liveness = false;
@@ -383,10 +461,32 @@ impl Worker {
                     };
                     self.running(i, h, config);
                 }
+                Err(e @ (RuntimeError::ImagePull(_) | RuntimeError::ImageNeverPull(_))) => {
+                    // Not a start: the image is not there. Wait, retry
+                    // with back-off, restart count untouched (kubelet).
+                    c.attempts -= 1;
+                    let (initial, max) = (self.ctx.cfg.backoff_initial, self.ctx.cfg.backoff_max);
+                    c.pull_streak = c.pull_streak.saturating_add(1);
+                    c.next_start = Some(Instant::now() + backoff(c.pull_streak, initial, max));
+                    let reason = match (&e, c.pull_streak) {
+                        (RuntimeError::ImageNeverPull(_), _) => "ErrImageNeverPull",
+                        // The first failures show as ErrImagePull (long
+                        // enough to be seen), then ImagePullBackOff.
+                        (_, 1 | 2) => "ErrImagePull",
+                        _ => "ImagePullBackOff",
+                    };
+                    let message = if reason == "ImagePullBackOff" {
+                        format!("Back-off pulling image {:?}: {e}", config.image)
+                    } else {
+                        e.to_string()
+                    };
+                    tracing::warn!(container = %config.name, image = %config.image, reason, error = %e, "image not available");
+                    c.state = waiting(reason, &message);
+                }
                 Err(e) => {
                     let reason = match e {
                         RuntimeError::CannotRun(_) => "ContainerCannotRun",
-                        RuntimeError::Setup(_) => "CreateContainerError",
+                        _ => "CreateContainerError",
                     };
                     tracing::warn!(container = %config.name, reason, error = %e, "container cannot start");
                     let now = now_rfc3339();
@@ -463,6 +563,9 @@ impl Worker {
         c.stop_probes();
         let started_at = c.state.running.as_ref().and_then(|r| r.started_at.clone());
         let (reason, message) = match exit.code {
+            _ if exit.reason.is_some() => {
+                (exit.reason.as_deref().unwrap_or_default(), String::new())
+            }
             _ if c.killed_by_liveness => (
                 "Error",
                 format!(
@@ -669,14 +772,14 @@ impl Worker {
         }
         futures::future::join_all(stops).await;
         let key = format!("{}/{}", self.pod.metadata.namespace, self.pod.metadata.name);
-        teardown(&self.ctx, &self.sandbox, &self.pod.metadata.uid, &key);
+        teardown(&self.ctx, &self.sandbox, &self.pod.metadata.uid, &key).await;
         tracing::info!("pod stopped");
     }
 }
 
 /// Removes a stopped pod's sandbox and every trace of it in the agent.
-pub fn teardown(ctx: &Ctx, sandbox: &Sandbox, uid: &str, key: &str) {
-    ctx.runtime.remove_sandbox(sandbox);
+pub async fn teardown(ctx: &Ctx, sandbox: &Sandbox, uid: &str, key: &str) {
+    ctx.runtime.remove_sandbox(sandbox).await;
     ctx.ipam.lock().expect("ipam lock").release(sandbox.ip);
     ctx.state.remove(uid);
     let mut pods = ctx.pods.lock().expect("pods lock");
@@ -693,12 +796,12 @@ pub async fn stop_orphan(ctx: Arc<Ctx>, rec: PodRecord) {
     tracing::info!(pod = %key, "stopping a pod deleted while the agent was down");
     let mut stops = Vec::new();
     for h in rec.containers.values() {
-        if ctx.runtime.adopt(&rec.sandbox, h) {
+        if ctx.runtime.adopt(&rec.sandbox, h).await {
             stops.push(ctx.runtime.stop(h, grace));
         }
     }
     futures::future::join_all(stops).await;
-    teardown(&ctx, &rec.sandbox, &rec.uid, &key);
+    teardown(&ctx, &rec.sandbox, &rec.uid, &key).await;
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The agent's log endpoint (kubelet's `/containerLogs/{ns}/{pod}/{container}`),
 //! which the masters proxy `keel logs` to: the container's log file, the
 //! last `tailLines` lines of it, and with `follow=true` every line written
-//! after, until the client goes away or the pod is removed.
+//! after, until the client goes away or the pod is removed. Runtimes that
+//! keep no log file (Docker) answer from their own log, with `previous`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use keel_proto::pki;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::Ctx;
+use crate::runtime::LogRequest;
 
 /// The byte offset where the last `n` lines of `data` start.
 pub fn tail_offset(data: &[u8], n: usize) -> usize {
@@ -108,7 +110,34 @@ async fn container_log(
             format!("pod {key} is not running on node {}", ctx.cfg.name),
         );
     };
-    let path = ctx.runtime.log_path(&sandbox, &container);
+    let previous = matches!(q.get("previous").map(String::as_str), Some("true" | "1"));
+    let follow = matches!(q.get("follow").map(String::as_str), Some("true" | "1"));
+    let tail = q.get("tailLines").and_then(|t| t.parse::<usize>().ok());
+    let Some(path) = ctx.runtime.log_path(&sandbox, &container) else {
+        let req = LogRequest {
+            tail,
+            follow,
+            previous,
+        };
+        return match ctx.runtime.logs(&sandbox, &container, &req).await {
+            Ok(stream) => {
+                ([("content-type", "text/plain")], Body::from_stream(stream)).into_response()
+            }
+            Err(e) => err(
+                StatusCode::NOT_FOUND,
+                format!("container {container:?} in pod {key}: {e}"),
+            ),
+        };
+    };
+    if previous {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the {} runtime keeps no previous container log",
+                ctx.runtime.name()
+            ),
+        );
+    }
     let data = match tokio::fs::read(&path).await {
         Ok(d) => d,
         Err(_) => {
@@ -118,11 +147,10 @@ async fn container_log(
             );
         }
     };
-    let start = match q.get("tailLines").and_then(|t| t.parse::<usize>().ok()) {
+    let start = match tail {
         Some(n) => tail_offset(&data, n),
         None => 0,
     };
-    let follow = matches!(q.get("follow").map(String::as_str), Some("true" | "1"));
     let first = Bytes::copy_from_slice(&data[start..]);
     if !follow {
         return ([("content-type", "text/plain")], first).into_response();

@@ -107,7 +107,10 @@ pub async fn register(ctx: &Ctx, agent: SocketAddr) -> Result<Node, AgentError> 
     let c = &ctx.client;
     let mut node = Node::new("", &ctx.cfg.name);
     node.metadata.labels = labels(ctx);
-    node.spec.pod_cidr = ctx.cfg.pod_range.cidr();
+    node.spec.pod_cidr = ctx
+        .runtime
+        .pod_cidr()
+        .unwrap_or_else(|| ctx.cfg.pod_range.cidr());
     node.status = node_status(ctx, agent, &NodeStatus::default());
     match c.create(&node).await {
         Ok(n) => {
@@ -121,7 +124,10 @@ pub async fn register(ctx: &Ctx, agent: SocketAddr) -> Result<Node, AgentError> 
     for _ in 0..5 {
         let mut cur: Node = c.get("", &ctx.cfg.name).await?;
         cur.metadata.labels.extend(labels(ctx));
-        cur.spec.pod_cidr = ctx.cfg.pod_range.cidr();
+        cur.spec.pod_cidr = ctx
+            .runtime
+            .pod_cidr()
+            .unwrap_or_else(|| ctx.cfg.pod_range.cidr());
         let cur = match c.update(&cur).await {
             Ok(n) => n,
             Err(e) if e.code() == 409 => continue,

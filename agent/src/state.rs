@@ -122,6 +122,7 @@ mod tests {
                 id: "u1".into(),
                 ip: "127.9.0.2".parse().unwrap(),
                 dir: dir.path().join("pods/u1"),
+                runtime_id: String::new(),
             },
             grace_seconds: 30,
             containers: BTreeMap::new(),

@@ -12,8 +12,11 @@ use keel_agent::ipam::PodRange;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum RuntimeKind {
-    /// Each container a local process (the embedded default).
+    /// Each container a local process (the embedded default; ignores images).
     Process,
+    /// Real containers through the Docker Engine API (DOCKER_HOST or
+    /// /var/run/docker.sock): a pause container per pod holds its network.
+    Docker,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -41,6 +44,10 @@ pub struct AgentArgs {
     /// Container runtime.
     #[arg(long, env = "KEEL_RUNTIME", value_enum, default_value_t = RuntimeKind::Process)]
     pub runtime: RuntimeKind,
+    /// The sandbox (pause) image of the docker runtime: one container of it
+    /// per pod holds the pod's network namespace.
+    #[arg(long, env = "KEEL_PAUSE_IMAGE", default_value = keel_agent::runtime::docker::DEFAULT_PAUSE_IMAGE)]
+    pub pause_image: String,
     /// The node's pod range, 127.N.0.0/16 (or just N); default: N from a hash of the name.
     #[arg(long, env = "KEEL_POD_RANGE")]
     pub pod_range: Option<String>,
@@ -77,7 +84,6 @@ pub struct AgentArgs {
 }
 
 pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
-    let RuntimeKind::Process = a.runtime;
     if a.insecure {
         tracing::warn!(
             "!!! --insecure: this agent talks PLAIN TEXT to the masters, without a certificate. Tests only. !!!"
@@ -117,6 +123,12 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
     cfg.backoff_max = Duration::from_millis(a.backoff_max_ms.max(a.backoff_initial_ms));
     cfg.log_max_bytes = a.log_max_bytes;
     cfg.stop_pods_on_exit = a.stop_pods_on_exit;
+    cfg.runtime = match a.runtime {
+        RuntimeKind::Process => keel_agent::RuntimeChoice::Process,
+        RuntimeKind::Docker => keel_agent::RuntimeChoice::Docker {
+            pause_image: a.pause_image.clone(),
+        },
+    };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::spawn(async move {

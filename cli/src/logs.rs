@@ -1,4 +1,4 @@
-//! `keel logs POD [-c CONTAINER] [-f] [--tail N]`: a container's log, read
+//! `keel logs POD [-c CONTAINER] [-f] [-p] [--tail N]`: a container's log, read
 //! through any master (the `log` subresource), which fetches it from the
 //! agent of the pod's node.
 
@@ -24,6 +24,9 @@ pub struct LogsArgs {
     /// Only the last N lines.
     #[arg(long)]
     pub tail: Option<usize>,
+    /// The log of the container's previous instance (Docker runtime).
+    #[arg(short = 'p', long)]
+    pub previous: bool,
 }
 
 pub async fn run(t: &Target, a: LogsArgs) -> anyhow::Result<()> {
@@ -35,6 +38,9 @@ pub async fn run(t: &Target, a: LogsArgs) -> anyhow::Result<()> {
     }
     if a.follow {
         q.push("follow=true".to_string());
+    }
+    if a.previous {
+        q.push("previous=true".to_string());
     }
     if let Some(n) = a.tail {
         q.push(format!("tailLines={n}"));

@@ -1,6 +1,7 @@
 //! `keel up`: a local HA cluster as child processes until Ctrl-C: masters in
 //! separate zones and node agents in zones a and b, each agent with its own
-//! loopback pod range (127.11.0.0/16, 127.12.0.0/16, ...).
+//! loopback pod range (127.11.0.0/16, 127.12.0.0/16, ...); with `--runtime
+//! docker` the agents run pods as Docker containers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,6 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use keel_chaos::{Flavor, ProcessCluster};
+
+use crate::agent::RuntimeKind;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -34,6 +37,12 @@ pub struct UpArgs {
     /// (default: ~/.keel/config).
     #[arg(long, env = "KEEL_CONFIG")]
     config: Option<PathBuf>,
+    /// The agents' container runtime.
+    #[arg(long, env = "KEEL_RUNTIME", value_enum, default_value_t = RuntimeKind::Process)]
+    runtime: RuntimeKind,
+    /// The docker runtime's sandbox (pause) image (default: the agents').
+    #[arg(long, env = "KEEL_PAUSE_IMAGE")]
+    pause_image: Option<String>,
 }
 
 /// An agent child process.
@@ -60,6 +69,7 @@ fn spawn_agent(
     masters: &str,
     ca: &Path,
     join_token: &str,
+    runtime: &[String],
 ) -> anyhow::Result<AgentProc> {
     let name = format!("n{}", i + 1);
     let zone = ["zone-a", "zone-b"][i % 2].to_string();
@@ -78,7 +88,8 @@ fn spawn_agent(
         .arg(dir.join("agents").join(&name))
         .args(["--masters", masters])
         .args(["--zone", &zone])
-        .args(["--pod-range", &range]);
+        .args(["--pod-range", &range])
+        .args(runtime);
     join_with(&mut cmd, ca, join_token);
     cmd
         // A stopped `keel up` leaves no pod behind.
@@ -162,6 +173,17 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     let pki_dir = std::path::absolute(cluster.pki_dir.clone().context("the cluster's PKI")?)?;
     // Every agent joins with its own single-use bootstrap token.
     let client = keel_proto::client::ApiClient::new(&apis);
+    let mut runtime = vec![
+        "--runtime".to_string(),
+        match a.runtime {
+            RuntimeKind::Process => "process",
+            RuntimeKind::Docker => "docker",
+        }
+        .to_string(),
+    ];
+    if let Some(p) = &a.pause_image {
+        runtime.extend(["--pause-image".to_string(), p.clone()]);
+    }
     let mut agents = Vec::new();
     for i in 0..a.agents {
         let token = keel_chaos::bootstrap_token(&client, &format!("n{}", i + 1), 3600)
@@ -174,6 +196,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
             &apis.join(","),
             &pki_dir.join("ca.crt"),
             &token,
+            &runtime,
         )?);
     }
     let config_path = a

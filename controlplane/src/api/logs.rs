@@ -83,6 +83,9 @@ async fn serve(
     if matches!(q.get("follow").map(String::as_str), Some("true" | "1")) {
         query.push("follow=true".into());
     }
+    if matches!(q.get("previous").map(String::as_str), Some("true" | "1")) {
+        query.push("previous=true".into());
+    }
     if pod.spec.node_name.is_empty() {
         return Err(ApiError::bad_request(format!(
             "pod {name} is not scheduled to a node yet"
