@@ -10,6 +10,7 @@ pub mod member;
 pub mod mvcc;
 pub mod net;
 pub mod node;
+pub mod peer;
 pub mod raft;
 pub mod recover;
 pub mod sealed;

@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 use crate::config::NodeConfig;
 use crate::error::StoreError;
 use crate::node::Node;
+use crate::peer::RaftGrpc;
 use crate::raft::network::PEER_MESSAGE_LIMIT;
-use crate::raft::service::RaftGrpc;
 
 /// Starts a member as configured and returns it running.
 pub async fn start(cfg: NodeConfig) -> Result<Arc<Node>, StoreError> {

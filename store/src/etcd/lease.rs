@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::Etcd;
 use crate::error::EtcdError;
 use crate::node::{LeaderRequest, LeaderResponse};
-use crate::raft::service::BoxStream;
+use crate::peer::BoxStream;
 
 /// etcd's maximum lease TTL (`MaxLeaseTTL`, 9,000,000,000 seconds).
 const MAX_TTL: i64 = 9_000_000_000;

@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status};
 
 use super::Etcd;
 use crate::node::LeaderRequest;
+use crate::peer::BoxStream;
 use crate::raft::log_store::LogStore;
-use crate::raft::service::BoxStream;
 
 /// The etcd API version Keel's subset follows.
 pub const API_VERSION: &str = "3.5.0";

@@ -19,7 +19,7 @@ use super::Etcd;
 use crate::error::EtcdError;
 use crate::mvcc::feed::Feed;
 use crate::mvcc::keys::in_range;
-use crate::raft::service::BoxStream;
+use crate::peer::BoxStream;
 
 /// Events per response when replaying history.
 const MAX_EVENTS_PER_RESPONSE: usize = 1000;

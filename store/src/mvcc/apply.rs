@@ -511,7 +511,7 @@ impl<'a> Writer<'a> {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                tracing::error!(cmd = %crate::raft::types::Cmd(cmd.clone()), %what,
+                tracing::error!(cmd = ?cmd.op.as_ref().map(std::mem::discriminant), %what,
                     "applying a command panicked; answered with an error, nothing changed");
                 Err(EtcdError::Internal(format!("applying the request failed: {what}")).into())
             });

@@ -1,5 +1,8 @@
-//! The server side of the Raft transport: hands peers' RPCs to the local
-//! openraft instance, and answers read-index requests from followers.
+//! The peer port's gRPC service, the server side of the Raft transport:
+//! hands peers' RPCs to the local openraft instance, answers read-index
+//! requests from followers and serves forwarded leader requests. It lives
+//! beside `raft/` rather than in it because it serves through `node`, which
+//! itself builds on `raft/` (so the modules depend one way).
 
 use std::pin::Pin;
 use std::sync::Arc;
