@@ -163,7 +163,7 @@ pub async fn replace(
     body: Value,
 ) -> Result<Response, ApiError> {
     let obj = admit(t, body, true)?;
-    let updated = reg.update(t.kind, obj, t.status).await?;
+    let updated = reg.update(t.kind, obj, t.status()).await?;
     Ok(respond(headers, 200, &updated))
 }
 
@@ -215,7 +215,7 @@ pub async fn patch(
             doc["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
         }
         let obj = admit(t, doc, true)?;
-        match reg.update(t.kind, obj, t.status).await {
+        match reg.update(t.kind, obj, t.status()).await {
             Err(e) if e.reason == "Conflict" && !pinned => continue,
             Err(e) => return Err(e),
             Ok(updated) => return Ok(respond(headers, 200, &updated)),
@@ -249,4 +249,37 @@ pub async fn delete(
     super::service_ip::after_delete(reg, t, &gone).await;
     tracing::info!(kind = t.kind.kind, name, "deleted");
     Ok(respond(headers, 200, &gone))
+}
+
+/// `DELETE` on a collection: every object the selectors match, each deleted
+/// as by its own DELETE; answers the list of what was deleted.
+pub async fn delete_collection(
+    reg: &Registry,
+    t: &Target,
+    headers: &HeaderMap,
+    filter: &Filter,
+) -> Result<Response, ApiError> {
+    let (items, _) = reg.list(t.kind, t.namespace.as_deref()).await?;
+    let mut gone = Vec::new();
+    for o in items.into_iter().filter(|o| filter.matches(o)) {
+        let ns = str_at(&o, &["metadata", "namespace"]).to_string();
+        let name = str_at(&o, &["metadata", "name"]).to_string();
+        match reg.delete(t.kind, &ns, &name, None).await {
+            Ok(g) => {
+                super::service_ip::after_delete(reg, t, &g).await;
+                gone.push(g);
+            }
+            // Deleted meanwhile by someone else: it is gone all the same.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let rev = reg.revision().await?;
+    let list = json!({
+        "apiVersion": t.kind.api_version(),
+        "kind": format!("{}List", t.kind.kind),
+        "metadata": {"resourceVersion": rev.to_string()},
+        "items": gone,
+    });
+    Ok(respond(headers, 200, &list))
 }

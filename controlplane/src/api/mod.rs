@@ -14,14 +14,13 @@ pub mod select;
 pub mod service_ip;
 pub mod watch;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::json;
@@ -30,6 +29,7 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::registry::Registry;
+use route::{Sub, Verb};
 
 /// How a master serves its API.
 #[derive(Clone)]
@@ -57,8 +57,9 @@ pub fn router(reg: Registry, cfg: &ApiConfig) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
-        .route(logs::PATH, get(logs::handler))
+        .route("/api", any(dispatch))
         .route("/api/{*rest}", any(dispatch))
+        .route("/apis", any(dispatch))
         .route("/apis/{*rest}", any(dispatch))
         .with_state(reg.clone())
         // The agents' gRPC service shares the port (HTTP/2 requests to /keelagent.Agent/...).
@@ -104,17 +105,22 @@ async fn version() -> Response {
     .into_response()
 }
 
-async fn dispatch(
-    State(reg): State<Registry>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn dispatch(State(reg): State<Registry>, req: axum::extract::Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let span = tracing::info_span!("request", %method, path = uri.path());
     async move {
         let started = std::time::Instant::now();
-        let r = handle(&reg, &method, &uri, &headers, body).await;
+        // The guard's parse, the one it authorized; parsed here only when
+        // the router runs without the guard.
+        let parsed = match parts.extensions.get::<route::Parsed>() {
+            Some(p) => Ok(p.clone()),
+            None => route::parse(&method, &uri),
+        };
+        let r = match parsed {
+            Ok(p) => handle(&reg, p, &headers, body).await,
+            Err(e) => Err(e),
+        };
         let resp = r.unwrap_or_else(|e| codec::error(&headers, &e));
         tracing::debug!(
             status = resp.status().as_u16(),
@@ -129,59 +135,55 @@ async fn dispatch(
 
 async fn handle(
     reg: &Registry,
-    method: &Method,
-    uri: &Uri,
+    parsed: route::Parsed,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let t = route::parse(uri.path())?;
-    let q: HashMap<String, String> = Query::try_from_uri(uri)
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    let r = match parsed {
+        route::Parsed::Discovery(_) => {
+            return Err(ApiError::new(404, "NotFound", "discovery is not served"));
+        }
+        route::Parsed::Resource(r) => r,
+    };
+    let (t, q) = (&r.target, &r.query);
     let body = codec::read_body(body).await?;
-    let name = t.name.clone();
-    match (method.clone(), name) {
-        (Method::GET, Some(n)) if !is_watch(&q) => handlers::get(reg, &t, headers, &n).await,
-        (Method::GET, _) => {
-            let filter = handlers::Filter::from_query(&q)?;
-            if is_watch(&q) {
-                let rv = match q.get("resourceVersion").map(String::as_str) {
-                    None | Some("") => None,
-                    Some(s) => Some(s.parse::<i64>().map_err(|_| {
-                        ApiError::bad_request(format!("invalid resourceVersion {s:?}"))
-                    })?),
-                };
-                let timeout = match q.get("timeoutSeconds") {
-                    None => None,
-                    Some(s) => Some(Duration::from_secs(s.parse().map_err(|_| {
-                        ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
-                    })?)),
-                };
-                watch::start(reg, &t, filter, rv, timeout).await
-            } else {
-                handlers::list(reg, &t, headers, &filter).await
+    let name = t.name.clone().unwrap_or_default();
+    match r.verb {
+        Verb::Get => match t.sub {
+            Some(Sub::Log) => {
+                logs::serve(reg, t.namespace.as_deref().unwrap_or(""), &name, q).await
             }
+            Some(Sub::Scale) => Err(ApiError::new(
+                404,
+                "NotFound",
+                "the scale subresource is not served",
+            )),
+            None | Some(Sub::Status) => handlers::get(reg, t, headers, &name).await,
+        },
+        Verb::List => handlers::list(reg, t, headers, &handlers::Filter::from_query(q)?).await,
+        Verb::Watch => {
+            let filter = handlers::Filter::from_query(q)?;
+            let rv = match q.get("resourceVersion").map(String::as_str) {
+                None | Some("") => None,
+                Some(s) => Some(s.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {s:?}"))
+                })?),
+            };
+            let timeout = match q.get("timeoutSeconds") {
+                None => None,
+                Some(s) => Some(Duration::from_secs(s.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
+                })?)),
+            };
+            watch::start(reg, t, filter, rv, timeout).await
         }
-        (Method::POST, _) => {
-            let v = codec::parse(headers, &body)?;
-            handlers::create(reg, &t, headers, v).await
+        Verb::Create => handlers::create(reg, t, headers, codec::parse(headers, &body)?).await,
+        Verb::Update => handlers::replace(reg, t, headers, codec::parse(headers, &body)?).await,
+        Verb::Patch => handlers::patch(reg, t, headers, &name, &body).await,
+        Verb::Delete => handlers::delete(reg, t, headers, &name, &body).await,
+        Verb::DeleteCollection => {
+            let filter = handlers::Filter::from_query(q)?;
+            handlers::delete_collection(reg, t, headers, &filter).await
         }
-        (Method::PUT, Some(_)) => {
-            let v = codec::parse(headers, &body)?;
-            handlers::replace(reg, &t, headers, v).await
-        }
-        (Method::PATCH, Some(n)) => handlers::patch(reg, &t, headers, &n, &body).await,
-        (Method::DELETE, Some(n)) if !t.status => {
-            handlers::delete(reg, &t, headers, &n, &body).await
-        }
-        (m, _) => Err(ApiError::new(
-            405,
-            "MethodNotAllowed",
-            format!("{m} is not supported on {}", uri.path()),
-        )),
     }
-}
-
-fn is_watch(q: &HashMap<String, String>) -> bool {
-    matches!(q.get("watch").map(String::as_str), Some("1" | "true"))
 }
