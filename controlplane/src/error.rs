@@ -12,6 +12,29 @@ pub struct ApiError {
     /// Kubernetes' `StatusReason`: NotFound, AlreadyExists, Conflict, Invalid, ...
     pub reason: &'static str,
     pub message: String,
+    /// The object the error is about (`details` of the Status), when there is one.
+    pub details: Option<Details>,
+}
+
+/// `Status.details`: the object an error names, as kubectl reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Details {
+    pub name: String,
+    pub group: String,
+    /// The resource (plural), as Kubernetes puts it in `details.kind`.
+    pub kind: String,
+}
+
+impl Details {
+    /// Of `name` and a resource as messages say it (`pods`, `deployments.apps`).
+    fn of(resource: &str, name: &str) -> Details {
+        let (kind, group) = resource.split_once('.').unwrap_or((resource, ""));
+        Details {
+            name: name.to_string(),
+            group: group.to_string(),
+            kind: kind.to_string(),
+        }
+    }
 }
 
 impl ApiError {
@@ -20,13 +43,20 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
+            details: None,
         }
+    }
+
+    /// The same error, naming the object it is about.
+    pub fn about(mut self, resource: &str, name: &str) -> Self {
+        self.details = Some(Details::of(resource, name));
+        self
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", m)
     }
     pub fn not_found(resource: &str, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{resource} \"{name}\" not found"))
+        Self::new(404, "NotFound", format!("{resource} \"{name}\" not found")).about(resource, name)
     }
     pub fn already_exists(resource: &str, name: &str) -> Self {
         Self::new(
@@ -34,6 +64,7 @@ impl ApiError {
             "AlreadyExists",
             format!("{resource} \"{name}\" already exists"),
         )
+        .about(resource, name)
     }
     pub fn conflict(resource: &str, name: &str) -> Self {
         Self::new(
@@ -43,6 +74,7 @@ impl ApiError {
                 "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
             ),
         )
+        .about(resource, name)
     }
     pub fn invalid(m: impl Into<String>) -> Self {
         Self::new(422, "Invalid", m)
@@ -60,6 +92,19 @@ impl ApiError {
     /// The `Status` body sent to the client.
     pub fn status(&self) -> Status {
         Status::failure(self.code, self.reason, self.message.clone())
+    }
+
+    /// The `Status` body as JSON, with `details` when the error names an object.
+    pub fn status_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self.status()).unwrap_or_default();
+        if let Some(d) = &self.details {
+            let mut det = serde_json::json!({"name": d.name, "kind": d.kind});
+            if !d.group.is_empty() {
+                det["group"] = serde_json::json!(d.group);
+            }
+            v["details"] = det;
+        }
+        v
     }
 
     pub fn is_conflict(&self) -> bool {

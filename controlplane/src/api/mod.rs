@@ -6,12 +6,17 @@
 pub mod admin;
 pub mod agent_grpc;
 pub mod codec;
+pub mod discovery;
 pub mod guard;
 pub mod handlers;
 pub mod logs;
+pub mod openapi;
+pub mod patch;
 pub mod route;
+pub mod scale;
 pub mod select;
 pub mod service_ip;
+pub mod table;
 pub mod watch;
 
 use std::sync::Arc;
@@ -57,6 +62,14 @@ pub fn router(reg: Registry, cfg: &ApiConfig) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
+        // OpenAPI v3 (no v2: a plain 404, so kubectl knows, rather than
+        // the gRPC service's empty 200 for unknown paths).
+        .route("/openapi/v2", any(openapi_v2))
+        .route(
+            "/openapi/v3",
+            get(|| async { axum::Json(openapi::index()) }),
+        )
+        .route("/openapi/v3/{*gv}", get(openapi_v3))
         .route("/api", any(dispatch))
         .route("/api/{*rest}", any(dispatch))
         .route("/apis", any(dispatch))
@@ -95,11 +108,37 @@ async fn readyz(State(reg): State<Registry>) -> Response {
     }
 }
 
+async fn openapi_v2(headers: HeaderMap) -> Response {
+    codec::error(
+        &headers,
+        &ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource (Keel serves OpenAPI v3 only)",
+        ),
+    )
+}
+
+async fn openapi_v3(
+    headers: HeaderMap,
+    axum::extract::Path(gv): axum::extract::Path<String>,
+) -> Response {
+    match openapi::document(&gv) {
+        Some(d) => axum::Json(d).into_response(),
+        None => codec::error(
+            &headers,
+            &ApiError::new(404, "NotFound", format!("no OpenAPI document for {gv}")),
+        ),
+    }
+}
+
 async fn version() -> Response {
     axum::Json(json!({
         "major": "1",
         "minor": "31",
-        "gitVersion": concat!("v", env!("CARGO_PKG_VERSION"), "-keel"),
+        // The Kubernetes API version Keel serves, with Keel's own version as
+        // build metadata (kubectl compares the minor for its skew warning).
+        "gitVersion": concat!("v1.31.0+keel.", env!("CARGO_PKG_VERSION")),
         "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
     }))
     .into_response()
@@ -140,8 +179,10 @@ async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let r = match parsed {
-        route::Parsed::Discovery(_) => {
-            return Err(ApiError::new(404, "NotFound", "discovery is not served"));
+        route::Parsed::Discovery(d) => {
+            // Plain discovery with a plain content type, also to clients that
+            // ask for the aggregated format first: client-go falls back.
+            return Ok(axum::Json(discovery::document(&d)?).into_response());
         }
         route::Parsed::Resource(r) => r,
     };
@@ -153,14 +194,10 @@ async fn handle(
             Some(Sub::Log) => {
                 logs::serve(reg, t.namespace.as_deref().unwrap_or(""), &name, q).await
             }
-            Some(Sub::Scale) => Err(ApiError::new(
-                404,
-                "NotFound",
-                "the scale subresource is not served",
-            )),
-            None | Some(Sub::Status) => handlers::get(reg, t, headers, &name).await,
+            Some(Sub::Scale) => scale::get(reg, t, headers).await,
+            None | Some(Sub::Status) => handlers::get(reg, t, headers, &name, q).await,
         },
-        Verb::List => handlers::list(reg, t, headers, &handlers::Filter::from_query(q)?).await,
+        Verb::List => handlers::list(reg, t, headers, &handlers::Filter::from_query(q)?, q).await,
         Verb::Watch => {
             let filter = handlers::Filter::from_query(q)?;
             let rv = match q.get("resourceVersion").map(String::as_str) {
@@ -178,7 +215,11 @@ async fn handle(
             watch::start(reg, t, filter, rv, timeout).await
         }
         Verb::Create => handlers::create(reg, t, headers, codec::parse(headers, &body)?).await,
+        Verb::Update if t.sub == Some(Sub::Scale) => {
+            scale::replace(reg, t, headers, codec::parse(headers, &body)?).await
+        }
         Verb::Update => handlers::replace(reg, t, headers, codec::parse(headers, &body)?).await,
+        Verb::Patch if t.sub == Some(Sub::Scale) => scale::patch(reg, t, headers, &body).await,
         Verb::Patch => handlers::patch(reg, t, headers, &name, &body).await,
         Verb::Delete => handlers::delete(reg, t, headers, &name, &body).await,
         Verb::DeleteCollection => {
