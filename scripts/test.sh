@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
 # (Debian's etcd-client for the etcdctl compatibility test, etcd-server for
-# the comparison benchmarks), checks formatting and lints, then runs every
+# the comparison benchmarks, kubectl for the kubectl compatibility test), checks formatting and lints, then runs every
 # test of every crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,15 @@ if ! command -v etcdctl >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1; th
   $SUDO systemctl stop etcd >/dev/null 2>&1 || true
 fi
 command -v etcdctl >/dev/null || { echo "etcdctl is still missing" >&2; exit 1; }
+# The real kubectl, for cli/tests/kubectl_real.rs (Debian package kubectl).
+if [ ! -x /usr/bin/kubectl ]; then
+  echo "installing kubectl (the kubectl compatibility test runs it)..."
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubectl >/dev/null
+fi
+[ -x /usr/bin/kubectl ] || { echo "kubectl is still missing" >&2; exit 1; }
 
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 cargo fmt --all -- --check

@@ -21,8 +21,11 @@ pub struct ApiError {
 pub struct Details {
     pub name: String,
     pub group: String,
-    /// The resource (plural), as Kubernetes puts it in `details.kind`.
+    /// The resource (plural) for most errors, the Kind for `Invalid`, as
+    /// Kubernetes puts them in `details.kind`.
     pub kind: String,
+    /// For `Invalid`: the field at fault and what is wrong with it.
+    pub causes: Vec<(String, String)>,
 }
 
 impl Details {
@@ -33,6 +36,7 @@ impl Details {
             name: name.to_string(),
             group: group.to_string(),
             kind: kind.to_string(),
+            causes: Vec::new(),
         }
     }
 }
@@ -94,6 +98,41 @@ impl ApiError {
         Status::failure(self.code, self.reason, self.message.clone())
     }
 
+    /// A 422 about the object `name` of `kind` (`Deployment`) in `group`, as
+    /// Kubernetes words it (`Deployment.apps "web" is invalid: spec.replicas:
+    /// ...`) with the field path as its cause, so kubectl prints the same.
+    /// Other errors, and 422s that already name their object, are unchanged.
+    pub fn invalid_object(self, kind: &str, group: &str, name: &str) -> Self {
+        if self.code != 422 || self.details.is_some() {
+            return self;
+        }
+        let m = self.message.as_str();
+        let (field, what) = if let Some(rest) = m.strip_prefix("invalid value at ") {
+            rest.split_once(": ").unwrap_or((rest, ""))
+        } else if let Some(rest) = m.strip_prefix("field not supported: ") {
+            let (f, w) = rest.split_once(": ").unwrap_or((rest, ""));
+            (f, w)
+        } else {
+            match m.split_once(": ") {
+                Some((f, w)) if !f.contains(' ') => (f, w),
+                _ => ("", m),
+            }
+        };
+        let gk = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let mut e = ApiError::invalid(format!("{gk} \"{name}\" is invalid: {m}"));
+        e.details = Some(Details {
+            name: name.to_string(),
+            group: group.to_string(),
+            kind: kind.to_string(),
+            causes: vec![(field.to_string(), what.to_string())],
+        });
+        e
+    }
+
     /// The `Status` body as JSON, with `details` when the error names an object.
     pub fn status_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self.status()).unwrap_or_default();
@@ -101,6 +140,13 @@ impl ApiError {
             let mut det = serde_json::json!({"name": d.name, "kind": d.kind});
             if !d.group.is_empty() {
                 det["group"] = serde_json::json!(d.group);
+            }
+            if !d.causes.is_empty() {
+                det["causes"] = d
+                    .causes
+                    .iter()
+                    .map(|(f, m)| serde_json::json!({"reason": "FieldValueInvalid", "field": f, "message": m}))
+                    .collect();
             }
             v["details"] = det;
         }
@@ -127,5 +173,32 @@ impl From<EtcdError> for ApiError {
             }
             other => ApiError::internal(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_objects_name_kind_and_field_as_kubernetes_does() {
+        let e =
+            ApiError::invalid("spec.replicas: Invalid value: must be greater than or equal to 0")
+                .invalid_object("Deployment", "apps", "web");
+        assert_eq!(
+            e.message,
+            "Deployment.apps \"web\" is invalid: spec.replicas: Invalid value: must be greater than or equal to 0"
+        );
+        let v = e.status_json();
+        assert_eq!(v["details"]["kind"], "Deployment");
+        assert_eq!(v["details"]["causes"][0]["field"], "spec.replicas");
+        // Other errors keep their own details.
+        let nf = ApiError::not_found("deployments.apps", "web").invalid_object(
+            "Deployment",
+            "apps",
+            "web",
+        );
+        assert_eq!(nf.status_json()["details"]["kind"], "deployments");
+        assert_eq!(nf.status_json()["details"]["group"], "apps");
     }
 }

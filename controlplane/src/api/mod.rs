@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::registry::Registry;
+use crate::registry::{self, Registry};
 use route::{Sub, Verb};
 
 /// How a master serves its API.
@@ -212,15 +212,31 @@ async fn handle(
                     ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
                 })?)),
             };
-            watch::start(reg, t, filter, rv, timeout).await
+            let accept = headers
+                .get(axum::http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let table =
+                table::wanted(accept).then(|| q.get("includeObject").cloned().unwrap_or_default());
+            watch::start(reg, t, filter, rv, timeout, table).await
         }
-        Verb::Create => handlers::create(reg, t, headers, codec::parse(headers, &body)?).await,
+        Verb::Create => {
+            let obj = codec::parse(headers, &body)?;
+            let name = registry::str_at(&obj, &["metadata", "name"]).to_string();
+            handlers::create(reg, t, headers, obj)
+                .await
+                .map_err(|e| e.invalid_object(t.kind.kind, t.kind.group, &name))
+        }
         Verb::Update if t.sub == Some(Sub::Scale) => {
             scale::replace(reg, t, headers, codec::parse(headers, &body)?).await
         }
-        Verb::Update => handlers::replace(reg, t, headers, codec::parse(headers, &body)?).await,
+        Verb::Update => handlers::replace(reg, t, headers, codec::parse(headers, &body)?)
+            .await
+            .map_err(|e| e.invalid_object(t.kind.kind, t.kind.group, &name)),
         Verb::Patch if t.sub == Some(Sub::Scale) => scale::patch(reg, t, headers, &body).await,
-        Verb::Patch => handlers::patch(reg, t, headers, &name, &body).await,
+        Verb::Patch => handlers::patch(reg, t, headers, &name, &body)
+            .await
+            .map_err(|e| e.invalid_object(t.kind.kind, t.kind.group, &name)),
         Verb::Delete => handlers::delete(reg, t, headers, &name, &body).await,
         Verb::DeleteCollection => {
             let filter = handlers::Filter::from_query(q)?;

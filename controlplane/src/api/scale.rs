@@ -43,10 +43,11 @@ pub fn of(obj: &Value) -> Value {
 pub fn into(scale: Value, cur: &Value) -> Result<Value, ApiError> {
     let name = str_at(cur, &["metadata", "name"]).to_string();
     let invalid = |detail: String| {
-        ApiError::invalid(format!(
-            "Scale.autoscaling \"{name}\" is invalid: spec.replicas: {detail}"
-        ))
-        .about("scale.autoscaling", &name)
+        ApiError::invalid(format!("spec.replicas: {detail}")).invalid_object(
+            "Scale",
+            "autoscaling",
+            &name,
+        )
     };
     let r = &scale["spec"]["replicas"];
     let replicas = match r.as_i64() {

@@ -27,6 +27,7 @@ pub async fn start(
     filter: Filter,
     resource_version: Option<i64>,
     timeout: Option<Duration>,
+    table: Option<String>,
 ) -> Result<Response, ApiError> {
     let (initial, after) = match resource_version {
         Some(rv) if rv > 0 => {
@@ -46,6 +47,15 @@ pub async fn start(
     };
     let mut w = reg.watch(t.kind, t.namespace.as_deref(), after);
     let name = t.name.clone();
+    let kind = t.kind;
+    // kubectl get -w asks for each event's object as a one-row Table.
+    let shape = move |o: &Value| match &table {
+        Some(include) => {
+            let rv = crate::registry::str_at(o, &["metadata", "resourceVersion"]).to_string();
+            super::table::table(kind, std::slice::from_ref(o), &rv, include)
+        }
+        None => o.clone(),
+    };
     let keep = move |o: &Value| {
         filter.matches(o)
             && name
@@ -55,7 +65,7 @@ pub async fn start(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(64);
     tokio::spawn(async move {
         for o in initial.iter().filter(|o| keep(o)) {
-            if tx.send(Ok(line("ADDED", o))).await.is_err() {
+            if tx.send(Ok(line("ADDED", &shape(o)))).await.is_err() {
                 return;
             }
         }
@@ -72,7 +82,7 @@ pub async fn start(
                 r = next => match r {
                     None => return,
                     Some(Ok(c)) => {
-                        if keep(&c.object) && tx.send(Ok(line(c.type_, &c.object))).await.is_err() {
+                        if keep(&c.object) && tx.send(Ok(line(c.type_, &shape(&c.object)))).await.is_err() {
                             return;
                         }
                     }
