@@ -15,6 +15,9 @@ use super::route::{Discovery, Sub};
 use crate::error::ApiError;
 use crate::kinds::{KINDS, Kind};
 
+/// The group of SelfSubjectAccessReview, served beside the kinds.
+pub const AUTHZ_GROUP: &str = "authorization.k8s.io";
+
 /// The verbs every kind serves on its collection and objects.
 const VERBS: [&str; 8] = [
     "create",
@@ -28,7 +31,8 @@ const VERBS: [&str; 8] = [
 ];
 
 fn group_versions() -> Vec<(&'static str, &'static str)> {
-    let set: BTreeSet<(&str, &str)> = KINDS.iter().map(|k| (k.group, k.version)).collect();
+    let mut set: BTreeSet<(&str, &str)> = KINDS.iter().map(|k| (k.group, k.version)).collect();
+    set.insert((AUTHZ_GROUP, "v1"));
     set.into_iter().collect()
 }
 
@@ -86,6 +90,15 @@ fn subresource(k: &Kind, s: Sub) -> Value {
 
 fn resources(group: &str, version: &str) -> Value {
     let mut list = Vec::new();
+    if (group, version) == (AUTHZ_GROUP, "v1") {
+        list.push(json!({
+            "name": "selfsubjectaccessreviews",
+            "singularName": "selfsubjectaccessreview",
+            "namespaced": false,
+            "kind": "SelfSubjectAccessReview",
+            "verbs": ["create"],
+        }));
+    }
     for k in KINDS
         .iter()
         .filter(|k| k.group == group && k.version == version)
@@ -189,7 +202,7 @@ mod tests {
             .iter()
             .map(|g| g["name"].as_str().unwrap())
             .collect();
-        assert_eq!(gs, ["apps", "coordination.k8s.io"]);
+        assert_eq!(gs, ["apps", "authorization.k8s.io", "coordination.k8s.io"]);
         assert_eq!(
             groups["groups"][0]["preferredVersion"]["groupVersion"],
             "apps/v1"

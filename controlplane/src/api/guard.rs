@@ -166,6 +166,15 @@ fn read(method: &Method, uri: &Uri) -> Reading {
     }
     match route::parse(method, uri) {
         Err(e) => Reading::Refused(fallback(), e),
+        Ok(p @ route::Parsed::AccessReview) => Reading::Api(
+            Wants {
+                verb: "create".into(),
+                resource: "selfsubjectaccessreviews".into(),
+                group: super::discovery::AUTHZ_GROUP.into(),
+                ..Default::default()
+            },
+            p,
+        ),
         Ok(p @ route::Parsed::Discovery(_)) => Reading::Api(
             Wants {
                 verb: "get".into(),
@@ -265,7 +274,11 @@ pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response
         }
         return codec::error(&headers, &e);
     }
-    let discovery = matches!(parsed, Some(route::Parsed::Discovery(_)));
+    // Discovery and asking about oneself are open to every authenticated caller.
+    let discovery = matches!(
+        parsed,
+        Some(route::Parsed::Discovery(_) | route::Parsed::AccessReview)
+    );
     let mut req = req;
     // Node restriction needs what the request names: the name of an object a
     // node creates (from its body) and the node a pod is bound to.
@@ -294,7 +307,7 @@ pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response
         name: &w.name,
         subresource: &w.subresource,
     };
-    // Discovery is open to every authenticated caller (Kubernetes' system:discovery).
+    // As Kubernetes' system:discovery and system:basic-user.
     let allowed = if discovery {
         Ok(())
     } else {

@@ -3,6 +3,7 @@
 //! endpoints, plus `/healthz`, `/readyz` and `/version`, all behind the
 //! auth layer (`guard`).
 
+pub mod access_review;
 pub mod admin;
 pub mod agent_grpc;
 pub mod codec;
@@ -157,6 +158,20 @@ async fn dispatch(State(reg): State<Registry>, req: axum::extract::Request) -> R
             None => route::parse(&method, &uri),
         };
         let r = match parsed {
+            Ok(route::Parsed::AccessReview) => {
+                match parts.extensions.get::<crate::auth::Identity>() {
+                    Some(id) => match codec::read_body(body).await {
+                        Ok(b) => codec::parse(&headers, &b)
+                            .and_then(|v| access_review::review(id, &headers, v)),
+                        Err(e) => Err(e),
+                    },
+                    None => Err(ApiError::new(
+                        401,
+                        "Unauthorized",
+                        "no authenticated identity",
+                    )),
+                }
+            }
             Ok(p) => handle(&reg, p, &headers, body).await,
             Err(e) => Err(e),
         };
@@ -179,6 +194,11 @@ async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let r = match parsed {
+        route::Parsed::AccessReview => {
+            return Err(ApiError::internal(
+                "access reviews are answered by dispatch",
+            ));
+        }
         route::Parsed::Discovery(d) => {
             // Plain discovery with a plain content type, also to clients that
             // ask for the aggregated format first: client-go falls back.

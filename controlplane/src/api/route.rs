@@ -116,6 +116,9 @@ pub struct ApiRequest {
 pub enum Parsed {
     /// A resource request.
     Resource(ApiRequest),
+    /// `POST .../selfsubjectaccessreviews` (`kubectl auth can-i`): any
+    /// authenticated caller may ask about itself.
+    AccessReview,
     /// A discovery document (`/api`, `/apis`, `/api/v1`, `/apis/{g}`, `/apis/{g}/{v}`),
     /// readable by any authenticated caller, as Kubernetes' `system:discovery`.
     Discovery(Discovery),
@@ -164,11 +167,17 @@ pub fn parse(method: &Method, uri: &Uri) -> Result<Parsed, ApiError> {
     if segs.iter().any(|s| s.is_empty()) {
         return Err(not_found(path));
     }
+    if path == super::access_review::PATH {
+        return match *method {
+            Method::POST => Ok(Parsed::AccessReview),
+            _ => Err(not_allowed(method, path)),
+        };
+    }
     let (group, version, rest) = match segs.as_slice() {
         ["api"] => return discovery(method, path, Discovery::Core),
         ["apis"] => return discovery(method, path, Discovery::Groups),
         ["apis", g] => {
-            if !kinds::KINDS.iter().any(|k| k.group == *g) {
+            if !kinds::KINDS.iter().any(|k| k.group == *g) && *g != super::discovery::AUTHZ_GROUP {
                 return Err(not_found(path));
             }
             return discovery(method, path, Discovery::Group(g.to_string()));
@@ -177,6 +186,16 @@ pub fn parse(method: &Method, uri: &Uri) -> Result<Parsed, ApiError> {
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return Err(not_found(path)),
     };
+    if (group, version) == (super::discovery::AUTHZ_GROUP, "v1") && rest.is_empty() {
+        return discovery(
+            method,
+            path,
+            Discovery::Resources {
+                group: group.to_string(),
+                version: version.to_string(),
+            },
+        );
+    }
     if !kinds::KINDS
         .iter()
         .any(|k| k.group == group && k.version == version)
@@ -288,6 +307,7 @@ mod tests {
         match parse(&m, &u) {
             Err(e) => Err(e.code),
             Ok(Parsed::Discovery(d)) => Ok(("discovery".into(), format!("{d:?}"))),
+            Ok(Parsed::AccessReview) => Ok(("review".into(), String::new())),
             Ok(Parsed::Resource(r)) => {
                 let t = &r.target;
                 Ok((
@@ -592,6 +612,25 @@ mod tests {
             ("DELETE", "/api/v1", Err(405)),
             ("POST", "/apis", Err(405)),
             ("GET", "/apis/apps/v2", Err(404)),
+            (
+                "POST",
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                ok("review", ""),
+            ),
+            (
+                "GET",
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                Err(405),
+            ),
+            (
+                "GET",
+                "/apis/authorization.k8s.io/v1",
+                ok(
+                    "discovery",
+                    "Resources { group: \"authorization.k8s.io\", version: \"v1\" }",
+                ),
+            ),
+            ("GET", "/apis/authorization.k8s.io/v1/foo", Err(404)),
         ];
         for (m, u, want) in cases {
             assert_eq!(&seen(m, u), want, "{m} {u}");
