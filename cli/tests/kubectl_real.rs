@@ -2,8 +2,10 @@
 //! drives a real 3-master cluster with an agent through a kubeconfig from
 //! `keel kubeconfig`: discovery (api-resources, version), server-side
 //! tables, every output format, apply/create/replace, scale, label,
-//! annotate, the three patch types, delete, and errors as kubectl prints
-//! them (404, 409, 422, 403). Assertions are on kubectl's own output.
+//! annotate, the three patch types, rollout status/restart/history/undo,
+//! logs, describe with events, cordon/uncordon, watches (with bookmarks),
+//! auth can-i, delete, and errors as kubectl prints them (404, 409, 422,
+//! 403). Assertions are on kubectl's own output.
 
 mod agent_support;
 mod common;
@@ -46,9 +48,11 @@ impl Kubectl {
         c.args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             // No cached discovery from another run or another test.
-            .env("HOME", self.kubeconfig.parent().unwrap())
-            .arg("--request-timeout=20s")
-            .stdin(Stdio::piped())
+            .env("HOME", self.kubeconfig.parent().unwrap());
+        if !args.iter().any(|a| a.starts_with("--request-timeout")) {
+            c.arg("--request-timeout=20s");
+        }
+        c.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = c.spawn().expect("run kubectl");
@@ -111,7 +115,7 @@ spec:
       containers:
       - name: main
         image: busybox
-        command: [sleep, '3600']
+        command: [sh, -c, 'echo hello from web; exec sleep 3600']
         env: [{{name: A, value: '1'}}]
 "
     )
@@ -270,6 +274,72 @@ async fn kubectl_unchanged_drives_a_keel_cluster() {
     })
     .await;
 
+    // Rollouts, logs, describe with events.
+    let out = k.ok(&["rollout", "status", "deploy/web", "--timeout=40s"]);
+    assert!(
+        out.contains(r#"deployment "web" successfully rolled out"#),
+        "{out}"
+    );
+    let out = common::poll(Duration::from_secs(20), "the log line", || async {
+        let o = k.run_with(&["logs", "deploy/web"], None);
+        o.stdout.contains("hello from web").then_some(o.stdout)
+    })
+    .await;
+    assert!(out.contains("hello from web"), "{out}");
+    let pod = k.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    let pod = pod.lines().next().unwrap().to_string();
+    let d = k.ok(&["describe", &pod]);
+    assert!(
+        d.contains("Events:")
+            && d.contains("Scheduled")
+            && d.contains("Successfully assigned default/"),
+        "{d}"
+    );
+    assert_eq!(
+        k.ok(&["rollout", "restart", "deploy/web"]).trim(),
+        "deployment.apps/web restarted"
+    );
+    let out = k.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let h = k.ok(&["rollout", "history", "deploy/web"]);
+    assert!(
+        h.contains("REVISION") && h.lines().any(|l| l.starts_with('2')),
+        "{h}"
+    );
+    assert_eq!(
+        k.ok(&["rollout", "undo", "deploy/web"]).trim(),
+        "deployment.apps/web rolled back"
+    );
+    // Cordon and uncordon (spec.unschedulable).
+    assert_eq!(k.ok(&["cordon", "n1"]).trim(), "node/n1 cordoned");
+    assert_eq!(
+        row(&k.ok(&["get", "nodes"]), "n1")[1],
+        "Ready,SchedulingDisabled"
+    );
+    assert_eq!(k.ok(&["uncordon", "n1"]).trim(), "node/n1 uncordoned");
+    assert_eq!(row(&k.ok(&["get", "nodes"]), "n1")[1], "Ready");
+    // Watches: kubectl get -w prints the table, then each change; a raw
+    // watch that asked for bookmarks gets them.
+    let w = k.run_with(
+        &["get", "deploy", "web", "-w", "--request-timeout=3s"],
+        None,
+    );
+    assert!(
+        w.stdout.starts_with("NAME") && w.stdout.contains("\nweb "),
+        "{w:?}"
+    );
+    let raw = k.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods?watch=1&allowWatchBookmarks=true&timeoutSeconds=6",
+    ]);
+    assert!(
+        raw.lines().any(|l| l.contains(r#""type":"BOOKMARK""#)),
+        "{raw}"
+    );
+    // Can I? The admin may.
+    assert_eq!(k.ok(&["auth", "can-i", "delete", "nodes"]).trim(), "yes");
+
     // Label, annotate; strategic, merge and JSON patches.
     assert_eq!(
         k.ok(&["label", "deploy", "web", "tier=front"]).trim(),
@@ -369,6 +439,9 @@ async fn kubectl_unchanged_drives_a_keel_cluster() {
         Some(token.trim()),
     ));
     assert_eq!(row(&viewer.ok(&["get", "deploy"]), "web")[0], "web");
+    let o = viewer.run_with(&["auth", "can-i", "create", "pods"], None);
+    assert!(!o.ok && o.stdout.starts_with("no"), "{o:?}");
+    assert_eq!(viewer.ok(&["auth", "can-i", "list", "pods"]).trim(), "yes");
     let e = viewer.fails(&["delete", "deploy", "web"], None);
     assert!(
         e.contains("Error from server (Forbidden)")

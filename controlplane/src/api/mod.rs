@@ -238,7 +238,11 @@ async fn handle(
                 .unwrap_or("");
             let table =
                 table::wanted(accept).then(|| q.get("includeObject").cloned().unwrap_or_default());
-            watch::start(reg, t, filter, rv, timeout, table).await
+            let bookmarks = matches!(
+                q.get("allowWatchBookmarks").map(String::as_str),
+                Some("true" | "1")
+            );
+            watch::start(reg, t, filter, rv, timeout, table, bookmarks).await
         }
         Verb::Create => {
             let obj = codec::parse(headers, &body)?;

@@ -1,6 +1,7 @@
 //! `?watch=1` streams: newline-delimited `{"type":..., "object":...}` events
 //! from a resourceVersion (every change after it, in order), or the current
-//! objects as ADDED followed by every later change when none is given.
+//! objects as ADDED followed by every later change when none is given;
+//! BOOKMARK events when asked for.
 
 use std::time::Duration;
 
@@ -20,6 +21,19 @@ fn line(type_: &str, object: &Value) -> Vec<u8> {
     b
 }
 
+/// How often a watch that asked for them (`allowWatchBookmarks=true`) gets a
+/// BOOKMARK: the revision it has reached, to resume from without a relist.
+pub const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+
+/// A BOOKMARK event's object: only the kind and a resourceVersion.
+fn bookmark(kind: &crate::kinds::Kind, rv: i64) -> Value {
+    json!({
+        "kind": kind.kind,
+        "apiVersion": kind.api_version(),
+        "metadata": {"resourceVersion": rv.to_string()},
+    })
+}
+
 /// Starts a watch; fails with 410 when `resource_version` was compacted away.
 pub async fn start(
     reg: &Registry,
@@ -28,6 +42,7 @@ pub async fn start(
     resource_version: Option<i64>,
     timeout: Option<Duration>,
     table: Option<String>,
+    bookmarks: bool,
 ) -> Result<Response, ApiError> {
     let (initial, after) = match resource_version {
         Some(rv) if rv > 0 => {
@@ -70,6 +85,10 @@ pub async fn start(
             }
         }
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        // The revision the stream has reached (every change, kept or not).
+        let mut reached = after;
+        let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+        tick.tick().await;
         loop {
             let next = async {
                 match deadline {
@@ -79,9 +98,17 @@ pub async fn start(
             };
             tokio::select! {
                 _ = tx.closed() => return,
+                _ = tick.tick(), if bookmarks => {
+                    if tx.send(Ok(line("BOOKMARK", &bookmark(kind, reached)))).await.is_err() {
+                        return;
+                    }
+                }
                 r = next => match r {
                     None => return,
                     Some(Ok(c)) => {
+                        if let Ok(rv) = crate::registry::str_at(&c.object, &["metadata", "resourceVersion"]).parse::<i64>() {
+                            reached = reached.max(rv);
+                        }
                         if keep(&c.object) && tx.send(Ok(line(c.type_, &shape(&c.object)))).await.is_err() {
                             return;
                         }
