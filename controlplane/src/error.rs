@@ -13,7 +13,7 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     /// The object the error is about (`details` of the Status), when there is one.
-    pub details: Option<Details>,
+    pub details: Option<Box<Details>>,
 }
 
 /// `Status.details`: the object an error names, as kubectl reads it.
@@ -53,7 +53,7 @@ impl ApiError {
 
     /// The same error, naming the object it is about.
     pub fn about(mut self, resource: &str, name: &str) -> Self {
-        self.details = Some(Details::of(resource, name));
+        self.details = Some(Box::new(Details::of(resource, name)));
         self
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
@@ -124,12 +124,12 @@ impl ApiError {
             format!("{kind}.{group}")
         };
         let mut e = ApiError::invalid(format!("{gk} \"{name}\" is invalid: {m}"));
-        e.details = Some(Details {
+        e.details = Some(Box::new(Details {
             name: name.to_string(),
             group: group.to_string(),
             kind: kind.to_string(),
             causes: vec![(field.to_string(), what.to_string())],
-        });
+        }));
         e
     }
 
