@@ -208,6 +208,14 @@ async fn handle(
     };
     let (t, q) = (&r.target, &r.query);
     let body = codec::read_body(body).await?;
+    let writes = !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch);
+    if writes && q.contains_key("dryRun") {
+        // Refused rather than ignored: ignoring it would really write
+        // (`kubectl diff` and `--dry-run=server` send it).
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by this server: nothing was changed",
+        ));
+    }
     let name = t.name.clone().unwrap_or_default();
     match r.verb {
         Verb::Get => match t.sub {
