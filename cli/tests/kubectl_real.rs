@@ -3,7 +3,7 @@
 //! `keel kubeconfig`: discovery (api-resources, version), server-side
 //! tables, every output format, apply/create/replace, scale, label,
 //! annotate, the three patch types, rollout status/restart/history/undo,
-//! logs, describe with events, cordon/uncordon, watches (with bookmarks),
+//! logs, describe with events, cordon/uncordon/drain (eviction), watches (with bookmarks),
 //! auth can-i, delete, and errors as kubectl prints them (404, 409, 422,
 //! 403). Assertions are on kubectl's own output.
 
@@ -448,6 +448,25 @@ async fn kubectl_unchanged_drives_a_keel_cluster() {
             && e.contains(r#"cannot delete resource "deployments" in API group "apps""#),
         "{e}"
     );
+
+    // Drain: the eviction subresource empties the node.
+    let out = k.ok(&["drain", "n1", "--timeout=40s"]);
+    assert!(
+        out.contains("evicted") && out.contains("node/n1 drained"),
+        "{out}"
+    );
+    let left = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "--field-selector",
+        "status.phase=Running",
+        "-o",
+        "name",
+    ]);
+    assert!(left.trim().is_empty(), "{left}");
+    k.ok(&["uncordon", "n1"]);
 
     // Delete: gone, its pods follow.
     assert_eq!(

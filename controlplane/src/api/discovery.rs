@@ -73,6 +73,7 @@ fn subresource(k: &Kind, s: Sub) -> Value {
         Sub::Status => (&["get", "patch", "update"], k.kind, "", ""),
         Sub::Log => (&["get"], k.kind, "", ""),
         Sub::Scale => (&["get", "patch", "update"], "Scale", "autoscaling", "v1"),
+        Sub::Eviction => (&["create"], "Eviction", "policy", "v1"),
     };
     let mut r = json!({
         "name": format!("{}/{}", k.plural, s.as_str()),
@@ -104,7 +105,7 @@ fn resources(group: &str, version: &str) -> Value {
         .filter(|k| k.group == group && k.version == version)
     {
         list.push(resource(k));
-        for s in [Sub::Status, Sub::Log, Sub::Scale] {
+        for s in [Sub::Status, Sub::Log, Sub::Scale, Sub::Eviction] {
             if s.served_by(k) {
                 list.push(subresource(k, s));
             }

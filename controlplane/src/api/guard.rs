@@ -290,7 +290,10 @@ pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response
             Ok(b) => b,
             Err(e) => return codec::error(&headers, &e),
         };
-        if let Ok(v) = codec::parse(&headers, &bytes) {
+        // (An eviction names its pod in the path already.)
+        if let Ok(v) = codec::parse(&headers, &bytes)
+            && w.name.is_empty()
+        {
             w.name = v["metadata"]["name"].as_str().unwrap_or("").to_string();
         }
         req = Request::from_parts(parts, Body::from(bytes));

@@ -280,7 +280,7 @@ pub async fn delete(
             })?);
         }
     }
-    let gone = reg.delete(t.kind, ns_of(t), name, expected).await?;
+    let gone = delete_object(reg, t, ns_of(t), name, expected).await?;
     super::service_ip::after_delete(reg, t, &gone).await;
     tracing::info!(kind = t.kind.kind, name, "deleted");
     Ok(respond(headers, 200, &gone))
@@ -299,7 +299,7 @@ pub async fn delete_collection(
     for o in items.into_iter().filter(|o| filter.matches(o)) {
         let ns = str_at(&o, &["metadata", "namespace"]).to_string();
         let name = str_at(&o, &["metadata", "name"]).to_string();
-        match reg.delete(t.kind, &ns, &name, None).await {
+        match delete_object(reg, t, &ns, &name, None).await {
             Ok(g) => {
                 super::service_ip::after_delete(reg, t, &g).await;
                 gone.push(g);
@@ -317,4 +317,64 @@ pub async fn delete_collection(
         "items": gone,
     });
     Ok(respond(headers, 200, &list))
+}
+
+/// `POST pods/{name}/eviction`: a `policy/v1` Eviction deletes the pod, as
+/// the API server does when no disruption budget forbids it (Keel has no
+/// PodDisruptionBudgets). Answers a Success Status.
+pub async fn evict(
+    reg: &Registry,
+    t: &Target,
+    headers: &HeaderMap,
+    name: &str,
+    body: Value,
+) -> Result<Response, ApiError> {
+    match (str_at(&body, &["apiVersion"]), str_at(&body, &["kind"])) {
+        ("policy/v1" | "policy/v1beta1", "Eviction") => {}
+        (a, k) => {
+            return Err(ApiError::bad_request(format!(
+                "the eviction subresource takes a policy/v1 Eviction, not {a}/{k}"
+            )));
+        }
+    }
+    match str_at(&body, &["metadata", "name"]) {
+        n if n == name => {}
+        n => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the Eviction ({n}) does not match the pod on the URL ({name})"
+            )));
+        }
+    }
+    let gone = delete_object(reg, t, ns_of(t), name, None).await?;
+    super::service_ip::after_delete(reg, t, &gone).await;
+    tracing::info!(pod = name, "evicted");
+    let status = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "code": 201,
+        "details": {"name": name, "kind": "pods"},
+    });
+    Ok(respond(headers, 201, &status))
+}
+
+/// Deletes one object. Without a precondition, a concurrent change (a
+/// controller writing status meanwhile) is retried against the new version,
+/// as the Kubernetes API server does; with one, it is the caller's 409.
+async fn delete_object(
+    reg: &Registry,
+    t: &Target,
+    ns: &str,
+    name: &str,
+    expected: Option<i64>,
+) -> Result<Value, ApiError> {
+    let mut last = None;
+    for _ in 0..5 {
+        match reg.delete(t.kind, ns, name, expected).await {
+            Err(e) if e.is_conflict() && expected.is_none() => last = Some(e),
+            r => return r,
+        }
+    }
+    Err(last.unwrap_or_else(|| ApiError::conflict(&t.kind.resource(), name)))
 }

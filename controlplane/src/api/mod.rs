@@ -224,6 +224,8 @@ async fn handle(
             }
             Some(Sub::Scale) => scale::get(reg, t, headers).await,
             None | Some(Sub::Status) => handlers::get(reg, t, headers, &name, q).await,
+            // route::parse answers GET on an eviction 405.
+            Some(Sub::Eviction) => Err(ApiError::internal("no GET on an eviction")),
         },
         Verb::List => handlers::list(reg, t, headers, &handlers::Filter::from_query(q)?, q).await,
         Verb::Watch => {
@@ -251,6 +253,9 @@ async fn handle(
                 Some("true" | "1")
             );
             watch::start(reg, t, filter, rv, timeout, table, bookmarks).await
+        }
+        Verb::Create if t.sub == Some(Sub::Eviction) => {
+            handlers::evict(reg, t, headers, &name, codec::parse(headers, &body)?).await
         }
         Verb::Create => {
             let obj = codec::parse(headers, &body)?;

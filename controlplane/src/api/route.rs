@@ -48,6 +48,8 @@ pub enum Sub {
     Log,
     /// `deployments|replicasets/{name}/scale`: get, update, patch of `autoscaling/v1` Scale.
     Scale,
+    /// `pods/{name}/eviction`: create (a `policy/v1` Eviction deletes the pod; `kubectl drain`).
+    Eviction,
 }
 
 impl Sub {
@@ -56,6 +58,7 @@ impl Sub {
             Sub::Status => "status",
             Sub::Log => "log",
             Sub::Scale => "scale",
+            Sub::Eviction => "eviction",
         }
     }
 
@@ -64,6 +67,7 @@ impl Sub {
             "status" => Some(Sub::Status),
             "log" => Some(Sub::Log),
             "scale" => Some(Sub::Scale),
+            "eviction" => Some(Sub::Eviction),
             _ => None,
         }
     }
@@ -72,7 +76,7 @@ impl Sub {
     pub fn served_by(self, kind: &Kind) -> bool {
         match self {
             Sub::Status => kind.has_status,
-            Sub::Log => kind.kind == "Pod",
+            Sub::Log | Sub::Eviction => kind.kind == "Pod",
             Sub::Scale => kind.has_scale,
         }
     }
@@ -82,6 +86,7 @@ impl Sub {
         match self {
             Sub::Status | Sub::Scale => &[Verb::Get, Verb::Update, Verb::Patch],
             Sub::Log => &[Verb::Get],
+            Sub::Eviction => &[Verb::Create],
         }
     }
 }
@@ -264,7 +269,7 @@ pub fn parse(method: &Method, uri: &Uri) -> Result<Parsed, ApiError> {
         Method::GET | Method::HEAD if watch => Verb::Watch,
         Method::GET | Method::HEAD if named => Verb::Get,
         Method::GET | Method::HEAD => Verb::List,
-        Method::POST if !named => Verb::Create,
+        Method::POST if !named || t.sub == Some(Sub::Eviction) => Verb::Create,
         Method::PUT if named => Verb::Update,
         Method::PATCH if named => Verb::Patch,
         Method::DELETE if named => Verb::Delete,
@@ -503,6 +508,36 @@ mod tests {
             ("PUT", "/api/v1/namespaces/default/pods/web/log", Err(405)),
             ("GET", "/api/v1/namespaces/default/pods/web/scale", Err(404)),
             ("GET", "/api/v1/namespaces/default/pods/web/exec", Err(404)),
+            (
+                "POST",
+                "/api/v1/namespaces/default/pods/web/eviction",
+                ok("create", "pods||eviction|default|web"),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/default/pods/web/eviction",
+                Err(405),
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/default/pods/web/eviction",
+                Err(405),
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/default/pods/web/status",
+                Err(405),
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/default/pods/eviction",
+                ok("delete", "pods|||default|eviction"),
+            ),
+            (
+                "POST",
+                "/apis/apps/v1/namespaces/d/deployments/web/eviction",
+                Err(404),
+            ),
             // The defect: a pod named `log` is a pod, whatever the method.
             (
                 "DELETE",
