@@ -21,6 +21,14 @@ command -v etcdctl >/dev/null || { echo "etcdctl is still missing" >&2; exit 1; 
 bash scripts/test-images.sh
 
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+# The real kubectl for cli/tests/kubectl_real.rs (Debian package kubectl).
+if [ ! -x /usr/bin/kubectl ]; then
+  echo "installing kubectl (the kubectl compatibility test runs it)..."
+  AS_ROOT=""; [ "$(id -u)" -eq 0 ] || AS_ROOT="sudo"
+  $AS_ROOT apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $AS_ROOT apt-get install -y -qq kubectl >/dev/null
+fi
+[ -x /usr/bin/kubectl ] || { echo "kubectl is still missing" >&2; exit 1; }
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Two test threads: each end-to-end test runs three or four real masters,

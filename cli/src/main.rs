@@ -11,6 +11,7 @@ mod chaos;
 mod client;
 mod cluster;
 mod config;
+mod kubeconfig;
 mod kubectl;
 mod logs;
 mod master;
@@ -126,6 +127,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: admin::AuditCmd,
     },
+    /// Print a kubeconfig (server, cluster CA, token) for kubectl.
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -188,6 +191,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Chaos(c) => chaos::run(c).await,
             Cmd::Backup(a) => backup::run(a).await,
             Cmd::Pki(a) => pki::run(a),
+            Cmd::Kubeconfig(a) => kubeconfig::run(a),
             Cmd::Apply { t, a } => kubectl::apply::apply(&t, a).await,
             Cmd::Get { t, a } => kubectl::get::get(&t, a).await,
             Cmd::Describe { t, a } => kubectl::get::describe(&t, a).await,

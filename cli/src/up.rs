@@ -216,6 +216,14 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
             token: Some(token.trim().to_string()),
         },
     )?;
+    let kubeconfig = std::path::absolute(a.data_dir.join("kubeconfig"))?;
+    crate::kubeconfig::write(
+        &kubeconfig,
+        &format!("https://{}", apis[0]),
+        &std::fs::read_to_string(pki_dir.join("ca.crt"))?,
+        "admin",
+        token.trim(),
+    )?;
     for ag in &agents {
         println!(
             "  {:<4} zone {:<7} pods {}  pid {}  log {}",
@@ -235,7 +243,9 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         "Client config (servers, CA, token) written to {}",
         config_path.display()
     );
+    println!("kubectl: export KUBECONFIG={}", kubeconfig.display());
     println!("\nTry:\n  keel get nodes");
+    println!("  KUBECONFIG={} kubectl get nodes", kubeconfig.display());
     println!("  keel apply -f examples/web.yaml && keel get pods -o wide");
     println!("  keel cluster status --endpoints {eps}");
     println!("\nCtrl-C stops the cluster and its pods (data is kept).");

@@ -208,8 +208,33 @@ async fn bad_requests_get_status_errors_and_change_nothing() {
     // Unknown paths and methods.
     let (code, _) = raw(base, reqwest::Method::GET, "/api/v1/widgets", "", vec![]).await;
     assert_eq!(code, 404);
-    let (code, _) = raw(base, reqwest::Method::DELETE, coll, "", vec![]).await;
+    // (DELETE on a collection is deletecollection; PUT there is no verb.)
+    let (code, _) = raw(base, reqwest::Method::PUT, coll, "", vec![]).await;
     assert_eq!(code, 405);
+    // A deletecollection whose selector matches nothing deletes nothing;
+    // a dry run is refused rather than run for real.
+    let (code, gone) = raw(
+        base,
+        reqwest::Method::DELETE,
+        &format!("{coll}?labelSelector=app%3Dmatches-nothing"),
+        "",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (code, gone["items"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{gone}"
+    );
+    let (code, status) = raw(
+        base,
+        reqwest::Method::DELETE,
+        &format!("{coll}/web?dryRun=All"),
+        "",
+        vec![],
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
     let (code, status) = raw(
         base,
         reqwest::Method::GET,

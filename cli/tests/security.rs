@@ -285,6 +285,44 @@ async fn tokens_roles_node_restriction_bootstrap_and_audit() {
     );
     // A view token cannot read tokens either.
     assert_eq!(api_code(viewer.get_value("/keel/v1/tokens").await), 403);
+    // Nor delete a pod named like a subresource: `pods/log` is the pod
+    // `log` (a delete), not the log of a pod (a get), to the guard as to the router.
+    let p: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "log", "namespace": "default"},
+        "spec": {"containers": [{"name": "c", "command": ["sleep", "1"]}]}
+    }))
+    .unwrap();
+    admin.create(&p).await.unwrap();
+    let r = viewer
+        .send(
+            reqwest::Method::DELETE,
+            "/api/v1/namespaces/default/pods/log",
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "a view token deleted a pod");
+    let msg = r.text().await.unwrap();
+    assert!(msg.contains("cannot delete resource \\\"pods\\\""), "{msg}");
+    let still: Pod = admin
+        .get("default", "log")
+        .await
+        .expect("the pod is still there");
+    assert!(still.metadata.deletion_timestamp.is_none(), "{still:?}");
+    // The log of a pod is only read: a DELETE there runs nothing.
+    let r = viewer
+        .send(
+            reqwest::Method::DELETE,
+            "/api/v1/namespaces/default/pods/log/log",
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    admin.get::<Pod>("default", "log").await.unwrap();
 
     // Revocation: refused on every master once applied.
     let id = view_token.split('.').nth(1).unwrap().to_string();
@@ -427,6 +465,20 @@ async fn tokens_roles_node_restriction_bootstrap_and_audit() {
         lines
             .iter()
             .any(|e| e["user"] == "admin" && e["resource"] == "pods" && e["code"] == 201),
+        "{lines:?}"
+    );
+    // The denied delete of the pod `log` is recorded as what it was.
+    assert!(
+        lines.iter().any(|e| e["verb"] == "delete"
+            && e["resource"] == "pods"
+            && e["name"] == "log"
+            && e["code"] == 403),
+        "{lines:?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|e| e["name"] == "log" && e["verb"] == "get"),
         "{lines:?}"
     );
     assert!(

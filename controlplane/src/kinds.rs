@@ -15,10 +15,15 @@ pub struct Kind {
     pub group: &'static str,
     pub version: &'static str,
     pub plural: &'static str,
+    /// Kubernetes' short names (`po`, `deploy`), as discovery lists them.
     pub short: &'static [&'static str],
     pub namespaced: bool,
     /// Whether `status` is a subresource (the main PUT leaves it alone).
     pub has_status: bool,
+    /// Whether `scale` is a subresource (`spec.replicas` as an `autoscaling/v1` Scale).
+    pub has_scale: bool,
+    /// Whether `kubectl get all` lists it (discovery category `all`).
+    pub in_all: bool,
     /// Decodes and validates an object of this kind, returning it normalised.
     pub check: fn(Value) -> Result<Value, ApiError>,
 }
@@ -50,7 +55,7 @@ fn checker<T: Resource>(v: Value) -> Result<Value, ApiError> {
 }
 
 macro_rules! kind {
-    ($t:ty, $group:literal, $short:expr, $status:literal) => {
+    ($t:ty, $group:literal, $short:expr, $status:literal, $scale:literal, $all:literal) => {
         Kind {
             kind: <$t as Resource>::KIND,
             group: $group,
@@ -59,21 +64,23 @@ macro_rules! kind {
             short: $short,
             namespaced: <$t as Resource>::NAMESPACED,
             has_status: $status,
+            has_scale: $scale,
+            in_all: $all,
             check: checker::<$t>,
         }
     };
 }
 
 pub static KINDS: &[Kind] = &[
-    kind!(api::Namespace, "", &["ns", "namespace"], true),
-    kind!(api::Node, "", &["no", "node"], true),
-    kind!(api::Pod, "", &["po", "pod"], true),
-    kind!(api::Service, "", &["svc", "service"], false),
-    kind!(api::Endpoints, "", &["ep"], false),
-    kind!(api::Event, "", &["ev", "event"], false),
-    kind!(api::ReplicaSet, "apps", &["rs", "replicaset"], true),
-    kind!(api::Deployment, "apps", &["deploy", "deployment"], true),
-    kind!(api::Lease, "coordination.k8s.io", &["lease"], false),
+    kind!(api::Namespace, "", &["ns"], true, false, false),
+    kind!(api::Node, "", &["no"], true, false, false),
+    kind!(api::Pod, "", &["po"], true, false, true),
+    kind!(api::Service, "", &["svc"], false, false, true),
+    kind!(api::Endpoints, "", &["ep"], false, false, false),
+    kind!(api::Event, "", &["ev"], false, false, false),
+    kind!(api::ReplicaSet, "apps", &["rs"], true, true, true),
+    kind!(api::Deployment, "apps", &["deploy"], true, true, true),
+    kind!(api::Lease, "coordination.k8s.io", &[], false, false, false),
 ];
 
 /// The kind served at `group`/`plural`.

@@ -131,10 +131,19 @@ proptest! {
     }
 
     #[test]
-    fn request_paths_never_panic(segs in prop::collection::vec("[a-z0-9{}.%-]{0,12}", 0..8), apis in any::<bool>()) {
-        let path = format!("/{}/{}", if apis { "apis" } else { "api" }, segs.join("/"));
-        if let Err(e) = route::parse(&path) {
-            prop_assert_eq!(e.code, 404);
+    fn request_paths_never_panic(
+        segs in prop::collection::vec("[a-z0-9{}.%-]{0,12}", 0..8),
+        apis in any::<bool>(),
+        method in prop::sample::select(vec!["GET", "PUT", "POST", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+        query in "[a-z=&%0-9]{0,16}",
+    ) {
+        let path = format!("/{}/{}?{query}", if apis { "apis" } else { "api" }, segs.join("/"));
+        let Ok(uri) = path.parse::<axum::http::Uri>() else {
+            return Ok(());
+        };
+        let method = axum::http::Method::from_bytes(method.as_bytes()).unwrap();
+        if let Err(e) = route::parse(&method, &uri) {
+            prop_assert!([400, 404, 405].contains(&e.code), "{e:?}");
         }
     }
 }

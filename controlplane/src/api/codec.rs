@@ -95,7 +95,7 @@ pub fn respond<T: Serialize>(headers: &HeaderMap, code: u16, v: &T) -> Response 
 
 /// An error as a `Status` body.
 pub fn error(headers: &HeaderMap, e: &ApiError) -> Response {
-    let s = e.status();
+    let s = e.status_json();
     let status = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = if wants_yaml(headers) {
         serde_yaml_ng::to_string(&s)

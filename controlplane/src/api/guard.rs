@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keel_proto::pki;
@@ -161,14 +161,30 @@ fn verb(method: &Method, named: bool, watch: bool) -> &'static str {
     }
 }
 
-/// What a path and method ask for; `None` for paths no route serves (the
-/// router answers those 404 after authentication).
-fn wants(method: &Method, path: &str, query: &str) -> Option<Wants> {
-    let watch = query
-        .split('&')
-        .any(|kv| kv == "watch=1" || kv == "watch=true");
+/// How the guard reads a request.
+enum Reading {
+    /// Keel's own endpoints, the agents' gRPC service and paths no route
+    /// serves (the router answers those 404 after authentication).
+    Other(Wants),
+    /// A Kubernetes API request, parsed once by `route::parse`: authorized
+    /// here and executed by the router exactly as parsed.
+    Api(Wants, route::Parsed),
+    /// A Kubernetes API path that does not parse (404, 405, 400): answered
+    /// with this error once the caller is authenticated.
+    Refused(Wants, ApiError),
+}
+
+fn is_api_path(path: &str) -> bool {
+    ["/api", "/apis"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
+/// What a request asks for.
+fn read(method: &Method, uri: &Uri) -> Reading {
+    let path = uri.path();
     if path.starts_with("/keelagent.") {
-        return Some(Wants {
+        return Reading::Other(Wants {
             verb: "watch".into(),
             resource: "pods".into(),
             ..Default::default()
@@ -178,35 +194,51 @@ fn wants(method: &Method, path: &str, query: &str) -> Option<Wants> {
         let mut segs = rest.split('/');
         let resource = segs.next().unwrap_or_default().to_string();
         let name = segs.next().unwrap_or_default().to_string();
-        return Some(Wants {
-            verb: verb(method, !name.is_empty(), watch).into(),
+        return Reading::Other(Wants {
+            verb: verb(method, !name.is_empty(), false).into(),
             resource,
             name,
             ..Default::default()
         });
     }
-    let (path, sub) = match path.strip_suffix("/log") {
-        Some(p) if path.contains("/pods/") => (p, "log"),
-        _ => (path, ""),
+    let fallback = || Wants {
+        verb: verb(method, false, false).into(),
+        ..Default::default()
     };
-    let t = route::parse(path).ok()?;
-    let named = t.name.is_some();
-    Some(Wants {
-        verb: if sub == "log" {
-            "get".into()
-        } else {
-            verb(method, named, watch).into()
-        },
-        resource: t.kind.plural.to_string(),
-        group: t.kind.group.to_string(),
-        namespace: t.namespace.unwrap_or_default(),
-        name: t.name.unwrap_or_default(),
-        subresource: if t.status {
-            "status".into()
-        } else {
-            sub.into()
-        },
-    })
+    if !is_api_path(path) {
+        return Reading::Other(fallback());
+    }
+    match route::parse(method, uri) {
+        Err(e) => Reading::Refused(fallback(), e),
+        Ok(p @ route::Parsed::AccessReview) => Reading::Api(
+            Wants {
+                verb: "create".into(),
+                resource: "selfsubjectaccessreviews".into(),
+                group: super::discovery::AUTHZ_GROUP.into(),
+                ..Default::default()
+            },
+            p,
+        ),
+        Ok(p @ route::Parsed::Discovery(_)) => Reading::Api(
+            Wants {
+                verb: "get".into(),
+                ..Default::default()
+            },
+            p,
+        ),
+        Ok(route::Parsed::Resource(r)) => {
+            let t = &r.target;
+            let w = Wants {
+                verb: r.verb.as_str().into(),
+                resource: t.kind.plural.to_string(),
+                group: t.kind.group.to_string(),
+                namespace: t.namespace.clone().unwrap_or_default(),
+                name: t.name.clone().unwrap_or_default(),
+                subresource: t.sub.map(route::Sub::as_str).unwrap_or("").into(),
+            };
+            Reading::Api(w, route::Parsed::Resource(r))
+        }
+    }
 }
 
 fn deny(headers: &HeaderMap, grpc: bool, code: u16, msg: String) -> Response {
@@ -272,10 +304,11 @@ pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response
     let method = req.method().clone();
     let headers = req.headers().clone();
     let grpc = path.starts_with("/keelagent.");
-    let mut w = wants(&method, &path, req.uri().query().unwrap_or("")).unwrap_or_else(|| Wants {
-        verb: verb(&method, false, false).into(),
-        ..Default::default()
-    });
+    let (mut w, parsed, refused) = match read(&method, req.uri()) {
+        Reading::Other(w) => (w, None, None),
+        Reading::Api(w, p) => (w, Some(p), None),
+        Reading::Refused(w, e) => (w, None, Some(e)),
+    };
     let mutating = !matches!(method, Method::GET | Method::HEAD);
     if path == BOOTSTRAP_PATH {
         // The handler spends the bootstrap token; audit its answer.
@@ -295,6 +328,18 @@ pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response
             return deny(&headers, grpc, 401, msg);
         }
     };
+    if let Some(e) = refused {
+        // Nothing runs for a request the API does not serve.
+        if mutating {
+            audit(&g, &id.user, &w, e.code);
+        }
+        return codec::error(&headers, &e);
+    }
+    // Discovery and asking about oneself are open to every authenticated caller.
+    let discovery = matches!(
+        parsed,
+        Some(route::Parsed::Discovery(_) | route::Parsed::AccessReview)
+    );
     let mut req = req;
     // Node restriction needs what the request names: the name of an object a
     // node creates (from its body) and the node a pod is bound to.
@@ -306,7 +351,10 @@ pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response
             Ok(b) => b,
             Err(e) => return codec::error(&headers, &e),
         };
-        if let Ok(v) = codec::parse(&headers, &bytes) {
+        // (An eviction names its pod in the path already.)
+        if let Ok(v) = codec::parse(&headers, &bytes)
+            && w.name.is_empty()
+        {
             w.name = v["metadata"]["name"].as_str().unwrap_or("").to_string();
         }
         req = Request::from_parts(parts, Body::from(bytes));
@@ -323,11 +371,21 @@ pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response
         name: &w.name,
         subresource: &w.subresource,
     };
-    if let Err(msg) = rbac::authorize(&id, &access, stored.as_ref()) {
+    // As Kubernetes' system:discovery and system:basic-user.
+    let allowed = if discovery {
+        Ok(())
+    } else {
+        rbac::authorize(&id, &access, stored.as_ref())
+    };
+    if let Err(msg) = allowed {
         audit(&g, &id.user, &w, 403);
         return deny(&headers, grpc, 403, msg);
     }
     req.extensions_mut().insert(id.clone());
+    if let Some(p) = parsed {
+        // The router executes this parse, the one just authorized.
+        req.extensions_mut().insert(p);
+    }
     let resp = next.run(req).await;
     if mutating {
         audit(&g, &id.user, &w, resp.status().as_u16());
@@ -339,31 +397,40 @@ pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response
 mod tests {
     use super::*;
 
+    fn wants(method: Method, uri: &str) -> Option<Wants> {
+        match read(&method, &uri.parse().unwrap()) {
+            Reading::Api(w, _) | Reading::Other(w) => Some(w),
+            Reading::Refused(..) => None,
+        }
+    }
+
     #[test]
     fn paths_map_to_what_rbac_checks() {
-        let w = wants(
-            &Method::PUT,
-            "/api/v1/namespaces/default/pods/web-1/status",
-            "",
-        )
-        .unwrap();
+        let w = wants(Method::PUT, "/api/v1/namespaces/default/pods/web-1/status").unwrap();
         assert_eq!(
             (w.verb.as_str(), w.resource.as_str(), w.name.as_str()),
             ("update", "pods", "web-1")
         );
         assert_eq!(w.subresource, "status");
-        let w = wants(&Method::GET, "/apis/apps/v1/deployments", "watch=1").unwrap();
+        let w = wants(Method::GET, "/apis/apps/v1/deployments?watch=1").unwrap();
         assert_eq!((w.verb.as_str(), w.group.as_str()), ("watch", "apps"));
-        let w = wants(&Method::POST, "/api/v1/namespaces/default/pods", "").unwrap();
+        let w = wants(Method::POST, "/api/v1/namespaces/default/pods").unwrap();
         assert_eq!(w.verb, "create");
-        let w = wants(&Method::GET, "/api/v1/namespaces/d/pods/p/log", "").unwrap();
+        let w = wants(Method::GET, "/api/v1/namespaces/d/pods/p/log").unwrap();
         assert_eq!((w.verb.as_str(), w.subresource.as_str()), ("get", "log"));
-        let w = wants(&Method::DELETE, "/keel/v1/tokens/abc", "").unwrap();
+        // A pod named `log` is deleted as a pod, not read as a log.
+        let w = wants(Method::DELETE, "/api/v1/namespaces/d/pods/log").unwrap();
+        assert_eq!(
+            (w.verb.as_str(), w.name.as_str(), w.subresource.as_str()),
+            ("delete", "log", "")
+        );
+        assert!(wants(Method::DELETE, "/api/v1/namespaces/d/pods/p/log").is_none());
+        let w = wants(Method::DELETE, "/keel/v1/tokens/abc").unwrap();
         assert_eq!(
             (w.verb.as_str(), w.resource.as_str(), w.name.as_str()),
             ("delete", "tokens", "abc")
         );
-        assert!(wants(&Method::GET, "/api/v1/widgets", "").is_none());
+        assert!(wants(Method::GET, "/api/v1/widgets").is_none());
     }
 
     #[test]

@@ -110,13 +110,44 @@ pub async fn create(
     Ok(respond(headers, 201, &created))
 }
 
+/// The Accept header.
+fn accept(headers: &HeaderMap) -> &str {
+    headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// `objects` as the Table the client asked for (`kubectl get`), if it did.
+fn as_table(
+    t: &Target,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    objects: &[Value],
+    rv: &str,
+) -> Option<Response> {
+    if !super::table::wanted(accept(headers)) {
+        return None;
+    }
+    let include = q.get("includeObject").map(String::as_str).unwrap_or("");
+    let table = super::table::table(t.kind, objects, rv, include);
+    Some(respond(headers, 200, &table))
+}
+
 pub async fn get(
     reg: &Registry,
     t: &Target,
     headers: &HeaderMap,
     name: &str,
+    q: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let obj = reg.get(t.kind, ns_of(t), name).await?;
+    if t.sub.is_none() {
+        let rv = str_at(&obj, &["metadata", "resourceVersion"]).to_string();
+        if let Some(r) = as_table(t, headers, q, std::slice::from_ref(&obj), &rv) {
+            return Ok(r);
+        }
+    }
     Ok(respond(headers, 200, &obj))
 }
 
@@ -144,9 +175,13 @@ pub async fn list(
     t: &Target,
     headers: &HeaderMap,
     filter: &Filter,
+    q: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let (items, rev) = reg.list(t.kind, t.namespace.as_deref()).await?;
     let items: Vec<Value> = items.into_iter().filter(|o| filter.matches(o)).collect();
+    if let Some(r) = as_table(t, headers, q, &items, &rev.to_string()) {
+        return Ok(r);
+    }
     let list = json!({
         "apiVersion": t.kind.api_version(),
         "kind": format!("{}List", t.kind.kind),
@@ -163,11 +198,12 @@ pub async fn replace(
     body: Value,
 ) -> Result<Response, ApiError> {
     let obj = admit(t, body, true)?;
-    let updated = reg.update(t.kind, obj, t.status).await?;
+    let updated = reg.update(t.kind, obj, t.status()).await?;
     Ok(respond(headers, 200, &updated))
 }
 
-/// JSON merge patch (RFC 7386) or JSON patch (RFC 6902), by Content-Type.
+/// A patch in any of the three formats (see `patch`), retried against the
+/// newest version on a conflict unless the patch pins a resourceVersion.
 pub async fn patch(
     reg: &Registry,
     t: &Target,
@@ -175,50 +211,49 @@ pub async fn patch(
     name: &str,
     body: &[u8],
 ) -> Result<Response, ApiError> {
+    let updated = patch_object(reg, t, headers, name, body, |doc, _| Ok(doc)).await?;
+    Ok(respond(headers, 200, &updated))
+}
+
+/// Patches the object `name` (or its Scale, for the `scale` subresource);
+/// `back` turns the patched document and the current object into the
+/// object to store.
+pub async fn patch_object(
+    reg: &Registry,
+    t: &Target,
+    headers: &HeaderMap,
+    name: &str,
+    body: &[u8],
+    back: impl Fn(Value, &Value) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
     let ct = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let json_patch = ct.starts_with("application/json-patch+json");
-    if !(json_patch
-        || ct.starts_with("application/merge-patch+json")
-        || ct.starts_with("application/strategic-merge-patch+json"))
-    {
-        return Err(ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            format!(
-                "the patch content type {ct:?} is not supported: use application/merge-patch+json or application/json-patch+json"
-            ),
-        ));
-    }
+    let format = super::patch::Format::of(ct)?;
     let p: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("malformed patch: {e}")))?;
     let pinned = !str_at(&p, &["metadata", "resourceVersion"]).is_empty();
+    let json_patch = format == super::patch::Format::Json;
     // Without a resourceVersion in the patch, a concurrent change is retried
     // against the new version, as the Kubernetes API server does.
     for _ in 0..5 {
         let cur = reg.get(t.kind, ns_of(t), name).await?;
-        let mut doc = cur.clone();
-        if json_patch {
-            let ops: json_patch::Patch = serde_json::from_value(p.clone())
-                .map_err(|e| ApiError::bad_request(format!("malformed JSON patch: {e}")))?;
-            json_patch::patch(&mut doc, &ops)
-                .map_err(|e| ApiError::invalid(format!("the JSON patch does not apply: {e}")))?;
+        let mut doc = if t.sub == Some(super::route::Sub::Scale) {
+            super::scale::of(&cur)
         } else {
-            if !p.is_object() {
-                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
-            }
-            json_patch::merge(&mut doc, &p);
-        }
+            cur.clone()
+        };
+        super::patch::apply(&mut doc, format, &p)?;
+        let mut doc = back(doc, &cur)?;
         if !pinned && !json_patch {
             doc["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
         }
         let obj = admit(t, doc, true)?;
-        match reg.update(t.kind, obj, t.status).await {
+        match reg.update(t.kind, obj, t.status()).await {
             Err(e) if e.reason == "Conflict" && !pinned => continue,
             Err(e) => return Err(e),
-            Ok(updated) => return Ok(respond(headers, 200, &updated)),
+            Ok(updated) => return Ok(updated),
         }
     }
     Err(ApiError::conflict(&t.kind.resource(), name))
@@ -245,8 +280,101 @@ pub async fn delete(
             })?);
         }
     }
-    let gone = reg.delete(t.kind, ns_of(t), name, expected).await?;
+    let gone = delete_object(reg, t, ns_of(t), name, expected).await?;
     super::service_ip::after_delete(reg, t, &gone).await;
     tracing::info!(kind = t.kind.kind, name, "deleted");
     Ok(respond(headers, 200, &gone))
+}
+
+/// `DELETE` on a collection: every object the selectors match, each deleted
+/// as by its own DELETE; answers the list of what was deleted.
+pub async fn delete_collection(
+    reg: &Registry,
+    t: &Target,
+    headers: &HeaderMap,
+    filter: &Filter,
+) -> Result<Response, ApiError> {
+    let (items, _) = reg.list(t.kind, t.namespace.as_deref()).await?;
+    let mut gone = Vec::new();
+    for o in items.into_iter().filter(|o| filter.matches(o)) {
+        let ns = str_at(&o, &["metadata", "namespace"]).to_string();
+        let name = str_at(&o, &["metadata", "name"]).to_string();
+        match delete_object(reg, t, &ns, &name, None).await {
+            Ok(g) => {
+                super::service_ip::after_delete(reg, t, &g).await;
+                gone.push(g);
+            }
+            // Deleted meanwhile by someone else: it is gone all the same.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let rev = reg.revision().await?;
+    let list = json!({
+        "apiVersion": t.kind.api_version(),
+        "kind": format!("{}List", t.kind.kind),
+        "metadata": {"resourceVersion": rev.to_string()},
+        "items": gone,
+    });
+    Ok(respond(headers, 200, &list))
+}
+
+/// `POST pods/{name}/eviction`: a `policy/v1` Eviction deletes the pod, as
+/// the API server does when no disruption budget forbids it (Keel has no
+/// PodDisruptionBudgets). Answers a Success Status.
+pub async fn evict(
+    reg: &Registry,
+    t: &Target,
+    headers: &HeaderMap,
+    name: &str,
+    body: Value,
+) -> Result<Response, ApiError> {
+    match (str_at(&body, &["apiVersion"]), str_at(&body, &["kind"])) {
+        ("policy/v1" | "policy/v1beta1", "Eviction") => {}
+        (a, k) => {
+            return Err(ApiError::bad_request(format!(
+                "the eviction subresource takes a policy/v1 Eviction, not {a}/{k}"
+            )));
+        }
+    }
+    match str_at(&body, &["metadata", "name"]) {
+        n if n == name => {}
+        n => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the Eviction ({n}) does not match the pod on the URL ({name})"
+            )));
+        }
+    }
+    let gone = delete_object(reg, t, ns_of(t), name, None).await?;
+    super::service_ip::after_delete(reg, t, &gone).await;
+    tracing::info!(pod = name, "evicted");
+    let status = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "code": 201,
+        "details": {"name": name, "kind": "pods"},
+    });
+    Ok(respond(headers, 201, &status))
+}
+
+/// Deletes one object. Without a precondition, a concurrent change (a
+/// controller writing status meanwhile) is retried against the new version,
+/// as the Kubernetes API server does; with one, it is the caller's 409.
+async fn delete_object(
+    reg: &Registry,
+    t: &Target,
+    ns: &str,
+    name: &str,
+    expected: Option<i64>,
+) -> Result<Value, ApiError> {
+    let mut last = None;
+    for _ in 0..5 {
+        match reg.delete(t.kind, ns, name, expected).await {
+            Err(e) if e.is_conflict() && expected.is_none() => last = Some(e),
+            r => return r,
+        }
+    }
+    Err(last.unwrap_or_else(|| ApiError::conflict(&t.kind.resource(), name)))
 }

@@ -8,21 +8,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use keel_proto::api::{Node, Pod};
 use keel_proto::pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::codec;
 use crate::error::ApiError;
 use crate::registry::Registry;
 use keel_proto::percent_encode as encode;
-
-/// The route of the subresource.
-pub const PATH: &str = "/api/v1/namespaces/{namespace}/pods/{name}/log";
 
 /// The address type under which agents publish their endpoint.
 const AGENT_ADDRESS_TYPE: &str = "KeelAgent";
@@ -31,24 +26,19 @@ const AGENT_ADDRESS_TYPE: &str = "KeelAgent";
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
-pub async fn handler(
-    State(reg): State<Registry>,
-    Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    match serve(&reg, &ns, &name, &q).await {
-        Ok(r) => r,
-        Err(e) => codec::error(&headers, &e),
-    }
-}
-
-async fn serve(
+/// Serves `GET .../pods/{name}/log` (routed by `route::parse`).
+pub async fn serve(
     reg: &Registry,
     ns: &str,
     name: &str,
     q: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
+    if matches!(q.get("previous").map(String::as_str), Some("true" | "1")) {
+        // Refused rather than answered with the current log, which it is not.
+        return Err(ApiError::bad_request(format!(
+            "previous terminated container logs are not kept for pod {name}"
+        )));
+    }
     let pod: Pod = reg.get_t(ns, name).await?;
     let names: Vec<&str> = pod
         .spec

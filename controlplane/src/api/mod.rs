@@ -3,25 +3,30 @@
 //! endpoints, plus `/healthz`, `/readyz` and `/version`, all behind the
 //! auth layer (`guard`).
 
+pub mod access_review;
 pub mod admin;
 pub mod agent_grpc;
 pub mod codec;
+pub mod discovery;
 pub mod guard;
 pub mod handlers;
 pub mod logs;
+pub mod openapi;
+pub mod patch;
 pub mod route;
+pub mod scale;
 pub mod select;
 pub mod service_ip;
+pub mod table;
 pub mod watch;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::json;
@@ -29,7 +34,8 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::registry::Registry;
+use crate::registry::{self, Registry};
+use route::{Sub, Verb};
 
 /// How a master serves its API.
 #[derive(Clone)]
@@ -54,8 +60,17 @@ pub fn router(reg: Registry, cfg: &ApiConfig) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
-        .route(logs::PATH, get(logs::handler))
+        // OpenAPI v3 (no v2: a plain 404, so kubectl knows, rather than
+        // the gRPC service's empty 200 for unknown paths).
+        .route("/openapi/v2", any(openapi_v2))
+        .route(
+            "/openapi/v3",
+            get(|| async { axum::Json(openapi::index()) }),
+        )
+        .route("/openapi/v3/{*gv}", get(openapi_v3))
+        .route("/api", any(dispatch))
         .route("/api/{*rest}", any(dispatch))
+        .route("/apis", any(dispatch))
         .route("/apis/{*rest}", any(dispatch))
         .with_state(reg.clone())
         // The agents' gRPC service shares the port (HTTP/2 requests to /keelagent.Agent/...).
@@ -91,27 +106,72 @@ async fn readyz(State(reg): State<Registry>) -> Response {
     }
 }
 
+async fn openapi_v2(headers: HeaderMap) -> Response {
+    codec::error(
+        &headers,
+        &ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource (Keel serves OpenAPI v3 only)",
+        ),
+    )
+}
+
+async fn openapi_v3(
+    headers: HeaderMap,
+    axum::extract::Path(gv): axum::extract::Path<String>,
+) -> Response {
+    match openapi::document(&gv) {
+        Some(d) => axum::Json(d).into_response(),
+        None => codec::error(
+            &headers,
+            &ApiError::new(404, "NotFound", format!("no OpenAPI document for {gv}")),
+        ),
+    }
+}
+
 async fn version() -> Response {
     axum::Json(json!({
         "major": "1",
         "minor": "31",
-        "gitVersion": concat!("v", env!("CARGO_PKG_VERSION"), "-keel"),
+        // The Kubernetes API version Keel serves, with Keel's own version as
+        // build metadata (kubectl compares the minor for its skew warning).
+        "gitVersion": concat!("v1.31.0+keel.", env!("CARGO_PKG_VERSION")),
         "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
     }))
     .into_response()
 }
 
-async fn dispatch(
-    State(reg): State<Registry>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn dispatch(State(reg): State<Registry>, req: axum::extract::Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let span = tracing::info_span!("request", %method, path = uri.path());
     async move {
         let started = std::time::Instant::now();
-        let r = handle(&reg, &method, &uri, &headers, body).await;
+        // The guard's parse, the one it authorized; parsed here only when
+        // the router runs without the guard.
+        let parsed = match parts.extensions.get::<route::Parsed>() {
+            Some(p) => Ok(p.clone()),
+            None => route::parse(&method, &uri),
+        };
+        let r = match parsed {
+            Ok(route::Parsed::AccessReview) => {
+                match parts.extensions.get::<crate::auth::Identity>() {
+                    Some(id) => match codec::read_body(body).await {
+                        Ok(b) => codec::parse(&headers, &b)
+                            .and_then(|v| access_review::review(id, &headers, v)),
+                        Err(e) => Err(e),
+                    },
+                    None => Err(ApiError::new(
+                        401,
+                        "Unauthorized",
+                        "no authenticated identity",
+                    )),
+                }
+            }
+            Ok(p) => handle(&reg, p, &headers, body).await,
+            Err(e) => Err(e),
+        };
         let resp = r.unwrap_or_else(|e| codec::error(&headers, &e));
         tracing::debug!(
             status = resp.status().as_u16(),
@@ -126,59 +186,95 @@ async fn dispatch(
 
 async fn handle(
     reg: &Registry,
-    method: &Method,
-    uri: &Uri,
+    parsed: route::Parsed,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let t = route::parse(uri.path())?;
-    let q: HashMap<String, String> = Query::try_from_uri(uri)
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    let r = match parsed {
+        route::Parsed::AccessReview => {
+            return Err(ApiError::internal(
+                "access reviews are answered by dispatch",
+            ));
+        }
+        route::Parsed::Discovery(d) => {
+            // Plain discovery with a plain content type, also to clients that
+            // ask for the aggregated format first: client-go falls back.
+            return Ok(axum::Json(discovery::document(&d)?).into_response());
+        }
+        route::Parsed::Resource(r) => r,
+    };
+    let (t, q) = (&r.target, &r.query);
     let body = codec::read_body(body).await?;
-    let name = t.name.clone();
-    match (method.clone(), name) {
-        (Method::GET, Some(n)) if !is_watch(&q) => handlers::get(reg, &t, headers, &n).await,
-        (Method::GET, _) => {
-            let filter = handlers::Filter::from_query(&q)?;
-            if is_watch(&q) {
-                let rv = match q.get("resourceVersion").map(String::as_str) {
-                    None | Some("") => None,
-                    Some(s) => Some(s.parse::<i64>().map_err(|_| {
-                        ApiError::bad_request(format!("invalid resourceVersion {s:?}"))
-                    })?),
-                };
-                let timeout = match q.get("timeoutSeconds") {
-                    None => None,
-                    Some(s) => Some(Duration::from_secs(s.parse().map_err(|_| {
-                        ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
-                    })?)),
-                };
-                watch::start(reg, &t, filter, rv, timeout).await
-            } else {
-                handlers::list(reg, &t, headers, &filter).await
-            }
-        }
-        (Method::POST, _) => {
-            let v = codec::parse(headers, &body)?;
-            handlers::create(reg, &t, headers, v).await
-        }
-        (Method::PUT, Some(_)) => {
-            let v = codec::parse(headers, &body)?;
-            handlers::replace(reg, &t, headers, v).await
-        }
-        (Method::PATCH, Some(n)) => handlers::patch(reg, &t, headers, &n, &body).await,
-        (Method::DELETE, Some(n)) if !t.status => {
-            handlers::delete(reg, &t, headers, &n, &body).await
-        }
-        (m, _) => Err(ApiError::new(
-            405,
-            "MethodNotAllowed",
-            format!("{m} is not supported on {}", uri.path()),
-        )),
+    let writes = !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch);
+    if writes && q.contains_key("dryRun") {
+        // Refused rather than ignored: ignoring it would really write
+        // (`kubectl diff` and `--dry-run=server` send it).
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by this server: nothing was changed",
+        ));
     }
-}
-
-fn is_watch(q: &HashMap<String, String>) -> bool {
-    matches!(q.get("watch").map(String::as_str), Some("1" | "true"))
+    let name = t.name.clone().unwrap_or_default();
+    match r.verb {
+        Verb::Get => match t.sub {
+            Some(Sub::Log) => {
+                logs::serve(reg, t.namespace.as_deref().unwrap_or(""), &name, q).await
+            }
+            Some(Sub::Scale) => scale::get(reg, t, headers).await,
+            None | Some(Sub::Status) => handlers::get(reg, t, headers, &name, q).await,
+            // route::parse answers GET on an eviction 405.
+            Some(Sub::Eviction) => Err(ApiError::internal("no GET on an eviction")),
+        },
+        Verb::List => handlers::list(reg, t, headers, &handlers::Filter::from_query(q)?, q).await,
+        Verb::Watch => {
+            let filter = handlers::Filter::from_query(q)?;
+            let rv = match q.get("resourceVersion").map(String::as_str) {
+                None | Some("") => None,
+                Some(s) => Some(s.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {s:?}"))
+                })?),
+            };
+            let timeout = match q.get("timeoutSeconds") {
+                None => None,
+                Some(s) => Some(Duration::from_secs(s.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
+                })?)),
+            };
+            let accept = headers
+                .get(axum::http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let table =
+                table::wanted(accept).then(|| q.get("includeObject").cloned().unwrap_or_default());
+            let bookmarks = matches!(
+                q.get("allowWatchBookmarks").map(String::as_str),
+                Some("true" | "1")
+            );
+            watch::start(reg, t, filter, rv, timeout, table, bookmarks).await
+        }
+        Verb::Create if t.sub == Some(Sub::Eviction) => {
+            handlers::evict(reg, t, headers, &name, codec::parse(headers, &body)?).await
+        }
+        Verb::Create => {
+            let obj = codec::parse(headers, &body)?;
+            let name = registry::str_at(&obj, &["metadata", "name"]).to_string();
+            handlers::create(reg, t, headers, obj)
+                .await
+                .map_err(|e| e.invalid_object(t.kind.kind, t.kind.group, &name))
+        }
+        Verb::Update if t.sub == Some(Sub::Scale) => {
+            scale::replace(reg, t, headers, codec::parse(headers, &body)?).await
+        }
+        Verb::Update => handlers::replace(reg, t, headers, codec::parse(headers, &body)?)
+            .await
+            .map_err(|e| e.invalid_object(t.kind.kind, t.kind.group, &name)),
+        Verb::Patch if t.sub == Some(Sub::Scale) => scale::patch(reg, t, headers, &body).await,
+        Verb::Patch => handlers::patch(reg, t, headers, &name, &body)
+            .await
+            .map_err(|e| e.invalid_object(t.kind.kind, t.kind.group, &name)),
+        Verb::Delete => handlers::delete(reg, t, headers, &name, &body).await,
+        Verb::DeleteCollection => {
+            let filter = handlers::Filter::from_query(q)?;
+            handlers::delete_collection(reg, t, headers, &filter).await
+        }
+    }
 }

@@ -105,12 +105,28 @@ pub struct FieldReq {
     equal: bool,
 }
 
-/// The fields that can be selected on, as Kubernetes supports them for pods.
-const FIELDS: [(&str, &[&str]); 4] = [
+/// The fields that can be selected on: those Kubernetes supports for pods,
+/// and for events (what `kubectl describe` selects an object's events by).
+const FIELDS: [(&str, &[&str]); 13] = [
     ("metadata.name", &["metadata", "name"]),
     ("metadata.namespace", &["metadata", "namespace"]),
     ("spec.nodeName", &["spec", "nodeName"]),
     ("status.phase", &["status", "phase"]),
+    ("involvedObject.kind", &["involvedObject", "kind"]),
+    ("involvedObject.namespace", &["involvedObject", "namespace"]),
+    ("involvedObject.name", &["involvedObject", "name"]),
+    ("involvedObject.uid", &["involvedObject", "uid"]),
+    (
+        "involvedObject.apiVersion",
+        &["involvedObject", "apiVersion"],
+    ),
+    (
+        "involvedObject.resourceVersion",
+        &["involvedObject", "resourceVersion"],
+    ),
+    ("involvedObject.fieldPath", &["involvedObject", "fieldPath"]),
+    ("reason", &["reason"]),
+    ("type", &["type"]),
 ];
 
 /// Parses a field selector.
@@ -201,6 +217,15 @@ mod tests {
             &pod
         ));
         assert!(fields("spec.bogus=1").is_err());
+        let ev = json!({"involvedObject": {"kind": "Pod", "name": "p", "uid": "u1"}});
+        assert!(fields_match(
+            &fields("involvedObject.name=p,involvedObject.uid=u1,involvedObject.kind=Pod").unwrap(),
+            &ev
+        ));
+        assert!(!fields_match(
+            &fields("involvedObject.uid=u2").unwrap(),
+            &ev
+        ));
         assert!(fields("nonsense").is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! `?watch=1` streams: newline-delimited `{"type":..., "object":...}` events
 //! from a resourceVersion (every change after it, in order), or the current
-//! objects as ADDED followed by every later change when none is given.
+//! objects as ADDED followed by every later change when none is given;
+//! BOOKMARK events when asked for.
 
 use std::time::Duration;
 
@@ -20,6 +21,19 @@ fn line(type_: &str, object: &Value) -> Vec<u8> {
     b
 }
 
+/// How often a watch that asked for them (`allowWatchBookmarks=true`) gets a
+/// BOOKMARK: the revision it has reached, to resume from without a relist.
+pub const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+
+/// A BOOKMARK event's object: only the kind and a resourceVersion.
+fn bookmark(kind: &crate::kinds::Kind, rv: i64) -> Value {
+    json!({
+        "kind": kind.kind,
+        "apiVersion": kind.api_version(),
+        "metadata": {"resourceVersion": rv.to_string()},
+    })
+}
+
 /// Starts a watch; fails with 410 when `resource_version` was compacted away.
 pub async fn start(
     reg: &Registry,
@@ -27,6 +41,8 @@ pub async fn start(
     filter: Filter,
     resource_version: Option<i64>,
     timeout: Option<Duration>,
+    table: Option<String>,
+    bookmarks: bool,
 ) -> Result<Response, ApiError> {
     let (initial, after) = match resource_version {
         Some(rv) if rv > 0 => {
@@ -46,6 +62,15 @@ pub async fn start(
     };
     let mut w = reg.watch(t.kind, t.namespace.as_deref(), after);
     let name = t.name.clone();
+    let kind = t.kind;
+    // kubectl get -w asks for each event's object as a one-row Table.
+    let shape = move |o: &Value| match &table {
+        Some(include) => {
+            let rv = crate::registry::str_at(o, &["metadata", "resourceVersion"]).to_string();
+            super::table::table(kind, std::slice::from_ref(o), &rv, include)
+        }
+        None => o.clone(),
+    };
     let keep = move |o: &Value| {
         filter.matches(o)
             && name
@@ -55,11 +80,15 @@ pub async fn start(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(64);
     tokio::spawn(async move {
         for o in initial.iter().filter(|o| keep(o)) {
-            if tx.send(Ok(line("ADDED", o))).await.is_err() {
+            if tx.send(Ok(line("ADDED", &shape(o)))).await.is_err() {
                 return;
             }
         }
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        // The revision the stream has reached (every change, kept or not).
+        let mut reached = after;
+        let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+        tick.tick().await;
         loop {
             let next = async {
                 match deadline {
@@ -69,10 +98,18 @@ pub async fn start(
             };
             tokio::select! {
                 _ = tx.closed() => return,
+                _ = tick.tick(), if bookmarks => {
+                    if tx.send(Ok(line("BOOKMARK", &bookmark(kind, reached)))).await.is_err() {
+                        return;
+                    }
+                }
                 r = next => match r {
                     None => return,
                     Some(Ok(c)) => {
-                        if keep(&c.object) && tx.send(Ok(line(c.type_, &c.object))).await.is_err() {
+                        if let Ok(rv) = crate::registry::str_at(&c.object, &["metadata", "resourceVersion"]).parse::<i64>() {
+                            reached = reached.max(rv);
+                        }
+                        if keep(&c.object) && tx.send(Ok(line(c.type_, &shape(&c.object)))).await.is_err() {
                             return;
                         }
                     }

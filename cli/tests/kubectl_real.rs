@@ -1,0 +1,483 @@
+//! The real kubectl (/usr/bin/kubectl, Debian package `kubectl`), unchanged,
+//! drives a real 3-master cluster with an agent through a kubeconfig from
+//! `keel kubeconfig`: discovery (api-resources, version), server-side
+//! tables, every output format, apply/create/replace, scale, label,
+//! annotate, the three patch types, rollout status/restart/history/undo,
+//! logs, describe with events, cordon/uncordon/drain (eviction), watches (with bookmarks),
+//! auth can-i, delete, and errors as kubectl prints them (404, 409, 422,
+//! 403). Assertions are on kubectl's own output.
+
+mod agent_support;
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use agent_support as s;
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// kubectl with one kubeconfig.
+struct Kubectl {
+    kubeconfig: PathBuf,
+}
+
+/// What a kubectl run printed.
+#[derive(Debug)]
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Kubectl {
+    fn new(kubeconfig: &Path) -> Kubectl {
+        assert!(
+            Path::new(KUBECTL).exists(),
+            "{KUBECTL} is missing: install the Debian package kubectl (scripts/test.sh does)"
+        );
+        Kubectl {
+            kubeconfig: kubeconfig.to_path_buf(),
+        }
+    }
+
+    fn run_with(&self, args: &[&str], stdin: Option<&str>) -> Out {
+        let mut c = Command::new(KUBECTL);
+        c.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            // No cached discovery from another run or another test.
+            .env("HOME", self.kubeconfig.parent().unwrap());
+        if !args.iter().any(|a| a.starts_with("--request-timeout")) {
+            c.arg("--request-timeout=20s");
+        }
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("run kubectl");
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(input) = stdin {
+            pipe.write_all(input.as_bytes()).unwrap();
+        }
+        drop(pipe);
+        let o = child.wait_with_output().unwrap();
+        Out {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Runs kubectl, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_with(args, None)
+    }
+
+    fn ok_with(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let o = self.run_with(args, stdin);
+        assert!(o.ok, "kubectl {args:?} failed: {o:?}");
+        o.stdout
+    }
+
+    /// Runs kubectl, which must fail; its stderr.
+    fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let o = self.run_with(args, stdin);
+        assert!(!o.ok, "kubectl {args:?} succeeded: {o:?}");
+        o.stderr
+    }
+}
+
+/// The words of the line of `out` whose first word is `first`.
+fn row<'a>(out: &'a str, first: &str) -> Vec<&'a str> {
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.first() == Some(&first))
+        .unwrap_or_else(|| panic!("no row {first:?} in:\n{out}"))
+}
+
+fn deployment(replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {{app: web}}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: busybox
+        command: [sh, -c, 'echo hello from web; exec sleep 3600']
+        env: [{{name: A, value: '1'}}]
+"
+    )
+}
+
+/// A kubeconfig from `keel kubeconfig` (the admin token by default, or `token`).
+fn kubeconfig(dir: &Path, api: &str, name: &str, token: Option<&str>) -> PathBuf {
+    let mut c = common::keel();
+    c.args(["kubeconfig", "--api-url", &format!("https://{api}")]);
+    if let Some(t) = token {
+        c.args(["--token", t, "--user", "viewer"]);
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "keel kubeconfig: {out:?}");
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join("kubeconfig");
+    std::fs::write(&p, &out.stdout).unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_unchanged_drives_a_keel_cluster() {
+    let tc = common::start(3, s::MASTER_ARGS).await;
+    let apis = common::apis(&tc);
+    let _agents = s::Agents::start(tc.dir.path(), &apis, 1);
+    let k = Kubectl::new(&kubeconfig(tc.dir.path(), &apis[0], "admin", None));
+
+    // Discovery: every kind with its short name; the server's version.
+    let out = k.ok(&["api-resources"]);
+    for (name, short, version, namespaced, kind) in [
+        ("pods", "po", "v1", "true", "Pod"),
+        ("nodes", "no", "v1", "false", "Node"),
+        ("namespaces", "ns", "v1", "false", "Namespace"),
+        ("services", "svc", "v1", "true", "Service"),
+        ("endpoints", "ep", "v1", "true", "Endpoints"),
+        ("events", "ev", "v1", "true", "Event"),
+        ("deployments", "deploy", "apps/v1", "true", "Deployment"),
+        ("replicasets", "rs", "apps/v1", "true", "ReplicaSet"),
+    ] {
+        assert_eq!(
+            row(&out, name),
+            [name, short, version, namespaced, kind],
+            "{out}"
+        );
+    }
+    let out = k.ok(&["version"]);
+    assert!(out.contains("Server Version: v1.31."), "{out}");
+
+    // Nodes, as a server-side table.
+    let out = common::poll(Duration::from_secs(30), "node n1 Ready", || async {
+        let o = k.run_with(&["get", "nodes"], None);
+        (o.ok
+            && o.stdout
+                .lines()
+                .any(|l| l.starts_with("n1") && l.contains(" Ready")))
+        .then_some(o.stdout)
+    })
+    .await;
+    assert!(out.starts_with("NAME"), "{out}");
+
+    // Client-side apply: created, then unchanged, then configured.
+    let out = k.ok_with(&["apply", "-f", "-"], Some(&deployment(1)));
+    assert_eq!(out.trim(), "deployment.apps/web created");
+    let out = k.ok_with(&["apply", "-f", "-"], Some(&deployment(1)));
+    assert_eq!(out.trim(), "deployment.apps/web unchanged");
+    let out = k.ok_with(&["apply", "-f", "-"], Some(&deployment(2)));
+    assert_eq!(out.trim(), "deployment.apps/web configured");
+    let out = common::poll(Duration::from_secs(40), "2/2 ready", || async {
+        let o = k.ok(&["get", "deploy", "web"]);
+        (row(&o, "web")[1] == "2/2").then_some(o)
+    })
+    .await;
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    let wide = k.ok(&["get", "deploy", "web", "-o", "wide"]);
+    assert!(
+        wide.contains("CONTAINERS") && row(&wide, "web").contains(&"main"),
+        "{wide}"
+    );
+    let pods = k.ok(&["get", "pods", "-l", "app=web", "-o", "wide"]);
+    let header: Vec<&str> = pods.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    );
+    assert_eq!(
+        pods.lines().filter(|l| l.contains("Running")).count(),
+        2,
+        "{pods}"
+    );
+    assert!(pods.lines().skip(1).all(|l| l.ends_with(" n1")), "{pods}");
+
+    // Every output format.
+    let y = k.ok(&["get", "deploy", "web", "-o", "yaml"]);
+    assert!(
+        y.contains("kind: Deployment") && y.contains("last-applied-configuration"),
+        "{y}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "deploy", "web", "-o", "json"])).unwrap();
+    assert_eq!(j["spec"]["replicas"], 2);
+    assert_eq!(
+        k.ok(&["get", "deploy", "web", "-o", "name"]).trim(),
+        "deployment.apps/web"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].name}"
+        ]),
+        "main"
+    );
+    let all = k.ok(&["get", "all"]);
+    assert!(
+        all.contains("deployment.apps/web") && all.contains("replicaset.apps/web-"),
+        "{all}"
+    );
+    assert_eq!(
+        all.lines().filter(|l| l.starts_with("pod/web-")).count(),
+        2,
+        "{all}"
+    );
+    let a = k.ok(&["get", "deploy", "-A", "--show-labels"]);
+    assert_eq!(row(&a, "default")[1], "web", "{a}");
+    assert!(a.contains("app=web"), "{a}");
+    let f = k.ok(&[
+        "get",
+        "pods",
+        "--field-selector",
+        "status.phase=Running",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        f.lines().filter(|l| l.starts_with("pod/web-")).count(),
+        2,
+        "{f}"
+    );
+
+    // The scale subresource.
+    assert_eq!(
+        k.ok(&["scale", "deploy", "web", "--replicas=3"]).trim(),
+        "deployment.apps/web scaled"
+    );
+    assert_eq!(
+        k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "3"
+    );
+    common::poll(Duration::from_secs(30), "3 web pods", || async {
+        let o = k.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+        (o.lines().count() == 3).then_some(())
+    })
+    .await;
+
+    // Rollouts, logs, describe with events.
+    let out = k.ok(&["rollout", "status", "deploy/web", "--timeout=40s"]);
+    assert!(
+        out.contains(r#"deployment "web" successfully rolled out"#),
+        "{out}"
+    );
+    let out = common::poll(Duration::from_secs(20), "the log line", || async {
+        let o = k.run_with(&["logs", "deploy/web"], None);
+        o.stdout.contains("hello from web").then_some(o.stdout)
+    })
+    .await;
+    assert!(out.contains("hello from web"), "{out}");
+    let pod = k.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    let pod = pod.lines().next().unwrap().to_string();
+    let d = k.ok(&["describe", &pod]);
+    assert!(
+        d.contains("Events:")
+            && d.contains("Scheduled")
+            && d.contains("Successfully assigned default/"),
+        "{d}"
+    );
+    assert_eq!(
+        k.ok(&["rollout", "restart", "deploy/web"]).trim(),
+        "deployment.apps/web restarted"
+    );
+    let out = k.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let h = k.ok(&["rollout", "history", "deploy/web"]);
+    assert!(
+        h.contains("REVISION") && h.lines().any(|l| l.starts_with('2')),
+        "{h}"
+    );
+    assert_eq!(
+        k.ok(&["rollout", "undo", "deploy/web"]).trim(),
+        "deployment.apps/web rolled back"
+    );
+    // Cordon and uncordon (spec.unschedulable).
+    assert_eq!(k.ok(&["cordon", "n1"]).trim(), "node/n1 cordoned");
+    assert_eq!(
+        row(&k.ok(&["get", "nodes"]), "n1")[1],
+        "Ready,SchedulingDisabled"
+    );
+    assert_eq!(k.ok(&["uncordon", "n1"]).trim(), "node/n1 uncordoned");
+    assert_eq!(row(&k.ok(&["get", "nodes"]), "n1")[1], "Ready");
+    // Watches: kubectl get -w prints the table, then each change; a raw
+    // watch that asked for bookmarks gets them.
+    let w = k.run_with(
+        &["get", "deploy", "web", "-w", "--request-timeout=3s"],
+        None,
+    );
+    assert!(
+        w.stdout.starts_with("NAME") && w.stdout.contains("\nweb "),
+        "{w:?}"
+    );
+    let raw = k.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods?watch=1&allowWatchBookmarks=true&timeoutSeconds=6",
+    ]);
+    assert!(
+        raw.lines().any(|l| l.contains(r#""type":"BOOKMARK""#)),
+        "{raw}"
+    );
+    // Can I? The admin may.
+    assert_eq!(k.ok(&["auth", "can-i", "delete", "nodes"]).trim(), "yes");
+
+    // Label, annotate; strategic, merge and JSON patches.
+    assert_eq!(
+        k.ok(&["label", "deploy", "web", "tier=front"]).trim(),
+        "deployment.apps/web labeled"
+    );
+    assert_eq!(
+        k.ok(&["annotate", "deploy", "web", "note=hello"]).trim(),
+        "deployment.apps/web annotated"
+    );
+    // Strategic: the env list merges by name (A stays, B joins).
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"main","env":[{"name":"B","value":"2"}]}]}}}}"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"m":"1"}}}"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/metadata/labels/tier","value":"back"}]"#,
+    ]);
+    let j: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "deploy", "web", "-o", "json"])).unwrap();
+    assert_eq!(j["metadata"]["labels"]["tier"], "back");
+    assert_eq!(j["metadata"]["labels"]["m"], "1");
+    assert_eq!(j["metadata"]["annotations"]["note"], "hello");
+    let env = &j["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(
+        env,
+        &serde_json::json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}])
+    );
+    // The show-labels column follows.
+    let l = k.ok(&["get", "deploy", "web", "--show-labels"]);
+    assert!(l.contains("tier=back"), "{l}");
+
+    // Errors as kubectl prints them.
+    let e = k.fails(&["get", "deploy", "nope"], None);
+    assert_eq!(
+        e.trim(),
+        r#"Error from server (NotFound): deployments.apps "nope" not found"#
+    );
+    let e = k.fails(&["create", "-f", "-"], Some(&deployment(1)));
+    assert_eq!(
+        e.trim(),
+        r#"Error from server (AlreadyExists): error when creating "STDIN": deployments.apps "web" already exists"#
+    );
+    let stale = k.ok(&["get", "deploy", "web", "-o", "yaml"]);
+    k.ok(&["label", "deploy", "web", "again=1"]);
+    let e = k.fails(&["replace", "-f", "-"], Some(&stale));
+    assert!(
+        e.contains("Error from server (Conflict)")
+            && e.contains(r#"Operation cannot be fulfilled on deployments.apps "web""#),
+        "{e}"
+    );
+    let e = k.fails(
+        &[
+            "patch",
+            "deploy",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":-1}}"#,
+        ],
+        None,
+    );
+    assert!(
+        e.contains(r#"The Deployment "web" is invalid: spec.replicas: Invalid value"#)
+            && e.contains("spec.replicas"),
+        "{e}"
+    );
+    // A view token: reads, and a 403 naming the missing permission.
+    let out = common::keel()
+        .args([
+            "token", "create", "--role", "view", "--ttl", "1h", "--server",
+        ])
+        .arg(apis.join(","))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap();
+    let viewer = Kubectl::new(&kubeconfig(
+        tc.dir.path(),
+        &apis[1],
+        "viewer",
+        Some(token.trim()),
+    ));
+    assert_eq!(row(&viewer.ok(&["get", "deploy"]), "web")[0], "web");
+    let o = viewer.run_with(&["auth", "can-i", "create", "pods"], None);
+    assert!(!o.ok && o.stdout.starts_with("no"), "{o:?}");
+    assert_eq!(viewer.ok(&["auth", "can-i", "list", "pods"]).trim(), "yes");
+    let e = viewer.fails(&["delete", "deploy", "web"], None);
+    assert!(
+        e.contains("Error from server (Forbidden)")
+            && e.contains(r#"cannot delete resource "deployments" in API group "apps""#),
+        "{e}"
+    );
+
+    // Drain: the eviction subresource empties the node.
+    let out = k.ok(&["drain", "n1", "--timeout=40s"]);
+    assert!(
+        out.contains("evicted") && out.contains("node/n1 drained"),
+        "{out}"
+    );
+    let left = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "--field-selector",
+        "status.phase=Running",
+        "-o",
+        "name",
+    ]);
+    assert!(left.trim().is_empty(), "{left}");
+    k.ok(&["uncordon", "n1"]);
+
+    // Delete: gone, its pods follow.
+    assert_eq!(
+        k.ok(&["delete", "deploy", "web"]).trim(),
+        r#"deployment.apps "web" deleted"#
+    );
+    let e = k.fails(&["get", "deploy", "web"], None);
+    assert!(e.contains("NotFound"), "{e}");
+    common::poll(Duration::from_secs(30), "the web pods gone", || async {
+        let o = k.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+        o.trim().is_empty().then_some(())
+    })
+    .await;
+}
