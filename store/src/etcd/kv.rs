@@ -5,6 +5,7 @@ use keel_proto::etcdserverpb::kv_server::Kv;
 use keel_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    response_op,
 };
 use keel_proto::keelraft::command::Op;
 use keel_proto::keelraft::command_result::Result as R;
@@ -22,6 +23,17 @@ impl Etcd {
     fn stamp(&self, h: &mut Option<ResponseHeader>) {
         let rev = h.as_ref().map(|h| h.revision).unwrap_or(0);
         *h = self.header(rev);
+    }
+}
+
+/// etcd answers a Txn nested in a Txn with an empty header (revision 0):
+/// only the outermost response carries the revision.
+fn clear_nested_txn_headers(t: &mut TxnResponse) {
+    for op in &mut t.responses {
+        if let Some(response_op::Response::ResponseTxn(inner)) = &mut op.response {
+            inner.header = Some(ResponseHeader::default());
+            clear_nested_txn_headers(inner);
+        }
     }
 }
 
@@ -86,6 +98,7 @@ impl Kv for Etcd {
         match self.node.write(Op::Txn(req)).await?.result {
             Some(R::Txn(mut r)) => {
                 self.stamp(&mut r.header);
+                clear_nested_txn_headers(&mut r);
                 Ok(Response::new(r))
             }
             _ => Err(unexpected()),
@@ -105,5 +118,43 @@ impl Kv for Etcd {
             }
             _ => Err(unexpected()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_proto::etcdserverpb::ResponseOp;
+
+    fn txn(rev: i64, inner: Vec<TxnResponse>) -> TxnResponse {
+        TxnResponse {
+            header: Some(ResponseHeader {
+                revision: rev,
+                ..Default::default()
+            }),
+            responses: inner
+                .into_iter()
+                .map(|t| ResponseOp {
+                    response: Some(response_op::Response::ResponseTxn(t)),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nested_txn_answers_have_empty_headers_as_in_etcd() {
+        let mut t = txn(7, vec![txn(7, vec![txn(7, vec![])])]);
+        clear_nested_txn_headers(&mut t);
+        assert_eq!(t.header.as_ref().unwrap().revision, 7);
+        let Some(response_op::Response::ResponseTxn(inner)) = &t.responses[0].response else {
+            panic!("{t:?}")
+        };
+        assert_eq!(inner.header, Some(ResponseHeader::default()));
+        let Some(response_op::Response::ResponseTxn(innermost)) = &inner.responses[0].response
+        else {
+            panic!("{t:?}")
+        };
+        assert_eq!(innermost.header, Some(ResponseHeader::default()));
     }
 }
