@@ -5,7 +5,7 @@ use keel_proto::etcdserverpb::kv_server::Kv;
 use keel_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
-    response_op,
+    request_op, response_op,
 };
 use keel_proto::keelraft::command::Op;
 use keel_proto::keelraft::command_result::Result as R;
@@ -24,6 +24,41 @@ impl Etcd {
         let rev = h.as_ref().map(|h| h.revision).unwrap_or(0);
         *h = self.header(rev);
     }
+}
+
+/// etcd's own checks of a put before it is proposed (`checkPutRequest`):
+/// `ignore_value` with a value, `ignore_lease` with a lease.
+fn check_put(p: &PutRequest) -> Result<(), Status> {
+    if p.key.is_empty() {
+        return Err(EtcdError::EmptyKey.into());
+    }
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(Status::invalid_argument("etcdserver: value is provided"));
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(Status::invalid_argument("etcdserver: lease is provided"));
+    }
+    Ok(())
+}
+
+/// etcd's per-operation checks of a Txn (`checkTxnRequest`), in its order:
+/// every operation of the success branch, then of the failure branch,
+/// nested Txns depth first; before any check of the Txn as a whole.
+fn check_txn_ops(t: &TxnRequest) -> Result<(), Status> {
+    for op in t.success.iter().chain(&t.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) if r.key.is_empty() => {
+                return Err(EtcdError::EmptyKey.into());
+            }
+            Some(request_op::Request::RequestPut(p)) => check_put(p)?,
+            Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
+                return Err(EtcdError::EmptyKey.into());
+            }
+            Some(request_op::Request::RequestTxn(inner)) => check_txn_ops(inner)?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// etcd answers a Txn nested in a Txn with an empty header (revision 0):
@@ -59,9 +94,7 @@ impl Kv for Etcd {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = req.into_inner();
         check_size(&req)?;
-        if req.key.is_empty() {
-            return Err(EtcdError::EmptyKey.into());
-        }
+        check_put(&req)?;
         match self.node.write(Op::Put(req)).await?.result {
             Some(R::Put(mut r)) => {
                 self.stamp(&mut r.header);
@@ -94,6 +127,9 @@ impl Kv for Etcd {
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = req.into_inner();
         check_size(&req)?;
+        if req.compare.len().max(req.success.len()).max(req.failure.len()) <= MAX_TXN_OPS {
+            check_txn_ops(&req)?;
+        }
         validate_txn(&req, MAX_TXN_OPS)?;
         match self.node.write(Op::Txn(req)).await?.result {
             Some(R::Txn(mut r)) => {
@@ -140,6 +176,43 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    fn put(value: &[u8], lease: i64, ignore_value: bool, ignore_lease: bool) -> PutRequest {
+        PutRequest {
+            key: b"k".to_vec(),
+            value: value.to_vec(),
+            lease,
+            ignore_value,
+            ignore_lease,
+            ..Default::default()
+        }
+    }
+
+    fn msg(r: Result<(), Status>) -> String {
+        r.err().map(|s| s.message().to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn puts_etcd_refuses_before_proposing_are_refused_with_its_messages() {
+        assert_eq!(msg(check_put(&put(b"v", 0, true, false))), "etcdserver: value is provided");
+        assert_eq!(msg(check_put(&put(b"", 5, false, true))), "etcdserver: lease is provided");
+        assert_eq!(msg(check_put(&put(b"", 0, true, true))), "");
+        assert_eq!(msg(check_put(&put(b"v", 5, false, false))), "");
+        // Inside a Txn too, nested ones included, failure branch included.
+        let nested = TxnRequest {
+            failure: vec![keel_proto::etcdserverpb::RequestOp {
+                request: Some(request_op::Request::RequestPut(put(b"v", 0, true, false))),
+            }],
+            ..Default::default()
+        };
+        let t = TxnRequest {
+            success: vec![keel_proto::etcdserverpb::RequestOp {
+                request: Some(request_op::Request::RequestTxn(nested)),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(msg(check_txn_ops(&t)), "etcdserver: value is provided");
     }
 
     #[test]
