@@ -174,6 +174,9 @@ async fn send(
     .is_ok()
 }
 
+/// etcd's answer to a watch whose start revision was compacted away:
+/// canceled with the compact revision, and no cancel reason (clients read
+/// the compact revision as `ErrCompacted`).
 async fn cancel_compacted(svc: &Etcd, id: i64, tx: &mpsc::Sender<Result<WatchResponse, Status>>) {
     let _ = tx
         .send(Ok(WatchResponse {
@@ -181,7 +184,6 @@ async fn cancel_compacted(svc: &Etcd, id: i64, tx: &mpsc::Sender<Result<WatchRes
             watch_id: id,
             canceled: true,
             compact_revision: svc.node.kv.compact_revision(),
-            cancel_reason: EtcdError::Compacted.to_string(),
             ..Default::default()
         }))
         .await;
