@@ -42,9 +42,13 @@ fn check_put(p: &PutRequest) -> Result<(), Status> {
 }
 
 /// etcd's per-operation checks of a Txn (`checkTxnRequest`), in its order:
-/// every operation of the success branch, then of the failure branch,
-/// nested Txns depth first; before any check of the Txn as a whole.
+/// the compares' keys, every operation of the success branch, then of the
+/// failure branch, nested Txns depth first; before any check of the Txn as
+/// a whole.
 fn check_txn_ops(t: &TxnRequest) -> Result<(), Status> {
+    if t.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(EtcdError::EmptyKey.into());
+    }
     for op in t.success.iter().chain(&t.failure) {
         match &op.request {
             Some(request_op::Request::RequestRange(r)) if r.key.is_empty() => {
@@ -213,6 +217,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(msg(check_txn_ops(&t)), "etcdserver: value is provided");
+        // A compare without a key in a nested Txn of the success branch
+        // comes before a bad put of the failure branch.
+        let bad_compare = TxnRequest {
+            compare: vec![keel_proto::etcdserverpb::Compare::default()],
+            ..Default::default()
+        };
+        let t = TxnRequest {
+            success: vec![keel_proto::etcdserverpb::RequestOp {
+                request: Some(request_op::Request::RequestTxn(bad_compare)),
+            }],
+            failure: vec![keel_proto::etcdserverpb::RequestOp {
+                request: Some(request_op::Request::RequestPut(put(b"v", 0, true, false))),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(msg(check_txn_ops(&t)), "etcdserver: key is not provided");
     }
 
     #[test]
