@@ -41,7 +41,7 @@ pub struct DiffArgs {
     /// Request shapes to leave out, to look past a known difference:
     /// reversed-in-writes (ranges whose end sorts before their key in Txns
     /// and deletes), serializable, put-ignore-value-with-lease,
-    /// count-only-with-limit.
+    /// count-only-with-limit, nested-txn-writes, range-compare.
     #[arg(long, env = "KEEL_DIFF_AVOID", value_delimiter = ',', value_parser = Avoid::parse)]
     pub avoid: Vec<Avoid>,
     /// Timeout of each request.

@@ -3,6 +3,8 @@
 //! each cluster picked for leases granted with ID 0, the order of lists
 //! etcd builds from Go maps (lease lists, a lease's keys), remaining lease
 //! TTLs within a tolerance (they depend on when each cluster answered),
+//! the revision of a watch's creation answer and of lease keep-alive and
+//! time-to-live answers (a follower's may lag),
 //! and the order among equal elements of a range sorted on a field other
 //! than the key (etcd's sort is not stable).
 
@@ -88,12 +90,15 @@ pub fn answer(a: &mut Answer, autos: &[i64]) {
             l.id(&mut g.id);
         }
         Answer::LeaseRevoke(r) => header(&mut r.header),
+        // Keep-alive and time-to-live answers are not reads of the store:
+        // their header holds the serving member's applied revision, which
+        // on a follower may lag the last write.
         Answer::LeaseKeepAlive(k) => {
-            header(&mut k.header);
+            k.header = None;
             l.id(&mut k.id);
         }
         Answer::LeaseTimeToLive(t) => {
-            header(&mut t.header);
+            t.header = None;
             l.id(&mut t.id);
             t.keys.sort();
         }
@@ -105,8 +110,10 @@ pub fn answer(a: &mut Answer, autos: &[i64]) {
             s.leases.sort_by_key(|x| x.id);
         }
         Answer::Watch(w) => {
+            // The creation answer's revision is the serving member's
+            // applied revision, which on a follower may lag the last write.
             if let Some(c) = &mut w.created {
-                header(&mut c.header);
+                c.header = None;
             }
             for e in &mut w.events {
                 if let Some(kv) = &mut e.kv {
