@@ -29,7 +29,9 @@ use exec::{Answer, Target};
 use generator::{GenOptions, Generator, Step};
 
 /// How long a watch waits for events nobody may send.
-const WATCH_QUIET: Duration = Duration::from_millis(300);
+const WATCH_QUIET: Duration = Duration::from_millis(150);
+/// How long a watch that differs waits for more events at a time.
+const WATCH_STEP: Duration = Duration::from_millis(100);
 /// How long a watch waits in all before its events are compared.
 const WATCH_MAX: Duration = Duration::from_secs(5);
 
@@ -471,27 +473,30 @@ impl Run<'_> {
             ew.collect(until, WATCH_QUIET, WATCH_MAX),
             kw.collect(until, WATCH_QUIET, WATCH_MAX)
         );
-        if ew.answer != kw.answer {
-            // A slow side gets one more, longer chance before it counts.
-            futures::join!(
-                ew.collect(until, WATCH_MAX, WATCH_MAX),
-                kw.collect(until, WATCH_MAX, WATCH_MAX)
-            );
-        }
-        let (mut ea, mut ka) = (Answer::Watch(ew.answer.clone()), Answer::Watch(kw.answer.clone()));
-        if create.start_revision <= 0 {
-            // "From now" is the serving member's now: a follower may not
-            // have applied the last write yet and so deliver it. Only the
-            // writes made after the watch opened are compared.
-            for a in [&mut ea, &mut ka] {
-                if let Answer::Watch(w) = a {
+        let shaped = |w: &exec::WatchAnswer, autos: &[i64]| {
+            let mut a = Answer::Watch(w.clone());
+            if create.start_revision <= 0 {
+                // "From now" is the serving member's now: a follower may
+                // not have applied the last write yet and so deliver it.
+                // Only the writes made after the watch opened are compared.
+                if let Answer::Watch(w) = &mut a {
                     w.events
                         .retain(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision > opened_at));
                 }
             }
+            normalize::answer(&mut a, autos);
+            a
+        };
+        // A slow side gets more time, in short steps, before it counts.
+        let deadline = Instant::now() + WATCH_MAX;
+        let (mut ea, mut ka) = (shaped(&ew.answer, &e.autos), shaped(&kw.answer, &k.autos));
+        while ea != ka && Instant::now() < deadline {
+            futures::join!(
+                ew.collect(until, WATCH_STEP, WATCH_STEP),
+                kw.collect(until, WATCH_STEP, WATCH_STEP)
+            );
+            (ea, ka) = (shaped(&ew.answer, &e.autos), shaped(&kw.answer, &k.autos));
         }
-        normalize::answer(&mut ea, &e.autos);
-        normalize::answer(&mut ka, &k.autos);
         self.count(step, &ea);
         futures::join!(ew.close(), kw.close());
         if ea != ka {
