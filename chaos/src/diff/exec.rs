@@ -155,14 +155,26 @@ impl Target {
         };
         let fut = async {
             match step {
-                Step::Range(r) => self.kv(member).range(r).await.map(|r| Answer::Range(r.into_inner())),
-                Step::Put(r) => self.kv(member).put(r).await.map(|r| Answer::Put(r.into_inner())),
+                Step::Range(r) => self
+                    .kv(member)
+                    .range(r)
+                    .await
+                    .map(|r| Answer::Range(r.into_inner())),
+                Step::Put(r) => self
+                    .kv(member)
+                    .put(r)
+                    .await
+                    .map(|r| Answer::Put(r.into_inner())),
                 Step::DeleteRange(r) => self
                     .kv(member)
                     .delete_range(r)
                     .await
                     .map(|r| Answer::DeleteRange(r.into_inner())),
-                Step::Txn(r) => self.kv(member).txn(r).await.map(|r| Answer::Txn(r.into_inner())),
+                Step::Txn(r) => self
+                    .kv(member)
+                    .txn(r)
+                    .await
+                    .map(|r| Answer::Txn(r.into_inner())),
                 Step::Compact(r) => self
                     .kv(member)
                     .compact(r)
@@ -201,7 +213,9 @@ impl Target {
                         },
                     }
                 }
-                Step::Watch { .. } => Err(tonic::Status::internal("a watch is not a single request")),
+                Step::Watch { .. } => {
+                    Err(tonic::Status::internal("a watch is not a single request"))
+                }
             }
         };
         match tokio::time::timeout(self.timeout, fut).await {

@@ -579,11 +579,14 @@ fn no_writes_beside_nested_txns(t: &mut TxnRequest) {
 }
 
 fn has_put(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).any(|op| match &op.request {
-        Some(request_op::Request::RequestPut(_)) => true,
-        Some(request_op::Request::RequestTxn(inner)) => has_put(inner),
-        _ => false,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_)) => true,
+            Some(request_op::Request::RequestTxn(inner)) => has_put(inner),
+            _ => false,
+        })
 }
 
 fn no_delete_to_the_end(t: &mut TxnRequest) {
@@ -645,12 +648,17 @@ mod tests {
 
     fn txn_has_reversed(t: &TxnRequest) -> bool {
         t.compare.iter().any(|c| reversed(&c.key, &c.range_end))
-            || t.success.iter().chain(&t.failure).any(|op| match &op.request {
-                Some(request_op::Request::RequestRange(r)) => reversed(&r.key, &r.range_end),
-                Some(request_op::Request::RequestDeleteRange(d)) => reversed(&d.key, &d.range_end),
-                Some(request_op::Request::RequestTxn(t)) => txn_has_reversed(t),
-                _ => false,
-            })
+            || t.success
+                .iter()
+                .chain(&t.failure)
+                .any(|op| match &op.request {
+                    Some(request_op::Request::RequestRange(r)) => reversed(&r.key, &r.range_end),
+                    Some(request_op::Request::RequestDeleteRange(d)) => {
+                        reversed(&d.key, &d.range_end)
+                    }
+                    Some(request_op::Request::RequestTxn(t)) => txn_has_reversed(t),
+                    _ => false,
+                })
     }
 
     fn step_has_reversed_write(s: &Step) -> bool {
@@ -673,7 +681,10 @@ mod tests {
                 .filter(|_| step_has_reversed_write(&g.next_step()))
                 .count()
         };
-        assert!(count(&[]) > 10, "the generator must produce reversed ranges");
+        assert!(
+            count(&[]) > 10,
+            "the generator must produce reversed ranges"
+        );
         assert_eq!(count(&[Avoid::ReversedInWrites]), 0);
     }
 
@@ -682,7 +693,11 @@ mod tests {
         for a in Avoid::ALL {
             assert_eq!(Avoid::parse(a.name()), Ok(a));
         }
-        assert!(Avoid::parse("everything").unwrap_err().contains("reversed-in-writes"));
+        assert!(
+            Avoid::parse("everything")
+                .unwrap_err()
+                .contains("reversed-in-writes")
+        );
     }
 
     #[test]

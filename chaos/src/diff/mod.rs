@@ -59,24 +59,44 @@ pub enum DiffError {
     Cluster(#[from] ClusterError),
     #[error("cannot set up the run: {0}")]
     Setup(String),
-    #[error(
-        "etcd and Keel differ at request {index} of seed {seed} (replay: keel chaos diff --seed {seed} --requests {steps}{flags})\n\
-         request: {request}\n\
-         first difference {first}\n\
-         === etcd answered ===\n{etcd}\n\
-         === keel answered ===\n{keel}"
-    )]
-    Mismatch {
-        seed: u64,
-        steps: u64,
-        flags: String,
-        /// `n` for the n-th step, `n.k` for the k-th write inside watch step `n`.
-        index: String,
-        request: String,
-        etcd: String,
-        keel: String,
-        first: String,
-    },
+    #[error("{0}")]
+    Mismatch(Box<Mismatch>),
+}
+
+/// The first difference of a run.
+#[derive(Debug)]
+pub struct Mismatch {
+    pub seed: u64,
+    pub steps: u64,
+    pub flags: String,
+    /// `n` for the n-th step, `n.k` for the k-th write inside watch step `n`.
+    pub index: String,
+    pub request: String,
+    pub etcd: String,
+    pub keel: String,
+    pub first: String,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "etcd and Keel differ at request {} of seed {} (replay: keel chaos diff --seed {} --requests {}{})\n\
+             request: {}\n\
+             first difference {}\n\
+             === etcd answered ===\n{}\n\
+             === keel answered ===\n{}",
+            self.index,
+            self.seed,
+            self.seed,
+            self.steps,
+            self.flags,
+            self.request,
+            self.first,
+            self.etcd,
+            self.keel
+        )
+    }
 }
 
 /// What a run did.
@@ -315,7 +335,12 @@ pub async fn run(cfg: &DiffConfig) -> Result<DiffReport, DiffError> {
         Duration::from_secs(30),
     )
     .await?;
-    mirror(&keel_members[keel_leader], &etcd_members[etcd_leader], start_rev).await?;
+    mirror(
+        &keel_members[keel_leader],
+        &etcd_members[etcd_leader],
+        start_rev,
+    )
+    .await?;
     tracing::info!(start_rev, etcd_leader, keel_leader, "both clusters ready");
 
     let mut e = Target {
@@ -354,7 +379,10 @@ pub async fn run(cfg: &DiffConfig) -> Result<DiffReport, DiffError> {
                 run.watch(&mut e, &mut k, i, &step, create, writes, member)
                     .await?
             }
-            _ => run.step(&mut e, &mut k, &step, &i.to_string(), member).await?,
+            _ => {
+                run.step(&mut e, &mut k, &step, &i.to_string(), member)
+                    .await?
+            }
         }
     }
     // The last comparison: the whole store and every lease.
@@ -385,7 +413,7 @@ struct Run<'a> {
 impl Run<'_> {
     fn mismatch(&self, index: &str, request: String, etcd: &Answer, keel: &Answer) -> DiffError {
         let (etcd, keel) = (format!("{etcd:#?}"), format!("{keel:#?}"));
-        DiffError::Mismatch {
+        DiffError::Mismatch(Box::new(Mismatch {
             seed: self.cfg.seed,
             steps: self.cfg.steps,
             flags: replay_flags(&self.cfg.options),
@@ -394,7 +422,7 @@ impl Run<'_> {
             first: normalize::first_difference(&etcd, &keel),
             etcd,
             keel,
-        }
+        }))
     }
 
     fn count(&mut self, step: &Step, etcd: &Answer) {

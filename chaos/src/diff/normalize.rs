@@ -8,7 +8,9 @@
 //! and the order among equal elements of a range sorted on a field other
 //! than the key (etcd's sort is not stable).
 
-use keel_proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader, TxnResponse, response_op};
+use keel_proto::etcdserverpb::{
+    RangeRequest, RangeResponse, ResponseHeader, TxnResponse, response_op,
+};
 use keel_proto::mvccpb::KeyValue;
 
 use super::exec::Answer;

@@ -4,8 +4,8 @@
 use keel_proto::etcdserverpb::kv_server::Kv;
 use keel_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
-    request_op, response_op,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse, request_op,
+    response_op,
 };
 use keel_proto::keelraft::command::Op;
 use keel_proto::keelraft::command_result::Result as R;
@@ -131,7 +131,13 @@ impl Kv for Etcd {
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = req.into_inner();
         check_size(&req)?;
-        if req.compare.len().max(req.success.len()).max(req.failure.len()) <= MAX_TXN_OPS {
+        if req
+            .compare
+            .len()
+            .max(req.success.len())
+            .max(req.failure.len())
+            <= MAX_TXN_OPS
+        {
             check_txn_ops(&req)?;
         }
         validate_txn(&req, MAX_TXN_OPS)?;
@@ -199,8 +205,14 @@ mod tests {
 
     #[test]
     fn puts_etcd_refuses_before_proposing_are_refused_with_its_messages() {
-        assert_eq!(msg(check_put(&put(b"v", 0, true, false))), "etcdserver: value is provided");
-        assert_eq!(msg(check_put(&put(b"", 5, false, true))), "etcdserver: lease is provided");
+        assert_eq!(
+            msg(check_put(&put(b"v", 0, true, false))),
+            "etcdserver: value is provided"
+        );
+        assert_eq!(
+            msg(check_put(&put(b"", 5, false, true))),
+            "etcdserver: lease is provided"
+        );
         assert_eq!(msg(check_put(&put(b"", 0, true, true))), "");
         assert_eq!(msg(check_put(&put(b"v", 5, false, false))), "");
         // Inside a Txn too, nested ones included, failure branch included.
