@@ -2,10 +2,12 @@
 //! kill, pause, restart members as child processes) that `keel up`, the
 //! benchmarks and the end-to-end tests share, and the chaos harness built on
 //! it (`keel chaos run`): per-link proxies, nemeses on a seeded schedule,
-//! recorded workloads, checkers and the report.
+//! recorded workloads, checkers and the report; and differential testing
+//! against a real etcd (`keel chaos diff`).
 
 pub mod check;
 pub mod cluster;
+pub mod diff;
 pub mod nemesis;
 pub mod proxy;
 pub mod report;

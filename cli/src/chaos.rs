@@ -1,12 +1,14 @@
 //! `keel chaos run`: the chaos harness as a command. Parses the flags (each
 //! also from a `KEEL_*` variable), runs `keel_chaos::run` against a cluster
 //! of this very binary's masters, prints where the report is, and fails
-//! when any checker found a violation.
+//! when any checker found a violation. `keel chaos diff`: the differential
+//! test against a real etcd (`keel_chaos::diff`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use keel_chaos::diff::generator::{Avoid, GenOptions};
 use keel_chaos::nemesis::schedule::{Nemesis, parse_duration};
 use keel_chaos::run::{RunConfig, Workload};
 
@@ -15,6 +17,111 @@ pub enum ChaosCmd {
     /// Start a cluster, run a workload while injecting faults, check the
     /// history, write a report; exit non-zero on any violation.
     Run(RunArgs),
+    /// Send the same seeded sequence of random etcd requests to a 3-member
+    /// Keel and a 3-member etcd 3.4 and compare every answer; exit non-zero
+    /// at the first difference, printing the request and a seed to replay it.
+    Diff(DiffArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DiffArgs {
+    /// Seed of the request sequence (same seed, same sequence).
+    #[arg(long, env = "KEEL_DIFF_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Requests to generate (a watch counts once, with its writes).
+    #[arg(long, env = "KEEL_DIFF_REQUESTS", default_value_t = 3000)]
+    pub requests: u64,
+    /// The etcd 3.4 binary (Debian's etcd-server).
+    #[arg(long, env = "KEEL_DIFF_ETCD_BIN", default_value = "etcd")]
+    pub etcd_bin: PathBuf,
+    /// Where both clusters keep data and logs (default: a new temporary
+    /// directory, removed after a run without difference).
+    #[arg(long, env = "KEEL_DIFF_DIR")]
+    pub dir: Option<PathBuf>,
+    /// Request shapes to leave out, to look past a known difference:
+    /// reversed-in-writes (ranges whose end sorts before their key in Txns
+    /// and deletes), serializable, put-ignore-value-with-lease,
+    /// count-only-with-limit, nested-txn-writes, range-compare.
+    #[arg(long, env = "KEEL_DIFF_AVOID", value_delimiter = ',', value_parser = Avoid::parse)]
+    pub avoid: Vec<Avoid>,
+    /// Timeout of each request.
+    #[arg(long, env = "KEEL_DIFF_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `name` as given when it holds a `/`, else the first match on PATH.
+fn find_binary(name: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if name.components().count() > 1 {
+        anyhow::ensure!(name.is_file(), "{} does not exist", name.display());
+        return Ok(name.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} is not on PATH: install etcd 3.4 (Debian: apt-get install etcd-server) \
+                 or pass --etcd-bin",
+                name.display()
+            )
+        })
+}
+
+async fn diff(a: DiffArgs) -> anyhow::Result<()> {
+    let etcd_bin = find_binary(&a.etcd_bin)?;
+    let (dir, temporary) = match &a.dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("keel-diff-{}-{}", std::process::id(), a.seed)),
+            true,
+        ),
+    };
+    let cfg = keel_chaos::diff::DiffConfig {
+        keel_bin: std::env::current_exe()?,
+        etcd_bin,
+        dir: dir.clone(),
+        seed: a.seed,
+        steps: a.requests,
+        options: GenOptions {
+            avoid: a.avoid.iter().copied().collect(),
+        },
+        timeout: a.timeout,
+    };
+    println!(
+        "differential test: seed {}, {} requests, Keel against etcd ({})",
+        a.seed,
+        a.requests,
+        cfg.etcd_bin.display()
+    );
+    match keel_chaos::diff::run(&cfg).await {
+        Ok(r) => {
+            if temporary {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let kinds: Vec<String> = r
+                .by_kind
+                .iter()
+                .map(|(k, (n, refused))| format!("{k} {n} ({refused} refused)"))
+                .collect();
+            println!(
+                "PASSED: seed {}, {} requests ({} sent to each cluster), no difference; \
+                 final revision {}, {:.1}s\n  {}",
+                r.seed,
+                r.steps,
+                r.requests,
+                r.revision,
+                r.elapsed.as_secs_f64(),
+                kinds.join(", ")
+            );
+            Ok(())
+        }
+        Err(e) => {
+            println!("FAILED: {e}");
+            println!("member logs in {}", dir.display());
+            Err(anyhow::anyhow!("etcd and Keel differ (seed {})", a.seed))
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -66,7 +173,10 @@ fn nemesis(s: &str) -> Result<Nemesis, String> {
 }
 
 pub async fn run(cmd: ChaosCmd) -> anyhow::Result<()> {
-    let ChaosCmd::Run(a) = cmd;
+    let a = match cmd {
+        ChaosCmd::Run(a) => a,
+        ChaosCmd::Diff(a) => return diff(a).await,
+    };
     let mut nemeses = a.nemesis.clone();
     nemeses.sort();
     nemeses.dedup();

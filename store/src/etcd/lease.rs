@@ -22,6 +22,11 @@ use crate::peer::BoxStream;
 /// etcd's maximum lease TTL (`MaxLeaseTTL`, 9,000,000,000 seconds).
 const MAX_TTL: i64 = 9_000_000_000;
 
+/// etcd's `ErrGRPCLeaseTTLTooLarge`: out of range, not invalid.
+fn ttl_too_large() -> Status {
+    Status::out_of_range("etcdserver: too large lease TTL")
+}
+
 impl Etcd {
     async fn ttl(&self, req: LeaderRequest) -> Result<(i64, i64), EtcdError> {
         match self.node.leader_call(req).await? {
@@ -42,7 +47,7 @@ impl Lease for Etcd {
             return Err(EtcdError::InvalidArgument("lease TTL must be positive".into()).into());
         }
         if req.ttl > MAX_TTL {
-            return Err(EtcdError::InvalidArgument("too large lease TTL".into()).into());
+            return Err(ttl_too_large());
         }
         if req.id < 0 {
             return Err(EtcdError::InvalidArgument("lease ID must be positive".into()).into());
@@ -146,5 +151,17 @@ impl Lease for Etcd {
             header: self.header(0),
             leases,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_too_large_ttl_is_out_of_range_with_etcds_message() {
+        let s = ttl_too_large();
+        assert_eq!(s.code(), tonic::Code::OutOfRange);
+        assert_eq!(s.message(), "etcdserver: too large lease TTL");
     }
 }

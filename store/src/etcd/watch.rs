@@ -50,14 +50,15 @@ impl Watch for Etcd {
                     Some(watch_request::RequestUnion::CreateRequest(c)) => {
                         let id = if c.watch_id != 0 { c.watch_id } else { next_id };
                         watchers.retain(|_, h| !h.is_finished());
-                        if watchers.contains_key(&id) {
+                        if let Some(reason) = refusal(&c, watchers.contains_key(&id)) {
+                            // etcd's answer: created and canceled at once, ID -1.
                             let _ = tx
                                 .send(Ok(WatchResponse {
                                     header: svc.header(0),
-                                    watch_id: id,
+                                    watch_id: -1,
                                     created: true,
                                     canceled: true,
-                                    cancel_reason: "etcdserver: watch ID already in use".into(),
+                                    cancel_reason: reason.into(),
                                     ..Default::default()
                                 }))
                                 .await;
@@ -118,6 +119,21 @@ impl Watch for Etcd {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Why etcd refuses a watch, if it does (its mvcc errors, verbatim): a
+/// range that holds no key (an end at or before the key; an empty key
+/// stands for `\0`, an end of `\0` for "no end"), or an ID in use.
+fn refusal(c: &WatchCreateRequest, id_in_use: bool) -> Option<&'static str> {
+    let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
+    let end = c.range_end.as_slice();
+    if !end.is_empty() && end != [0] && key >= end {
+        return Some("mvcc: watcher range is empty");
+    }
+    if id_in_use {
+        return Some("mvcc: duplicate watch ID provided on the WatchStream");
+    }
+    None
 }
 
 /// Does this watcher want this event, and in what shape?
@@ -185,6 +201,9 @@ async fn send(
     .is_ok()
 }
 
+/// etcd's answer to a watch whose start revision was compacted away:
+/// canceled with the compact revision, and no cancel reason (clients read
+/// the compact revision as `ErrCompacted`).
 async fn cancel_compacted(svc: &Etcd, id: i64, tx: &mpsc::Sender<Result<WatchResponse, Status>>) {
     let _ = tx
         .send(Ok(WatchResponse {
@@ -192,7 +211,6 @@ async fn cancel_compacted(svc: &Etcd, id: i64, tx: &mpsc::Sender<Result<WatchRes
             watch_id: id,
             canceled: true,
             compact_revision: svc.node.kv.compact_revision(),
-            cancel_reason: EtcdError::Compacted.to_string(),
             ..Default::default()
         }))
         .await;
@@ -227,5 +245,35 @@ async fn run_watcher(
             }
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(key: &[u8], end: &[u8]) -> WatchCreateRequest {
+        WatchCreateRequest {
+            key: key.to_vec(),
+            range_end: end.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn watches_etcd_refuses_are_refused_with_its_reasons() {
+        let empty = Some("mvcc: watcher range is empty");
+        assert_eq!(refusal(&w(b"b", b"a"), false), empty);
+        assert_eq!(refusal(&w(b"b", b"b"), false), empty);
+        assert_eq!(refusal(&w(b"\0", b"\0"), false), None);
+        assert_eq!(refusal(&w(b"", b"\0"), false), None);
+        assert_eq!(refusal(&w(b"", b""), false), None);
+        assert_eq!(refusal(&w(b"a", b""), false), None);
+        assert_eq!(refusal(&w(b"a", b"b"), false), None);
+        assert_eq!(refusal(&w(b"\xff", b"\0"), false), None);
+        assert_eq!(
+            refusal(&w(b"a", b""), true),
+            Some("mvcc: duplicate watch ID provided on the WatchStream")
+        );
     }
 }

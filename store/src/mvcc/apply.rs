@@ -196,7 +196,9 @@ impl<'a> Writer<'a> {
         if r.revision > self.rev {
             return Err(EtcdError::FutureRevision.into());
         }
-        if r.revision > 0 && r.revision < self.compact {
+        // etcd's first readable revision is -1 until the first compaction.
+        let first = if self.compact == 0 { -1 } else { self.compact };
+        if r.revision != 0 && r.revision < first {
             return Err(EtcdError::Compacted.into());
         }
         Ok(())
@@ -486,7 +488,15 @@ impl<'a> Writer<'a> {
         use command::Op;
         use command_result::Result as R;
         match &cmd.op {
-            Some(Op::Put(p)) => self.put(p).map(R::Put),
+            Some(Op::Put(p)) => {
+                // A put outside a txn looks its lease up first (etcd's
+                // applierV3backend.Put); inside one, checkRequestPut looks
+                // for the kept key first (check_put).
+                if p.lease != 0 && !self.lease_exists(p.lease)? {
+                    return Err(EtcdError::LeaseNotFound.into());
+                }
+                self.put(p).map(R::Put)
+            }
             Some(Op::DeleteRange(d)) => self.delete_range(d).map(R::DeleteRange),
             Some(Op::Txn(t)) => self.txn(t).map(R::Txn),
             Some(Op::Compact(c)) => self.compact(c).map(R::Compact),

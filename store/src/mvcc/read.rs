@@ -102,7 +102,8 @@ pub fn shape_range(mut kvs: Vec<KeyValue>, req: &RangeRequest, revision: i64) ->
     let mut more = false;
     if req.limit > 0 && kvs.len() as i64 > req.limit {
         kvs.truncate(req.limit as usize);
-        more = true;
+        // etcd's count-only range returns no keys, so it never has "more".
+        more = !req.count_only;
     }
     if req.count_only {
         kvs.clear();
