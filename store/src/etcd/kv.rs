@@ -189,6 +189,10 @@ mod tests {
         r.err().map(|s| s.message().to_string()).unwrap_or_default()
     }
 
+    fn check_put(p: &PutRequest) -> Result<(), Status> {
+        validate_put(p).map_err(Status::from)
+    }
+
     #[test]
     fn puts_etcd_refuses_before_proposing_are_refused_with_its_messages() {
         assert_eq!(
