@@ -86,21 +86,34 @@ async fn join(
     ca_pem: &str,
     token: &str,
 ) -> Result<Pair, AgentError> {
+    let creds = Credentials {
+        ca_pem: Some(ca_pem.to_string()),
+        identity: None,
+        token: Some(token.to_string()),
+    };
+    request_certificate(node, masters, &creds, "/keel/v1/bootstrap", true).await
+}
+
+/// A new key, and a certificate for it asked of the masters at `path` with
+/// `creds` (the CSR, and the node's name when `named`, in the body).
+async fn request_certificate(
+    node: &str,
+    masters: &[String],
+    creds: &Credentials,
+    path: &str,
+    named: bool,
+) -> Result<Pair, AgentError> {
     let (csr, key_pem) = pki::node_csr(node).map_err(pki_err)?;
-    let c = ApiClient::with_credentials(
-        masters,
-        &Credentials {
-            ca_pem: Some(ca_pem.to_string()),
-            identity: None,
-            token: Some(token.to_string()),
-        },
-    )?;
-    let r: Value = c
-        .post("/keel/v1/bootstrap", &json!({"nodeName": node, "csr": csr}))
-        .await?;
+    let c = ApiClient::with_credentials(masters, creds)?;
+    let body = if named {
+        json!({"nodeName": node, "csr": csr})
+    } else {
+        json!({ "csr": csr })
+    };
+    let r: Value = c.post(path, &body).await?;
     let cert_pem = r["certificate"]
         .as_str()
-        .ok_or_else(|| AgentError::Config("the bootstrap answer has no certificate".into()))?
+        .ok_or_else(|| AgentError::Config(format!("the answer of {path} has no certificate")))?
         .to_string();
     Ok(Pair { cert_pem, key_pem })
 }
@@ -128,27 +141,15 @@ async fn renew(
     ca_pem: &str,
     me: &Pair,
 ) -> Result<Pair, AgentError> {
-    let (csr, key_pem) = pki::node_csr(node).map_err(pki_err)?;
-    let c = ApiClient::with_credentials(
-        masters,
-        &Credentials {
-            ca_pem: Some(ca_pem.to_string()),
-            identity: Some(me.clone()),
-            token: None,
-        },
-    )?;
-    let r: Value = c
-        .post(
-            &format!("/keel/v1/certificates/{node}"),
-            &json!({ "csr": csr }),
-        )
-        .await?;
-    let cert_pem = r["certificate"]
-        .as_str()
-        .ok_or_else(|| AgentError::Config("the renewal answer has no certificate".into()))?
-        .to_string();
+    let creds = Credentials {
+        ca_pem: Some(ca_pem.to_string()),
+        identity: Some(me.clone()),
+        token: None,
+    };
+    let path = format!("/keel/v1/certificates/{node}");
+    let p = request_certificate(node, masters, &creds, &path, false).await?;
     tracing::info!(node, "renewed the node certificate");
-    Ok(Pair { cert_pem, key_pem })
+    Ok(p)
 }
 
 /// Renews the node certificate whenever it is due (checked every hour),

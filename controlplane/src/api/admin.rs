@@ -258,19 +258,29 @@ async fn bootstrap(State(a): State<Admin>, headers: HeaderMap, body: Bytes) -> R
             ));
         }
         credentials::spend_bootstrap(&a.reg, token, &req.node_name).await?;
-        let certificate = ca
-            .sign_node_csr(&req.csr, &req.node_name)
-            .map_err(|e| ApiError::invalid(format!("csr: {e}")))?;
-        tracing::info!(node = %req.node_name, "issued a node certificate");
-        Ok(BootstrapResponse {
-            certificate,
-            ca: ca.cert_pem.clone(),
-        })
+        tracing::info!(node = %req.node_name, "issuing a node certificate");
+        sign(ca, &req.csr, &req.node_name)
     }
     .await;
+    created(&headers, r)
+}
+
+/// Signs `csr` as node `node`'s certificate.
+fn sign(ca: &Ca, csr: &str, node: &str) -> Result<BootstrapResponse, ApiError> {
+    let certificate = ca
+        .sign_node_csr(csr, node)
+        .map_err(|e| ApiError::invalid(format!("csr: {e}")))?;
+    Ok(BootstrapResponse {
+        certificate,
+        ca: ca.cert_pem.clone(),
+    })
+}
+
+/// 201 with `r` as JSON, or the error as a Status.
+fn created<T: Serialize>(headers: &HeaderMap, r: Result<T, ApiError>) -> Response {
     match r {
         Ok(b) => (StatusCode::CREATED, Json(b)).into_response(),
-        Err(e) => codec::error(&headers, &e),
+        Err(e) => codec::error(headers, &e),
     }
 }
 
@@ -296,20 +306,11 @@ async fn renew(
         let ca =
             a.ca.as_ref()
                 .ok_or_else(|| ApiError::unavailable("this master holds no CA key"))?;
-        let certificate = ca
-            .sign_node_csr(&req.csr, &node)
-            .map_err(|e| ApiError::invalid(format!("csr: {e}")))?;
-        tracing::info!(%node, "renewed a node certificate");
-        Ok(BootstrapResponse {
-            certificate,
-            ca: ca.cert_pem.clone(),
-        })
+        tracing::info!(%node, "renewing a node certificate");
+        sign(ca, &req.csr, &node)
     }
     .await;
-    match r {
-        Ok(b) => (StatusCode::CREATED, Json(b)).into_response(),
-        Err(e) => codec::error(&headers, &e),
-    }
+    created(&headers, r)
 }
 
 /// `POST /keel/v1/revoked-nodes`: refuses every certificate issued to a
@@ -328,8 +329,5 @@ async fn revoke_node(State(a): State<Admin>, headers: HeaderMap, body: Bytes) ->
         credentials::revoke_node(&a.reg, &req.node_name).await
     }
     .await;
-    match r {
-        Ok(rec) => (StatusCode::CREATED, Json(rec)).into_response(),
-        Err(e) => codec::error(&headers, &e),
-    }
+    created(&headers, r)
 }

@@ -33,12 +33,6 @@ pub async fn serve(
     name: &str,
     q: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    if matches!(q.get("previous").map(String::as_str), Some("true" | "1")) {
-        // Refused rather than answered with the current log, which it is not.
-        return Err(ApiError::bad_request(format!(
-            "previous terminated container logs are not kept for pod {name}"
-        )));
-    }
     let pod: Pod = reg.get_t(ns, name).await?;
     let names: Vec<&str> = pod
         .spec
