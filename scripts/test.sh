@@ -33,4 +33,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Two test threads: each end-to-end test runs three or four real masters,
 # and the machine has two cores.
-cargo test --workspace -- --test-threads=2
+cargo test --workspace --no-fail-fast -- --test-threads=2

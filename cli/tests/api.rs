@@ -144,7 +144,7 @@ async fn bad_requests_get_status_errors_and_change_nothing() {
                 "metadata: {name: web}",
                 &format!(
                     "metadata: {{name: big, annotations: {{a: {}}}}}",
-                    "a".repeat(2 << 20)
+                    "a".repeat(1_650_000)
                 ),
             ),
             413,
