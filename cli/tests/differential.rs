@@ -32,18 +32,16 @@ fn etcd_on_path() -> std::path::PathBuf {
         })
 }
 
-#[test]
-fn a_fixed_seed_finds_no_difference_between_keel_and_etcd() {
-    let etcd = etcd_on_path();
-    let dir = tempfile::tempdir().unwrap();
+/// Runs `keel chaos diff` once; its exit status and what it printed.
+fn run_diff(etcd: &std::path::Path, dir: &std::path::Path) -> (std::process::ExitStatus, String) {
     let max = Duration::from_secs(170);
     let started = Instant::now();
     let mut child = Command::new(common::bin())
         .args(["chaos", "diff", "--seed", SEED, "--requests", REQUESTS])
         .args(["--avoid", AVOID, "--etcd-bin"])
-        .arg(&etcd)
+        .arg(etcd)
         .arg("--dir")
-        .arg(dir.path().join("run"))
+        .arg(dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -64,6 +62,20 @@ fn a_fixed_seed_finds_no_difference_between_keel_and_etcd() {
     // The seed and the request count, in CI's output.
     println!("{out}");
     println!("took {:.1}s", started.elapsed().as_secs_f64());
+    (status, out)
+}
+
+#[test]
+fn a_fixed_seed_finds_no_difference_between_keel_and_etcd() {
+    let etcd = etcd_on_path();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut status, mut out) = run_diff(&etcd, &dir.path().join("run"));
+    // Starting six members on a loaded 2-core machine can miss its
+    // deadline; that is the harness, not a difference, and gets one more
+    // try. A difference is never retried.
+    if !status.success() && out.contains("cannot set up the run") {
+        (status, out) = run_diff(&etcd, &dir.path().join("run-again"));
+    }
     assert!(status.success(), "etcd and Keel differ:\n{out}");
     assert!(
         out.contains(&format!("PASSED: seed {SEED}, {REQUESTS} requests")),
