@@ -117,10 +117,7 @@ pub async fn serve_with(
                     let (issued_at, _) = crate::pki::validity(c).unwrap_or_default();
                     Some(PeerSubject { cn, org, issued_at })
                 });
-            let activity = Arc::new(Activity::default());
-            activity
-                .idle_since_ms
-                .store(activity.now_ms(), Ordering::Relaxed);
+            let activity = Arc::new(Activity::new());
             let act = activity.clone();
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -177,12 +174,12 @@ pub async fn serve_with(
 }
 
 /// Requests in flight on one connection, and when the last one ended.
-#[derive(Default)]
 struct Activity {
     inflight: AtomicUsize,
-    /// Milliseconds since `epoch` when the connection last went idle.
+    /// Milliseconds since `epoch` (the connection's start) when it last
+    /// went idle; a new connection is idle from its start.
     idle_since_ms: AtomicU64,
-    epoch: std::sync::OnceLock<Instant>,
+    epoch: Instant,
 }
 
 /// Marks a request in flight until dropped.
@@ -197,8 +194,16 @@ impl Drop for InFlight {
 }
 
 impl Activity {
+    fn new() -> Activity {
+        Activity {
+            inflight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
     fn now_ms(&self) -> u64 {
-        self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64
+        self.epoch.elapsed().as_millis() as u64
     }
 
     fn begin(self: &Arc<Self>) -> Arc<InFlight> {

@@ -110,20 +110,27 @@ impl<'a> Writer<'a> {
         self.get(&kv_key(user))?.map(|v| decode_rec(&v)).transpose()
     }
 
-    /// Every record in `[start, end)` (raw keys), seeing this batch's writes.
-    fn scan_raw(&self, start: &[u8], end: &[u8]) -> Step<BTreeMap<Vec<u8>, Vec<u8>>> {
+    /// Every record in `[start, end)` (raw keys), seeing this batch's writes,
+    /// with each value mapped by `f` (`|_| ()` when only the keys matter, so
+    /// no value is copied).
+    fn scan_with<T>(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: impl Fn(&[u8]) -> T,
+    ) -> Step<BTreeMap<Vec<u8>, T>> {
         let mut map = BTreeMap::new();
         if start >= end {
             return Ok(map);
         }
         for r in self.tree.range(start..end) {
             let (k, v) = r.map_err(storage)?;
-            map.insert(k.to_vec(), v.to_vec());
+            map.insert(k.to_vec(), f(&v));
         }
         for layer in [&self.batch, &self.cmd] {
             for (k, v) in layer.range(start.to_vec()..end.to_vec()) {
                 match v {
-                    Some(v) => map.insert(k.clone(), v.clone()),
+                    Some(v) => map.insert(k.clone(), f(v)),
                     None => map.remove(k),
                 };
             }
@@ -131,11 +138,16 @@ impl<'a> Writer<'a> {
         Ok(map)
     }
 
+    /// The raw keys present in `[start, end)`, seeing this batch's writes.
+    fn scan_keys(&self, start: &[u8], end: &[u8]) -> Step<Vec<Vec<u8>>> {
+        Ok(self.scan_with(start, end, |_| ())?.into_keys().collect())
+    }
+
     /// Current key-values in an etcd range (any form: single key, prefix,
     /// from-key, reversed = empty), seeing this batch's writes.
     fn scan(&self, key: &[u8], range_end: &[u8]) -> Step<Vec<KeyValue>> {
         let (start, end) = kv_bounds(key, range_end);
-        self.scan_raw(&start, &end)?
+        self.scan_with(&start, &end, <[u8]>::to_vec)?
             .values()
             .map(|v| decode_rec(v))
             .collect()
@@ -429,7 +441,7 @@ impl<'a> Writer<'a> {
         // History below the compaction revision is dropped; reads and
         // watches at or above it stay possible.
         let (lo, hi) = (keys::rev_key(0, 0), keys::rev_key(c.revision, 0));
-        let doomed: Vec<Vec<u8>> = self.scan_raw(&lo, &hi)?.into_keys().collect();
+        let doomed = self.scan_keys(&lo, &hi)?;
         for k in doomed {
             self.del(k);
         }
@@ -468,8 +480,8 @@ impl<'a> Writer<'a> {
         }
         let prefix = keys::attach_prefix(r.id);
         let attached: Vec<Vec<u8>> = self
-            .scan_raw(&prefix, &keys::prefix_end(&prefix))?
-            .into_keys()
+            .scan_keys(&prefix, &keys::prefix_end(&prefix))?
+            .into_iter()
             .map(|k| k[prefix.len()..].to_vec())
             .collect();
         for user in attached {
