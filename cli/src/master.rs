@@ -94,6 +94,10 @@ pub struct MasterArgs {
     /// read-index (lets the chaos checker prove it catches stale reads).
     #[arg(long, env = "KEEL_UNSAFE_LOCAL_READS", hide = true)]
     pub unsafe_local_reads: bool,
+    /// BENCHMARK ONLY: the leader fsyncs its log before replicating (the
+    /// write path before the pipelined log), to compare the two.
+    #[arg(long, env = "KEEL_SEQUENTIAL_LOG_APPEND", hide = true)]
+    pub sequential_log_append: bool,
     /// TEST ONLY: dial peer NAME at ADDR instead of its membership address
     /// (`NAME=ADDR`, repeatable; env: comma-separated). The chaos harness
     /// puts a TCP proxy per link here so it can partition members.
@@ -159,6 +163,7 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
         );
     }
     cfg.unsafe_local_reads = a.unsafe_local_reads;
+    cfg.sequential_log_append = a.sequential_log_append;
     cfg.failpoint_apply_error_key = a
         .failpoint_apply_error_key
         .as_ref()

@@ -42,6 +42,10 @@ pub struct NodeConfig {
     /// Debug only: serve "linearizable" reads locally without read-index.
     /// Exists so the chaos checker can prove it catches stale reads.
     pub unsafe_local_reads: bool,
+    /// Benchmark only: `append` waits for its fsync before returning and
+    /// replication starts after it (the write path before the pipelined
+    /// log), so `keel bench kv` can show both from one binary.
+    pub sequential_log_append: bool,
     /// Test only: dial peer NAME at this address instead of the peer address
     /// in the membership, for every peer connection (Raft RPCs, leader
     /// forwarding, read-index). The chaos harness points these at per-link
@@ -79,6 +83,7 @@ impl NodeConfig {
             backup_retain: 24,
             backup_seal: None,
             unsafe_local_reads: false,
+            sequential_log_append: false,
             peer_overrides: BTreeMap::new(),
             failpoint_apply_error_key: None,
             tls: None,

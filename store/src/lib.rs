@@ -14,6 +14,7 @@ pub mod peer;
 pub mod raft;
 pub mod recover;
 pub mod sealed;
+pub mod stages;
 pub mod watch_quota;
 
 pub use config::{NodeConfig, parse_initial_cluster};

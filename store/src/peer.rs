@@ -116,6 +116,17 @@ impl RaftService for RaftGrpc {
         }))
     }
 
+    async fn stages(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let reset: bool = decode(req.get_ref())?;
+        let figures = self.node.stages.figures();
+        if reset {
+            self.node.stages.reset();
+        }
+        Ok(Response::new(RaftPayload {
+            data: codec::encode(&(self.node.is_leader(), figures)),
+        }))
+    }
+
     async fn read_index(
         &self,
         _req: Request<ReadIndexRequest>,

@@ -21,8 +21,30 @@ pub enum Op {
 #[derive(Args, Debug)]
 pub struct KvArgs {
     /// Client endpoints; clients are spread over them round-robin.
-    #[arg(long, env = "KEEL_ENDPOINTS")]
-    endpoints: String,
+    #[arg(long, env = "KEEL_ENDPOINTS", required_unless_present = "against_etcd")]
+    endpoints: Option<String>,
+    /// Start a 3-member Keel cluster and a 3-member etcd cluster (plain
+    /// text, one after the other) and run the standard workloads against
+    /// both: throughput, latency, CPU per 10,000 puts and Keel's per-stage
+    /// breakdown, with the ratios. The other workload flags are ignored
+    /// except --seconds.
+    #[arg(long, env = "KEEL_BENCH_AGAINST_ETCD", conflicts_with = "endpoints")]
+    pub against_etcd: bool,
+    /// With --against-etcd: the etcd binary.
+    #[arg(long, env = "KEEL_BENCH_ETCD", default_value = "etcd")]
+    etcd: std::path::PathBuf,
+    /// With --against-etcd: an extra argument for every Keel master
+    /// (repeatable), e.g. --keel-arg=--sequential-log-append.
+    #[arg(
+        long = "keel-arg",
+        env = "KEEL_BENCH_KEEL_ARGS",
+        value_delimiter = ' ',
+        allow_hyphen_values = true
+    )]
+    keel_args: Vec<String>,
+    /// With --against-etcd: scratch directory (default: a temp dir).
+    #[arg(long, env = "KEEL_BENCH_DIR")]
+    dir: Option<std::path::PathBuf>,
     /// Concurrent clients (each with one request in flight).
     #[arg(long, default_value_t = 1)]
     clients: usize,
@@ -53,41 +75,71 @@ struct ClientResult {
     errors: u64,
 }
 
-pub async fn run(a: KvArgs) -> anyhow::Result<()> {
-    let eps = parse_endpoints(&a.endpoints);
+/// One workload: what every client does, how many, for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    pub op: Op,
+    pub clients: usize,
+    pub conns: usize,
+    pub seconds: u64,
+    pub value_size: usize,
+    pub keys: u64,
+    pub serializable: bool,
+}
+
+/// What a workload measured.
+pub struct Outcome {
+    pub hist: Histogram<u64>,
+    pub errors: u64,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.hist.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// A latency quantile in milliseconds.
+    pub fn ms(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// Runs `w` against `eps` (clients spread over `w.conns` connections,
+/// round-robin over the endpoints) and returns its histogram.
+pub async fn drive(eps: &[String], w: Workload) -> anyhow::Result<Outcome> {
     anyhow::ensure!(!eps.is_empty(), "no endpoints");
-    anyhow::ensure!(a.clients > 0, "--clients must be positive");
-    let conns = a.conns.unwrap_or(a.clients.min(64)).clamp(1, a.clients);
+    anyhow::ensure!(w.clients > 0, "--clients must be positive");
+    let conns = w.conns.clamp(1, w.clients);
     let mut channels = Vec::with_capacity(conns);
     for i in 0..conns {
         channels.push(connect(&eps[i % eps.len()]).await?);
     }
-    if a.op == Op::Get {
+    if w.op == Op::Get {
         // Make sure the keys exist so gets return data.
         let mut c = KvClient::new(channels[0].clone());
-        for k in 0..a.keys.min(1000) {
+        for k in 0..w.keys.min(1000) {
             c.put(PutRequest {
                 key: key(k),
-                value: vec![b'x'; a.value_size],
+                value: vec![b'x'; w.value_size],
                 ..Default::default()
             })
             .await?;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(a.seconds);
+    let deadline = Instant::now() + Duration::from_secs(w.seconds);
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(a.clients);
-    for i in 0..a.clients {
+    let mut tasks = Vec::with_capacity(w.clients);
+    for i in 0..w.clients {
         let mut client = KvClient::new(channels[i % conns].clone());
-        let (op, value_size, keys, serializable) = (a.op, a.value_size, a.keys, a.serializable);
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
             let mut errors = 0;
-            let value = vec![b'v'; value_size];
+            let value = vec![b'v'; w.value_size];
             while Instant::now() < deadline {
-                let k = key(rand::rng().random_range(0..keys.max(1)));
+                let k = key(rand::rng().random_range(0..w.keys.max(1)));
                 let t = Instant::now();
-                let ok = match op {
+                let ok = match w.op {
                     Op::Put => client
                         .put(PutRequest {
                             key: k,
@@ -99,7 +151,7 @@ pub async fn run(a: KvArgs) -> anyhow::Result<()> {
                     Op::Get => client
                         .range(RangeRequest {
                             key: k,
-                            serializable,
+                            serializable: w.serializable,
                             ..Default::default()
                         })
                         .await
@@ -121,8 +173,30 @@ pub async fn run(a: KvArgs) -> anyhow::Result<()> {
         hist.add(&r.hist)?;
         errors += r.errors;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let ms = |us: u64| us as f64 / 1000.0;
+    Ok(Outcome {
+        hist,
+        errors,
+        elapsed: started.elapsed(),
+    })
+}
+
+pub async fn run(a: KvArgs) -> anyhow::Result<()> {
+    let w = Workload {
+        op: a.op,
+        clients: a.clients,
+        conns: a.conns.unwrap_or(a.clients.min(64)),
+        seconds: a.seconds,
+        value_size: a.value_size,
+        keys: a.keys,
+        serializable: a.serializable,
+    };
+    if a.against_etcd {
+        return super::compare::run(w, a.dir, a.etcd, a.keel_args).await;
+    }
+    let Some(endpoints) = &a.endpoints else {
+        anyhow::bail!("give --endpoints, or --against-etcd to start both clusters");
+    };
+    let o = drive(&parse_endpoints(endpoints), w).await?;
     println!(
         "bench kv {}op={:?} clients={} conns={} value={}B keys={} seconds={}",
         if a.label.is_empty() {
@@ -132,19 +206,19 @@ pub async fn run(a: KvArgs) -> anyhow::Result<()> {
         },
         a.op,
         a.clients,
-        conns,
+        w.conns.clamp(1, a.clients),
         a.value_size,
         a.keys,
         a.seconds
     );
     println!(
         "| ops | ops/s | p50 ms | p99 ms | max ms | errors |\n|---|---|---|---|---|---|\n| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
-        hist.len(),
-        hist.len() as f64 / elapsed,
-        ms(hist.value_at_quantile(0.50)),
-        ms(hist.value_at_quantile(0.99)),
-        ms(hist.max()),
-        errors
+        o.hist.len(),
+        o.ops_per_sec(),
+        o.ms(0.50),
+        o.ms(0.99),
+        o.hist.max() as f64 / 1000.0,
+        o.errors
     );
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! drive any etcd v3 endpoint set, so Keel and a real etcd get exactly the
 //! same workload; `schedule` drives the REST API.
 
+mod compare;
 mod failover;
 mod kv;
 mod pods;
@@ -11,7 +12,8 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
-    /// Put or get throughput and latency against etcd-v3 endpoints (Keel or etcd).
+    /// Put or get throughput and latency against etcd-v3 endpoints (Keel or
+    /// etcd), or `--against-etcd`: Keel and etcd clusters it starts, compared.
     Kv(kv::KvArgs),
     /// Write unavailability after SIGKILL of the leader, on a cluster it starts.
     Failover(failover::FailoverArgs),
@@ -28,7 +30,8 @@ impl BenchCmd {
     /// the client config) rather than one it starts.
     pub fn dials_a_running_cluster(&self) -> bool {
         match self {
-            BenchCmd::Kv(_) | BenchCmd::Load(_) => true,
+            BenchCmd::Kv(a) => !a.against_etcd,
+            BenchCmd::Load(_) => true,
             BenchCmd::Schedule(a) => a.server.is_some(),
             BenchCmd::Failover(_) | BenchCmd::Pods(_) => false,
         }

@@ -14,6 +14,7 @@ use crate::error::EtcdError;
 use crate::raft::codec;
 use crate::raft::network::{PEER_MESSAGE_LIMIT, channel};
 use crate::raft::types::Cmd;
+use crate::stages::Stage;
 
 /// The state machine's answer to a write, as the caller's result.
 fn write_answer(r: LeaderResponse) -> Result<CommandResult, EtcdError> {
@@ -60,7 +61,9 @@ impl Node {
             r.metadata_mut()
                 .insert(FORWARDED, "1".parse().expect("ascii"));
         }
+        let t = Instant::now();
         let resp = c.leader(r).await?.into_inner();
+        self.stages.record(Stage::Forward, t, 1);
         codec::decode(&resp.data).map_err(tonic::Status::internal)
     }
 
@@ -150,7 +153,10 @@ impl Node {
     /// Proposes a write through Raft and returns the state machine's answer
     /// once the entry is committed on a majority (and fsynced there) and applied.
     pub async fn write(&self, op: command::Op) -> Result<CommandResult, EtcdError> {
-        write_answer(self.leader_call(LeaderRequest::Write(Cmd::new(op))).await?)
+        let t = Instant::now();
+        let r = write_answer(self.leader_call(LeaderRequest::Write(Cmd::new(op))).await?);
+        self.stages.record(Stage::Serve, t, 1);
+        r
     }
 
     /// Writes `op` only if this member is the leader, never forwarding it:

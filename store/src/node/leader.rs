@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::Node;
 use crate::error::EtcdError;
 use crate::raft::types::{Cmd, Member};
+use crate::stages::Stage;
 
 /// gRPC metadata marking a leader request forwarded by a member.
 pub const FORWARDED: &str = "keel-forwarded";
@@ -58,9 +59,13 @@ impl Node {
         if !self.is_leader() {
             return Err(LeaderError::NotLeader);
         }
+        let t = std::time::Instant::now();
         match req {
             LeaderRequest::Write(cmd) => match self.raft.client_write(cmd).await {
-                Ok(r) => Ok(LeaderResponse::Write(r.data)),
+                Ok(r) => {
+                    self.stages.record(Stage::Propose, t, 1);
+                    Ok(LeaderResponse::Write(r.data))
+                }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                     Err(LeaderError::NotLeader)
                 }

@@ -34,6 +34,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{AddressBook, NetworkFactory};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Member, Raft, TypeConfig, member_id};
+use crate::stages::Stages;
 
 pub use leader::{FORWARDED, LeaderError, LeaderRequest, LeaderResponse};
 pub use read_index::read_index;
@@ -46,6 +47,8 @@ pub struct Node {
     pub cfg: NodeConfig,
     pub raft: Raft,
     pub kv: Arc<KvStore>,
+    /// Where this member's write time goes (`crate::stages`).
+    pub stages: Stages,
     /// Peer addresses the Raft transport dials, kept from the membership.
     book: AddressBook,
     lessor: Mutex<lessor::Lessor>,
@@ -66,13 +69,15 @@ impl Node {
         }
         let id = member_id(&cfg.name);
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let log = LogStore::open(&cfg.data_dir)?;
+        let stages = Stages::default();
+        let log = LogStore::open_with(&cfg.data_dir, stages.clone())?
+            .sequential(cfg.sequential_log_append);
         let kv = KvStore::open(&cfg.data_dir)?;
         if let Some(key) = &cfg.failpoint_apply_error_key {
             tracing::warn!("test-only failpoint on: applying a put of {key:?} fails");
             kv.set_failpoint(key.clone());
         }
-        let sm = StateMachine::new(kv.clone(), &cfg.data_dir);
+        let sm = StateMachine::new(kv.clone(), &cfg.data_dir).with_stages(stages.clone());
         let rcfg = Config {
             cluster_name: "keel".into(),
             heartbeat_interval: cfg.heartbeat.as_millis() as u64,
@@ -82,6 +87,9 @@ impl Node {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
             max_in_snapshot_log_to_keep: cfg.keep_behind_snapshot,
             enable_pre_vote: Some(true),
+            // Replicate entries as soon as `append` has made them readable,
+            // while the leader's own fsync runs (see `raft::log_store`).
+            broadcast_submitted_on_append: Some(!cfg.sequential_log_append),
             ..Default::default()
         }
         .validate()
@@ -96,6 +104,7 @@ impl Node {
         let net = NetworkFactory {
             book: book.clone(),
             tls: client_tls,
+            stages: stages.clone(),
         };
         let raft = Raft::new(id, Arc::new(rcfg), net, log, sm)
             .await
@@ -106,6 +115,7 @@ impl Node {
             cfg,
             raft,
             kv,
+            stages,
             book,
             lessor: Mutex::new(lessor::Lessor::default()),
             peers: Mutex::new(HashMap::new()),

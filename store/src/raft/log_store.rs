@@ -1,35 +1,47 @@
 //! The Raft log and vote, stored in redb.
 //!
+//! `append` returns as soon as the entries are readable (they sit in
+//! `pending`, the log's not yet durable suffix) and hands them to one writer
+//! thread; openraft starts replicating them to followers at once
+//! (`broadcast_submitted_on_append`), so the leader's own fsync runs while
+//! the entries travel, as etcd does (Raft thesis §10.2.1). The writer commits
+//! every append waiting in its queue in one redb transaction (group commit)
+//! and only then signals `IOFlushed`; openraft counts this member towards a
+//! commit only after that signal.
+//!
 //! Durability contract (every fsync named here):
-//! - `append`: all entries of one call go into one redb write transaction
-//!   committed with `Durability::Immediate`; the commit fsyncs the file before
-//!   it returns, and only then is `IOFlushed` signalled.
-//! - `save_vote`: one transaction, committed (fsync) before returning.
+//! - `append`: the writer thread's redb commit with `Durability::Immediate`
+//!   fsyncs the file before it returns; only then is `IOFlushed` signalled
+//!   for each append in the group.
+//! - `save_vote`: one transaction on the writer thread, committed (fsync)
+//!   before `save_vote` returns.
 //! - `purge`: `last_purged` is written in the same transaction that deletes the
-//!   entries, so the log state is never left with a hole after a crash.
+//!   entries (fsync), so the log state is never left with a hole after a crash.
 //! - `truncate_after` commits with fsync before returning.
 //! - `save_committed`: not fsynced: the committed index is only a recovery
 //!   hint (openraft re-learns it from the leader); the next fsynced commit
 //!   persists it.
 //!
-//! Two designs that let `append` return before the fsync were measured and
-//! dropped (`keel bench kv`, BENCHMARKS.md): a non-durable commit plus a
-//! batched fsync commit on a flusher thread (two redb commits per batch), and
-//! a pending in-memory map with a writer thread (copies on the hot path);
-//! both had lower throughput and no better latency than this one.
+//! The writer thread serves every write in the order it was asked for, so a
+//! truncation or purge never overtakes an append queued before it.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, RaftTypeConfig};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
 
 use crate::raft::codec;
 use crate::raft::types::TypeConfig;
+use crate::stages::{Stage, Stages};
 
 type C = TypeConfig;
 type Entry = <C as RaftTypeConfig>::Entry;
@@ -46,19 +58,89 @@ const K_COMMITTED: &str = "committed";
 /// peer link's message limit, leaving room for the encoding's overhead).
 pub const MAX_APPEND_BYTES: usize = crate::raft::network::PEER_MESSAGE_LIMIT / 4;
 
+/// The most appends the writer folds into one transaction (one fsync).
+const MAX_GROUP: usize = 256;
+
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// The redb-backed log store; cheap to clone (all clones share one database).
+/// Entries accepted by `append` and not yet committed to redb: always a
+/// contiguous suffix of the log, readable at once.
+type Pending = Arc<Mutex<BTreeMap<u64, (Entry, usize)>>>;
+
+/// A write for the writer thread.
+enum Job {
+    /// Encoded entries of one `append`, its callback and when it began.
+    Append {
+        batch: Vec<(LogIdC, Vec<u8>)>,
+        callback: IOFlushed<C>,
+        started: Instant,
+        /// Told when the append is durable (sequential mode only).
+        done: Option<oneshot::Sender<()>>,
+    },
+    /// The committed-index hint (no fsync, no answer).
+    Committed(Vec<u8>),
+    /// Any other write transaction, answered when it has committed.
+    Other(
+        Box<dyn FnOnce(&Database) -> io::Result<()> + Send>,
+        oneshot::Sender<io::Result<()>>,
+    ),
+}
+
+/// The writer thread's queue; the last clone of the store to go closes the
+/// queue and waits for the thread, so the database is closed (and can be
+/// opened again) once the store is dropped.
+struct Writer {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn send(&self, job: Job) -> io::Result<()> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(job).ok())
+            .ok_or_else(|| io_err("the raft log writer has stopped"))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The redb-backed log store; cheap to clone (all clones share one database,
+/// one pending suffix and one writer thread).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    pending: Pending,
+    writer: Arc<Writer>,
+    /// Benchmark only: `append` returns after its fsync (the old write path).
+    sequential: bool,
 }
 
 impl LogStore {
-    /// Opens (or creates) `raft-log.redb` under `dir`.
+    /// Opens (or creates) `raft-log.redb` under `dir` and starts its writer thread.
     pub fn open(dir: &Path) -> io::Result<Self> {
+        Self::open_with(dir, Stages::default())
+    }
+
+    /// Benchmark only: make `append` wait for its fsync before returning.
+    pub fn sequential(self, on: bool) -> Self {
+        LogStore {
+            sequential: on,
+            ..self
+        }
+    }
+
+    /// Like `open`, counting appends and their fsyncs into `stages`.
+    pub fn open_with(dir: &Path, stages: Stages) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let db = Database::create(dir.join("raft-log.redb")).map_err(io_err)?;
         let mut tx = db.begin_write().map_err(io_err)?;
@@ -66,7 +148,38 @@ impl LogStore {
         tx.open_table(LOG).map_err(io_err)?;
         tx.open_table(META).map_err(io_err)?;
         tx.commit().map_err(io_err)?; // fsync: tables exist before first use
-        Ok(LogStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let pending = Pending::default();
+        let (tx, rx) = mpsc::channel();
+        let (db2, pending2, stages2) = (db.clone(), pending.clone(), stages.clone());
+        let thread = std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer(&db2, &pending2, &stages2, rx))?;
+        Ok(LogStore {
+            db,
+            pending,
+            writer: Arc::new(Writer {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+            sequential: false,
+        })
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (Entry, usize)>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` in a write transaction on the writer thread, after every
+    /// write asked for before it; resolves once it has committed.
+    async fn write(
+        &self,
+        f: impl FnOnce(&Database) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.writer.send(Job::Other(Box::new(f), tx))?;
+        rx.await
+            .map_err(|_| io_err("the raft log writer has stopped"))?
     }
 
     async fn blocking<T: Send + 'static>(
@@ -91,23 +204,197 @@ impl LogStore {
         }
     }
 
-    /// Writes one meta value in its own durable (fsynced) transaction.
-    fn write_meta<T: serde::Serialize>(db: &Database, key: &str, value: &T) -> io::Result<()> {
-        let bytes = codec::encode(value);
-        let mut tx = db.begin_write().map_err(io_err)?;
-        tx.set_durability(Durability::Immediate).map_err(io_err)?;
-        tx.open_table(META)
-            .map_err(io_err)?
-            .insert(key, bytes.as_slice())
-            .map_err(io_err)?;
-        tx.commit().map_err(io_err) // fsync before returning
-    }
-
     /// Size in bytes of the log file, for status reports.
     pub fn disk_size(dir: &Path) -> u64 {
         std::fs::metadata(dir.join("raft-log.redb"))
             .map(|m| m.len())
             .unwrap_or(0)
+    }
+
+    /// Entries `[start, end)` (end `None`: to the last), at most `max_bytes`
+    /// of encoded entries (always at least one): the pending suffix straight
+    /// from memory, what precedes it from redb.
+    async fn read_range(
+        &self,
+        start: u64,
+        end: Option<u64>,
+        max_bytes: Option<usize>,
+    ) -> io::Result<Vec<Entry>> {
+        let hi = end.unwrap_or(u64::MAX);
+        let mut out: Vec<Entry> = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = start;
+        let over = |out: &Vec<Entry>, bytes: usize, len: usize| {
+            max_bytes.is_some_and(|m| !out.is_empty() && bytes + len > m)
+        };
+        while next < hi {
+            // Everything below the pending suffix is already in redb (or
+            // purged); entries only ever move from `pending` to redb.
+            let disk_end = {
+                let p = self.pending();
+                match p.keys().next() {
+                    Some(&p0) if p0 <= next => {
+                        for (_, (e, len)) in p.range(next..hi) {
+                            if over(&out, bytes, *len) {
+                                break;
+                            }
+                            bytes += len;
+                            out.push(e.clone());
+                        }
+                        return Ok(out);
+                    }
+                    Some(&p0) => p0.min(hi),
+                    None => hi,
+                }
+            };
+            let (from, budget) = (next, max_bytes.map(|m| m.saturating_sub(bytes)));
+            let first = out.is_empty();
+            let (mut got, got_bytes, capped) = self
+                .blocking(move |db| {
+                    let tx = db.begin_read().map_err(io_err)?;
+                    let t = tx.open_table(LOG).map_err(io_err)?;
+                    let mut got = Vec::new();
+                    let mut bytes = 0usize;
+                    for item in t.range(from..disk_end).map_err(io_err)? {
+                        let (_, v) = item.map_err(io_err)?;
+                        let raw = v.value();
+                        if budget
+                            .is_some_and(|b| (!first || !got.is_empty()) && bytes + raw.len() > b)
+                        {
+                            return Ok((got, bytes, true));
+                        }
+                        bytes += raw.len();
+                        got.push(codec::decode::<Entry>(raw).map_err(io_err)?);
+                    }
+                    Ok((got, bytes, false))
+                })
+                .await?;
+            out.append(&mut got);
+            bytes += got_bytes;
+            if capped || disk_end == hi {
+                break;
+            }
+            next = disk_end;
+        }
+        Ok(out)
+    }
+}
+
+/// The writer thread: commits queued writes in order, folding consecutive
+/// appends into one fsynced transaction.
+fn writer(db: &Database, pending: &Pending, stages: &Stages, rx: mpsc::Receiver<Job>) {
+    let mut committed_hint: Option<Vec<u8>> = None;
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut appends = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Append {
+                    batch,
+                    callback,
+                    started,
+                    done,
+                } => appends.push((batch, callback, started, done)),
+                Job::Committed(bytes) => committed_hint = Some(bytes),
+                Job::Other(f, reply) => {
+                    // Appends queued before this write commit first.
+                    flush_appends(db, pending, stages, &mut appends, &mut committed_hint);
+                    let _ = reply.send(f(db));
+                }
+            }
+        }
+        flush_appends(db, pending, stages, &mut appends, &mut committed_hint);
+        if let Some(bytes) = committed_hint.take() {
+            let r = (|| {
+                let mut tx = db.begin_write().map_err(io_err)?;
+                // No fsync: a hint that the next durable commit persists.
+                tx.set_durability(Durability::None).map_err(io_err)?;
+                tx.open_table(META)
+                    .map_err(io_err)?
+                    .insert(K_COMMITTED, bytes.as_slice())
+                    .map_err(io_err)?;
+                tx.commit().map_err(io_err)
+            })();
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "cannot record the committed index hint");
+            }
+        }
+    }
+}
+
+/// One append waiting for the writer: entries, callback, start, done signal.
+type Appended = (
+    Vec<(LogIdC, Vec<u8>)>,
+    IOFlushed<C>,
+    Instant,
+    Option<oneshot::Sender<()>>,
+);
+
+/// Commits `appends` (and the committed-index hint) in one transaction with
+/// fsync, drops them from `pending`, then signals each append's callback.
+fn flush_appends(
+    db: &Database,
+    pending: &Pending,
+    stages: &Stages,
+    appends: &mut Vec<Appended>,
+    committed_hint: &mut Option<Vec<u8>>,
+) {
+    if appends.is_empty() {
+        return;
+    }
+    let r = (|| {
+        let mut tx = db.begin_write().map_err(io_err)?;
+        tx.set_durability(Durability::Immediate).map_err(io_err)?;
+        {
+            let mut t = tx.open_table(LOG).map_err(io_err)?;
+            for (batch, ..) in appends.iter() {
+                for (id, bytes) in batch {
+                    t.insert(id.index, bytes.as_slice()).map_err(io_err)?;
+                }
+            }
+            if let Some(bytes) = committed_hint.take() {
+                tx.open_table(META)
+                    .map_err(io_err)?
+                    .insert(K_COMMITTED, bytes.as_slice())
+                    .map_err(io_err)?;
+            }
+        }
+        // fsync: every append of the group is on disk when commit returns.
+        let t = Instant::now();
+        let r = tx.commit().map_err(io_err);
+        stages.record(Stage::LogFsync, t, appends.len() as u64);
+        r
+    })();
+    let done: Vec<_> = appends.drain(..).collect();
+    if r.is_ok() {
+        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (batch, ..) in &done {
+            for (id, _) in batch {
+                // Only the entry this append wrote: a truncation and a new
+                // append at the same index may have replaced it meanwhile.
+                if p.get(&id.index).is_some_and(|(e, _)| e.log_id == *id) {
+                    p.remove(&id.index);
+                }
+            }
+        }
+    }
+    for (batch, callback, started, signal) in done {
+        match &r {
+            Ok(()) => {
+                stages.record(Stage::LogAppend, started, batch.len() as u64);
+                callback.io_completed(Ok(()));
+                if let Some(s) = signal {
+                    let _ = s.send(());
+                }
+            }
+            Err(e) => callback.io_completed(Err(io::Error::new(e.kind(), e.to_string()))),
+        }
     }
 }
 
@@ -126,22 +413,7 @@ impl RaftLogReader<C> for LogStore {
             Bound::Excluded(x) => Some(*x),
             Bound::Unbounded => None,
         };
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(io_err)?;
-            let t = tx.open_table(LOG).map_err(io_err)?;
-            let iter = match end {
-                Some(e) if e <= start => return Ok(Vec::new()),
-                Some(e) => t.range(start..e).map_err(io_err)?,
-                None => t.range(start..).map_err(io_err)?,
-            };
-            let mut out = Vec::new();
-            for item in iter {
-                let (_, v) = item.map_err(io_err)?;
-                out.push(codec::decode(v.value()).map_err(io_err)?);
-            }
-            Ok(out)
-        })
-        .await
+        self.read_range(start, end, None).await
     }
 
     /// The entries openraft replicates in one AppendEntries: at most
@@ -153,26 +425,8 @@ impl RaftLogReader<C> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, io::Error> {
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(io_err)?;
-            let t = tx.open_table(LOG).map_err(io_err)?;
-            let mut out = Vec::new();
-            if end <= start {
-                return Ok(out);
-            }
-            let mut bytes = 0usize;
-            for item in t.range(start..end).map_err(io_err)? {
-                let (_, v) = item.map_err(io_err)?;
-                let raw = v.value();
-                if !out.is_empty() && bytes + raw.len() > MAX_APPEND_BYTES {
-                    break;
-                }
-                bytes += raw.len();
-                out.push(codec::decode(raw).map_err(io_err)?);
-            }
-            Ok(out)
-        })
-        .await
+        self.read_range(start, Some(end), Some(MAX_APPEND_BYTES))
+            .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -184,16 +438,22 @@ impl RaftLogStorage<C> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
-        self.blocking(|db| {
+        let pending_last = self.pending().values().next_back().map(|(e, _)| e.log_id);
+        self.blocking(move |db| {
             let purged: Option<LogIdC> = Self::read_meta(db, K_PURGED)?;
             let tx = db.begin_read().map_err(io_err)?;
             let t = tx.open_table(LOG).map_err(io_err)?;
-            let last: Option<LogIdC> = match t.last().map_err(io_err)? {
+            let on_disk: Option<LogIdC> = match t.last().map_err(io_err)? {
                 Some((_, v)) => {
                     let e: Entry = codec::decode(v.value()).map_err(io_err)?;
                     Some(e.log_id)
                 }
                 None => None,
+            };
+            let last = match (pending_last, on_disk) {
+                (Some(p), Some(d)) if d.index > p.index => Some(d),
+                (Some(p), _) => Some(p),
+                (None, d) => d,
             };
             Ok(LogState {
                 last_purged_log_id: purged,
@@ -208,28 +468,29 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let vote = *vote;
+        let bytes = codec::encode(vote);
         // fsync: the vote is committed durably before this returns.
-        self.blocking(move |db| Self::write_meta(db, K_VOTE, &vote))
-            .await
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogIdC>) -> Result<(), io::Error> {
-        self.blocking(move |db| {
-            let bytes = codec::encode(&committed);
+        self.write(move |db| {
             let mut tx = db.begin_write().map_err(io_err)?;
-            // No fsync: a hint that the next durable commit persists.
-            tx.set_durability(Durability::None).map_err(io_err)?;
+            tx.set_durability(Durability::Immediate).map_err(io_err)?;
             tx.open_table(META)
                 .map_err(io_err)?
-                .insert(K_COMMITTED, bytes.as_slice())
+                .insert(K_VOTE, bytes.as_slice())
                 .map_err(io_err)?;
-            tx.commit().map_err(io_err)
+            tx.commit().map_err(io_err) // fsync
         })
         .await
     }
 
+    async fn save_committed(&mut self, committed: Option<LogIdC>) -> Result<(), io::Error> {
+        // Not awaited and not fsynced: a recovery hint only.
+        self.writer.send(Job::Committed(codec::encode(&committed)))
+    }
+
     async fn read_committed(&mut self) -> Result<Option<LogIdC>, io::Error> {
+        // Queued hints reach redb before this read (an empty write waits
+        // for everything asked before it).
+        self.write(|_| Ok(())).await?;
         self.blocking(|db| Ok(Self::read_meta::<Option<LogIdC>>(db, K_COMMITTED)?.flatten()))
             .await
     }
@@ -239,39 +500,41 @@ impl RaftLogStorage<C> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = Instant::now();
         let mut batch = Vec::new();
-        for e in entries {
-            batch.push((e.log_id.index, codec::encode(&e)));
-        }
-        let res = self
-            .blocking(move |db| {
-                let mut tx = db.begin_write().map_err(io_err)?;
-                tx.set_durability(Durability::Immediate).map_err(io_err)?;
-                {
-                    let mut t = tx.open_table(LOG).map_err(io_err)?;
-                    for (i, bytes) in &batch {
-                        t.insert(*i, bytes.as_slice()).map_err(io_err)?;
-                    }
-                }
-                // fsync: the whole batch is on disk when commit returns.
-                tx.commit().map_err(io_err)
-            })
-            .await;
-        match res {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-                Err(e)
+        {
+            let mut pending = self.pending();
+            for e in entries {
+                let bytes = codec::encode(&e);
+                pending.insert(e.log_id.index, (e.clone(), bytes.len()));
+                batch.push((e.log_id, bytes));
             }
         }
+        // Readable now (in `pending`); durable when the writer's fsync
+        // returns, and only then does `callback` report it.
+        let (done, durable) = match self.sequential {
+            true => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        self.writer.send(Job::Append {
+            batch,
+            callback,
+            started,
+            done,
+        })?;
+        if let Some(rx) = durable {
+            let _ = rx.await;
+        }
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdC>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
-        self.blocking(move |db| {
+        drop(self.pending().split_off(&from));
+        self.write(move |db| {
             let mut tx = db.begin_write().map_err(io_err)?;
             tx.set_durability(Durability::Immediate).map_err(io_err)?;
             tx.open_table(LOG)
@@ -284,8 +547,8 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogIdC) -> Result<(), io::Error> {
-        self.blocking(move |db| {
-            let bytes = codec::encode(&log_id);
+        let bytes = codec::encode(&log_id);
+        self.write(move |db| {
             let mut tx = db.begin_write().map_err(io_err)?;
             tx.set_durability(Durability::Immediate).map_err(io_err)?;
             // last_purged and the deletion land in one transaction: a crash
@@ -300,6 +563,10 @@ impl RaftLogStorage<C> for LogStore {
                 .map_err(io_err)?;
             tx.commit().map_err(io_err) // fsync
         })
-        .await
+        .await?;
+        let mut p = self.pending();
+        let keep = p.split_off(&(log_id.index + 1));
+        *p = keep;
+        Ok(())
     }
 }

@@ -21,6 +21,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use crate::raft::codec;
 use crate::raft::state_machine::SnapshotData;
 use crate::raft::types::{Member, TypeConfig};
+use crate::stages::{Stage, Stages};
 
 type C = TypeConfig;
 type VoteC = openraft::alias::VoteOf<C>;
@@ -41,6 +42,8 @@ pub struct NetworkFactory {
     pub book: AddressBook,
     /// Mutual TLS towards peers (None only with `--insecure`).
     pub tls: Option<ClientTlsConfig>,
+    /// Counts replication round trips (`crate::stages`).
+    pub stages: Stages,
 }
 
 /// A connection to one peer.
@@ -50,6 +53,7 @@ pub struct PeerClient {
     client: RaftServiceClient<Channel>,
     book: AddressBook,
     tls: Option<ClientTlsConfig>,
+    stages: Stages,
 }
 
 fn raft_client(addr: &str, tls: Option<&ClientTlsConfig>) -> RaftServiceClient<Channel> {
@@ -104,6 +108,7 @@ impl RaftNetworkFactory<C> for NetworkFactory {
             addr,
             book: self.book.clone(),
             tls: self.tls.clone(),
+            stages: self.stages.clone(),
         }
     }
 }
@@ -174,10 +179,17 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        self.call(&rpc, option.hard_ttl(), |mut c, p| async move {
-            c.append_entries(p).await
-        })
-        .await
+        let started = std::time::Instant::now();
+        let entries = rpc.entries.len() as u64;
+        let r = self
+            .call(&rpc, option.hard_ttl(), |mut c, p| async move {
+                c.append_entries(p).await
+            })
+            .await;
+        if entries > 0 {
+            self.stages.record(Stage::Replicate, started, entries);
+        }
+        r
     }
 
     async fn vote(

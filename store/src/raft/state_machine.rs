@@ -19,6 +19,7 @@ use openraft::{EntryPayload, OptionalSend};
 use crate::mvcc::KvStore;
 use crate::mvcc::apply::BatchMeta;
 use crate::raft::types::{CmdResult, TypeConfig};
+use crate::stages::{Stage, Stages};
 
 type C = TypeConfig;
 type LogIdC = openraft::alias::LogIdOf<C>;
@@ -36,6 +37,7 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 pub struct StateMachine {
     kv: Arc<KvStore>,
     dir: PathBuf,
+    stages: Stages,
 }
 
 impl StateMachine {
@@ -43,7 +45,14 @@ impl StateMachine {
         StateMachine {
             kv,
             dir: dir.to_path_buf(),
+            stages: Stages::default(),
         }
+    }
+
+    /// Counts apply batches into `stages` (the member's write-path counters).
+    pub fn with_stages(mut self, stages: Stages) -> Self {
+        self.stages = stages;
+        self
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -148,6 +157,7 @@ impl RaftStateMachine<C> for StateMachine {
         Strm: futures::Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
     {
         let items: Vec<EntryResponder<C>> = entries.try_collect().await?;
+        let started = std::time::Instant::now();
         let Some((last, _)) = items.last() else {
             return Ok(());
         };
@@ -192,6 +202,8 @@ impl RaftStateMachine<C> for StateMachine {
                 },
             )
             .map_err(io_err)?;
+        self.stages
+            .record(Stage::Apply, started, items.len() as u64);
         for ((_, responder), res) in items.into_iter().zip(results) {
             if let Some(r) = responder {
                 r.send(CmdResult(res.unwrap_or_default()));
