@@ -58,7 +58,7 @@ impl Node {
                     promote: true,
                 };
                 for attempt in 0u32.. {
-                    match node.forward_to(&join, &req, false).await {
+                    match node.ask_to_serve(&join, &req).await {
                         Ok(Ok(_)) => {
                             tracing::info!("joined the cluster through {join}");
                             return;

@@ -9,7 +9,8 @@ use keel_proto::keelraft::{CommandResult, RaftPayload, command, command_result};
 use openraft::async_runtime::WatchReceiver;
 use tonic::transport::Channel;
 
-use super::{FORWARDED, LeaderError, LeaderRequest, LeaderResponse, Node};
+use super::forward_stream::Forwarder;
+use super::{LeaderError, LeaderRequest, LeaderResponse, Node};
 use crate::error::EtcdError;
 use crate::raft::codec;
 use crate::raft::network::{PEER_MESSAGE_LIMIT, channel};
@@ -45,11 +46,41 @@ impl Node {
         Ok(c)
     }
 
-    pub(super) async fn forward_to(
+    /// The forwarding stream to the leader at `addr` (started on first use,
+    /// again after its task ended).
+    fn forwarder(&self, addr: &str) -> Result<Forwarder, EtcdError> {
+        let mut fw = self.forwarders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = fw.get(addr).filter(|f| f.is_alive()) {
+            return Ok(f.clone());
+        }
+        let f = Forwarder::start(self.peer_client(addr)?);
+        fw.insert(addr.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// Sends `req` to the leader at `addr` as a member's own forward,
+    /// batched over that leader's stream: served there only if it leads.
+    async fn forward_to_leader(
+        &self,
+        addr: &str,
+        req: &LeaderRequest,
+    ) -> Result<Result<LeaderResponse, LeaderError>, tonic::Status> {
+        let f = self
+            .forwarder(addr)
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let t = Instant::now();
+        let r = f.call(req.clone()).await;
+        self.stages.record(Stage::Forward, t, 1);
+        r
+    }
+
+    /// Asks the member at `peer_addr` to serve `req` on the leader (it
+    /// forwards once if it does not lead): for a joining member, which is
+    /// not yet a member and knows only one address.
+    pub(super) async fn ask_to_serve(
         &self,
         peer_addr: &str,
         req: &LeaderRequest,
-        forwarded: bool,
     ) -> Result<Result<LeaderResponse, LeaderError>, tonic::Status> {
         let mut c = self
             .peer_client(peer_addr)
@@ -57,13 +88,7 @@ impl Node {
         let data = codec::encode(req);
         let mut r = tonic::Request::new(RaftPayload { data });
         r.set_timeout(Duration::from_secs(60));
-        if forwarded {
-            r.metadata_mut()
-                .insert(FORWARDED, "1".parse().expect("ascii"));
-        }
-        let t = Instant::now();
         let resp = c.leader(r).await?.into_inner();
-        self.stages.record(Stage::Forward, t, 1);
         codec::decode(&resp.data).map_err(tonic::Status::internal)
     }
 
@@ -101,7 +126,7 @@ impl Node {
                         // hold the forward until its timeout; give up on it as
                         // soon as this member learns of another leader.
                         let answer = tokio::select! {
-                            a = self.forward_to(self.dial_addr(&m), &req, true) => Some(a),
+                            a = self.forward_to_leader(self.dial_addr(&m), &req) => Some(a),
                             _ = self.leader_moves_from(l) => None,
                         };
                         let Some(answer) = answer else {

@@ -1,7 +1,7 @@
 //! One store member: its storage, its openraft instance and what it knows of
 //! the cluster. Each concern of a running member has a file of its own:
 //! `leader.rs` the requests only the leader serves, `forward.rs` sending them
-//! to the leader, `read_index.rs` linearizable read barriers, `membership.rs`
+//! to the leader (`forward_stream.rs` batching them over one stream), `read_index.rs` linearizable read barriers, `membership.rs`
 //! membership changes, `lessor.rs` lease expiry, `compaction.rs` automatic
 //! compaction, `address.rs` publishing this member's addresses,
 //! `bootstrap.rs` initializing or joining a cluster and `watchdog.rs`
@@ -12,6 +12,7 @@ mod address;
 mod bootstrap;
 mod compaction;
 mod forward;
+pub mod forward_stream;
 mod leader;
 mod lessor;
 mod membership;
@@ -53,6 +54,8 @@ pub struct Node {
     book: AddressBook,
     lessor: Mutex<lessor::Lessor>,
     peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
+    /// One forwarding stream per leader address (`forward_stream`).
+    forwarders: Mutex<HashMap<String, forward_stream::Forwarder>>,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -119,6 +122,7 @@ impl Node {
             book,
             lessor: Mutex::new(lessor::Lessor::default()),
             peers: Mutex::new(HashMap::new()),
+            forwarders: Mutex::new(HashMap::new()),
             shutdown_tx,
         }))
     }

@@ -1,0 +1,159 @@
+//! Forwarded leader requests over one long-lived stream per leader: a
+//! follower queues each request it forwards, a task sends everything queued
+//! in one message (`RaftService.LeaderStream`), and answers come back
+//! batched the same way, matched by id. Under load this replaces one unary
+//! gRPC call per forwarded write (HTTP/2 headers, a stream and a task each
+//! side) with a share of one message, which is most of what forwarding cost.
+//!
+//! Failure semantics match the unary call: a request the stream never sent
+//! fails as `Unavailable` (safe to retry); one in flight when the stream
+//! breaks fails as `Unknown` (the write may have been applied).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use keel_proto::keelraft::RaftPayload;
+use keel_proto::keelraft::raft_service_client::RaftServiceClient;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+use tonic::transport::Channel;
+
+use super::{LeaderError, LeaderRequest, LeaderResponse};
+use crate::raft::codec;
+
+/// The leader's answer to one forwarded request.
+pub type Answer = Result<LeaderResponse, LeaderError>;
+/// A batch on the wire towards the leader: (id, request) pairs.
+pub type RequestBatch = Vec<(u64, LeaderRequest)>;
+/// A batch on the wire back: (id, answer) pairs.
+pub type AnswerBatch = Vec<(u64, Answer)>;
+
+/// How long a forwarded request may wait for its answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Queued {
+    req: LeaderRequest,
+    reply: oneshot::Sender<Result<Answer, Status>>,
+}
+
+/// The sending side of one leader's stream; cheap to clone.
+#[derive(Clone)]
+pub struct Forwarder {
+    tx: mpsc::UnboundedSender<Queued>,
+}
+
+impl Forwarder {
+    /// Starts the task that owns the stream to the leader behind `client`.
+    pub fn start(client: RaftServiceClient<Channel>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(client, rx));
+        Forwarder { tx }
+    }
+
+    /// Whether the stream task is still there to take requests.
+    pub fn is_alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
+    /// Sends `req` to the leader and waits for its answer.
+    pub async fn call(&self, req: LeaderRequest) -> Result<Answer, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Queued { req, reply })
+            .map_err(|_| Status::unavailable("the forwarding stream has stopped"))?;
+        match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Status::unknown(
+                "the forwarding stream ended with the request in flight",
+            )),
+            Err(_) => Err(Status::deadline_exceeded("the leader did not answer")),
+        }
+    }
+}
+
+/// Takes everything queued now (at least `first`), registers it in flight
+/// and encodes it as one message.
+fn take_batch(
+    first: Queued,
+    rx: &mut mpsc::UnboundedReceiver<Queued>,
+    next_id: &mut u64,
+    inflight: &mut HashMap<u64, oneshot::Sender<Result<Answer, Status>>>,
+) -> RaftPayload {
+    let mut batch: RequestBatch = Vec::new();
+    let mut q = Some(first);
+    while let Some(Queued { req, reply }) = q {
+        *next_id += 1;
+        inflight.insert(*next_id, reply);
+        batch.push((*next_id, req));
+        q = rx.try_recv().ok();
+    }
+    RaftPayload {
+        data: codec::encode(&batch),
+    }
+}
+
+fn fail_all(
+    inflight: &mut HashMap<u64, oneshot::Sender<Result<Answer, Status>>>,
+    status: impl Fn() -> Status,
+) {
+    for (_, reply) in inflight.drain() {
+        let _ = reply.send(Err(status()));
+    }
+}
+
+/// Owns the stream: opens it when there is something to send, sends
+/// batches, matches answers, and starts over after a failure.
+async fn run(mut client: RaftServiceClient<Channel>, mut rx: mpsc::UnboundedReceiver<Queued>) {
+    let mut next_id = 0u64;
+    let mut inflight = HashMap::new();
+    // Idle forwarders hold no stream: wait for the first request.
+    while let Some(first) = rx.recv().await {
+        let (out, out_rx) = mpsc::channel::<RaftPayload>(256);
+        let first_batch = take_batch(first, &mut rx, &mut next_id, &mut inflight);
+        let _ = out.try_send(first_batch);
+        let mut answers = match client
+            .leader_stream(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                // The stream never opened: nothing reached the leader.
+                let msg = s.message().to_string();
+                fail_all(&mut inflight, || Status::unavailable(msg.clone()));
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                q = rx.recv() => {
+                    let Some(q) = q else { return };
+                    let batch = take_batch(q, &mut rx, &mut next_id, &mut inflight);
+                    if out.send(batch).await.is_err() {
+                        fail_all(&mut inflight, || Status::unknown("the forwarding stream broke"));
+                        break;
+                    }
+                }
+                m = answers.message() => match m {
+                    Ok(Some(p)) => match codec::decode::<AnswerBatch>(&p.data) {
+                        Ok(batch) => {
+                            for (id, answer) in batch {
+                                if let Some(reply) = inflight.remove(&id) {
+                                    let _ = reply.send(Ok(answer));
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "undecodable answers from the leader");
+                            fail_all(&mut inflight, || Status::unknown("undecodable answer"));
+                            break;
+                        }
+                    },
+                    Ok(None) | Err(_) => {
+                        fail_all(&mut inflight, || Status::unknown("the forwarding stream broke"));
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
