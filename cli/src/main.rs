@@ -36,6 +36,9 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Async worker threads of this process (default: one per core).
+    #[arg(long, global = true, env = "KEEL_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     #[command(flatten)]
     auth: config::Auth,
     #[command(subcommand)]
@@ -184,9 +187,11 @@ fn main() -> anyhow::Result<()> {
     if dials_a_running_cluster {
         config::apply(&cli.auth)?;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.worker_threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Master(a) => master::run(*a).await,

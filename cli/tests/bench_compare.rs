@@ -1,0 +1,58 @@
+//! `keel bench kv --against-etcd` end to end: it starts a 3-member Keel
+//! cluster and a 3-member etcd cluster (Debian's etcd-server, which
+//! scripts/test.sh installs; the test fails if `etcd` is missing), runs every
+//! workload briefly against both and prints the comparison. Asserts the
+//! report's shape and that both sides really served writes and reads
+//! without errors, and that Keel's per-stage breakdown names a leader and
+//! the log's fsync. No timing is asserted: figures live in BENCHMARKS.md.
+
+use std::process::Command;
+
+#[test]
+fn bench_kv_against_etcd_reports_both_clusters_and_the_stage_breakdown() {
+    let etcd = Command::new("etcd").arg("--version").output();
+    assert!(
+        etcd.is_ok_and(|o| o.status.success()),
+        "etcd is missing: install Debian's etcd-server (scripts/test.sh does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["bench", "kv", "--against-etcd", "--seconds", "1", "--dir"])
+        .arg(dir.path().join("bench"))
+        .env_remove("KEEL_ENDPOINTS")
+        .output()
+        .expect("run keel bench kv");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed:\n{stdout}\n{stderr}"
+    );
+    for workload in [
+        "put, 1 client",
+        "put, 64 clients",
+        "put, 256 clients",
+        "linearizable get, 64 clients",
+        "serializable get, 64 clients",
+    ] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {workload} | ")) && l.ends_with("| 0/0 |"))
+            .unwrap_or_else(|| panic!("no error-free row for {workload:?} in:\n{stdout}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let keel_ops: f64 = cells[2].parse().expect("Keel ops/s");
+        let etcd_ops: f64 = cells[5].parse().expect("etcd ops/s");
+        assert!(keel_ops > 0.0 && etcd_ops > 0.0, "no operations in {row}");
+    }
+    assert!(stdout.contains("| idle, % of one core |"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("(leader)") && l.contains("propose to applied")),
+        "no leader stage figures in:\n{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.contains("log fsync")),
+        "no log fsync figures in:\n{stdout}"
+    );
+}
