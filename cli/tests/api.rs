@@ -58,18 +58,31 @@ async fn bad_requests_get_status_errors_and_change_nothing() {
     .await;
     assert_eq!(code, 201, "{created}");
     // The Deployment controller annotates the object and writes its status
-    // (in more than one write); wait until it has finished, so that from here
-    // on only our requests could change it: observed, and unchanged across
-    // two reads a moment apart.
+    // (in more than one write: the first status is decided before its
+    // ReplicaSet exists); wait until it has finished, so that from here on
+    // only our requests could change it: the status observes the current
+    // generation, counts the replicas asked for (none), and says the new
+    // ReplicaSet has progressed, after which the controller has nothing
+    // left to write.
     let url = format!("{coll}/web");
     let settled = common::poll(
         Duration::from_secs(20),
         "the controller to settle",
         || async {
-            let a: Value = client.get_value(&url).await.ok()?;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let b: Value = client.get_value(&url).await.ok()?;
-            (b["status"]["observedGeneration"] == json!(1) && a == b).then_some(b)
+            let d: Value = client.get_value(&url).await.ok()?;
+            let s = &d["status"];
+            let count = |f: &str| s[f].as_i64().unwrap_or(0);
+            let progressing = s["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Progressing")?;
+            (s["observedGeneration"] == d["metadata"]["generation"]
+                && d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+                && ["replicas", "updatedReplicas", "availableReplicas"]
+                    .iter()
+                    .all(|f| count(f) == d["spec"]["replicas"].as_i64().unwrap_or(0))
+                && progressing["reason"] == "NewReplicaSetAvailable")
+                .then_some(d)
         },
     )
     .await;

@@ -11,31 +11,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use crate::controllers::ControllerConfig;
 use crate::controllers::{self, Informers};
 use crate::events::Recorder;
 use crate::registry::Registry;
 use crate::scheduler;
-
-/// Settings of the leader-only loops.
-#[derive(Debug, Clone)]
-pub struct ControllerConfig {
-    /// A node whose Lease is not renewed for this long is marked NotReady.
-    pub node_monitor_grace: Duration,
-    /// A NotReady node's pods are deleted after this long.
-    pub pod_eviction_timeout: Duration,
-    /// At most this many nodes' pods are evicted per second.
-    pub eviction_rate: f64,
-}
-
-impl Default for ControllerConfig {
-    fn default() -> Self {
-        ControllerConfig {
-            node_monitor_grace: Duration::from_secs(10),
-            pod_eviction_timeout: Duration::from_secs(20),
-            eviction_rate: 0.1,
-        }
-    }
-}
 
 /// How often leadership is checked.
 const POLL: Duration = Duration::from_millis(25);

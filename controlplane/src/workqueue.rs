@@ -1,14 +1,16 @@
 //! A deduplicating work queue of object keys, as client-go's: a key queued
 //! many times is processed once, a key is never processed by two workers at
 //! once, and a key added while being processed runs again afterwards. It
-//! turns many watch events into few reconciles.
+//! turns many watch events into few reconciles. A key asked for later
+//! (a retry or a timed re-check) has at most one timer: the earliest wins.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 struct State<K> {
     order: VecDeque<K>,
@@ -16,6 +18,8 @@ struct State<K> {
     active: HashSet<K>,
     /// Added while active: queue again when done.
     again: HashSet<K>,
+    /// Keys waiting for a timer, and when it fires.
+    delayed: HashMap<K, Instant>,
 }
 
 /// A queue of keys shared by a controller's event handlers and workers.
@@ -32,6 +36,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
                 queued: HashSet::new(),
                 active: HashSet::new(),
                 again: HashSet::new(),
+                delayed: HashMap::new(),
             }),
             notify: Notify::new(),
         })
@@ -55,12 +60,33 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         }
     }
 
-    /// Queues `k` after `d` (a retry or a timed re-check).
+    /// Queues `k` after `d` (a retry or a timed re-check), unless a timer
+    /// for `k` fires sooner anyway. Timers end with the queue.
     pub fn add_after(self: &Arc<Self>, k: K, d: Duration) {
+        let at = Instant::now() + d;
+        {
+            let mut s = self.lock();
+            match s.delayed.get(&k) {
+                Some(t) if *t <= at => return,
+                _ => {
+                    s.delayed.insert(k.clone(), at);
+                }
+            }
+        }
         let q = Arc::downgrade(self);
         tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            if let Some(q) = q.upgrade() {
+            tokio::time::sleep_until(at).await;
+            let Some(q) = q.upgrade() else { return };
+            let mine = {
+                let mut s = q.lock();
+                let mine = s.delayed.get(&k) == Some(&at);
+                if mine {
+                    s.delayed.remove(&k);
+                }
+                mine
+            };
+            // A sooner timer replaced this one and has queued the key.
+            if mine {
                 q.add(k);
             }
         });
@@ -123,5 +149,20 @@ mod tests {
         q.done(&k);
         assert_eq!(q.next().await, 2);
         assert_eq!(q.next().await, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_key_has_one_timer_and_the_earliest_wins() {
+        let q = WorkQueue::new();
+        let t0 = Instant::now();
+        q.add_after("k", Duration::from_secs(10));
+        q.add_after("k", Duration::from_secs(3));
+        q.add_after("k", Duration::from_secs(5));
+        assert_eq!(q.next().await, "k");
+        assert_eq!(t0.elapsed(), Duration::from_secs(3));
+        q.done(&"k");
+        // The later timers were dropped: nothing more comes.
+        let more = tokio::time::timeout(Duration::from_secs(60), q.next()).await;
+        assert!(more.is_err(), "one timer per key");
     }
 }

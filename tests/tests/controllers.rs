@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use keel_controlplane::leader::{self, ControllerConfig};
@@ -19,31 +18,17 @@ use keel_proto::api::core::{Container, ResourceRequirements, ServicePort};
 use keel_proto::api::meta::{Condition, IntOrString, condition, now_rfc3339, set_condition};
 use keel_proto::api::{Deployment, Endpoints, Lease, Node, Pod, ReplicaSet, Service};
 use keel_tests::{InProcessCluster, poll};
-use tokio_util_free::Stop;
+use tokio_util::sync::CancellationToken;
 
 const ZONE: &str = "topology.kubernetes.io/zone";
-
-/// A stop flag for the helper loops (no extra dependency needed).
-mod tokio_util_free {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    #[derive(Clone, Default)]
-    pub struct Stop(Arc<AtomicBool>);
-    impl Stop {
-        pub fn stop(&self) {
-            self.0.store(true, Ordering::SeqCst)
-        }
-        pub fn stopped(&self) -> bool {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
-}
 
 struct ControlPlane {
     cluster: InProcessCluster,
     regs: Vec<Registry>,
-    down: Vec<Arc<AtomicBool>>,
-    stop: Stop,
+    /// Cancelled when that member is shut down.
+    down: Vec<CancellationToken>,
+    /// Stops the helper loops (fake kubelet, heartbeats).
+    stop: CancellationToken,
 }
 
 impl ControlPlane {
@@ -65,18 +50,15 @@ impl ControlPlane {
         .await;
         ControlPlane {
             cluster,
-            down: regs.iter().map(|_| Arc::default()).collect(),
+            down: regs.iter().map(|_| CancellationToken::new()).collect(),
             regs,
-            stop: Stop::default(),
+            stop: CancellationToken::new(),
         }
     }
 
     /// The registry of a member that is still running.
     fn reg(&self) -> Registry {
-        let i = (0..self.regs.len())
-            .find(|i| !self.down[*i].load(Ordering::SeqCst))
-            .unwrap();
-        self.regs[i].clone()
+        up(&self.regs, &self.down).unwrap()
     }
 
     async fn kill_leader(&self) -> usize {
@@ -84,15 +66,15 @@ impl ControlPlane {
             self.cluster.leader()
         })
         .await;
-        self.down[l].store(true, Ordering::SeqCst);
+        self.down[l].cancel();
         self.cluster.nodes[l].shutdown().await;
         l
     }
 
     async fn shutdown(&self) {
-        self.stop.stop();
+        self.stop.cancel();
         for (i, n) in self.cluster.nodes.iter().enumerate() {
-            if !self.down[i].load(Ordering::SeqCst) {
+            if !self.down[i].is_cancelled() {
                 n.shutdown().await;
             }
         }
@@ -122,11 +104,10 @@ impl ControlPlane {
         let down = self.down.clone();
         tokio::spawn(async move {
             let mut ip = 1u32;
-            while !stop.stopped() {
-                let Some(i) = (0..regs.len()).find(|i| !down[*i].load(Ordering::SeqCst)) else {
+            loop {
+                let Some(reg) = up(&regs, &down) else {
                     return;
                 };
-                let reg = &regs[i];
                 if let Ok((pods, _)) = reg.list_t::<Pod>(Some("default")).await {
                     for p in pods {
                         if p.spec.node_name.is_empty() || p.is_ready() {
@@ -148,24 +129,26 @@ impl ControlPlane {
                         let _ = reg.update_status_t(&s).await;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(30)).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(30)) => {}
+                }
             }
         });
     }
 
-    /// Renews the Lease of each node whose flag is set, every 100 ms.
-    fn heartbeats(&self, nodes: Vec<(String, Arc<AtomicBool>)>) {
+    /// Renews the Lease of each node every 100 ms until its token is cancelled.
+    fn heartbeats(&self, nodes: Vec<(String, CancellationToken)>) {
         let stop = self.stop.clone();
         let regs = self.regs.clone();
         let down = self.down.clone();
         tokio::spawn(async move {
-            while !stop.stopped() {
-                let Some(i) = (0..regs.len()).find(|i| !down[*i].load(Ordering::SeqCst)) else {
+            loop {
+                let Some(reg) = up(&regs, &down) else {
                     return;
                 };
-                let reg = &regs[i];
-                for (name, alive) in &nodes {
-                    if !alive.load(Ordering::SeqCst) {
+                for (name, dead) in &nodes {
+                    if dead.is_cancelled() {
                         continue;
                     }
                     match reg.get_t::<Lease>(NODE_LEASE_NAMESPACE, name).await {
@@ -183,7 +166,10 @@ impl ControlPlane {
                         }
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
             }
         });
     }
@@ -228,6 +214,13 @@ impl ControlPlane {
         )
         .await
     }
+}
+
+/// The registry of the first member not shut down.
+fn up(regs: &[Registry], down: &[CancellationToken]) -> Option<Registry> {
+    (0..regs.len())
+        .find(|i| !down[*i].is_cancelled())
+        .map(|i| regs[i].clone())
 }
 
 fn deployment(name: &str, replicas: i64, image: &str) -> Deployment {
@@ -580,9 +573,9 @@ async fn a_node_whose_lease_stops_goes_not_ready_and_its_pods_move() {
         ("node-c", "zone-c"),
     ] {
         cp.create_node(n, z, "4").await;
-        beats.push((n.to_string(), Arc::new(AtomicBool::new(true))));
+        beats.push((n.to_string(), CancellationToken::new()));
     }
-    let a_alive = beats[0].1.clone();
+    let a_heartbeat = beats[0].1.clone();
     cp.heartbeats(beats);
     cp.kubelet();
     cp.reg()
@@ -593,7 +586,7 @@ async fn a_node_whose_lease_stops_goes_not_ready_and_its_pods_move() {
     let on_a = |pods: &[Pod]| pods.iter().filter(|p| p.spec.node_name == "node-a").count();
     assert_eq!(on_a(&cp.pods().await), 1);
 
-    a_alive.store(false, Ordering::SeqCst);
+    a_heartbeat.cancel();
     let stopped = Instant::now();
     let node = poll(Duration::from_secs(10), "node-a NotReady", || async {
         let n = cp.reg().get_t::<Node>("", "node-a").await.ok()?;

@@ -8,15 +8,14 @@
 //! never touched.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use keel_proto::api::core::{EndpointAddress, EndpointPort, EndpointSubset};
 use keel_proto::api::meta::IntOrString;
 use keel_proto::api::{Endpoints, Pod, Service};
 
-use super::{Ctx, SyncResult, controller_ref, work};
+use super::driver::{Controller, Outcome, ReconcileResult, keys_of};
+use super::{Ctx, controller_ref};
 use crate::informer::{Delta, Key, key_of};
-use crate::workqueue::WorkQueue;
 use crate::write;
 
 /// What the Endpoints controller does.
@@ -152,78 +151,65 @@ pub fn reconcile(svc: &Service, pods: &[&Pod], current: Option<&Endpoints>) -> V
     }
 }
 
-/// The driver: Service, Endpoints and pod changes queue Services.
-pub async fn run(ctx: Ctx) {
-    let queue: Arc<WorkQueue<Key>> = WorkQueue::new();
-    let mut svc_sub = ctx.inf.services.subscribe();
-    let mut ep_sub = ctx.inf.endpoints.subscribe();
-    let mut pod_sub = ctx.inf.pods.subscribe();
-    ctx.inf.services.synced().await;
-    ctx.inf.endpoints.synced().await;
-    ctx.inf.pods.synced().await;
-    for s in ctx.inf.services.list() {
-        queue.add(key_of(&*s));
-    }
-    let c = ctx.clone();
-    let workers = work("Endpoints", queue.clone(), 2, move |k| {
-        let c = c.clone();
-        async move { sync(&c, k).await }
-    });
-    let q = queue.clone();
-    let inf = ctx.inf.clone();
-    let feed = async move {
-        let all = || inf.services.list().iter().for_each(|s| q.add(key_of(&**s)));
-        let for_pod = |p: &Pod| {
-            for s in inf.services.filter(|s| {
-                s.metadata.namespace == p.metadata.namespace
-                    && !s.spec.selector.is_empty()
-                    && s.spec
-                        .selector
-                        .iter()
-                        .all(|(k, v)| p.metadata.labels.get(k) == Some(v))
-            }) {
-                q.add(key_of(&*s));
-            }
-        };
-        loop {
-            tokio::select! {
-                d = svc_sub.next() => match d {
-                    Some(Delta::Added(o)) | Some(Delta::Modified { new: o, .. }) => q.add(key_of(&*o)),
-                    Some(Delta::Deleted(_)) => {}
-                    Some(Delta::Resync) => all(),
-                    None => return,
-                },
-                d = ep_sub.next() => match d {
-                    Some(Delta::Modified { new: o, .. }) | Some(Delta::Deleted(o)) => q.add(key_of(&*o)),
-                    Some(Delta::Added(_)) => {}
-                    Some(Delta::Resync) => all(),
-                    None => return,
-                },
-                d = pod_sub.next() => match d {
-                    Some(Delta::Added(p)) | Some(Delta::Deleted(p)) => for_pod(&p),
-                    Some(Delta::Modified { old, new }) => {
-                        if old.status.pod_ip != new.status.pod_ip
-                            || old.is_ready() != new.is_ready()
-                            || old.metadata.labels != new.metadata.labels
-                            || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
-                            || old.status.phase != new.status.phase
-                        {
-                            for_pod(&old);
-                            for_pod(&new);
-                        }
-                    }
-                    Some(Delta::Resync) => all(),
-                    None => return,
-                },
-            }
-        }
-    };
-    tokio::join!(workers, feed);
+/// The Services whose selector matches `p`.
+fn services_of(inf: &super::Informers, p: &Pod) -> Vec<Key> {
+    inf.services
+        .filter(|s| {
+            s.metadata.namespace == p.metadata.namespace
+                && !s.spec.selector.is_empty()
+                && s.spec
+                    .selector
+                    .iter()
+                    .all(|(k, v)| p.metadata.labels.get(k) == Some(v))
+        })
+        .iter()
+        .map(|s| key_of(&**s))
+        .collect()
 }
 
-async fn sync(ctx: &Ctx, k: Key) -> SyncResult {
+/// The driver: Service, Endpoints and pod changes queue Services.
+pub async fn run(ctx: Ctx) {
+    let inf = ctx.inf.clone();
+    Controller::new("Endpoints", &ctx.cancel, keys_of(&ctx.inf.services))
+        .watches(&ctx.inf.services, |d| match d {
+            // A deleted Service's Endpoints go with it (GC).
+            Delta::Added(o) | Delta::Modified { new: o, .. } => vec![key_of(&**o)],
+            Delta::Deleted(_) | Delta::Resync => vec![],
+        })
+        // Endpoints changed or removed by someone else: put them back.
+        .watches(&ctx.inf.endpoints, |d| match d {
+            Delta::Modified { new: o, .. } | Delta::Deleted(o) => vec![key_of(&**o)],
+            Delta::Added(_) | Delta::Resync => vec![],
+        })
+        .watches(&ctx.inf.pods, move |d| match d {
+            Delta::Added(p) | Delta::Deleted(p) => services_of(&inf, p),
+            Delta::Modified { old, new } => {
+                if old.status.pod_ip != new.status.pod_ip
+                    || old.is_ready() != new.is_ready()
+                    || old.metadata.labels != new.metadata.labels
+                    || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
+                    || old.status.phase != new.status.phase
+                {
+                    let mut keys = services_of(&inf, old);
+                    keys.extend(services_of(&inf, new));
+                    keys
+                } else {
+                    vec![]
+                }
+            }
+            Delta::Resync => vec![],
+        })
+        .workers(2)
+        .run(move |k| {
+            let ctx = ctx.clone();
+            async move { sync(&ctx, k).await }
+        })
+        .await
+}
+
+async fn sync(ctx: &Ctx, k: Key) -> ReconcileResult {
     let Some(svc) = ctx.inf.services.get(&k.0, &k.1) else {
-        return Ok(None);
+        return Ok(Outcome::Done);
     };
     let pods = ctx.inf.pods.filter(|p| p.metadata.namespace == k.0);
     let refs: Vec<&Pod> = pods.iter().map(|p| &**p).collect();
@@ -239,7 +225,7 @@ async fn sync(ctx: &Ctx, k: Key) -> SyncResult {
         )
         .await;
     }
-    Ok(None)
+    Ok(Outcome::Done)
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@ use futures::StreamExt;
 use keel_proto::api::{Deployment, Endpoints, ObjectMeta, Pod, ReplicaSet, Resource, Service};
 
 use super::Ctx;
-use crate::informer::Delta;
+use super::driver::{Controller, Outcome, singleton_key};
+use crate::informer::{Delta, Key};
 use crate::kinds;
 use crate::write;
 
@@ -42,23 +43,34 @@ pub fn reconcile<'a, T: Resource>(objects: &'a [&'a T], live: &HashSet<String>) 
         .collect()
 }
 
+/// Owner deletions (and resyncs, which may hide some) start a scan at once.
+fn owner_gone<T>(d: &Delta<T>) -> Vec<Key> {
+    match d {
+        Delta::Deleted(_) => vec![singleton_key()],
+        _ => vec![],
+    }
+}
+
 /// The driver: scans when an owner is deleted, and every couple of seconds.
 pub async fn run(ctx: Ctx) {
-    let mut d_sub = ctx.inf.deployments.subscribe();
-    let mut rs_sub = ctx.inf.replicasets.subscribe();
-    let mut svc_sub = ctx.inf.services.subscribe();
-    ctx.inf.synced().await;
-    let mut tick = tokio::time::interval(SCAN_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            d = d_sub.next() => if !matches!(d, Some(Delta::Deleted(_)) | Some(Delta::Resync)) { continue },
-            d = rs_sub.next() => if !matches!(d, Some(Delta::Deleted(_)) | Some(Delta::Resync)) { continue },
-            d = svc_sub.next() => if !matches!(d, Some(Delta::Deleted(_)) | Some(Delta::Resync)) { continue },
-        }
-        let span = tracing::debug_span!("reconcile", kind = "GarbageCollector", name = "all");
-        tracing::Instrument::instrument(scan(&ctx), span).await;
-    }
+    let inf = &ctx.inf;
+    Controller::singleton("GarbageCollector", &ctx.cancel)
+        .watches(&inf.deployments, owner_gone)
+        .watches(&inf.replicasets, owner_gone)
+        .watches(&inf.services, owner_gone)
+        .reads(&inf.pods)
+        .reads(&inf.endpoints)
+        .run({
+            let ctx = ctx.clone();
+            move |_| {
+                let ctx = ctx.clone();
+                async move {
+                    scan(&ctx).await;
+                    Ok(Outcome::RequeueAfter(SCAN_EVERY))
+                }
+            }
+        })
+        .await
 }
 
 async fn scan(ctx: &Ctx) {

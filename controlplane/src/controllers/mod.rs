@@ -1,29 +1,48 @@
 //! The controllers the leader runs. Each is a pure decision,
 //! `reconcile(desired, observed) -> Vec<Action>` over plain values (tested
-//! with plain values), plus a thin driver that feeds it from the shared
-//! informers, carries out its actions with CAS writes, and requeues on
-//! conflict. This module holds what the drivers share.
+//! with plain values), plus a thin executor that feeds it from the shared
+//! informers and carries out its actions with CAS writes. One generic
+//! driver (`driver.rs`) owns the rest: watching, queueing, retries with
+//! back-off, requeue-after and cancellation. This module holds what the
+//! controllers share: their settings, the informers and the context.
 
 pub mod deployment;
+pub mod driver;
 pub mod endpoints;
 pub mod gc;
 pub mod node_lifecycle;
 pub mod replicaset;
 
-use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use keel_proto::api::{Deployment, Endpoints, Lease, Node, Pod, ReplicaSet, Service};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ApiError;
 use crate::events::Recorder;
-use crate::informer::{Informer, Key};
-use crate::leader::ControllerConfig;
+use crate::informer::Informer;
 use crate::registry::Registry;
-use crate::workqueue::WorkQueue;
+
+/// Settings of the leader-only loops.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// A node whose Lease is not renewed for this long is marked NotReady.
+    pub node_monitor_grace: Duration,
+    /// A NotReady node's pods are deleted after this long.
+    pub pod_eviction_timeout: Duration,
+    /// At most this many nodes' pods are evicted per second.
+    pub eviction_rate: f64,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            node_monitor_grace: Duration::from_secs(10),
+            pod_eviction_timeout: Duration::from_secs(20),
+            eviction_rate: 0.1,
+        }
+    }
+}
 
 /// One informer per kind, shared by the scheduler and every controller of a term.
 #[derive(Clone)]
@@ -62,16 +81,18 @@ impl Informers {
     }
 }
 
-/// What every driver gets.
+/// What every controller gets.
 #[derive(Clone)]
 pub struct Ctx {
     pub registry: Registry,
     pub inf: Informers,
     pub events: Recorder,
     pub cfg: ControllerConfig,
+    /// Fires when this leader's term ends; every controller stops then.
+    pub cancel: CancellationToken,
 }
 
-/// Starts every controller in `tasks`.
+/// Starts every controller in `tasks`; each stops when `cancel` fires.
 pub fn spawn_all(
     tasks: &mut JoinSet<()>,
     registry: &Registry,
@@ -85,56 +106,13 @@ pub fn spawn_all(
         inf: inf.clone(),
         events: events.clone(),
         cfg: cfg.clone(),
+        cancel: cancel.clone(),
     };
     tasks.spawn(replicaset::run(ctx.clone()));
     tasks.spawn(deployment::run(ctx.clone()));
     tasks.spawn(endpoints::run(ctx.clone()));
     tasks.spawn(gc::run(ctx.clone()));
-    tasks.spawn(node_lifecycle::run(ctx.clone()));
-    let _ = cancel;
-}
-
-/// What a sync asks of its driver afterwards.
-pub type SyncResult = Result<Option<Duration>, ApiError>;
-
-/// Runs `workers` workers over `queue`, each calling `sync` for a key inside
-/// a `reconcile` span; a failed sync is retried with back-off (a conflict
-/// soon, anything else later), `Ok(Some(d))` re-checks the key after `d`.
-pub async fn work<F, Fut>(kind: &'static str, queue: Arc<WorkQueue<Key>>, workers: usize, sync: F)
-where
-    F: Fn(Key) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = SyncResult> + Send,
-{
-    use tracing::Instrument;
-    let one = |sync: F, queue: Arc<WorkQueue<Key>>| async move {
-        let mut failures: std::collections::HashMap<Key, u32> = Default::default();
-        loop {
-            let k = queue.next().await;
-            let span = tracing::debug_span!("reconcile", kind, name = %format!("{}/{}", k.0, k.1));
-            let r = sync(k.clone()).instrument(span).await;
-            queue.done(&k);
-            match r {
-                Ok(again) => {
-                    failures.remove(&k);
-                    if let Some(d) = again {
-                        queue.add_after(k, d);
-                    }
-                }
-                Err(e) => {
-                    let n = failures.entry(k.clone()).or_insert(0);
-                    *n += 1;
-                    let base = if crate::write::is_stale(&e) { 20 } else { 200 };
-                    let d = Duration::from_millis((base << (*n).min(6)).min(5_000));
-                    tracing::debug!(kind, key = ?k, error = %e, retry_ms = d.as_millis() as u64, "sync failed");
-                    queue.add_after(k, d);
-                }
-            }
-        }
-    };
-    let all: Vec<_> = (0..workers)
-        .map(|_| one(sync.clone(), queue.clone()))
-        .collect();
-    futures::future::join_all(all).await;
+    tasks.spawn(node_lifecycle::run(ctx));
 }
 
 /// The controlling owner of `meta` if it is of `kind`.

@@ -3,16 +3,15 @@
 //! releasing pods it no longer matches), deleting the least useful pods first
 //! when there are too many, and reports replicas/ready/available in status.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use keel_proto::api::apps::ReplicaSetStatus;
 use keel_proto::api::{Pod, ReplicaSet};
 
-use super::{Ctx, SyncResult, controller_ref, owner_of, pod_active, pod_available, work};
+use super::driver::{Controller, Outcome, ReconcileResult};
+use super::{Ctx, controller_ref, owner_of, pod_active, pod_available};
 use crate::informer::{Delta, Key, key_of};
-use crate::workqueue::WorkQueue;
 use crate::write;
 
 /// Pods created or deleted per reconcile at most (the rest next time).
@@ -146,65 +145,49 @@ fn rs_key_for_pod(p: &Pod) -> Option<Key> {
     owner_of(&p.metadata, "ReplicaSet").map(|o| (p.metadata.namespace.clone(), o.name.clone()))
 }
 
-/// The driver: ReplicaSet and pod changes queue ReplicaSets.
-pub async fn run(ctx: Ctx) {
-    let queue: Arc<WorkQueue<Key>> = WorkQueue::new();
-    let mut rs_sub = ctx.inf.replicasets.subscribe();
-    let mut pod_sub = ctx.inf.pods.subscribe();
-    ctx.inf.replicasets.synced().await;
-    ctx.inf.pods.synced().await;
-    for rs in ctx.inf.replicasets.list() {
-        queue.add(key_of(&*rs));
-    }
-    let c = ctx.clone();
-    let workers = work("ReplicaSet", queue.clone(), 4, move |k| {
-        let c = c.clone();
-        async move { sync(&c, k).await }
-    });
-    let q = queue.clone();
-    let inf = ctx.inf.clone();
-    let feed = async move {
-        let orphans_of = |p: &Pod| {
-            if p.metadata.controller().is_none() {
-                for rs in inf.replicasets.filter(|rs| {
+/// The ReplicaSets a pod change concerns: its owner's, and for an orphan
+/// every ReplicaSet whose selector matches it (it may adopt the pod).
+fn keys_for_pod(inf: &super::Informers, p: &Pod) -> Vec<Key> {
+    let mut keys: Vec<Key> = rs_key_for_pod(p).into_iter().collect();
+    if p.metadata.controller().is_none() {
+        keys.extend(
+            inf.replicasets
+                .filter(|rs| {
                     rs.metadata.namespace == p.metadata.namespace
                         && !rs.spec.selector.is_empty()
                         && rs.spec.selector.matches(&p.metadata.labels)
-                }) {
-                    q.add(key_of(&*rs));
-                }
-            }
-        };
-        loop {
-            tokio::select! {
-                d = rs_sub.next() => match d {
-                    Some(Delta::Added(o)) | Some(Delta::Modified { new: o, .. }) | Some(Delta::Deleted(o)) => q.add(key_of(&*o)),
-                    Some(Delta::Resync) => inf.replicasets.list().iter().for_each(|o| q.add(key_of(&**o))),
-                    None => return,
-                },
-                d = pod_sub.next() => match d {
-                    Some(Delta::Added(p)) | Some(Delta::Deleted(p)) => {
-                        rs_key_for_pod(&p).into_iter().for_each(|k| q.add(k));
-                        orphans_of(&p);
-                    }
-                    Some(Delta::Modified { old, new }) => {
-                        for p in [&old, &new] {
-                            rs_key_for_pod(p).into_iter().for_each(|k| q.add(k));
-                        }
-                        orphans_of(&new);
-                    }
-                    Some(Delta::Resync) => inf.replicasets.list().iter().for_each(|o| q.add(key_of(&**o))),
-                    None => return,
-                },
-            }
-        }
-    };
-    tokio::join!(workers, feed);
+                })
+                .iter()
+                .map(|rs| key_of(&**rs)),
+        );
+    }
+    keys
 }
 
-async fn sync(ctx: &Ctx, k: Key) -> SyncResult {
+/// The driver: ReplicaSet and pod changes queue ReplicaSets.
+pub async fn run(ctx: Ctx) {
+    let inf = ctx.inf.clone();
+    Controller::for_kind("ReplicaSet", &ctx.cancel, &ctx.inf.replicasets)
+        .watches(&ctx.inf.pods, move |d| match d {
+            Delta::Added(p) | Delta::Deleted(p) => keys_for_pod(&inf, p),
+            Delta::Modified { old, new } => {
+                let mut keys: Vec<Key> = rs_key_for_pod(old).into_iter().collect();
+                keys.extend(keys_for_pod(&inf, new));
+                keys
+            }
+            Delta::Resync => vec![],
+        })
+        .workers(4)
+        .run(move |k| {
+            let ctx = ctx.clone();
+            async move { sync(&ctx, k).await }
+        })
+        .await
+}
+
+async fn sync(ctx: &Ctx, k: Key) -> ReconcileResult {
     let Some(rs) = ctx.inf.replicasets.get(&k.0, &k.1) else {
-        return Ok(None);
+        return Ok(Outcome::Done);
     };
     let pods = ctx.inf.pods.filter(|p| p.metadata.namespace == k.0);
     let refs: Vec<&Pod> = pods.iter().map(|p| &**p).collect();
@@ -291,7 +274,11 @@ async fn sync(ctx: &Ctx, k: Key) -> SyncResult {
                 && p.is_ready()
                 && !pod_available(p, rs.spec.min_ready_seconds, now)
         });
-    Ok(waiting.then_some(Duration::from_secs(1)))
+    Ok(if waiting {
+        Outcome::RequeueAfter(Duration::from_secs(1))
+    } else {
+        Outcome::Done
+    })
 }
 
 #[cfg(test)]
