@@ -4,6 +4,7 @@
 //! collect final states, run every checker and hand the results to the
 //! report. The binary's `keel chaos run` is a thin wrapper around `run`.
 
+use keel_proto::client::ApiClient;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -136,14 +137,17 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
 
     let start = Instant::now();
     let endpoints = cluster.endpoints();
+    let creds = cluster.credentials().clone();
     let (stop_poll, stop_rx) = watch::channel(false);
     let poller = tokio::spawn(leaders::poll(
+        creds.clone(),
         endpoints.clone(),
         start,
         Duration::from_millis(100),
         stop_rx,
     ));
     let probes = tokio::spawn(probe::run(
+        creds.clone(),
         endpoints.clone(),
         cfg.duration,
         cfg.op_timeout,
@@ -154,6 +158,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
     let reg = has(Workload::Register).then(|| {
         let w = register::RegisterWorkload {
             endpoints: endpoints.clone(),
+            creds: creds.clone(),
             clients: cfg.clients,
             keys: cfg.keys,
             duration: cfg.duration,
@@ -165,6 +170,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
     let kvw = has(Workload::Kv).then(|| {
         let w = kv::KvWorkload {
             endpoints: endpoints.clone(),
+            creds: creds.clone(),
             clients: cfg.clients,
             duration: cfg.duration,
             timeout: cfg.op_timeout,
@@ -176,6 +182,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
         watch_wl::start(
             &watch_wl::WatchWorkload {
                 endpoints: endpoints.clone(),
+                creds: creds.clone(),
                 writers: cfg.clients,
                 watchers,
                 duration: cfg.duration,
@@ -191,6 +198,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
     let apis: Vec<String> = cluster.members.iter().map(|m| m.api_addr()).collect();
     let dep_cfg = deployments::DeploymentsWorkload {
         apis: apis.clone(),
+        creds: creds.clone(),
         namespace: "chaos".into(),
         deployments: 3,
         clients: cfg.clients.min(4),
@@ -255,7 +263,13 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
             )),
         }
         // After healing the control plane must reach the desired state.
-        for v in deployments::converged(&apis, &dep_cfg.namespace, Duration::from_secs(90)).await {
+        for v in deployments::converged(
+            &ApiClient::new(&apis, &creds),
+            &dep_cfg.namespace,
+            Duration::from_secs(90),
+        )
+        .await
+        {
             violations.push(Violation::new("convergence", &v));
         }
     }
@@ -264,7 +278,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
         let mut finals = Vec::new();
         for (i, ep) in endpoints.iter().enumerate() {
             match retry(Duration::from_secs(30), "final read", || {
-                kv::final_state(ep, "kv/", final_timeout)
+                kv::final_state(&creds, ep, "kv/", final_timeout)
             })
             .await
             {
@@ -285,7 +299,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
     if let Some(w) = wat {
         let expected: Result<BTreeSet<i64>, String> =
             retry(Duration::from_secs(30), "final watch read", || {
-                range_prefix(&endpoints[0], watch_wl::PREFIX, final_timeout)
+                range_prefix(&creds, &endpoints[0], watch_wl::PREFIX, final_timeout)
             })
             .await
             .map(|kvs| kvs.iter().map(|kv| kv.mod_revision).collect());

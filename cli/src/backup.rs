@@ -2,6 +2,7 @@
 //! backups into one self-checking file, optionally encrypted, checked,
 //! listed and restored offline (format: docs/backup-format.md).
 
+use keel_proto::pki::Credentials;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -203,7 +204,7 @@ impl std::fmt::Display for NeedsSecret {
 
 impl std::error::Error for NeedsSecret {}
 
-pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
+pub async fn run(a: BackupArgs, creds: &Credentials) -> anyhow::Result<()> {
     match a.cmd {
         BackupCmd::Save {
             endpoints,
@@ -228,6 +229,7 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
                 (false, None) => None,
             };
             save(
+                creds,
                 &parse_endpoints(&endpoints),
                 &out,
                 key.as_ref(),
@@ -466,12 +468,13 @@ fn read_public(path: &Path) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
 }
 
 async fn save(
+    creds: &Credentials,
     endpoints: &[String],
     out: &Path,
     sign_key: Option<&ed25519_dalek::SigningKey>,
     seal_with: Option<&Secret>,
 ) -> anyhow::Result<()> {
-    let ch = connect_any(endpoints).await?;
+    let ch = connect_any(creds, endpoints).await?;
     // A linearizable read first: the member has applied everything
     // committed before the backup started.
     KvClient::new(ch.clone())
@@ -568,7 +571,7 @@ async fn drill(file: &Path, secret: Option<&Secret>) -> anyhow::Result<()> {
         cluster
             .wait_ready(std::time::Duration::from_secs(30))
             .await?;
-        let ch = crate::client::connect(&cluster.endpoints()[0]).await?;
+        let ch = crate::client::connect(cluster.credentials(), &cluster.endpoints()[0]).await?;
         let r = MaintenanceClient::new(ch)
             .hash_kv(keel_proto::etcdserverpb::HashKvRequest {
                 revision: b.header.revision,

@@ -403,13 +403,13 @@ async fn restore_builds_an_identical_new_cluster_and_drill_passes() {
     // the REST API, over HTTPS with the CA the backup carried.
     let token = std::fs::read_to_string(common::shared_pki().join("admin.token")).unwrap();
     let apis: Vec<String> = new.members.iter().map(|m| m.api_addr()).collect();
-    let by_token = keel_proto::client::ApiClient::with_credentials(
+    let by_token = keel_proto::client::ApiClient::try_new(
         &apis,
-        &keel_proto::client::Credentials {
-            ca_pem: Some(std::fs::read_to_string(new_root.path().join("m1/pki/ca.crt")).unwrap()),
-            identity: None,
-            token: Some(token.trim().to_string()),
-        },
+        &keel_proto::client::Credentials::tls(
+            std::fs::read_to_string(new_root.path().join("m1/pki/ca.crt")).unwrap(),
+            None,
+        )
+        .with_token(token.trim()),
     )
     .unwrap();
     poll(

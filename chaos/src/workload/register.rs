@@ -15,6 +15,7 @@ use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::{
     Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op,
 };
+use keel_proto::pki::Credentials;
 use rand::Rng;
 use tokio::sync::Mutex;
 
@@ -25,6 +26,8 @@ use crate::check::linearizable::{Op, Operation, Outcome};
 #[derive(Debug, Clone)]
 pub struct RegisterWorkload {
     pub endpoints: Vec<String>,
+    /// How the clients dial the members.
+    pub creds: Credentials,
     pub clients: u64,
     pub keys: u64,
     pub duration: Duration,
@@ -57,7 +60,7 @@ pub async fn run_at(w: &RegisterWorkload, start: Instant) -> Vec<Operation> {
             let clients: Vec<_> = w
                 .endpoints
                 .iter()
-                .filter_map(|ep| keel_proto::pki::endpoint(ep).ok())
+                .filter_map(|ep| w.creds.endpoint(ep).ok())
                 .map(|ep| {
                     KvClient::new(
                         ep.connect_timeout(w.timeout)

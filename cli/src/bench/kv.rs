@@ -2,6 +2,7 @@
 //! with fixed-size values, for a fixed time; prints ops/s and latency
 //! percentiles from an HDR histogram.
 
+use keel_proto::pki::Credentials;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
@@ -53,14 +54,14 @@ struct ClientResult {
     errors: u64,
 }
 
-pub async fn run(a: KvArgs) -> anyhow::Result<()> {
+pub async fn run(a: KvArgs, creds: &Credentials) -> anyhow::Result<()> {
     let eps = parse_endpoints(&a.endpoints);
     anyhow::ensure!(!eps.is_empty(), "no endpoints");
     anyhow::ensure!(a.clients > 0, "--clients must be positive");
     let conns = a.conns.unwrap_or(a.clients.min(64)).clamp(1, a.clients);
     let mut channels = Vec::with_capacity(conns);
     for i in 0..conns {
-        channels.push(connect(&eps[i % eps.len()]).await?);
+        channels.push(connect(creds, &eps[i % eps.len()]).await?);
     }
     if a.op == Op::Get {
         // Make sure the keys exist so gets return data.
@@ -170,7 +171,7 @@ pub struct LoadArgs {
 }
 
 /// Writes `keys` distinct keys with `clients` concurrent writers.
-pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
+pub async fn load(a: LoadArgs, creds: &Credentials) -> anyhow::Result<()> {
     let eps = parse_endpoints(&a.endpoints);
     anyhow::ensure!(
         !eps.is_empty() && a.clients > 0,
@@ -179,7 +180,7 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..a.clients {
-        let ch = connect(&eps[c as usize % eps.len()]).await?;
+        let ch = connect(creds, &eps[c as usize % eps.len()]).await?;
         let (keys, clients, size, prefix) = (a.keys, a.clients, a.value_size, a.prefix.clone());
         tasks.push(tokio::spawn(async move {
             let mut kv = KvClient::new(ch);
