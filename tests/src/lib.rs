@@ -110,3 +110,36 @@ impl InProcessCluster {
         }
     }
 }
+
+/// Typed reads and writes for tests, over the registry's public (untyped)
+/// API: what a test needs beyond the typed calls the control plane itself
+/// uses (`Registry::get_t`, `create_t`).
+pub mod typed {
+    use keel_controlplane::registry::{from_value, to_value};
+    use keel_controlplane::{ApiError, Registry, kinds};
+    use keel_proto::api::Resource;
+
+    /// Replaces an object the test read (its resourceVersion must still be current).
+    pub async fn update<T: Resource>(reg: &Registry, obj: &T) -> Result<T, ApiError> {
+        from_value(reg.update(kinds::of::<T>(), to_value(obj)?, false).await?)
+    }
+
+    /// Replaces the status of an object the test read.
+    pub async fn update_status<T: Resource>(reg: &Registry, obj: &T) -> Result<T, ApiError> {
+        from_value(reg.update(kinds::of::<T>(), to_value(obj)?, true).await?)
+    }
+
+    /// Deletes an object at the revision the test read.
+    pub async fn delete<T: Resource>(reg: &Registry, obj: &T) -> Result<(), ApiError> {
+        let m = obj.meta();
+        let rev = m.revision();
+        reg.delete(
+            kinds::of::<T>(),
+            &m.namespace,
+            &m.name,
+            (rev > 0).then_some(rev),
+        )
+        .await
+        .map(|_| ())
+    }
+}

@@ -16,7 +16,6 @@ pub mod patch;
 pub mod route;
 pub mod scale;
 pub mod select;
-pub mod service_ip;
 pub mod table;
 pub mod watch;
 
