@@ -6,67 +6,20 @@
 
 use keel_proto::client::ApiClient;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::check::{leaders, linearizable, lost_write, watch as watch_check};
+use crate::check::{converge, leaders, linearizable, lost_write, watch as watch_check};
 use crate::cluster::{ClusterError, Flavor, ProcessCluster};
-use crate::nemesis::schedule::{self, Nemesis, Timing};
+use crate::nemesis::schedule::{self, Timing};
 use crate::nemesis::{self, Ctx};
 use crate::proxy::Mesh;
 use crate::report::{self, Histories, Summary, Violation};
 use crate::workload::deployments;
 use crate::workload::{kv, probe, range_prefix, register, watch as watch_wl};
 
-/// Which workload to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Workload {
-    Register,
-    Kv,
-    Watch,
-    Deployments,
-}
-
-impl Workload {
-    pub fn parse(s: &str) -> Result<Workload, String> {
-        match s {
-            "register" => Ok(Workload::Register),
-            "kv" => Ok(Workload::Kv),
-            "watch" => Ok(Workload::Watch),
-            "deployments" => Ok(Workload::Deployments),
-            _ => Err(format!(
-                "unknown workload {s:?}; known: register, kv, watch, deployments"
-            )),
-        }
-    }
-}
-
-/// Everything a run needs.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    /// The `keel` binary the masters run.
-    pub bin: PathBuf,
-    pub masters: usize,
-    pub duration: Duration,
-    pub nemeses: Vec<Nemesis>,
-    pub workloads: Vec<Workload>,
-    pub clients: u64,
-    pub seed: u64,
-    pub out: PathBuf,
-    /// Start the masters with the unsafe debug flag (the harness must then fail).
-    pub unsafe_local_reads: bool,
-    /// Per-request timeout of the workload clients.
-    pub op_timeout: Duration,
-    /// Register keys per generation, and how often the generation moves on.
-    pub keys: u64,
-    pub key_period: Duration,
-    /// Search steps per key for the linearizability checker.
-    pub budget: u64,
-}
+pub use crate::config::{RunConfig, Workload};
 
 /// Why a run could not be carried out (violations are not errors: they are
 /// in the summary).
@@ -263,7 +216,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
             )),
         }
         // After healing the control plane must reach the desired state.
-        for v in deployments::converged(
+        for v in converge::converged(
             &ApiClient::new(&apis, &creds),
             &dep_cfg.namespace,
             Duration::from_secs(90),

@@ -5,6 +5,7 @@
 //! first difference ends the run with the seed, the request's index, the
 //! request and both answers.
 
+pub mod avoid;
 pub mod exec;
 pub mod generator;
 pub mod normalize;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_proto::api::core::Container;
-use keel_proto::api::{Deployment, Namespace, Node, Pod, ReplicaSet};
+use keel_proto::api::{Deployment, Namespace};
 use keel_proto::client::{ApiClient, ClientError};
 use keel_proto::pki::Credentials;
 use rand::Rng;
@@ -17,7 +17,6 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::check::converge;
 use crate::sim;
 
 /// How to run the workload.
@@ -184,31 +183,5 @@ async fn kubelet(c: ApiClient, ns: String, until: Instant) {
     while Instant::now() < until {
         let _ = sim::mark_ready(&c, &ns).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// After healing: waits up to `timeout` for the control plane to converge
-/// (keeping the simulated kubelet going), returning what is still wrong.
-pub async fn converged(c: &ApiClient, ns: &str, timeout: Duration) -> Vec<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let _ = sim::mark_ready(c, ns).await;
-        let state = async {
-            Ok::<_, ClientError>((
-                c.list::<Deployment>(ns, "").await?.items,
-                c.list::<ReplicaSet>(ns, "").await?.items,
-                c.list::<Pod>(ns, "").await?.items,
-                c.list::<Node>("", "").await?.items,
-            ))
-        }
-        .await;
-        let bad = match state {
-            Ok((d, rs, p, n)) => converge::check(&d, &rs, &p, &n),
-            Err(e) => vec![format!("the API did not answer: {e}")],
-        };
-        if bad.is_empty() || Instant::now() >= deadline {
-            return bad;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

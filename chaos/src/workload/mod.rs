@@ -45,14 +45,10 @@ pub async fn range_prefix(
     let mut kv = kv_clients(creds, &[endpoint.to_string()], timeout)
         .pop()
         .ok_or_else(|| tonic::Status::invalid_argument("bad endpoint"))?;
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
     Ok(kv
         .range(RangeRequest {
             key: prefix.as_bytes().to_vec(),
-            range_end: end,
+            range_end: keel_proto::prefix_end(prefix.as_bytes()),
             ..Default::default()
         })
         .await?

@@ -219,10 +219,7 @@ async fn follow(
         return "bad endpoint".into();
     };
     let ch = ep.connect_timeout(w.timeout).connect_lazy();
-    let mut end = PREFIX.as_bytes().to_vec();
-    if let Some(l) = end.last_mut() {
-        *l += 1;
-    }
+    let end = keel_proto::prefix_end(PREFIX.as_bytes());
     let req = WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(
             WatchCreateRequest {

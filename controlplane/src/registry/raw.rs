@@ -3,7 +3,7 @@
 //! transactions as objects.
 
 use keel_proto::etcdserverpb::{RangeRequest, TxnRequest, compare};
-use keel_store::mvcc::keys::prefix_end;
+use keel_proto::prefix_end;
 
 use super::{Registry, cmp_create, cmp_mod, put};
 use crate::error::ApiError;

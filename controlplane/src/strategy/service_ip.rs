@@ -17,8 +17,8 @@ use keel_proto::etcdserverpb::{
 };
 use keel_proto::keelraft::command::Op;
 use keel_proto::keelraft::command_result::Result as R;
+use keel_proto::prefix_end;
 use keel_store::Node;
-use keel_store::mvcc::keys::prefix_end;
 use rand::Rng;
 use serde_json::{Value, json};
 
