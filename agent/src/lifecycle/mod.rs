@@ -316,20 +316,4 @@ pub async fn stop_orphan(ctx: Arc<Ctx>, rec: PodRecord) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_kubelets_schedule() {
-        let s = Duration::from_secs;
-        let b = |n| backoff(n, s(10), s(300));
-        assert_eq!(
-            (0..8).map(b).collect::<Vec<_>>(),
-            vec![s(0), s(10), s(20), s(40), s(80), s(160), s(300), s(300)]
-        );
-        assert_eq!(backoff(1000, s(10), s(300)), s(300));
-        let ms = Duration::from_millis;
-        assert_eq!(backoff(3, ms(500), s(2)), s(2));
-        assert_eq!(backoff(2, ms(500), s(2)), s(1));
-    }
-}
+mod tests;
