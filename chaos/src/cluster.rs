@@ -244,6 +244,13 @@ impl ProcessCluster {
         &self.credentials
     }
 
+    /// Dials this cluster with `creds` from now on: for members that serve
+    /// with TLS material of their own data dirs (restored from a backup,
+    /// whose CA the caller knows) rather than a PKI given by `use_pki`.
+    pub fn set_credentials(&mut self, creds: Credentials) {
+        self.credentials = creds;
+    }
+
     /// A REST client of every member's API with the cluster's credentials.
     pub fn api_client(&self) -> keel_proto::client::ApiClient {
         let apis: Vec<String> = self.members.iter().map(|m| m.api_addr()).collect();
