@@ -8,10 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_proto::client::{ApiClient, Credentials};
-use keel_proto::pki::{self, ClientDefaults, Pair, PkiDir, TlsBundle};
+use keel_proto::client::ApiClient;
+use keel_proto::pki::{self, Credentials, Pair, PkiDir};
 use serde_json::{Value, json};
 
+use crate::credentials::SharedCredentials;
 use crate::error::AgentError;
 
 /// The node certificate's name in the agent's PKI dir (node.crt, node.key).
@@ -35,7 +36,7 @@ pub async fn credentials(
     masters: &[String],
     ca_pem: Option<String>,
     join_token: Option<&str>,
-) -> Result<ClientDefaults, AgentError> {
+) -> Result<Credentials, AgentError> {
     let dir = PkiDir(pki_dir(data_dir));
     let ca_pem = match ca_pem {
         Some(c) => c,
@@ -70,13 +71,7 @@ pub async fn credentials(
             p
         }
     };
-    Ok(ClientDefaults {
-        tls: Some(TlsBundle {
-            ca_pem,
-            me: Some(me),
-        }),
-        token: None,
-    })
+    Ok(Credentials::tls(ca_pem, Some(me)))
 }
 
 /// Spends the bootstrap token on a certificate for a new key.
@@ -86,11 +81,7 @@ async fn join(
     ca_pem: &str,
     token: &str,
 ) -> Result<Pair, AgentError> {
-    let creds = Credentials {
-        ca_pem: Some(ca_pem.to_string()),
-        identity: None,
-        token: Some(token.to_string()),
-    };
+    let creds = Credentials::tls(ca_pem, None).with_token(token);
     request_certificate(node, masters, &creds, "/keel/v1/bootstrap", true).await
 }
 
@@ -104,7 +95,7 @@ async fn request_certificate(
     named: bool,
 ) -> Result<Pair, AgentError> {
     let (csr, key_pem) = pki::node_csr(node).map_err(pki_err)?;
-    let c = ApiClient::with_credentials(masters, creds)?;
+    let c = ApiClient::try_new(masters, creds)?;
     let body = if named {
         json!({"nodeName": node, "csr": csr})
     } else {
@@ -141,11 +132,7 @@ async fn renew(
     ca_pem: &str,
     me: &Pair,
 ) -> Result<Pair, AgentError> {
-    let creds = Credentials {
-        ca_pem: Some(ca_pem.to_string()),
-        identity: Some(me.clone()),
-        token: None,
-    };
+    let creds = Credentials::tls(ca_pem, Some(me.clone()));
     let path = format!("/keel/v1/certificates/{node}");
     let p = request_certificate(node, masters, &creds, &path, false).await?;
     tracing::info!(node, "renewed the node certificate");
@@ -153,9 +140,15 @@ async fn renew(
 }
 
 /// Renews the node certificate whenever it is due (checked every hour),
-/// saving it and making it this process's client credentials, until the
-/// process ends. A failed renewal is retried at the next check.
-pub async fn renewal_loop(data_dir: PathBuf, node: String, masters: Vec<String>) {
+/// saving it and putting it into the agent's credentials (`creds`, the
+/// handle its clients read), until the process ends. A failed renewal is
+/// retried at the next check.
+pub async fn renewal_loop(
+    data_dir: PathBuf,
+    node: String,
+    masters: Vec<String>,
+    creds: SharedCredentials,
+) {
     let dir = PkiDir(pki_dir(&data_dir));
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
@@ -174,13 +167,7 @@ pub async fn renewal_loop(data_dir: PathBuf, node: String, masters: Vec<String>)
                     tracing::error!(error = %e, "cannot save the renewed node certificate");
                     continue;
                 }
-                pki::set_client_defaults(ClientDefaults {
-                    tls: Some(TlsBundle {
-                        ca_pem,
-                        me: Some(fresh),
-                    }),
-                    token: None,
-                });
+                creds.set(Credentials::tls(ca_pem, Some(fresh)));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "renewing the node certificate failed; will retry")

@@ -6,6 +6,7 @@
 //! everything else; it never links the store or the control plane.
 
 pub mod bootstrap;
+pub mod credentials;
 pub mod env;
 pub mod error;
 pub mod heartbeat;
@@ -32,6 +33,7 @@ use keel_proto::api::Service;
 use keel_proto::client::ApiClient;
 use tokio::sync::watch;
 
+pub use credentials::SharedCredentials;
 pub use error::AgentError;
 use ipam::{Ipam, PodRange};
 use runtime::{DockerRuntime, ProcessRuntime, Runtime, Sandbox};
@@ -71,6 +73,10 @@ pub struct Config {
     /// and the next agent on this data dir adopts them).
     pub stop_pods_on_exit: bool,
     pub runtime: RuntimeChoice,
+    /// How the agent dials the masters and serves its log endpoint: the
+    /// node certificate from the bootstrap, updated by its renewal (plain
+    /// text with `--insecure`).
+    pub credentials: SharedCredentials,
 }
 
 impl Config {
@@ -91,6 +97,7 @@ impl Config {
             log_max_bytes: 10 << 20,
             stop_pods_on_exit: false,
             runtime: RuntimeChoice::Process,
+            credentials: SharedCredentials::default(),
         }
     }
 }
@@ -163,7 +170,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Age
     }
     let ctx = Arc::new(Ctx {
         node_ip,
-        client: Arc::new(ApiClient::new(&cfg.masters)),
+        client: Arc::new(ApiClient::new(&cfg.masters, &cfg.credentials.get())),
         runtime,
         state,
         ipam: Mutex::new(ipam),

@@ -47,6 +47,7 @@ pub fn tail_offset(data: &[u8], n: usize) -> usize {
 /// certificate, to masters only (mutual TLS, organisation keel:masters),
 /// when the agent has joined with a certificate; plain HTTP with `--insecure`.
 pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
+    let creds = ctx.cfg.credentials.get();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -54,7 +55,7 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
             get(container_log),
         )
         .with_state(ctx);
-    let tls = match pki::client_defaults().tls {
+    let tls = match creds.tls {
         Some(pki::TlsBundle {
             ca_pem,
             me: Some(me),

@@ -9,19 +9,28 @@ use std::time::Duration;
 use keel_proto::api::Pod;
 use keel_proto::keelagent::WatchPodsRequest;
 use keel_proto::keelagent::agent_client::AgentClient;
+use keel_proto::pki::Credentials;
 use tokio::sync::mpsc;
 
+use crate::credentials::SharedCredentials;
 use crate::watcher::Event;
 
-/// Watches `node`'s pods through `masters` (API base URLs) until the receiver goes away.
-pub async fn run(masters: Vec<String>, node: String, tx: mpsc::Sender<Event<Pod>>) {
+/// Watches `node`'s pods through `masters` (API base URLs) until the
+/// receiver goes away; each connection dials with the credentials current
+/// at that moment (a renewed certificate is used from the next one on).
+pub async fn run(
+    masters: Vec<String>,
+    node: String,
+    creds: SharedCredentials,
+    tx: mpsc::Sender<Event<Pod>>,
+) {
     let mut rv = 0i64;
     let mut next = 0usize;
     let mut pause = Duration::from_millis(100);
     loop {
         let base = &masters[next % masters.len().max(1)];
         next += 1;
-        match watch_once(base, &node, &mut rv, &tx).await {
+        match watch_once(base, &creds.get(), &node, &mut rv, &tx).await {
             Ok(()) => return,
             Err(e) => {
                 if e.code() == tonic::Code::OutOfRange {
@@ -46,11 +55,13 @@ pub async fn run(masters: Vec<String>, node: String, tx: mpsc::Sender<Event<Pod>
 /// One stream from one master; `Ok` only when the receiver went away.
 async fn watch_once(
     base: &str,
+    creds: &Credentials,
     node: &str,
     rv: &mut i64,
     tx: &mpsc::Sender<Event<Pod>>,
 ) -> Result<(), tonic::Status> {
-    let ep = keel_proto::pki::endpoint(base)
+    let ep = creds
+        .endpoint(base)
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(5))

@@ -30,6 +30,7 @@ pub async fn run(ctx: Arc<Ctx>, adopted: Vec<PodRecord>, mut shutdown: watch::Re
     let w = tokio::spawn(pod_watch::run(
         ctx.client.servers().to_vec(),
         ctx.cfg.name.clone(),
+        ctx.cfg.credentials.clone(),
         tx,
     ));
     let mut adopted: Option<HashMap<String, PodRecord>> =

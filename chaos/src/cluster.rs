@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use keel_proto::etcdserverpb::StatusRequest;
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use keel_proto::pki;
+use keel_proto::pki::{self, Credentials};
 
 /// Errors starting or driving a process cluster.
 #[derive(Debug, thiserror::Error)]
@@ -91,10 +91,12 @@ pub fn free_port() -> u16 {
     0
 }
 
-/// Asks the member at client address `addr` for its status: (member id,
-/// leader id, raft term); `None` if it does not answer within a second.
-pub async fn status_of(addr: &str) -> Option<(u64, u64, u64)> {
-    let ch = keel_proto::pki::endpoint(addr)
+/// Asks the member at client address `addr` (dialed with `creds`) for its
+/// status: (member id, leader id, raft term); `None` if it does not answer
+/// within a second.
+pub async fn status_of(creds: &Credentials, addr: &str) -> Option<(u64, u64, u64)> {
+    let ch = creds
+        .endpoint(addr)
         .ok()?
         .connect_timeout(Duration::from_millis(300))
         .timeout(Duration::from_millis(800))
@@ -137,6 +139,9 @@ pub struct ProcessCluster {
     log_dir: PathBuf,
     /// The cluster's PKI (`keel pki init`), every member's `--pki-dir`.
     pub pki_dir: Option<PathBuf>,
+    /// How clients dial this cluster: its admin certificate and token once
+    /// it has a PKI (`use_pki`), plain text before (etcd, `--insecure`).
+    credentials: Credentials,
 }
 
 const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
@@ -199,18 +204,16 @@ impl ProcessCluster {
             extra_args: extra_args.to_vec(),
             log_dir: dir.join("logs"),
             pki_dir: None,
+            // etcd members run plain text, as the comparison baseline.
+            credentials: Credentials::plaintext(),
         };
         std::fs::create_dir_all(&c.log_dir)?;
-        if flavor == Flavor::Etcd {
-            // etcd members run plain text, as the comparison baseline.
-            pki::set_client_defaults(pki::ClientDefaults::default());
-        }
         Ok(c)
     }
 
     /// Makes `dir` the cluster's PKI (created with `keel pki init` if it
-    /// holds none) and this process's credentials for dialing the cluster
-    /// (`pki::client_defaults`): the admin certificate and token.
+    /// holds none) and its admin certificate and token the cluster's
+    /// credentials (`credentials`).
     pub fn use_pki(&mut self, dir: &Path) -> Result<(), ClusterError> {
         if !dir.join("ca.crt").exists() {
             let out = Command::new(&self.bin)
@@ -228,12 +231,30 @@ impl ProcessCluster {
                 ));
             }
         }
-        let d = pki::PkiDir(dir.to_path_buf())
-            .admin_defaults()
+        self.credentials = pki::PkiDir(dir.to_path_buf())
+            .admin_credentials()
             .map_err(|e| ClusterError::Pki(e.to_string()))?;
-        pki::set_client_defaults(d);
         self.pki_dir = Some(dir.to_path_buf());
         Ok(())
+    }
+
+    /// How a client dials this cluster (its CA, admin certificate and token;
+    /// plain text without a PKI).
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Dials this cluster with `creds` from now on: for members that serve
+    /// with TLS material of their own data dirs (restored from a backup,
+    /// whose CA the caller knows) rather than a PKI given by `use_pki`.
+    pub fn set_credentials(&mut self, creds: Credentials) {
+        self.credentials = creds;
+    }
+
+    /// A REST client of every member's API with the cluster's credentials.
+    pub fn api_client(&self) -> keel_proto::client::ApiClient {
+        let apis: Vec<String> = self.members.iter().map(|m| m.api_addr()).collect();
+        keel_proto::client::ApiClient::new(&apis, &self.credentials)
     }
 
     /// Starts every member that is not running.
@@ -450,7 +471,7 @@ impl ProcessCluster {
 
     /// Asks member `i` for its status: (member id, leader id, raft term).
     pub async fn status(&self, i: usize) -> Option<(u64, u64, u64)> {
-        status_of(&self.members[i].client_addr()).await
+        status_of(&self.credentials, &self.members[i].client_addr()).await
     }
 
     /// The index of the member every running member agrees is leader.

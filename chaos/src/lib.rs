@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod cluster;
+pub mod config;
 pub mod diff;
 pub mod nemesis;
 pub mod proxy;

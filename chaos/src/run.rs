@@ -4,68 +4,22 @@
 //! collect final states, run every checker and hand the results to the
 //! report. The binary's `keel chaos run` is a thin wrapper around `run`.
 
+use keel_proto::client::ApiClient;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::check::{leaders, linearizable, lost_write, watch as watch_check};
+use crate::check::{converge, leaders, linearizable, lost_write, watch as watch_check};
 use crate::cluster::{ClusterError, Flavor, ProcessCluster};
-use crate::nemesis::schedule::{self, Nemesis, Timing};
+use crate::nemesis::schedule::{self, Timing};
 use crate::nemesis::{self, Ctx};
 use crate::proxy::Mesh;
 use crate::report::{self, Histories, Summary, Violation};
 use crate::workload::deployments;
 use crate::workload::{kv, probe, range_prefix, register, watch as watch_wl};
 
-/// Which workload to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Workload {
-    Register,
-    Kv,
-    Watch,
-    Deployments,
-}
-
-impl Workload {
-    pub fn parse(s: &str) -> Result<Workload, String> {
-        match s {
-            "register" => Ok(Workload::Register),
-            "kv" => Ok(Workload::Kv),
-            "watch" => Ok(Workload::Watch),
-            "deployments" => Ok(Workload::Deployments),
-            _ => Err(format!(
-                "unknown workload {s:?}; known: register, kv, watch, deployments"
-            )),
-        }
-    }
-}
-
-/// Everything a run needs.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    /// The `keel` binary the masters run.
-    pub bin: PathBuf,
-    pub masters: usize,
-    pub duration: Duration,
-    pub nemeses: Vec<Nemesis>,
-    pub workloads: Vec<Workload>,
-    pub clients: u64,
-    pub seed: u64,
-    pub out: PathBuf,
-    /// Start the masters with the unsafe debug flag (the harness must then fail).
-    pub unsafe_local_reads: bool,
-    /// Per-request timeout of the workload clients.
-    pub op_timeout: Duration,
-    /// Register keys per generation, and how often the generation moves on.
-    pub keys: u64,
-    pub key_period: Duration,
-    /// Search steps per key for the linearizability checker.
-    pub budget: u64,
-}
+pub use crate::config::{RunConfig, Workload};
 
 /// Why a run could not be carried out (violations are not errors: they are
 /// in the summary).
@@ -136,14 +90,17 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
 
     let start = Instant::now();
     let endpoints = cluster.endpoints();
+    let creds = cluster.credentials().clone();
     let (stop_poll, stop_rx) = watch::channel(false);
     let poller = tokio::spawn(leaders::poll(
+        creds.clone(),
         endpoints.clone(),
         start,
         Duration::from_millis(100),
         stop_rx,
     ));
     let probes = tokio::spawn(probe::run(
+        creds.clone(),
         endpoints.clone(),
         cfg.duration,
         cfg.op_timeout,
@@ -154,6 +111,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
     let reg = has(Workload::Register).then(|| {
         let w = register::RegisterWorkload {
             endpoints: endpoints.clone(),
+            creds: creds.clone(),
             clients: cfg.clients,
             keys: cfg.keys,
             duration: cfg.duration,
@@ -165,6 +123,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
     let kvw = has(Workload::Kv).then(|| {
         let w = kv::KvWorkload {
             endpoints: endpoints.clone(),
+            creds: creds.clone(),
             clients: cfg.clients,
             duration: cfg.duration,
             timeout: cfg.op_timeout,
@@ -176,6 +135,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
         watch_wl::start(
             &watch_wl::WatchWorkload {
                 endpoints: endpoints.clone(),
+                creds: creds.clone(),
                 writers: cfg.clients,
                 watchers,
                 duration: cfg.duration,
@@ -191,6 +151,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
     let apis: Vec<String> = cluster.members.iter().map(|m| m.api_addr()).collect();
     let dep_cfg = deployments::DeploymentsWorkload {
         apis: apis.clone(),
+        creds: creds.clone(),
         namespace: "chaos".into(),
         deployments: 3,
         clients: cfg.clients.min(4),
@@ -255,7 +216,13 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
             )),
         }
         // After healing the control plane must reach the desired state.
-        for v in deployments::converged(&apis, &dep_cfg.namespace, Duration::from_secs(90)).await {
+        for v in converge::converged(
+            &ApiClient::new(&apis, &creds),
+            &dep_cfg.namespace,
+            Duration::from_secs(90),
+        )
+        .await
+        {
             violations.push(Violation::new("convergence", &v));
         }
     }
@@ -264,7 +231,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
         let mut finals = Vec::new();
         for (i, ep) in endpoints.iter().enumerate() {
             match retry(Duration::from_secs(30), "final read", || {
-                kv::final_state(ep, "kv/", final_timeout)
+                kv::final_state(&creds, ep, "kv/", final_timeout)
             })
             .await
             {
@@ -285,7 +252,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, RunError> {
     if let Some(w) = wat {
         let expected: Result<BTreeSet<i64>, String> =
             retry(Duration::from_secs(30), "final watch read", || {
-                range_prefix(&endpoints[0], watch_wl::PREFIX, final_timeout)
+                range_prefix(&creds, &endpoints[0], watch_wl::PREFIX, final_timeout)
             })
             .await
             .map(|kvs| kvs.iter().map(|kv| kv.mod_revision).collect());

@@ -167,7 +167,7 @@ pub async fn audit(t: &Target, cmd: AuditCmd) -> anyhow::Result<()> {
     let servers = t.client().servers().to_vec();
     let mut all: Vec<(String, AuditEntry)> = Vec::new();
     for s in servers {
-        let one = ApiClient::new(std::slice::from_ref(&s));
+        let one = ApiClient::new(std::slice::from_ref(&s), &t.conn.creds);
         let r = one
             .send(
                 reqwest::Method::GET,

@@ -84,6 +84,7 @@ pub struct AgentArgs {
 }
 
 pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
+    let creds = keel_agent::SharedCredentials::default();
     if a.insecure {
         tracing::warn!(
             "!!! --insecure: this agent talks PLAIN TEXT to the masters, without a certificate. Tests only. !!!"
@@ -95,7 +96,7 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        let creds = keel_agent::bootstrap::credentials(
+        let joined = keel_agent::bootstrap::credentials(
             &a.data_dir,
             &a.name,
             &a.masters,
@@ -104,11 +105,12 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
         )
         .await
         .with_context(|| format!("agent {}: joining the cluster", a.name))?;
-        keel_proto::pki::set_client_defaults(creds);
+        creds.set(joined);
         tokio::spawn(keel_agent::bootstrap::renewal_loop(
             a.data_dir.clone(),
             a.name.clone(),
             a.masters.clone(),
+            creds.clone(),
         ));
     }
     let mut cfg = keel_agent::Config::new(&a.name, a.data_dir.clone(), a.masters.clone());
@@ -123,6 +125,7 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
     cfg.backoff_max = Duration::from_millis(a.backoff_max_ms.max(a.backoff_initial_ms));
     cfg.log_max_bytes = a.log_max_bytes;
     cfg.stop_pods_on_exit = a.stop_pods_on_exit;
+    cfg.credentials = creds;
     cfg.runtime = match a.runtime {
         RuntimeKind::Process => keel_agent::RuntimeChoice::Process,
         RuntimeKind::Docker => keel_agent::RuntimeChoice::Docker {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use keel_proto::pki::Credentials;
 use tonic::transport::Channel;
 
 /// Splits `a,b,c` endpoint lists, accepting `http://` prefixes.
@@ -14,9 +15,10 @@ pub fn parse_endpoints(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// A channel to one endpoint, connected now.
-pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
-    keel_proto::pki::endpoint(endpoint)?
+/// A channel to one endpoint dialed with `creds`, connected now.
+pub async fn connect(creds: &Credentials, endpoint: &str) -> anyhow::Result<Channel> {
+    creds
+        .endpoint(endpoint)?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .connect()
@@ -25,10 +27,10 @@ pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
 }
 
 /// A channel to the first endpoint that answers.
-pub async fn connect_any(endpoints: &[String]) -> anyhow::Result<Channel> {
+pub async fn connect_any(creds: &Credentials, endpoints: &[String]) -> anyhow::Result<Channel> {
     let mut last = None;
     for e in endpoints {
-        match connect(e).await {
+        match connect(creds, e).await {
             Ok(c) => return Ok(c),
             Err(err) => last = Some(err),
         }

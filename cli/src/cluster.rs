@@ -1,5 +1,6 @@
 //! `keel cluster ...`: member status with zones, and membership changes.
 
+use keel_proto::pki::Credentials;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, bail};
@@ -67,8 +68,8 @@ enum ClusterCmd {
     },
 }
 
-async fn members(endpoints: &[String]) -> anyhow::Result<Vec<Member>> {
-    let ch = connect_any(endpoints).await?;
+async fn members(creds: &Credentials, endpoints: &[String]) -> anyhow::Result<Vec<Member>> {
+    let ch = connect_any(creds, endpoints).await?;
     Ok(ClusterClient::new(ch)
         .member_list(MemberListRequest {
             linearizable: false,
@@ -93,10 +94,10 @@ fn find(members: &[Member], key: &str) -> anyhow::Result<u64> {
     }
 }
 
-pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
+pub async fn run(a: ClusterArgs, creds: &Credentials) -> anyhow::Result<()> {
     let eps = parse_endpoints(&a.endpoints);
     match a.cmd {
-        ClusterCmd::Status => status(&eps).await,
+        ClusterCmd::Status => status(creds, &eps).await,
         ClusterCmd::Recover { data_dirs } => recover(&data_dirs).await,
         ClusterCmd::Add {
             name,
@@ -105,7 +106,7 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
             zone,
             learner,
         } => {
-            let ch = connect_any(&eps).await?;
+            let ch = connect_any(creds, &eps).await?;
             ClusterClient::new(ch)
                 .member_add(MemberAddRequest {
                     peer_ur_ls: vec![peer],
@@ -124,8 +125,8 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ClusterCmd::Remove { member } => {
-            let id = find(&members(&eps).await?, &member)?;
-            let ch = connect_any(&eps).await?;
+            let id = find(&members(creds, &eps).await?, &member)?;
+            let ch = connect_any(creds, &eps).await?;
             ClusterClient::new(ch)
                 .member_remove(MemberRemoveRequest { id })
                 .await
@@ -134,8 +135,8 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ClusterCmd::Promote { member } => {
-            let id = find(&members(&eps).await?, &member)?;
-            let ch = connect_any(&eps).await?;
+            let id = find(&members(creds, &eps).await?, &member)?;
+            let ch = connect_any(creds, &eps).await?;
             ClusterClient::new(ch)
                 .member_promote(MemberPromoteRequest { id })
                 .await
@@ -148,8 +149,8 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
             peer,
             client,
         } => {
-            let id = find(&members(&eps).await?, &member)?;
-            let ch = connect_any(&eps).await?;
+            let id = find(&members(creds, &eps).await?, &member)?;
+            let ch = connect_any(creds, &eps).await?;
             ClusterClient::new(ch)
                 .member_update(MemberUpdateRequest {
                     id,
@@ -162,8 +163,8 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ClusterCmd::MoveLeader { member } => {
-            let id = find(&members(&eps).await?, &member)?;
-            let ch = connect_any(&eps).await?;
+            let id = find(&members(creds, &eps).await?, &member)?;
+            let ch = connect_any(creds, &eps).await?;
             MaintenanceClient::new(ch)
                 .move_leader(MoveLeaderRequest { target_id: id })
                 .await
@@ -174,8 +175,8 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn status(eps: &[String]) -> anyhow::Result<()> {
-    let members = members(eps).await?;
+async fn status(creds: &Credentials, eps: &[String]) -> anyhow::Result<()> {
+    let members = members(creds, eps).await?;
     println!(
         "{:<8} {:<16} {:<8} {:<9} {:>5} {:>9}  {:<22} HEALTH",
         "NAME", "ID", "ZONE", "ROLE", "TERM", "APPLIED", "CLIENT"
@@ -183,7 +184,7 @@ async fn status(eps: &[String]) -> anyhow::Result<()> {
     for m in &members {
         let client = m.client_ur_ls.first().cloned().unwrap_or_default();
         let addr = client.trim_start_matches("http://").to_string();
-        let st = match connect(&addr).await {
+        let st = match connect(creds, &addr).await {
             Ok(ch) => MaintenanceClient::new(ch)
                 .status(StatusRequest {})
                 .await

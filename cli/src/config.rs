@@ -3,11 +3,10 @@
 //! setting overridable by a flag or `KEEL_*` variable.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use anyhow::Context;
 use clap::Args;
-use keel_proto::pki::{ClientDefaults, Pair, TlsBundle};
+use keel_proto::pki::{Credentials, Pair, TlsBundle};
 use serde::{Deserialize, Serialize};
 
 /// Connection flags shared by every client command.
@@ -57,20 +56,23 @@ pub fn default_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".keel").join("config"))
 }
 
-static LOADED: OnceLock<ClientConfig> = OnceLock::new();
-
-/// The API servers of the loaded config (empty if none).
-pub fn servers() -> Vec<String> {
-    LOADED.get().map(|c| c.servers.clone()).unwrap_or_default()
+/// What a client command dials a running cluster with: the servers of the
+/// config file and the credentials built from it and the flags. Built once
+/// by `load` and handed to the command (nothing keeps it globally).
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// REST API servers (`host:port`) from the config (empty if none).
+    pub servers: Vec<String>,
+    pub creds: Credentials,
 }
 
 fn read(p: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
 }
 
-/// Loads the config and flags and makes them this process's credentials for
-/// every client it builds.
-pub fn apply(a: &Auth) -> anyhow::Result<()> {
+/// Loads the config file and flags into the connection every client of
+/// this command is built from.
+pub fn load(a: &Auth) -> anyhow::Result<Connection> {
     let path = a.config.clone().or_else(default_path);
     let file: Option<ClientConfig> = match &path {
         Some(p) if p.exists() => Some(
@@ -104,12 +106,13 @@ pub fn apply(a: &Auth) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    keel_proto::pki::set_client_defaults(ClientDefaults {
-        tls,
-        token: a.token.clone().or(cfg.token.clone()),
-    });
-    let _ = LOADED.set(cfg);
-    Ok(())
+    Ok(Connection {
+        creds: Credentials {
+            tls,
+            token: a.token.clone().or(cfg.token.clone()),
+        },
+        servers: cfg.servers,
+    })
 }
 
 /// Writes a config file readable only by its owner.

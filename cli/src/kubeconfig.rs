@@ -60,8 +60,8 @@ pub fn write(
     Ok(())
 }
 
-pub fn run(a: KubeconfigArgs) -> anyhow::Result<()> {
-    let d = keel_proto::pki::client_defaults();
+pub fn run(a: KubeconfigArgs, conn: &crate::config::Connection) -> anyhow::Result<()> {
+    let d = conn.creds.clone();
     let ca = d.tls.as_ref().map(|t| t.ca_pem.clone()).context(
         "no cluster CA: pass --ca-cert or a config with certificateAuthority (keel up writes one)",
     )?;
@@ -69,7 +69,7 @@ pub fn run(a: KubeconfigArgs) -> anyhow::Result<()> {
         "no token: pass --token or a config with a token (keel up writes the admin token)",
     )?;
     let server = a.api_url.unwrap_or_else(|| {
-        crate::config::servers()
+        conn.servers
             .first()
             .map(|s| url(s))
             .unwrap_or_else(|| "https://127.0.0.1:6443".into())

@@ -158,6 +158,25 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+impl Cmd {
+    /// The API target of the kubectl-like and admin commands.
+    fn target_mut(&mut self) -> Option<&mut kubectl::Target> {
+        match self {
+            Cmd::Apply { t, .. }
+            | Cmd::Get { t, .. }
+            | Cmd::Describe { t, .. }
+            | Cmd::Delete { t, .. }
+            | Cmd::Scale { t, .. }
+            | Cmd::Rollout { t, .. }
+            | Cmd::Logs { t, .. }
+            | Cmd::Token { t, .. }
+            | Cmd::Audit { t, .. }
+            | Cmd::Node { t, .. } => Some(t),
+            _ => None,
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Like other command-line tools, end quietly when the reader of our
@@ -184,8 +203,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(b) => b.dials_a_running_cluster(),
         _ => true,
     };
-    if dials_a_running_cluster {
-        config::apply(&cli.auth)?;
+    let conn = if dials_a_running_cluster {
+        config::load(&cli.auth)?
+    } else {
+        config::Connection::default()
+    };
+    let mut cmd = cli.cmd;
+    if let Some(t) = cmd.target_mut() {
+        t.conn = conn.clone();
     }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = cli.worker_threads {
@@ -193,16 +218,16 @@ fn main() -> anyhow::Result<()> {
     }
     let rt = rt.enable_all().build()?;
     rt.block_on(async move {
-        match cli.cmd {
+        match cmd {
             Cmd::Master(a) => master::run(*a).await,
             Cmd::Agent(a) => agent::run(a).await,
             Cmd::Up(a) => up::run(a).await,
-            Cmd::Cluster(a) => cluster::run(a).await,
-            Cmd::Bench(b) => bench::run(b).await,
+            Cmd::Cluster(a) => cluster::run(a, &conn.creds).await,
+            Cmd::Bench(b) => bench::run(b, &conn.creds).await,
             Cmd::Chaos(c) => chaos::run(c).await,
-            Cmd::Backup(a) => backup::run(a).await,
+            Cmd::Backup(a) => backup::run(a, &conn.creds).await,
             Cmd::Pki(a) => pki::run(a),
-            Cmd::Kubeconfig(a) => kubeconfig::run(a),
+            Cmd::Kubeconfig(a) => kubeconfig::run(a, &conn),
             Cmd::Apply { t, a } => kubectl::apply::apply(&t, a).await,
             Cmd::Get { t, a } => kubectl::get::get(&t, a).await,
             Cmd::Describe { t, a } => kubectl::get::describe(&t, a).await,

@@ -221,11 +221,6 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
         let p = crate::pki::master(&pki_dir, &own, &a.name, &addrs, single)
             .with_context(|| format!("the PKI in {}", pki_dir.display()))?;
         cfg.tls = Some(p.bundle.clone());
-        // What this master dials others with (agents' log endpoints).
-        keel_proto::pki::set_client_defaults(keel_proto::pki::ClientDefaults {
-            tls: Some(p.bundle.clone()),
-            token: None,
-        });
         let t = p.admin_token.clone();
         (Some(p), t)
     };
@@ -253,6 +248,14 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
         },
         ca: pki.as_ref().map(|p| Arc::new(p.ca.clone())),
         audit: Some(Arc::new(audit)),
+        // What this master dials the agents' log endpoints with.
+        agent_credentials: match &pki {
+            Some(p) => keel_proto::pki::Credentials {
+                tls: Some(p.bundle.clone()),
+                token: None,
+            },
+            None => keel_proto::pki::Credentials::plaintext(),
+        },
     };
     tracing::info!(addr = %a.listen_api, https = api_cfg.tls.is_some(), "serving the REST API");
     tokio::spawn(keel_controlplane::api::serve(

@@ -246,7 +246,9 @@ mod tests {
             Some(("master:m1".into(), pki::ORG_MASTERS.into()))
         );
         assert!(m.admin_token.is_some());
-        let d = PkiDir(dir.path().to_path_buf()).admin_defaults().unwrap();
+        let d = PkiDir(dir.path().to_path_buf())
+            .admin_credentials()
+            .unwrap();
         assert!(tokens::parse(&d.token.unwrap()).is_ok());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(ADMIN_TOKEN))

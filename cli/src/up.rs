@@ -172,7 +172,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     let apis: Vec<String> = cluster.members.iter().map(|m| m.api_addr()).collect();
     let pki_dir = std::path::absolute(cluster.pki_dir.clone().context("the cluster's PKI")?)?;
     // Every agent joins with its own single-use bootstrap token.
-    let client = keel_proto::client::ApiClient::new(&apis);
+    let client = keel_proto::client::ApiClient::new(&apis, cluster.credentials());
     let mut runtime = vec![
         "--runtime".to_string(),
         match a.runtime {

@@ -31,7 +31,7 @@ spec:
 async fn restarted_agent_adopts_its_pods_and_stops_those_deleted_meanwhile() {
     let tc = common::start(3, &[]).await;
     let apis: Vec<String> = tc.c.members.iter().map(|m| m.api_addr()).collect();
-    let client = ApiClient::new(&apis);
+    let client = ApiClient::new(&apis, tc.c.credentials());
     let mut agents = s::Agents::start(tc.dir.path(), &apis, 1);
     s::apply(
         &apis[0],

@@ -17,7 +17,7 @@ use serde_json::json;
 async fn leader_sigkill_leaves_pods_running_and_a_scale_up_takes_effect() {
     let mut tc = common::start(3, s::MASTER_ARGS).await;
     let apis: Vec<String> = tc.c.members.iter().map(|m| m.api_addr()).collect();
-    let client = ApiClient::new(&apis);
+    let client = ApiClient::new(&apis, tc.c.credentials());
     let agents = s::Agents::start(tc.dir.path(), &apis, 2);
     s::apply(&apis[0], &s::web("web", 2, 8081));
     let ip = s::cluster_ip(&client, "web").await;
@@ -39,7 +39,7 @@ async fn leader_sigkill_leaves_pods_running_and_a_scale_up_takes_effect() {
         .filter(|i| *i != leader)
         .map(|i| tc.c.members[i].api_addr())
         .collect();
-    let client = ApiClient::new(&rest);
+    let client = ApiClient::new(&rest, tc.c.credentials());
     common::poll(Duration::from_secs(30), "scale to 4 accepted", || async {
         client
             .merge_patch::<Deployment>("default", "web", &json!({"spec": {"replicas": 4}}))

@@ -79,7 +79,7 @@ spec:
 async fn restarts_back_off_bad_commands_fail_clearly_and_unready_pods_leave_endpoints() {
     let tc = common::start(3, &[]).await;
     let apis: Vec<String> = tc.c.members.iter().map(|m| m.api_addr()).collect();
-    let client = ApiClient::new(&apis);
+    let client = ApiClient::new(&apis, tc.c.credentials());
     let mut agents = s::Agents::start(tc.dir.path(), &apis, 1);
     s::apply(&apis[0], PODS);
     s::apply(&apis[0], &format!("{}{}{SVC}", probed("p1"), probed("p2")));
@@ -207,7 +207,7 @@ async fn restarts_back_off_bad_commands_fail_clearly_and_unready_pods_leave_endp
         s
     };
     let created = futures::future::join_all((0..12).map(|i| {
-        let c = ApiClient::new(&[apis[i % 3].clone()]);
+        let c = ApiClient::new(&[apis[i % 3].clone()], tc.c.credentials());
         async move { c.create(&svc(&format!("s{i}"), "")).await }
     }))
     .await;
@@ -268,7 +268,7 @@ async fn restarts_back_off_bad_commands_fail_clearly_and_unready_pods_leave_endp
         "plain text read logs: {plain:?}"
     );
     let admin = keel_proto::pki::PkiDir(common::shared_pki())
-        .admin_defaults()
+        .admin_credentials()
         .unwrap()
         .tls
         .unwrap();

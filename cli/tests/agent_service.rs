@@ -34,7 +34,7 @@ fn listeners(ip: &str, port: u16) -> usize {
 async fn service_answers_from_every_node_and_survives_an_agent_kill() {
     let tc = common::start(3, s::MASTER_ARGS).await;
     let apis: Vec<String> = tc.c.members.iter().map(|m| m.api_addr()).collect();
-    let client = ApiClient::new(&apis);
+    let client = ApiClient::new(&apis, tc.c.credentials());
     let mut agents = s::Agents::start(tc.dir.path(), &apis, 2);
     common::poll(Duration::from_secs(30), "two Ready nodes", || async {
         let nodes = client.list::<Node>("", "").await.ok()?;

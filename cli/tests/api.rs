@@ -19,7 +19,7 @@ async fn raw(
     body: Vec<u8>,
 ) -> (u16, Value) {
     // The admin's credentials (HTTPS pinned to the cluster CA, token).
-    let r = keel_proto::client::ApiClient::new(&[base.to_string()])
+    let r = keel_proto::client::ApiClient::new(&[base.to_string()], &common::shared_credentials())
         .send(method, path, Some((ct, body)), None)
         .await
         .expect("request");
@@ -280,10 +280,11 @@ async fn bad_requests_get_status_errors_and_change_nothing() {
     assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
     // Health endpoints answer.
     for p in ["/healthz", "/readyz", "/version"] {
-        let r = keel_proto::client::ApiClient::new(&[base.to_string()])
-            .send(reqwest::Method::GET, p, None, None)
-            .await
-            .unwrap();
+        let r =
+            keel_proto::client::ApiClient::new(&[base.to_string()], &common::shared_credentials())
+                .send(reqwest::Method::GET, p, None, None)
+                .await
+                .unwrap();
         assert_eq!(r.status().as_u16(), 200, "{p}");
     }
 }

@@ -350,9 +350,11 @@ async fn restore_builds_an_identical_new_cluster_and_drill_passes() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 
     // No --pki-dir: each member serves with the CA the restore wrote into
-    // its data dir (taken from the backup), which the test clients trust.
+    // its data dir (taken from the backup: the shared PKI's), which the
+    // test clients trust.
     let mut new =
         ProcessCluster::plan(Flavor::Keel, &bin(), new_root.path(), 3, None, &[]).unwrap();
+    new.set_credentials(common::shared_credentials());
     new.spawn_all().unwrap();
     new.wait_ready(Duration::from_secs(30)).await.unwrap();
     let neps = new.endpoints();
@@ -403,13 +405,13 @@ async fn restore_builds_an_identical_new_cluster_and_drill_passes() {
     // the REST API, over HTTPS with the CA the backup carried.
     let token = std::fs::read_to_string(common::shared_pki().join("admin.token")).unwrap();
     let apis: Vec<String> = new.members.iter().map(|m| m.api_addr()).collect();
-    let by_token = keel_proto::client::ApiClient::with_credentials(
+    let by_token = keel_proto::client::ApiClient::try_new(
         &apis,
-        &keel_proto::client::Credentials {
-            ca_pem: Some(std::fs::read_to_string(new_root.path().join("m1/pki/ca.crt")).unwrap()),
-            identity: None,
-            token: Some(token.trim().to_string()),
-        },
+        &keel_proto::client::Credentials::tls(
+            std::fs::read_to_string(new_root.path().join("m1/pki/ca.crt")).unwrap(),
+            None,
+        )
+        .with_token(token.trim()),
     )
     .unwrap();
     poll(
@@ -437,6 +439,7 @@ async fn restore_builds_an_identical_new_cluster_and_drill_passes() {
     // No --pki-dir: each member serves with the CA the restore wrote into
     // its data dir (taken from the backup), which the test clients trust.
     let mut one = ProcessCluster::plan(Flavor::Keel, &bin(), bumped.path(), 1, None, &[]).unwrap();
+    one.set_credentials(common::shared_credentials());
     one.spawn_all().unwrap();
     one.wait_ready(Duration::from_secs(30)).await.unwrap();
     let ep = one.endpoints()[0].clone();
@@ -619,6 +622,7 @@ async fn backup_under_write_load_restores_exactly_and_old_watchers_see_compactio
     // its data dir (taken from the backup), which the test clients trust.
     let mut restored =
         ProcessCluster::plan(Flavor::Keel, &bin(), root.path(), 1, None, &[]).unwrap();
+    restored.set_credentials(common::shared_credentials());
     restored.spawn_all().unwrap();
     restored.wait_ready(Duration::from_secs(30)).await.unwrap();
     let rep = restored.endpoints()[0].clone();

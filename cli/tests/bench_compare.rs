@@ -24,10 +24,7 @@ fn bench_kv_against_etcd_reports_both_clusters_and_the_stage_breakdown() {
         .expect("run keel bench kv");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "bench failed:\n{stdout}\n{stderr}"
-    );
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
     for workload in [
         "put, 1 client",
         "put, 64 clients",

@@ -162,7 +162,7 @@ async fn docker_deployment_serves_through_its_service_and_survives_node_loss() {
     test_images();
     let tc = common::start(3, s::MASTER_ARGS).await;
     let apis: Vec<String> = tc.c.members.iter().map(|m| m.api_addr()).collect();
-    let client = ApiClient::new(&apis);
+    let client = ApiClient::new(&apis, tc.c.credentials());
     let mut agents = DockerAgents::start(tc.dir.path(), &apis, 2);
     ready_nodes(&client, 2).await;
     let cidrs: BTreeMap<String, String> = client
@@ -335,7 +335,7 @@ async fn docker_pods_share_localhost_get_oom_killed_report_pull_errors_and_are_a
     test_images();
     let tc = common::start(3, &[]).await;
     let apis: Vec<String> = tc.c.members.iter().map(|m| m.api_addr()).collect();
-    let client = ApiClient::new(&apis);
+    let client = ApiClient::new(&apis, tc.c.credentials());
     let mut agents = DockerAgents::start(tc.dir.path(), &apis, 1);
     let agent = agents.ids[0].clone();
     ready_nodes(&client, 1).await;

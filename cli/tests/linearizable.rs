@@ -14,6 +14,7 @@ async fn register_history_through_a_leader_kill_is_linearizable() {
     let mut tc = start(3, &[]).await;
     let w = RegisterWorkload {
         endpoints: tc.c.endpoints(),
+        creds: tc.c.credentials().clone(),
         clients: 4,
         keys: 6,
         duration: Duration::from_secs(5),

@@ -34,11 +34,13 @@ fn admin_token() -> String {
 
 /// A REST client trusting the cluster CA with exactly these credentials.
 fn client(apis: &[String], identity: Option<Pair>, token: Option<String>) -> ApiClient {
-    ApiClient::with_credentials(
+    ApiClient::try_new(
         apis,
         &Credentials {
-            ca_pem: Some(ca_pem()),
-            identity,
+            tls: Some(TlsBundle {
+                ca_pem: ca_pem(),
+                me: identity,
+            }),
             token,
         },
     )
@@ -153,7 +155,7 @@ async fn every_port_refuses_plain_text_strangers_and_the_wrong_organisation() {
     let m = &tc.c.members[0];
     let cluster = common::shared_pki();
     let admin = pki::PkiDir(cluster.clone())
-        .admin_defaults()
+        .admin_credentials()
         .unwrap()
         .tls
         .unwrap();
@@ -207,17 +209,10 @@ async fn every_port_refuses_plain_text_strangers_and_the_wrong_organisation() {
     // no credentials is 401.
     let apis = common::apis(&tc);
     let api = &apis[..1];
-    let plain = ApiClient::with_credentials(api, &Credentials::default()).unwrap();
+    let plain = ApiClient::try_new(api, &Credentials::plaintext()).unwrap();
     assert_eq!(api_code(plain.get_value("/api/v1/namespaces").await), 0);
-    let strange = ApiClient::with_credentials(
-        api,
-        &Credentials {
-            ca_pem: Some(ca_pem()),
-            identity: stranger.me.clone(),
-            token: None,
-        },
-    )
-    .unwrap();
+    let strange =
+        ApiClient::try_new(api, &Credentials::tls(ca_pem(), stranger.me.clone())).unwrap();
     assert_eq!(api_code(strange.get_value("/api/v1/namespaces").await), 0);
     let nobody = client(api, None, None);
     let r = nobody.get_value("/api/v1/namespaces").await;
@@ -551,7 +546,7 @@ async fn insecure_is_plain_text_loud_and_still_needs_a_token() {
     c.spawn_all().unwrap();
     let api = vec![c.members[0].api_addr()];
     let token_file = c.members[0].data_dir.join("pki").join("admin.token");
-    let plain = ApiClient::with_credentials(&api, &Credentials::default()).unwrap();
+    let plain = ApiClient::try_new(&api, &Credentials::plaintext()).unwrap();
     common::poll(Duration::from_secs(30), "the insecure API", || async {
         plain
             .send(reqwest::Method::GET, "/readyz", None, None)
@@ -569,15 +564,8 @@ async fn insecure_is_plain_text_loud_and_still_needs_a_token() {
         std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let with_token = ApiClient::with_credentials(
-        &api,
-        &Credentials {
-            ca_pem: None,
-            identity: None,
-            token: Some(token.trim().to_string()),
-        },
-    )
-    .unwrap();
+    let with_token =
+        ApiClient::try_new(&api, &Credentials::plaintext().with_token(token.trim())).unwrap();
     common::poll(
         Duration::from_secs(20),
         "the admin token stored",

@@ -5,7 +5,7 @@ use keel_proto::api::{self, Resource};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::validate;
+use crate::{strategy, validate};
 
 /// One served resource.
 #[derive(Debug)]
@@ -24,7 +24,8 @@ pub struct Kind {
     pub has_scale: bool,
     /// Whether `kubectl get all` lists it (discovery category `all`).
     pub in_all: bool,
-    /// Decodes and validates an object of this kind, returning it normalised.
+    /// Decodes and validates an object of this kind (the rules of every
+    /// object, then its strategy's), returning it normalised.
     pub check: fn(Value) -> Result<Value, ApiError>,
 }
 
@@ -51,7 +52,9 @@ impl Kind {
 fn checker<T: Resource>(v: Value) -> Result<Value, ApiError> {
     let obj: T = validate::decode(v)?;
     validate::object(&obj)?;
-    serde_json::to_value(&obj).map_err(|e| ApiError::internal(e.to_string()))
+    let v = serde_json::to_value(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+    strategy::of(T::KIND).validate(&v)?;
+    Ok(v)
 }
 
 macro_rules! kind {

@@ -4,7 +4,9 @@
 pub mod error;
 pub mod kinds;
 pub mod registry;
+pub mod strategy;
 pub mod validate;
+pub mod value;
 
 pub use error::ApiError;
 pub use registry::Registry;

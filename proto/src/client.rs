@@ -60,27 +60,8 @@ pub fn object<T: Resource>(ns: &str, name: &str) -> String {
     format!("{}/{name}", collection::<T>(ns))
 }
 
-/// How a client proves who it is and whom it trusts.
-#[derive(Clone, Default)]
-pub struct Credentials {
-    /// The cluster CA; `None`: plain HTTP (masters run `--insecure`).
-    pub ca_pem: Option<String>,
-    /// A client certificate (nodes, admins with certificates).
-    pub identity: Option<crate::pki::Pair>,
-    /// A bearer token.
-    pub token: Option<String>,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print a key or a token.
-        f.debug_struct("Credentials")
-            .field("tls", &self.ca_pem.is_some())
-            .field("certificate", &self.identity.is_some())
-            .field("token", &self.token.is_some())
-            .finish()
-    }
-}
+/// How a client proves who it is and whom it trusts (see `pki::Credentials`).
+pub use crate::pki::Credentials;
 
 /// A client of one cluster's API servers.
 pub struct ApiClient {
@@ -95,34 +76,24 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// A client with this process's credentials (`pki::client_defaults`:
-    /// HTTPS pinned to the cluster CA, client certificate, token), or plain
-    /// HTTP when none are set. `servers` are base URLs or `host:port`.
-    pub fn new(servers: &[String]) -> Self {
-        let d = crate::pki::client_defaults();
-        let creds = Credentials {
-            ca_pem: d.tls.as_ref().map(|t| t.ca_pem.clone()),
-            identity: d.tls.and_then(|t| t.me),
-            token: d.token,
-        };
-        Self::with_credentials(servers, &creds).unwrap_or_else(|e| {
-            // Never fall back to plain text: every request reports the error.
-            let mut c = Self::with_credentials(servers, &Credentials::default())
+    /// A client of `servers` (base URLs or `host:port`) built from `creds`:
+    /// HTTPS pinned to the cluster CA with the client certificate when they
+    /// have TLS, plain HTTP otherwise, and their token on every request. If
+    /// the credentials cannot be used (a bad PEM), the client never falls
+    /// back to plain text: every request reports why.
+    pub fn new(servers: &[String], creds: &Credentials) -> Self {
+        Self::try_new(servers, creds).unwrap_or_else(|e| {
+            let mut c = Self::try_new(servers, &Credentials::plaintext())
                 .expect("a plain HTTP client always builds");
             c.broken = Some(e.to_string());
             c
         })
     }
 
-    /// A client that speaks HTTPS trusting only the cluster CA (when
-    /// `creds.ca_pem` is set), presents a certificate and/or a token.
+    /// As `new`, but unusable credentials are an error here.
     /// `host:port` servers get `https://` with a CA, `http://` without.
-    pub fn with_credentials(servers: &[String], creds: &Credentials) -> Result<Self, ClientError> {
-        let scheme = if creds.ca_pem.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+    pub fn try_new(servers: &[String], creds: &Credentials) -> Result<Self, ClientError> {
+        let scheme = if creds.tls.is_some() { "https" } else { "http" };
         let servers = servers
             .iter()
             .map(|s| {
@@ -137,8 +108,9 @@ impl ApiClient {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
-        if let Some(ca) = &creds.ca_pem {
-            let tls = crate::pki::client_config(ca, creds.identity.as_ref())
+        if let Some(t) = &creds.tls {
+            let tls = t
+                .rustls_client()
                 .map_err(|e| ClientError::Config(e.to_string()))?;
             b = b.use_preconfigured_tls(tls);
         }

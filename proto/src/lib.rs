@@ -35,6 +35,21 @@ pub fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// The end of the range of every key starting with `prefix` (etcd's
+/// `GetPrefixRangeEnd`): the prefix with its last byte below 0xff
+/// incremented and what follows dropped; `\0` ("to the end") when every
+/// byte is 0xff or the prefix is empty.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// Requests larger than this are refused, as etcd's default `--max-request-bytes`.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
@@ -50,3 +65,17 @@ pub mod client;
 pub mod https;
 /// The cluster PKI: CA, certificates and the rustls configurations.
 pub mod pki;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends_follow_etcd() {
+        assert_eq!(prefix_end(b"a"), b"b");
+        assert_eq!(prefix_end(b"kv/"), b"kv0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+        assert_eq!(prefix_end(b""), b"\0");
+    }
+}

@@ -275,9 +275,9 @@ pub struct PkiDir(pub PathBuf);
 impl PkiDir {
     /// The admin's credentials in a directory made by `keel pki init`: the
     /// CA, the admin client certificate and the admin token.
-    pub fn admin_defaults(&self) -> Result<ClientDefaults, PkiError> {
+    pub fn admin_credentials(&self) -> Result<Credentials, PkiError> {
         let token = read(&self.0.join(ADMIN_TOKEN))?.trim().to_string();
-        Ok(ClientDefaults {
+        Ok(Credentials {
             tls: Some(TlsBundle {
                 ca_pem: read(&self.ca_cert())?,
                 me: Some(self.load_pair(ADMIN_CERT)?),
@@ -455,44 +455,67 @@ impl TlsBundle {
     }
 }
 
-/// How this process dials Keel masters: the cluster CA and client
-/// certificate, and a bearer token for the REST API. A CLI, an agent or a
-/// test harness talks to one cluster at a time, so this is set once (by
-/// `keel` from its config, by `ProcessCluster` for the cluster it starts)
-/// and every client built afterwards uses it. Unset: plain text.
+/// How a client dials Keel masters: the cluster CA and a client
+/// certificate (`tls`; `None`: plain text to masters run with `--insecure`),
+/// and a bearer token for the REST API. Nothing reads it implicitly: whoever
+/// knows the cluster builds one (the CLI from its config file, a harness
+/// from its cluster's PKI, an agent from its bootstrap, a master from its own
+/// certificate) and hands it to every client it makes (`ApiClient::new`,
+/// `Credentials::endpoint`), so one process can talk to several clusters.
 #[derive(Clone, Default)]
-pub struct ClientDefaults {
+pub struct Credentials {
     pub tls: Option<TlsBundle>,
     pub token: Option<String>,
 }
 
-static CLIENT_DEFAULTS: std::sync::RwLock<Option<ClientDefaults>> = std::sync::RwLock::new(None);
-
-/// Sets how this process dials masters (see `ClientDefaults`).
-pub fn set_client_defaults(d: ClientDefaults) {
-    *CLIENT_DEFAULTS.write().unwrap_or_else(|e| e.into_inner()) = Some(d);
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a key or a token.
+        f.debug_struct("Credentials")
+            .field("tls", &self.tls)
+            .field("token", &self.token.is_some())
+            .finish()
+    }
 }
 
-/// How this process dials masters.
-pub fn client_defaults() -> ClientDefaults {
-    CLIENT_DEFAULTS
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
-        .unwrap_or_default()
-}
+impl Credentials {
+    /// Plain text, no token (masters run with `--insecure`; etcd baselines).
+    pub fn plaintext() -> Self {
+        Self::default()
+    }
 
-/// A gRPC endpoint for a master's `host:port`: mutual TLS with the process's
-/// client defaults when set, plain text otherwise.
-pub fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-    let addr = addr
-        .trim()
-        .trim_start_matches("http://")
-        .trim_start_matches("https://");
-    match client_defaults().tls {
-        Some(t) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
-            .tls_config(t.tonic_client()),
-        None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")),
+    /// The cluster CA and, when given, a client certificate; no token.
+    pub fn tls(ca_pem: impl Into<String>, me: Option<Pair>) -> Self {
+        Credentials {
+            tls: Some(TlsBundle {
+                ca_pem: ca_pem.into(),
+                me,
+            }),
+            token: None,
+        }
+    }
+
+    /// The same credentials with a bearer token.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// A gRPC endpoint for a master's `host:port`: mutual TLS with these
+    /// credentials' certificate when they have TLS, plain text otherwise.
+    pub fn endpoint(
+        &self,
+        addr: &str,
+    ) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+        let addr = addr
+            .trim()
+            .trim_start_matches("http://")
+            .trim_start_matches("https://");
+        match &self.tls {
+            Some(t) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+                .tls_config(t.tonic_client()),
+            None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")),
+        }
     }
 }
 

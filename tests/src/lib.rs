@@ -6,33 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use keel_chaos::{free_port, poll};
-use keel_proto::pki::{self, Ca, ClientDefaults, TlsBundle, Usage};
+use keel_proto::pki::{self, Ca, Credentials, TlsBundle, Usage};
 use keel_store::{Node, NodeConfig};
 
-/// The CA of every in-process cluster in this test process: members run
-/// mutual TLS as in production, and the test's clients
-/// (`pki::client_defaults`) hold an admin certificate from it.
-fn process_ca() -> &'static Ca {
-    static CA: std::sync::OnceLock<Ca> = std::sync::OnceLock::new();
-    CA.get_or_init(|| {
-        let ca = Ca::generate("in-process").expect("CA");
-        let admin = ca
-            .issue("admin", Some(pki::ORG_ADMIN), &[], Usage::Client)
-            .expect("admin certificate");
-        pki::set_client_defaults(ClientDefaults {
-            tls: Some(TlsBundle {
-                ca_pem: ca.cert_pem.clone(),
-                me: Some(admin),
-            }),
-            token: None,
-        });
-        ca
-    })
-}
-
-/// A member's TLS material.
-fn member_tls(name: &str) -> TlsBundle {
-    let ca = process_ca();
+/// A member's TLS material, issued by its cluster's CA.
+fn member_tls(ca: &Ca, name: &str) -> TlsBundle {
     let me = ca
         .issue(
             &format!("master:{name}"),
@@ -47,10 +25,14 @@ fn member_tls(name: &str) -> TlsBundle {
     }
 }
 
-/// Members running in this process, with their temp dir.
+/// Members running in this process, with their temp dir. Each cluster has
+/// a CA of its own (members run mutual TLS as in production), so clusters
+/// in one test process trust only their own members.
 pub struct InProcessCluster {
     pub nodes: Vec<Arc<Node>>,
     pub dir: tempfile::TempDir,
+    /// How a test dials this cluster: its CA and an admin certificate.
+    pub credentials: Credentials,
 }
 
 impl InProcessCluster {
@@ -62,6 +44,9 @@ impl InProcessCluster {
     /// Like `start`, with `tune` applied to every member's configuration.
     pub async fn start_with(n: usize, tune: impl Fn(&mut NodeConfig)) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let ca = Ca::generate("in-process")?;
+        let admin = ca.issue("admin", Some(pki::ORG_ADMIN), &[], Usage::Client)?;
+        let credentials = Credentials::tls(ca.cert_pem.clone(), Some(admin));
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<(String, String)> = ports
             .iter()
@@ -78,11 +63,15 @@ impl InProcessCluster {
             );
             cfg.initial_cluster = initial.clone();
             cfg.zone = format!("zone-{i}");
-            cfg.tls = Some(member_tls(&format!("m{}", i + 1)));
+            cfg.tls = Some(member_tls(&ca, &format!("m{}", i + 1)));
             tune(&mut cfg);
             nodes.push(keel_store::start(cfg).await?);
         }
-        let c = InProcessCluster { nodes, dir };
+        let c = InProcessCluster {
+            nodes,
+            dir,
+            credentials,
+        };
         poll(Duration::from_secs(20), "a leader", || async { c.leader() }).await;
         Ok(c)
     }
@@ -106,9 +95,51 @@ impl InProcessCluster {
         self.nodes[i].cfg.client_addr()
     }
 
+    /// A lazily connected gRPC channel to member `i`'s client endpoint,
+    /// with this cluster's admin credentials.
+    pub fn channel(&self, i: usize) -> tonic::transport::Channel {
+        self.credentials
+            .endpoint(&self.endpoint(i))
+            .expect("a member's endpoint")
+            .connect_lazy()
+    }
+
     pub async fn shutdown(&self) {
         for n in &self.nodes {
             n.shutdown().await;
         }
+    }
+}
+
+/// Typed reads and writes for tests, over the registry's public (untyped)
+/// API: what a test needs beyond the typed calls the control plane itself
+/// uses (`Registry::get_t`, `create_t`).
+pub mod typed {
+    use keel_controlplane::registry::{from_value, to_value};
+    use keel_controlplane::{ApiError, Registry, kinds};
+    use keel_proto::api::Resource;
+
+    /// Replaces an object the test read (its resourceVersion must still be current).
+    pub async fn update<T: Resource>(reg: &Registry, obj: &T) -> Result<T, ApiError> {
+        from_value(reg.update(kinds::of::<T>(), to_value(obj)?, false).await?)
+    }
+
+    /// Replaces the status of an object the test read.
+    pub async fn update_status<T: Resource>(reg: &Registry, obj: &T) -> Result<T, ApiError> {
+        from_value(reg.update(kinds::of::<T>(), to_value(obj)?, true).await?)
+    }
+
+    /// Deletes an object at the revision the test read.
+    pub async fn delete<T: Resource>(reg: &Registry, obj: &T) -> Result<(), ApiError> {
+        let m = obj.meta();
+        let rev = m.revision();
+        reg.delete(
+            kinds::of::<T>(),
+            &m.namespace,
+            &m.name,
+            (rev > 0).then_some(rev),
+        )
+        .await
+        .map(|_| ())
     }
 }

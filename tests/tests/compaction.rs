@@ -12,9 +12,7 @@ async fn leader_auto_compacts_old_history_on_every_member() {
     let c = InProcessCluster::start_with(3, |cfg| cfg.auto_compact_revisions = 20)
         .await
         .unwrap();
-    let ch = keel_proto::pki::endpoint(&c.endpoint(0))
-        .unwrap()
-        .connect_lazy();
+    let ch = c.channel(0);
     let mut kv = KvClient::new(ch);
     let mut last = 0;
     for i in 0..60 {

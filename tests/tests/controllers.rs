@@ -17,7 +17,7 @@ use keel_proto::api::coordination::NODE_LEASE_NAMESPACE;
 use keel_proto::api::core::{Container, ResourceRequirements, ServicePort};
 use keel_proto::api::meta::{Condition, IntOrString, condition, now_rfc3339, set_condition};
 use keel_proto::api::{Deployment, Endpoints, Lease, Node, Pod, ReplicaSet, Service};
-use keel_tests::{InProcessCluster, poll};
+use keel_tests::{InProcessCluster, poll, typed};
 use tokio_util::sync::CancellationToken;
 
 const ZONE: &str = "topology.kubernetes.io/zone";
@@ -126,7 +126,7 @@ impl ControlPlane {
                             },
                             &now_rfc3339(),
                         );
-                        let _ = reg.update_status_t(&s).await;
+                        let _ = typed::update_status(&reg, &s).await;
                     }
                 }
                 tokio::select! {
@@ -156,7 +156,7 @@ impl ControlPlane {
                             l.spec.renew_time = Some(now_rfc3339());
                             l.spec.lease_transitions =
                                 Some(l.spec.lease_transitions.unwrap_or(0) + 1);
-                            let _ = reg.update_t(&l).await;
+                            let _ = typed::update(&reg, &l).await;
                         }
                         Err(_) => {
                             let mut l = Lease::new(NODE_LEASE_NAMESPACE, name);
@@ -185,7 +185,7 @@ impl ControlPlane {
             let reg = self.reg();
             if let Ok(mut d) = reg.get_t::<Deployment>("default", name).await {
                 f(&mut d);
-                if reg.update_t(&d).await.is_ok() {
+                if typed::update(&reg, &d).await.is_ok() {
                     return;
                 }
             }
@@ -323,7 +323,7 @@ async fn deployment_spreads_six_pods_over_three_zones_and_cascades_on_delete() {
         .get_t::<Deployment>("default", "web")
         .await
         .unwrap();
-    cp.reg().delete_t(&d).await.unwrap();
+    typed::delete(&cp.reg(), &d).await.unwrap();
     poll(
         Duration::from_secs(15),
         "the ReplicaSet and pods collected",

@@ -7,7 +7,7 @@ use std::time::Duration;
 use keel_controlplane::{Registry, kinds};
 use keel_proto::api::Lease;
 use keel_store::node::LeaderRequest;
-use keel_tests::InProcessCluster;
+use keel_tests::{InProcessCluster, typed};
 
 /// The mod_revision of `key` (0 if absent).
 async fn keys_rev(reg: &Registry, key: &str) -> i64 {
@@ -64,9 +64,9 @@ async fn a_deposed_leaders_writes_change_nothing() {
     assert!(e.message.contains("fenced"), "{e}");
     let mut changed = l.clone();
     changed.spec.holder_identity = "old-leader".into();
-    let e = old.update_t(&changed).await.unwrap_err();
+    let e = typed::update(&old, &changed).await.unwrap_err();
     assert!(e.message.contains("fenced"), "{e}");
-    let e = old.delete_t(&l).await.unwrap_err();
+    let e = typed::delete(&old, &l).await.unwrap_err();
     assert!(e.message.contains("fenced"), "{e}");
     assert_eq!(
         plain.revision().await.unwrap(),
@@ -78,8 +78,8 @@ async fn a_deposed_leaders_writes_change_nothing() {
     assert!(plain.get_t::<Lease>("default", "b").await.is_err());
 
     // The new leader and the API are unaffected; a plain conflict is still a conflict.
-    new.update_t(&changed).await.unwrap();
-    let e = new.update_t(&changed).await.unwrap_err();
+    typed::update(&new, &changed).await.unwrap();
+    let e = typed::update(&new, &changed).await.unwrap_err();
     assert_eq!(e.reason, "Conflict");
     assert!(!e.message.contains("fenced"), "{e}");
     plain

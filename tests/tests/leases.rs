@@ -13,12 +13,8 @@ use keel_proto::etcdserverpb::{
 use keel_tests::{InProcessCluster, poll};
 use tonic::transport::Channel;
 
-fn channel(ep: &str) -> Channel {
-    keel_proto::pki::endpoint(ep).unwrap().connect_lazy()
-}
-
-async fn count(ep: &str, key: &str) -> (i64, i64) {
-    let r = KvClient::new(channel(ep))
+async fn count(ch: Channel, key: &str) -> (i64, i64) {
+    let r = KvClient::new(ch)
         .range(RangeRequest {
             key: key.into(),
             serializable: true,
@@ -33,8 +29,7 @@ async fn count(ep: &str, key: &str) -> (i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_lease_deletes_keys_on_every_member_and_keepalive_prevents_it() {
     let c = InProcessCluster::start(3).await.unwrap();
-    let ep = c.endpoint(1);
-    let mut lease = LeaseClient::new(channel(&ep));
+    let mut lease = LeaseClient::new(c.channel(1));
     let short = lease
         .lease_grant(LeaseGrantRequest { ttl: 2, id: 0 })
         .await
@@ -46,7 +41,7 @@ async fn expired_lease_deletes_keys_on_every_member_and_keepalive_prevents_it() 
         .unwrap()
         .into_inner();
     assert_ne!(short.id, kept.id);
-    let mut kv = KvClient::new(channel(&ep));
+    let mut kv = KvClient::new(c.channel(1));
     for (k, l) in [("short", short.id), ("kept", kept.id)] {
         kv.put(PutRequest {
             key: k.into(),
@@ -87,7 +82,7 @@ async fn expired_lease_deletes_keys_on_every_member_and_keepalive_prevents_it() 
     let revs = poll(Duration::from_secs(15), "expiry on all members", || async {
         let mut revs = Vec::new();
         for i in 0..3 {
-            let (n, rev) = count(&c.endpoint(i), "short").await;
+            let (n, rev) = count(c.channel(i), "short").await;
             if n != 0 {
                 return None;
             }
@@ -105,7 +100,7 @@ async fn expired_lease_deletes_keys_on_every_member_and_keepalive_prevents_it() 
     // test, not a readiness guess): keep-alives must have saved it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        count(&c.endpoint(0), "kept").await.0,
+        count(c.channel(0), "kept").await.0,
         1,
         "kept-alive lease expired"
     );

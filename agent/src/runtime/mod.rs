@@ -3,9 +3,12 @@
 //! **containers** run inside it. The agent's lifecycle code only talks to
 //! this trait; two implementations sit behind it: [`process`] (local
 //! processes, no images) and [`docker`] (real containers through the
-//! Docker Engine API, one pause container per pod holding its network).
+//! Docker Engine API, one pause container per pod holding its network);
+//! unit tests use `fake`, an in-memory one.
 
 pub mod docker;
+#[cfg(test)]
+pub mod fake;
 pub mod process;
 
 use std::future::Future;

@@ -3,8 +3,12 @@
 //! no pod bound to a node that does not exist, and no pod name twice.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use keel_proto::api::{Deployment, Node, Pod, ReplicaSet};
+use keel_proto::client::{ApiClient, ClientError};
+
+use crate::sim;
 
 /// What is wrong with the cluster's state, empty when it has converged.
 pub fn check(
@@ -72,6 +76,32 @@ pub fn check(
         }
     }
     bad
+}
+
+/// After healing: waits up to `timeout` for the control plane to converge
+/// (keeping the simulated kubelet going), returning what is still wrong.
+pub async fn converged(c: &ApiClient, ns: &str, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let _ = sim::mark_ready(c, ns).await;
+        let state = async {
+            Ok::<_, ClientError>((
+                c.list::<Deployment>(ns, "").await?.items,
+                c.list::<ReplicaSet>(ns, "").await?.items,
+                c.list::<Pod>(ns, "").await?.items,
+                c.list::<Node>("", "").await?.items,
+            ))
+        }
+        .await;
+        let bad = match state {
+            Ok((d, rs, p, n)) => check(&d, &rs, &p, &n),
+            Err(e) => vec![format!("the API did not answer: {e}")],
+        };
+        if bad.is_empty() || Instant::now() >= deadline {
+            return bad;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::cluster::status_of;
+use keel_proto::pki::Credentials;
 
 /// One member's answer at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +73,7 @@ pub fn changes(obs: &[Observation]) -> Vec<(u64, u64, u64)> {
 /// Polls every member's status every `every` until `stop` turns true.
 /// Members are asked concurrently, so a paused one does not hold up the rest.
 pub async fn poll(
+    creds: Credentials,
     endpoints: Vec<String>,
     start: Instant,
     every: Duration,
@@ -79,14 +81,17 @@ pub async fn poll(
 ) -> Vec<Observation> {
     let mut out = Vec::new();
     loop {
+        let creds = &creds;
         let asks = endpoints.iter().enumerate().map(|(member, ep)| async move {
-            status_of(ep).await.map(|(id, leader, term)| Observation {
-                at: start.elapsed().as_micros() as u64,
-                member,
-                id,
-                term,
-                leader,
-            })
+            status_of(creds, ep)
+                .await
+                .map(|(id, leader, term)| Observation {
+                    at: start.elapsed().as_micros() as u64,
+                    member,
+                    id,
+                    term,
+                    leader,
+                })
         });
         out.extend(futures::future::join_all(asks).await.into_iter().flatten());
         tokio::select! {

@@ -9,43 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-/// What a client asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    Read,
-    Write(i64),
-    /// Compare-and-swap: set to `.1` if the value is `.0`.
-    Cas(i64, i64),
-}
-
-/// What the client saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// A read's value (`None`: the key was absent).
-    Read(Option<i64>),
-    /// A write was acknowledged.
-    Written,
-    /// A CAS was answered: whether it swapped.
-    Swapped(bool),
-    /// Definitely not applied (the server said no): ignored by the check.
-    Failed,
-    /// Timed out or lost: it may or may not have taken effect, at any time
-    /// after its invocation.
-    Unknown,
-}
-
-/// One operation of a history: invocation and completion times (any
-/// monotonic unit), the key, the request and the outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Operation {
-    pub client: u64,
-    pub key: String,
-    pub op: Op,
-    pub call: u64,
-    /// Completion time; ignored for `Unknown` outcomes.
-    pub ret: u64,
-    pub outcome: Outcome,
-}
+pub use crate::workload::register::{Op, Operation, Outcome};
 
 /// The result of a check.
 #[derive(Debug, Clone, PartialEq, Eq)]

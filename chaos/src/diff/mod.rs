@@ -5,6 +5,7 @@
 //! first difference ends the run with the seed, the request's index, the
 //! request and both answers.
 
+pub mod avoid;
 pub mod exec;
 pub mod generator;
 pub mod normalize;
@@ -22,7 +23,7 @@ use keel_proto::etcdserverpb::{
     WatchCreateRequest, WatchRequest, request_op, watch_request,
 };
 use keel_proto::mvccpb::event::EventType;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::cluster::{ClusterError, Flavor, ProcessCluster};
 use exec::{Answer, Target};
@@ -112,17 +113,11 @@ pub struct DiffReport {
     pub elapsed: Duration,
 }
 
-/// A channel to an etcd member in plain text.
-fn plain(addr: &str) -> Result<Channel, DiffError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| DiffError::Setup(e.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy())
-}
-
-/// A channel to a Keel member with the process's client credentials.
-fn tls(addr: &str) -> Result<Channel, DiffError> {
-    Ok(keel_proto::pki::endpoint(addr)
+/// A channel to a member of `c` with that cluster's credentials (plain
+/// text for etcd, the admin certificate for Keel).
+fn channel(c: &ProcessCluster, addr: &str) -> Result<Channel, DiffError> {
+    Ok(c.credentials()
+        .endpoint(addr)
         .map_err(|e| DiffError::Setup(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy())
@@ -298,8 +293,6 @@ pub async fn run(cfg: &DiffConfig) -> Result<DiffReport, DiffError> {
             cfg.dir.display()
         )));
     }
-    // etcd first: planning an etcd cluster resets the process's client
-    // credentials to plain text; Keel's start then sets its own.
     let mut etcd = ProcessCluster::plan(
         Flavor::Etcd,
         &cfg.etcd_bin,
@@ -320,12 +313,12 @@ pub async fn run(cfg: &DiffConfig) -> Result<DiffReport, DiffError> {
     let etcd_members = etcd
         .endpoints()
         .iter()
-        .map(|a| plain(a))
+        .map(|a| channel(&etcd, a))
         .collect::<Result<Vec<_>, _>>()?;
     let keel_members = keel
         .endpoints()
         .iter()
-        .map(|a| tls(a))
+        .map(|a| channel(&keel, a))
         .collect::<Result<Vec<_>, _>>()?;
     let etcd_leader = leader_of(&etcd_members, Duration::from_secs(30)).await?;
     keel.wait_ready(Duration::from_secs(30)).await?;

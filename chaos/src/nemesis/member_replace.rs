@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 
 use keel_proto::etcdserverpb::cluster_client::ClusterClient;
 use keel_proto::etcdserverpb::{MemberListRequest, MemberRemoveRequest};
+use keel_proto::pki::Credentials;
 use tonic::transport::Channel;
 
 use super::schedule::{Planned, Target};
 use super::{Ctx, Injected, NemesisError};
 use crate::cluster::status_of;
 
-fn cluster_client(addr: &str) -> Option<ClusterClient<Channel>> {
-    let ep = keel_proto::pki::endpoint(addr).ok()?;
+fn cluster_client(creds: &Credentials, addr: &str) -> Option<ClusterClient<Channel>> {
+    let ep = creds.endpoint(addr).ok()?;
     Some(ClusterClient::new(
         ep.connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10))
@@ -24,8 +25,8 @@ fn cluster_client(addr: &str) -> Option<ClusterClient<Channel>> {
 }
 
 /// Whether member `id` is a voter, as member `addr` sees the membership.
-async fn is_voter(addr: &str, id: u64) -> bool {
-    let Some(mut c) = cluster_client(addr) else {
+async fn is_voter(creds: &Credentials, addr: &str, id: u64) -> bool {
+    let Some(mut c) = cluster_client(creds, addr) else {
         return false;
     };
     match c
@@ -55,7 +56,8 @@ pub async fn run(ctx: &mut Ctx<'_>, p: &Planned) -> Injected {
         victim = (victim + 1) % n;
     }
     let target = ctx.name(victim);
-    let id = status_of(&ctx.cluster.members[victim].client_addr())
+    let creds = ctx.cluster.credentials().clone();
+    let id = status_of(&creds, &ctx.cluster.members[victim].client_addr())
         .await
         .map(|s| s.0)
         .ok_or_else(|| NemesisError::Membership(format!("{target} does not answer")))?;
@@ -64,7 +66,7 @@ pub async fn run(ctx: &mut Ctx<'_>, p: &Planned) -> Injected {
     loop {
         let leader = ctx.current_leader().await.unwrap_or(leader);
         let addr = ctx.cluster.members[leader].client_addr();
-        let r = match cluster_client(&addr) {
+        let r = match cluster_client(&creds, &addr) {
             Some(mut c) => c
                 .member_remove(MemberRemoveRequest { id })
                 .await
@@ -93,7 +95,7 @@ pub async fn run(ctx: &mut Ctx<'_>, p: &Planned) -> Injected {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let l = ctx.current_leader().await.unwrap_or(via);
-        if is_voter(&ctx.cluster.members[l].client_addr(), id).await {
+        if is_voter(&creds, &ctx.cluster.members[l].client_addr(), id).await {
             return Ok((format!("{target} (removed, wiped, rejoined)"), vec![victim]));
         }
         if Instant::now() >= deadline {

@@ -74,7 +74,8 @@ impl Ctx<'_> {
             .filter(|i| self.cluster.members[*i].is_running())
             .map(|i| {
                 let ep = self.cluster.members[i].client_addr();
-                async move { status_of(&ep).await.map(|s| (i, s)) }
+                let creds = self.cluster.credentials();
+                async move { status_of(creds, &ep).await.map(|s| (i, s)) }
             });
         let answers: Vec<(usize, (u64, u64, u64))> = futures::future::join_all(asks)
             .await

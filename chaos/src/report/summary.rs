@@ -10,9 +10,9 @@ use serde::Serialize;
 use super::{Histories, Violation};
 use crate::check::leaders;
 use crate::check::linearizable::{Op, Outcome};
+use crate::config::RunConfig;
 use crate::nemesis::FaultRecord;
 use crate::nemesis::schedule::Planned;
-use crate::run::RunConfig;
 use crate::workload::kv::KvOutcome;
 
 /// Operations by outcome.

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_proto::api::core::Container;
-use keel_proto::api::{Deployment, Namespace, Node, Pod, ReplicaSet};
+use keel_proto::api::{Deployment, Namespace};
 use keel_proto::client::{ApiClient, ClientError};
+use keel_proto::pki::Credentials;
 use rand::Rng;
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::check::converge;
 use crate::sim;
 
 /// How to run the workload.
@@ -24,6 +24,8 @@ use crate::sim;
 pub struct DeploymentsWorkload {
     /// REST API addresses of the masters.
     pub apis: Vec<String>,
+    /// How the clients dial the API (the cluster's admin credentials).
+    pub creds: Credentials,
     pub namespace: String,
     pub deployments: usize,
     pub clients: u64,
@@ -82,7 +84,7 @@ async fn ignore_exists<T>(r: Result<T, ClientError>) -> Result<(), ClientError> 
 
 /// Creates the namespace, simulated nodes and Deployments (idempotent).
 pub async fn setup(w: &DeploymentsWorkload) -> Result<(), ClientError> {
-    let c = ApiClient::new(&w.apis);
+    let c = ApiClient::new(&w.apis, &w.creds);
     ignore_exists(c.create(&Namespace::new("", &w.namespace)).await).await?;
     for i in 0..NODES {
         ignore_exists(
@@ -107,7 +109,11 @@ pub async fn setup(w: &DeploymentsWorkload) -> Result<(), ClientError> {
 pub async fn run_at(w: &DeploymentsWorkload, start: Instant) -> Vec<DeployOp> {
     let history = Arc::new(Mutex::new(Vec::new()));
     let deadline = start + w.duration;
-    let kubelet = tokio::spawn(kubelet(w.apis.clone(), w.namespace.clone(), deadline));
+    let kubelet = tokio::spawn(kubelet(
+        ApiClient::new(&w.apis, &w.creds),
+        w.namespace.clone(),
+        deadline,
+    ));
     let mut tasks = Vec::new();
     for client in 0..w.clients {
         let (w, history) = (w.clone(), history.clone());
@@ -118,7 +124,7 @@ pub async fn run_at(w: &DeploymentsWorkload, start: Instant) -> Vec<DeployOp> {
                 let mut apis = w.apis.clone();
                 let first = rand::rng().random_range(0..apis.len());
                 apis.rotate_left(first);
-                let c = ApiClient::new(&apis);
+                let c = ApiClient::new(&apis, &w.creds);
                 let d = format!("d{}", rand::rng().random_range(0..w.deployments));
                 let (op, value, patch) = if rand::rng().random_bool(0.5) {
                     let r = rand::rng().random_range(0..=4);
@@ -173,37 +179,9 @@ pub async fn run_at(w: &DeploymentsWorkload, start: Instant) -> Vec<DeployOp> {
 
 /// Plays kubelet for the simulated nodes until `until`: every bound pod
 /// becomes Running and Ready.
-async fn kubelet(apis: Vec<String>, ns: String, until: Instant) {
-    let c = ApiClient::new(&apis);
+async fn kubelet(c: ApiClient, ns: String, until: Instant) {
     while Instant::now() < until {
         let _ = sim::mark_ready(&c, &ns).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// After healing: waits up to `timeout` for the control plane to converge
-/// (keeping the simulated kubelet going), returning what is still wrong.
-pub async fn converged(apis: &[String], ns: &str, timeout: Duration) -> Vec<String> {
-    let c = ApiClient::new(apis);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let _ = sim::mark_ready(&c, ns).await;
-        let state = async {
-            Ok::<_, ClientError>((
-                c.list::<Deployment>(ns, "").await?.items,
-                c.list::<ReplicaSet>(ns, "").await?.items,
-                c.list::<Pod>(ns, "").await?.items,
-                c.list::<Node>("", "").await?.items,
-            ))
-        }
-        .await;
-        let bad = match state {
-            Ok((d, rs, p, n)) => converge::check(&d, &rs, &p, &n),
-            Err(e) => vec![format!("the API did not answer: {e}")],
-        };
-        if bad.is_empty() || Instant::now() >= deadline {
-            return bad;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

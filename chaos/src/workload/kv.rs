@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_proto::etcdserverpb::{PutRequest, RangeRequest};
+use keel_proto::pki::Credentials;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -19,6 +20,8 @@ use super::{ERROR_BACKOFF, kv_clients, never_sent};
 #[derive(Debug, Clone)]
 pub struct KvWorkload {
     pub endpoints: Vec<String>,
+    /// How the clients dial the members.
+    pub creds: Credentials,
     pub clients: u64,
     pub duration: Duration,
     pub timeout: Duration,
@@ -65,7 +68,7 @@ pub async fn run(w: &KvWorkload, start: Instant) -> Vec<KvOp> {
     for client in 0..w.clients {
         let (w, history) = (w.clone(), history.clone());
         tasks.push(tokio::spawn(async move {
-            let clients = kv_clients(&w.endpoints, w.timeout);
+            let clients = kv_clients(&w.creds, &w.endpoints, w.timeout);
             if clients.is_empty() {
                 return;
             }
@@ -155,11 +158,12 @@ pub async fn run(w: &KvWorkload, start: Instant) -> Vec<KvOp> {
 /// Every key under `prefix` with its value, as member `endpoint` holds it
 /// (a linearizable read).
 pub async fn final_state(
+    creds: &Credentials,
     endpoint: &str,
     prefix: &str,
     timeout: Duration,
 ) -> Result<BTreeMap<String, String>, tonic::Status> {
-    Ok(super::range_prefix(endpoint, prefix, timeout)
+    Ok(super::range_prefix(creds, endpoint, prefix, timeout)
         .await?
         .into_iter()
         .map(|kv| {

@@ -15,37 +15,40 @@ use std::time::Duration;
 use keel_proto::etcdserverpb::RangeRequest;
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::mvccpb::KeyValue;
+use keel_proto::pki::Credentials;
 use tonic::transport::Channel;
 
 /// Pause after a failed request, so a client does not spin on a dead member.
 pub const ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-/// One lazily connected KV client per endpoint, each request bounded by `timeout`.
-pub fn kv_clients(endpoints: &[String], timeout: Duration) -> Vec<KvClient<Channel>> {
+/// One lazily connected KV client per endpoint (dialed with `creds`), each
+/// request bounded by `timeout`.
+pub fn kv_clients(
+    creds: &Credentials,
+    endpoints: &[String],
+    timeout: Duration,
+) -> Vec<KvClient<Channel>> {
     endpoints
         .iter()
-        .filter_map(|ep| keel_proto::pki::endpoint(ep).ok())
+        .filter_map(|ep| creds.endpoint(ep).ok())
         .map(|ep| KvClient::new(ep.connect_timeout(timeout).timeout(timeout).connect_lazy()))
         .collect()
 }
 
 /// Every key under `prefix` on member `endpoint` (a linearizable read).
 pub async fn range_prefix(
+    creds: &Credentials,
     endpoint: &str,
     prefix: &str,
     timeout: Duration,
 ) -> Result<Vec<KeyValue>, tonic::Status> {
-    let mut kv = kv_clients(&[endpoint.to_string()], timeout)
+    let mut kv = kv_clients(creds, &[endpoint.to_string()], timeout)
         .pop()
         .ok_or_else(|| tonic::Status::invalid_argument("bad endpoint"))?;
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
     Ok(kv
         .range(RangeRequest {
             key: prefix.as_bytes().to_vec(),
-            range_end: end,
+            range_end: keel_proto::prefix_end(prefix.as_bytes()),
             ..Default::default()
         })
         .await?
@@ -79,9 +82,14 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let mut kv = kv_clients(&[format!("127.0.0.1:{port}")], Duration::from_secs(1))
-            .pop()
-            .unwrap();
+        let plain = Credentials::plaintext();
+        let mut kv = kv_clients(
+            &plain,
+            &[format!("127.0.0.1:{port}")],
+            Duration::from_secs(1),
+        )
+        .pop()
+        .unwrap();
         let e = kv.put(PutRequest::default()).await.unwrap_err();
         assert!(never_sent(&e), "{e:?}");
         assert!(!never_sent(&tonic::Status::unavailable(

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use keel_proto::etcdserverpb::PutRequest;
+use keel_proto::pki::Credentials;
 use serde::{Deserialize, Serialize};
 
 use super::{ERROR_BACKOFF, kv_clients};
@@ -24,6 +25,7 @@ pub struct ProbeOp {
 
 /// Runs one probe per endpoint until `start + duration`.
 pub async fn run(
+    creds: Credentials,
     endpoints: Vec<String>,
     duration: Duration,
     timeout: Duration,
@@ -35,9 +37,10 @@ pub async fn run(
         .into_iter()
         .enumerate()
         .map(|(member, ep)| {
+            let creds = creds.clone();
             tokio::spawn(async move {
                 let mut out = Vec::new();
-                let Some(mut kv) = kv_clients(&[ep], timeout).pop() else {
+                let Some(mut kv) = kv_clients(&creds, &[ep], timeout).pop() else {
                     return out;
                 };
                 let mut n = 0u64;

@@ -15,16 +15,58 @@ use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::{
     Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op,
 };
+use keel_proto::pki::Credentials;
 use rand::Rng;
 use tokio::sync::Mutex;
 
 use super::{ERROR_BACKOFF, never_sent};
-use crate::check::linearizable::{Op, Operation, Outcome};
+
+// The register history's operations, as `check::linearizable` checks them.
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Write(i64),
+    /// Compare-and-swap: set to `.1` if the value is `.0`.
+    Cas(i64, i64),
+}
+
+/// What the client saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A read's value (`None`: the key was absent).
+    Read(Option<i64>),
+    /// A write was acknowledged.
+    Written,
+    /// A CAS was answered: whether it swapped.
+    Swapped(bool),
+    /// Definitely not applied (the server said no): ignored by the check.
+    Failed,
+    /// Timed out or lost: it may or may not have taken effect, at any time
+    /// after its invocation.
+    Unknown,
+}
+
+/// One operation of a history: invocation and completion times (any
+/// monotonic unit), the key, the request and the outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    pub client: u64,
+    pub key: String,
+    pub op: Op,
+    pub call: u64,
+    /// Completion time; ignored for `Unknown` outcomes.
+    pub ret: u64,
+    pub outcome: Outcome,
+}
 
 /// How to run the workload.
 #[derive(Debug, Clone)]
 pub struct RegisterWorkload {
     pub endpoints: Vec<String>,
+    /// How the clients dial the members.
+    pub creds: Credentials,
     pub clients: u64,
     pub keys: u64,
     pub duration: Duration,
@@ -57,7 +99,7 @@ pub async fn run_at(w: &RegisterWorkload, start: Instant) -> Vec<Operation> {
             let clients: Vec<_> = w
                 .endpoints
                 .iter()
-                .filter_map(|ep| keel_proto::pki::endpoint(ep).ok())
+                .filter_map(|ep| w.creds.endpoint(ep).ok())
                 .map(|ep| {
                     KvClient::new(
                         ep.connect_timeout(w.timeout)

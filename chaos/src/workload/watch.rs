@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use keel_proto::etcdserverpb::watch_client::WatchClient;
 use keel_proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest, watch_request};
+use keel_proto::pki::Credentials;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
@@ -26,6 +27,8 @@ pub const PREFIX: &str = "watch/";
 #[derive(Debug, Clone)]
 pub struct WatchWorkload {
     pub endpoints: Vec<String>,
+    /// How the writers and watchers dial the members.
+    pub creds: Credentials,
     /// Writer tasks.
     pub writers: u64,
     /// Watcher tasks.
@@ -129,7 +132,7 @@ impl Running {
 }
 
 async fn writer(w: WatchWorkload, client: u64, start: Instant, history: Arc<Mutex<WatchHistory>>) {
-    let clients = kv_clients(&w.endpoints, w.timeout);
+    let clients = kv_clients(&w.creds, &w.endpoints, w.timeout);
     if clients.is_empty() {
         return;
     }
@@ -212,14 +215,11 @@ async fn follow(
     target: &watch::Receiver<Option<i64>>,
     last: &mut i64,
 ) -> String {
-    let Ok(ep) = keel_proto::pki::endpoint(&w.endpoints[member]) else {
+    let Ok(ep) = w.creds.endpoint(&w.endpoints[member]) else {
         return "bad endpoint".into();
     };
     let ch = ep.connect_timeout(w.timeout).connect_lazy();
-    let mut end = PREFIX.as_bytes().to_vec();
-    if let Some(l) = end.last_mut() {
-        *l += 1;
-    }
+    let end = keel_proto::prefix_end(PREFIX.as_bytes());
     let req = WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(
             WatchCreateRequest {

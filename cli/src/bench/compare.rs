@@ -75,9 +75,11 @@ async fn side(
     cluster.spawn_all()?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let eps = cluster.endpoints();
+    let creds = cluster.credentials().clone();
     let pids: Vec<u32> = cluster.members.iter().filter_map(|m| m.pid()).collect();
     // Warm up (connections, first snapshot-free writes), then idle CPU.
     drive(
+        &creds,
         &eps,
         Workload {
             seconds: 2,
@@ -107,7 +109,7 @@ async fn side(
             ..base
         };
         let before = cpu_seconds(&pids);
-        let outcome = drive(&eps, w).await?;
+        let outcome = drive(&creds, &eps, w).await?;
         let cpu = cpu_seconds(&pids) - before;
         eprintln!(
             "{:?} {label}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {:.2} CPU s",

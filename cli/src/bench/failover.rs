@@ -53,6 +53,7 @@ pub async fn run(a: FailoverArgs) -> anyhow::Result<()> {
     let mut cluster = ProcessCluster::start(flavor, &bin, &dir, a.masters, None, &[])?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let eps = cluster.endpoints();
+    let creds = cluster.credentials().clone();
 
     // Time of the last acknowledged write; writers retry on every member.
     let last_ack = Arc::new(Mutex::new(Vec::<Instant>::new()));
@@ -60,12 +61,13 @@ pub async fn run(a: FailoverArgs) -> anyhow::Result<()> {
     let mut writers = Vec::new();
     for w in 0..a.writers {
         let (eps, acks, stop) = (eps.clone(), last_ack.clone(), stop.clone());
+        let creds = creds.clone();
         writers.push(tokio::spawn(async move {
             let mut n = 0u64;
             let mut ep = w;
             while !stop.load(Ordering::Relaxed) {
                 let target = &eps[ep % eps.len()];
-                let ok = match connect(target).await {
+                let ok = match connect(&creds, target).await {
                     Ok(ch) => {
                         let mut c = KvClient::new(ch);
                         loop {

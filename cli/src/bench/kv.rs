@@ -2,6 +2,7 @@
 //! with fixed-size values, for a fixed time; prints ops/s and latency
 //! percentiles from an HDR histogram.
 
+use keel_proto::pki::Credentials;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
@@ -107,13 +108,13 @@ impl Outcome {
 
 /// Runs `w` against `eps` (clients spread over `w.conns` connections,
 /// round-robin over the endpoints) and returns its histogram.
-pub async fn drive(eps: &[String], w: Workload) -> anyhow::Result<Outcome> {
+pub async fn drive(creds: &Credentials, eps: &[String], w: Workload) -> anyhow::Result<Outcome> {
     anyhow::ensure!(!eps.is_empty(), "no endpoints");
     anyhow::ensure!(w.clients > 0, "--clients must be positive");
     let conns = w.conns.clamp(1, w.clients);
     let mut channels = Vec::with_capacity(conns);
     for i in 0..conns {
-        channels.push(connect(&eps[i % eps.len()]).await?);
+        channels.push(connect(creds, &eps[i % eps.len()]).await?);
     }
     if w.op == Op::Get {
         // Make sure the keys exist so gets return data.
@@ -180,7 +181,7 @@ pub async fn drive(eps: &[String], w: Workload) -> anyhow::Result<Outcome> {
     })
 }
 
-pub async fn run(a: KvArgs) -> anyhow::Result<()> {
+pub async fn run(a: KvArgs, creds: &Credentials) -> anyhow::Result<()> {
     let w = Workload {
         op: a.op,
         clients: a.clients,
@@ -196,7 +197,7 @@ pub async fn run(a: KvArgs) -> anyhow::Result<()> {
     let Some(endpoints) = &a.endpoints else {
         anyhow::bail!("give --endpoints, or --against-etcd to start both clusters");
     };
-    let o = drive(&parse_endpoints(endpoints), w).await?;
+    let o = drive(creds, &parse_endpoints(endpoints), w).await?;
     println!(
         "bench kv {}op={:?} clients={} conns={} value={}B keys={} seconds={}",
         if a.label.is_empty() {
@@ -244,7 +245,7 @@ pub struct LoadArgs {
 }
 
 /// Writes `keys` distinct keys with `clients` concurrent writers.
-pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
+pub async fn load(a: LoadArgs, creds: &Credentials) -> anyhow::Result<()> {
     let eps = parse_endpoints(&a.endpoints);
     anyhow::ensure!(
         !eps.is_empty() && a.clients > 0,
@@ -253,7 +254,7 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..a.clients {
-        let ch = connect(&eps[c as usize % eps.len()]).await?;
+        let ch = connect(creds, &eps[c as usize % eps.len()]).await?;
         let (keys, clients, size, prefix) = (a.keys, a.clients, a.value_size, a.prefix.clone());
         tasks.push(tokio::spawn(async move {
             let mut kv = KvClient::new(ch);

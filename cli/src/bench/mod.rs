@@ -9,6 +9,7 @@ mod pods;
 mod schedule;
 
 use clap::Subcommand;
+use keel_proto::pki::Credentials;
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
@@ -38,12 +39,14 @@ impl BenchCmd {
     }
 }
 
-pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+/// Runs a benchmark; `creds` dial a running cluster (those that start
+/// their own use that cluster's).
+pub async fn run(cmd: BenchCmd, creds: &Credentials) -> anyhow::Result<()> {
     match cmd {
-        BenchCmd::Kv(a) => kv::run(a).await,
+        BenchCmd::Kv(a) => kv::run(a, creds).await,
         BenchCmd::Failover(a) => failover::run(a).await,
-        BenchCmd::Load(a) => kv::load(a).await,
-        BenchCmd::Schedule(a) => schedule::run(a).await,
+        BenchCmd::Load(a) => kv::load(a, creds).await,
+        BenchCmd::Schedule(a) => schedule::run(a, creds).await,
         BenchCmd::Pods(a) => pods::run(a).await,
     }
 }

@@ -122,7 +122,7 @@ pub async fn run(a: PodsArgs) -> anyhow::Result<()> {
     let mut cluster = ProcessCluster::start(Flavor::Keel, &bin, &dir, 3, None, &[])?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let apis: Vec<String> = cluster.members.iter().map(|m| m.api_addr()).collect();
-    let client = Arc::new(ApiClient::new(&apis));
+    let client = Arc::new(ApiClient::new(&apis, cluster.credentials()));
     let ca = cluster
         .pki_dir
         .clone()

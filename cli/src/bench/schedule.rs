@@ -5,6 +5,7 @@
 //! With `--failover` it then SIGKILLs the leader and measures how long until
 //! a newly created pod is bound by the new leader's scheduler.
 
+use keel_proto::pki::Credentials;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -82,11 +83,12 @@ where
         .collect()
 }
 
-pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
+pub async fn run(a: ScheduleArgs, creds: &Credentials) -> anyhow::Result<()> {
     let dir = a.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("keel-bench-schedule-{}", std::process::id()))
     });
     let mut cluster = None;
+    let mut creds = creds.clone();
     let servers: Vec<String> = match &a.server {
         Some(s) => s.split(',').map(str::to_string).collect(),
         None => {
@@ -95,11 +97,12 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
                 ProcessCluster::start(Flavor::Keel, &std::env::current_exe()?, &dir, 3, None, &[])?;
             c.wait_ready(Duration::from_secs(30)).await?;
             let apis = c.members.iter().map(|m| m.api_addr()).collect();
+            creds = c.credentials().clone();
             cluster = Some(c);
             apis
         }
     };
-    let client = Arc::new(ApiClient::new(&servers));
+    let client = Arc::new(ApiClient::new(&servers, &creds));
     keel_chaos::poll(Duration::from_secs(30), "the API", || async {
         client.get::<Namespace>("", "default").await.ok()
     })
@@ -224,7 +227,7 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
                     .filter(|(i, _)| *i != leader)
                     .map(|(_, m)| m.api_addr())
                     .collect();
-                let survivors = ApiClient::new(&alive);
+                let survivors = ApiClient::new(&alive, c.credentials());
                 loop {
                     match survivors.create(&pod(&ns, name)).await {
                         Ok(_) => break,

@@ -27,9 +27,13 @@ pub struct Target {
         default_value = "default"
     )]
     pub namespace: String,
+    /// The config's servers and credentials (set by `main` after parsing).
+    #[arg(skip)]
+    pub conn: crate::config::Connection,
 }
 
 impl Target {
+    /// A client of the target's servers with the config's credentials.
     pub fn client(&self) -> ApiClient {
         let mut servers: Vec<String> = self
             .server
@@ -41,7 +45,7 @@ impl Target {
             .map(str::to_string)
             .collect();
         if servers.is_empty() {
-            servers = crate::config::servers();
+            servers = self.conn.servers.clone();
         }
         if servers.is_empty() {
             servers = ["6443", "6444", "6445"]
@@ -49,7 +53,7 @@ impl Target {
                 .map(|p| format!("127.0.0.1:{p}"))
                 .collect();
         }
-        ApiClient::new(&servers)
+        ApiClient::new(&servers, &self.conn.creds)
     }
 }
 

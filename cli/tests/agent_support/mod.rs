@@ -97,7 +97,7 @@ impl Agents {
             let masters: Vec<String> = self.masters.split(',').map(str::to_string).collect();
             tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current().block_on(common::bootstrap_token(
-                    &keel_proto::client::ApiClient::new(&masters),
+                    &keel_proto::client::ApiClient::new(&masters, &common::shared_credentials()),
                     &self.agents[i].name,
                 ))
             })

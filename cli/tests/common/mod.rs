@@ -12,6 +12,7 @@ pub use keel_chaos::poll;
 use keel_chaos::{Flavor, ProcessCluster};
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::{PutRequest, RangeRequest};
+use keel_proto::pki::Credentials;
 use tonic::transport::Channel;
 
 pub fn bin() -> PathBuf {
@@ -24,9 +25,11 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
 }
 
-/// The PKI every cluster of this test process uses (`keel pki init`, once):
-/// clusters run with TLS on, and one CA per process lets the test clients
-/// (`pki::client_defaults`) reach every cluster the tests start.
+/// The PKI the clusters of this test process use by default (`keel pki
+/// init`, once): clusters run with TLS on, and the helpers below that take
+/// only an endpoint dial with its admin credentials (`shared_credentials`).
+/// A cluster with a PKI of its own is dialed with its own
+/// `ProcessCluster::credentials`.
 pub fn shared_pki() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
@@ -47,6 +50,18 @@ pub fn shared_pki() -> PathBuf {
         d
     })
     .clone()
+}
+
+/// The admin's credentials of the shared PKI (CA, certificate and token).
+pub fn shared_credentials() -> Credentials {
+    static CREDS: std::sync::OnceLock<Credentials> = std::sync::OnceLock::new();
+    CREDS
+        .get_or_init(|| {
+            keel_proto::pki::PkiDir(shared_pki())
+                .admin_credentials()
+                .expect("the shared PKI's admin credentials")
+        })
+        .clone()
 }
 
 /// A `keel` command that dials with the admin's credentials from the shared
@@ -114,9 +129,16 @@ pub async fn control_plane_settled(ep: &str) {
     .await;
 }
 
-/// A gRPC channel to a member's client port, with the admin certificate.
+/// A gRPC channel to a member's client port, with the shared PKI's admin
+/// certificate.
 pub async fn channel(ep: &str) -> Channel {
-    keel_proto::pki::endpoint(ep)
+    channel_with(&shared_credentials(), ep)
+}
+
+/// A gRPC channel to a member's client port, dialed with `creds`.
+pub fn channel_with(creds: &Credentials, ep: &str) -> Channel {
+    creds
+        .endpoint(ep)
         .unwrap()
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(10))
@@ -195,7 +217,7 @@ pub async fn bootstrap_token(client: &keel_proto::client::ApiClient, node: &str)
 /// A REST client over every member's API, once the API serves (the default
 /// namespace exists).
 pub async fn api_client(tc: &TestCluster) -> keel_proto::client::ApiClient {
-    let client = keel_proto::client::ApiClient::new(&apis(tc));
+    let client = keel_proto::client::ApiClient::new(&apis(tc), tc.c.credentials());
     poll(Duration::from_secs(20), "the default namespace", || async {
         client
             .get::<keel_proto::api::Namespace>("", "default")

@@ -93,15 +93,8 @@ pub async fn create(
             "POST needs a namespace in the path",
         ));
     }
-    let mut obj = admit(t, body, false)?;
-    let ip = super::service_ip::before_create(reg, t, &mut obj).await?;
-    let created = match reg.create(t.kind, obj).await {
-        Ok(c) => c,
-        Err(e) => {
-            super::service_ip::release(reg, ip).await;
-            return Err(e);
-        }
-    };
+    let obj = admit(t, body, false)?;
+    let created = reg.create(t.kind, obj).await?;
     tracing::info!(
         kind = t.kind.kind,
         name = str_at(&created, &["metadata", "name"]),
@@ -281,7 +274,6 @@ pub async fn delete(
         }
     }
     let gone = delete_object(reg, t, ns_of(t), name, expected).await?;
-    super::service_ip::after_delete(reg, t, &gone).await;
     tracing::info!(kind = t.kind.kind, name, "deleted");
     Ok(respond(headers, 200, &gone))
 }
@@ -300,10 +292,7 @@ pub async fn delete_collection(
         let ns = str_at(&o, &["metadata", "namespace"]).to_string();
         let name = str_at(&o, &["metadata", "name"]).to_string();
         match delete_object(reg, t, &ns, &name, None).await {
-            Ok(g) => {
-                super::service_ip::after_delete(reg, t, &g).await;
-                gone.push(g);
-            }
+            Ok(g) => gone.push(g),
             // Deleted meanwhile by someone else: it is gone all the same.
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e),
@@ -345,8 +334,7 @@ pub async fn evict(
             )));
         }
     }
-    let gone = delete_object(reg, t, ns_of(t), name, None).await?;
-    super::service_ip::after_delete(reg, t, &gone).await;
+    delete_object(reg, t, ns_of(t), name, None).await?;
     tracing::info!(pod = name, "evicted");
     let status = json!({
         "kind": "Status",

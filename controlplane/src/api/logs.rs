@@ -26,9 +26,11 @@ const AGENT_ADDRESS_TYPE: &str = "KeelAgent";
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
-/// Serves `GET .../pods/{name}/log` (routed by `route::parse`).
+/// Serves `GET .../pods/{name}/log` (routed by `route::parse`), dialing the
+/// agent with `creds` (the master's own certificate).
 pub async fn serve(
     reg: &Registry,
+    creds: &pki::Credentials,
     ns: &str,
     name: &str,
     q: &HashMap<String, String>,
@@ -107,7 +109,7 @@ pub async fn serve(
         .map_err(|e| unreachable(e.to_string()))?;
     // Mutual TLS with the master's certificate; the agent must present the
     // node certificate of the node the pod is bound to.
-    let mut s: Box<dyn Stream> = match pki::client_defaults().tls {
+    let mut s: Box<dyn Stream> = match &creds.tls {
         Some(t) => {
             let cfg = t.rustls_client().map_err(|e| unreachable(e.to_string()))?;
             let name =

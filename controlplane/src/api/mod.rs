@@ -16,7 +16,6 @@ pub mod patch;
 pub mod route;
 pub mod scale;
 pub mod select;
-pub mod service_ip;
 pub mod table;
 pub mod watch;
 
@@ -45,6 +44,17 @@ pub struct ApiConfig {
     /// Signs node certificates at bootstrap.
     pub ca: Option<Arc<keel_proto::pki::Ca>>,
     pub audit: Option<Arc<crate::auth::audit::AuditLog>>,
+    /// How this master dials the agents' log endpoints (its own
+    /// certificate; plain text with `--insecure`).
+    pub agent_credentials: keel_proto::pki::Credentials,
+}
+
+/// What the REST handlers share: the registry, and the credentials the log
+/// proxy dials agents with.
+#[derive(Clone)]
+pub struct ApiState {
+    pub reg: Registry,
+    pub agent_credentials: Arc<keel_proto::pki::Credentials>,
 }
 
 /// The router of the API, behind the auth layer.
@@ -72,7 +82,10 @@ pub fn router(reg: Registry, cfg: &ApiConfig) -> Router {
         .route("/api/{*rest}", any(dispatch))
         .route("/apis", any(dispatch))
         .route("/apis/{*rest}", any(dispatch))
-        .with_state(reg.clone())
+        .with_state(ApiState {
+            reg: reg.clone(),
+            agent_credentials: Arc::new(cfg.agent_credentials.clone()),
+        })
         // The agents' gRPC service shares the port (HTTP/2 requests to /keelagent.Agent/...).
         .merge(tonic::service::Routes::new(agent_grpc::server(reg)).into_axum_router())
         .merge(admin)
@@ -90,7 +103,7 @@ pub async fn serve(
     keel_proto::https::serve(listener, r, cfg.tls, shutdown).await
 }
 
-async fn readyz(State(reg): State<Registry>) -> Response {
+async fn readyz(State(ApiState { reg, .. }): State<ApiState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), reg.node().read_barrier()).await {
         Ok(Ok(())) => "ok".into_response(),
         Ok(Err(e)) => (
@@ -142,7 +155,7 @@ async fn version() -> Response {
     .into_response()
 }
 
-async fn dispatch(State(reg): State<Registry>, req: axum::extract::Request) -> Response {
+async fn dispatch(State(st): State<ApiState>, req: axum::extract::Request) -> Response {
     let (parts, body) = req.into_parts();
     let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let span = tracing::info_span!("request", %method, path = uri.path());
@@ -169,7 +182,7 @@ async fn dispatch(State(reg): State<Registry>, req: axum::extract::Request) -> R
                     )),
                 }
             }
-            Ok(p) => handle(&reg, p, &headers, body).await,
+            Ok(p) => handle(&st, p, &headers, body).await,
             Err(e) => Err(e),
         };
         let resp = r.unwrap_or_else(|e| codec::error(&headers, &e));
@@ -185,7 +198,7 @@ async fn dispatch(State(reg): State<Registry>, req: axum::extract::Request) -> R
 }
 
 async fn handle(
-    reg: &Registry,
+    st: &ApiState,
     parsed: route::Parsed,
     headers: &HeaderMap,
     body: Body,
@@ -203,6 +216,7 @@ async fn handle(
         }
         route::Parsed::Resource(r) => r,
     };
+    let reg = &st.reg;
     let (t, q) = (&r.target, &r.query);
     let body = codec::read_body(body).await?;
     let writes = !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch);
@@ -217,7 +231,8 @@ async fn handle(
     match r.verb {
         Verb::Get => match t.sub {
             Some(Sub::Log) => {
-                logs::serve(reg, t.namespace.as_deref().unwrap_or(""), &name, q).await
+                let ns = t.namespace.as_deref().unwrap_or("");
+                logs::serve(reg, &st.agent_credentials, ns, &name, q).await
             }
             Some(Sub::Scale) => scale::get(reg, t, headers).await,
             None | Some(Sub::Status) => handlers::get(reg, t, headers, &name, q).await,

@@ -69,6 +69,9 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 /// contiguous suffix of the log, readable at once.
 type Pending = Arc<Mutex<BTreeMap<u64, (Entry, usize)>>>;
 
+/// A write transaction to run on the writer thread.
+type WriteFn = Box<dyn FnOnce(&Database) -> io::Result<()> + Send>;
+
 /// A write for the writer thread.
 enum Job {
     /// Encoded entries of one `append`, its callback and when it began.
@@ -82,10 +85,7 @@ enum Job {
     /// The committed-index hint (no fsync, no answer).
     Committed(Vec<u8>),
     /// Any other write transaction, answered when it has committed.
-    Other(
-        Box<dyn FnOnce(&Database) -> io::Result<()> + Send>,
-        oneshot::Sender<io::Result<()>>,
-    ),
+    Other(WriteFn, oneshot::Sender<io::Result<()>>),
 }
 
 /// The writer thread's queue; the last clone of the store to go closes the
@@ -371,7 +371,7 @@ fn flush_appends(
         stages.record(Stage::LogFsync, t, appends.len() as u64);
         r
     })();
-    let done: Vec<_> = appends.drain(..).collect();
+    let done = std::mem::take(appends);
     if r.is_ok() {
         let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
         for (batch, ..) in &done {

@@ -3,6 +3,10 @@
 //! the key's mod_revision. Every write is one Raft transaction whose compares
 //! make it conditional on what was read, so concurrent writers and a deposed
 //! leader get a conflict instead of overwriting newer state.
+//!
+//! The registry knows no kind in particular: what is particular to one
+//! (a Service's cluster IP) is its strategy's (`strategy::KindStrategy`),
+//! whose hooks `create`, `update` and `delete` call, and nothing else does.
 
 use std::sync::Arc;
 
@@ -13,15 +17,21 @@ use keel_proto::etcdserverpb::{
 };
 use keel_proto::keelraft::command::Op;
 use keel_proto::keelraft::command_result::Result as R;
-use keel_proto::mvccpb::{KeyValue, event};
+use keel_proto::mvccpb::KeyValue;
+use keel_proto::prefix_end;
 use keel_store::Node;
 use keel_store::mvcc::feed::Feed;
-use keel_store::mvcc::keys::prefix_end;
 use rand::Rng;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::kinds::{self, Kind};
+use crate::strategy;
+
+mod raw;
+mod watch;
+
+pub use watch::{Change, Watch};
 
 /// The namespaces every cluster has.
 pub const DEFAULT_NAMESPACES: [&str; 3] = [
@@ -45,15 +55,6 @@ pub fn prefix(kind: &Kind, ns: Option<&str>) -> String {
         Some(ns) if kind.namespaced => format!("/registry/{}/{ns}/", kind.plural),
         _ => format!("/registry/{}/", kind.plural),
     }
-}
-
-/// A change seen by a watch.
-#[derive(Debug, Clone)]
-pub struct Change {
-    /// ADDED, MODIFIED or DELETED.
-    pub type_: &'static str,
-    pub object: Value,
-    pub revision: i64,
 }
 
 /// Store access for the API server and the controllers.
@@ -137,13 +138,7 @@ fn get(key: &str) -> RequestOp {
     }
 }
 
-/// The string field at `path` (e.g. `["metadata", "name"]`), or "".
-pub fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
-    path.iter()
-        .try_fold(v, |v, p| v.get(p))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-}
+pub use crate::value::str_at;
 
 fn random_suffix() -> String {
     const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -304,19 +299,15 @@ impl Registry {
         meta.insert("generation".into(), json!(1));
         meta.remove("deletionTimestamp");
         meta.remove("resourceVersion");
-        let k = key(kind, &ns, &name);
-        let mut compares = vec![cmp_create(&k, 0, compare::CompareResult::Equal)];
-        let ns_key = key(kinds::of::<api::Namespace>(), "", &ns);
-        if kind.namespaced {
-            compares.push(cmp_create(&ns_key, 0, compare::CompareResult::Greater));
-        }
-        let r = self
-            .txn(TxnRequest {
-                compare: compares,
-                success: vec![put(&k, encode(&obj)?)],
-                failure: vec![get(&k)],
-            })
-            .await?;
+        let strategy = strategy::of(kind.kind);
+        strategy.prepare_create(&self.node, &mut obj).await?;
+        let r = match self.create_txn(kind, &ns, &name, &obj).await {
+            Ok(r) if r.succeeded => r,
+            other => {
+                strategy.abort_create(&self.node, &obj).await;
+                other?
+            }
+        };
         if !r.succeeded {
             let exists = match r.responses.first().and_then(|r| r.response.as_ref()) {
                 Some(response_op::Response::ResponseRange(rr)) => !rr.kvs.is_empty(),
@@ -331,6 +322,28 @@ impl Registry {
         let rev = r.header.map(|h| h.revision).unwrap_or(0);
         obj["metadata"]["resourceVersion"] = json!(rev.to_string());
         Ok(obj)
+    }
+
+    /// The create-only transaction of `obj` (in an existing namespace).
+    async fn create_txn(
+        &self,
+        kind: &Kind,
+        ns: &str,
+        name: &str,
+        obj: &Value,
+    ) -> Result<TxnResponse, ApiError> {
+        let k = key(kind, ns, name);
+        let mut compares = vec![cmp_create(&k, 0, compare::CompareResult::Equal)];
+        if kind.namespaced {
+            let ns_key = key(kinds::of::<api::Namespace>(), "", ns);
+            compares.push(cmp_create(&ns_key, 0, compare::CompareResult::Greater));
+        }
+        self.txn(TxnRequest {
+            compare: compares,
+            success: vec![put(&k, encode(obj)?)],
+            failure: vec![get(&k)],
+        })
+        .await
     }
 
     /// Replaces an object. With `status`, only its status changes (the
@@ -360,7 +373,7 @@ impl Registry {
             return Err(ApiError::conflict(&kind.resource(), &name));
         }
         let mut new = merge_update(kind, &old, obj, status);
-        crate::api::service_ip::keep_on_update(kind, &old, &mut new)?;
+        strategy::of(kind.kind).prepare_update(&old, &mut new)?;
         self.replace(kind, &ns, &name, old_rev, new).await
     }
 
@@ -434,7 +447,11 @@ impl Registry {
         if marked["metadata"]["deletionTimestamp"].is_null() {
             marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
         }
-        self.replace(kind, ns, name, old_rev, marked).await
+        let gone = self.replace(kind, ns, name, old_rev, marked).await?;
+        strategy::of(kind.kind)
+            .after_delete(&self.node, &gone)
+            .await;
+        Ok(gone)
     }
 
     /// Follows the changes to a kind's objects after revision `after`.
@@ -458,59 +475,6 @@ impl Registry {
             }
         }
         Ok(())
-    }
-
-    // Raw keys outside /registry (cluster credentials: auth::credentials).
-
-    /// One key's value and mod_revision; linearizable unless `local`.
-    pub async fn raw_get(
-        &self,
-        key: &str,
-        local: bool,
-    ) -> Result<Option<(Vec<u8>, i64)>, ApiError> {
-        if !local {
-            self.node.read_barrier().await?;
-        }
-        let r = self.node.kv.range(&RangeRequest {
-            key: key.as_bytes().to_vec(),
-            ..Default::default()
-        })?;
-        Ok(r.kvs.first().map(|kv| (kv.value.clone(), kv.mod_revision)))
-    }
-
-    /// Every value under `prefix` (linearizable).
-    pub async fn raw_list(&self, prefix: &str) -> Result<Vec<Vec<u8>>, ApiError> {
-        self.node.read_barrier().await?;
-        let r = self.node.kv.range(&RangeRequest {
-            range_end: prefix_end(prefix.as_bytes()),
-            key: prefix.as_bytes().to_vec(),
-            ..Default::default()
-        })?;
-        Ok(r.kvs.into_iter().map(|kv| kv.value).collect())
-    }
-
-    /// Writes `key` only if it does not exist; false if it did.
-    pub async fn raw_create(&self, key: &str, value: Vec<u8>) -> Result<bool, ApiError> {
-        let r = self
-            .txn(TxnRequest {
-                compare: vec![cmp_create(key, 0, compare::CompareResult::Equal)],
-                success: vec![put(key, value)],
-                ..Default::default()
-            })
-            .await?;
-        Ok(r.succeeded)
-    }
-
-    /// Overwrites `key` only if its mod_revision is still `rev`; false if not.
-    pub async fn raw_swap(&self, key: &str, value: Vec<u8>, rev: i64) -> Result<bool, ApiError> {
-        let r = self
-            .txn(TxnRequest {
-                compare: vec![cmp_mod(key, rev)],
-                success: vec![put(key, value)],
-                ..Default::default()
-            })
-            .await?;
-        Ok(r.succeeded)
     }
 
     // Typed helpers for the controllers.
@@ -538,47 +502,12 @@ impl Registry {
         v["kind"] = json!(T::KIND);
         from_value(self.create(kinds::of::<T>(), v).await?)
     }
-
-    /// Replaces an object the caller read (its resourceVersion must still be current).
-    pub async fn update_t<T: Resource>(&self, obj: &T) -> Result<T, ApiError> {
-        self.write_t(obj, false).await
-    }
-
-    /// Replaces the status of an object the caller read.
-    pub async fn update_status_t<T: Resource>(&self, obj: &T) -> Result<T, ApiError> {
-        self.write_t(obj, true).await
-    }
-
-    async fn write_t<T: Resource>(&self, obj: &T, status: bool) -> Result<T, ApiError> {
-        let m = obj.meta();
-        if m.resource_version.is_empty() {
-            return Err(ApiError::internal("typed update without a resourceVersion"));
-        }
-        from_value(
-            self.update(kinds::of::<T>(), to_value(obj)?, status)
-                .await?,
-        )
-    }
-
-    /// Deletes an object at the revision the caller read.
-    pub async fn delete_t<T: Resource>(&self, obj: &T) -> Result<(), ApiError> {
-        let m = obj.meta();
-        let rev = m.revision();
-        self.delete(
-            kinds::of::<T>(),
-            &m.namespace,
-            &m.name,
-            (rev > 0).then_some(rev),
-        )
-        .await
-        .map(|_| ())
-    }
 }
 
 /// Builds the object an update stores: the request's fields over the stored
 /// object's server-owned metadata, with status or spec kept as the
 /// subresource rules say, and generation bumped when the spec changed.
-pub fn merge_update(kind: &Kind, old: &Value, req: Value, status_only: bool) -> Value {
+fn merge_update(kind: &Kind, old: &Value, req: Value, status_only: bool) -> Value {
     let mut new = if status_only {
         let mut n = old.clone();
         n["status"] = req.get("status").cloned().unwrap_or(Value::Null);
@@ -629,50 +558,4 @@ pub fn to_value<T: serde::Serialize>(t: &T) -> Result<Value, ApiError> {
 
 pub fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
     serde_json::from_value(v).map_err(|e| ApiError::internal(format!("stored object: {e}")))
-}
-
-/// A stream of changes to one kind's objects.
-pub struct Watch {
-    feed: Feed,
-    prefix: Vec<u8>,
-    pending: std::collections::VecDeque<Change>,
-}
-
-impl Watch {
-    /// The next change, in revision order. Fails with 410 Gone when the
-    /// start revision was compacted away.
-    pub async fn next(&mut self) -> Result<Change, ApiError> {
-        loop {
-            if let Some(c) = self.pending.pop_front() {
-                return Ok(c);
-            }
-            for (rev, ev) in self.feed.next().await? {
-                let Some(kv) = ev.kv.as_ref() else { continue };
-                if !kv.key.starts_with(&self.prefix) {
-                    continue;
-                }
-                let change = if ev.r#type == event::EventType::Delete as i32 {
-                    match ev.prev_kv.as_ref() {
-                        Some(prev) => Change {
-                            type_: "DELETED",
-                            object: decode_kv(prev, rev)?,
-                            revision: rev,
-                        },
-                        None => continue,
-                    }
-                } else {
-                    Change {
-                        type_: if kv.create_revision == kv.mod_revision {
-                            "ADDED"
-                        } else {
-                            "MODIFIED"
-                        },
-                        object: decode_kv(kv, rev)?,
-                        revision: rev,
-                    }
-                };
-                self.pending.push_back(change);
-            }
-        }
-    }
 }

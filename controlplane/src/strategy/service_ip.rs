@@ -1,4 +1,4 @@
-//! Cluster IPs of Services, allocated by the API server from the service
+//! Cluster IPs of Services, allocated by the Service strategy from the service
 //! range (127.96.0.0/16: loopback, so every agent can listen on them without
 //! root). Each allocation is a key `/keel/serviceips/<ip>` written with a
 //! create-only compare in a Raft transaction, so two masters never hand out
@@ -6,8 +6,8 @@
 //! is in the range and free (422 otherwise); it never changes afterwards.
 //!
 //! The claim is written before the Service and released when its creation
-//! fails or the Service is deleted through the API; a master dying between
-//! claim and create leaks one address (never a duplicate).
+//! fails or the Service is deleted through the registry; a master dying
+//! between claim and create leaks one address (never a duplicate).
 
 use std::net::Ipv4Addr;
 
@@ -17,14 +17,13 @@ use keel_proto::etcdserverpb::{
 };
 use keel_proto::keelraft::command::Op;
 use keel_proto::keelraft::command_result::Result as R;
-use keel_store::mvcc::keys::prefix_end;
+use keel_proto::prefix_end;
+use keel_store::Node;
 use rand::Rng;
 use serde_json::{Value, json};
 
-use super::route::Target;
 use crate::error::ApiError;
-use crate::kinds::Kind;
-use crate::registry::{Registry, str_at};
+use crate::value::str_at;
 
 /// The service range: 127.96.0.0/16.
 pub const RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(127, 96, 0, 0), 16);
@@ -53,7 +52,7 @@ fn claim_key(ip: Ipv4Addr) -> String {
 }
 
 /// Claims `ip` for `owner` (`namespace/name`); false when it is taken.
-async fn claim(reg: &Registry, ip: Ipv4Addr, owner: &str) -> Result<bool, ApiError> {
+async fn claim(store: &Node, ip: Ipv4Addr, owner: &str) -> Result<bool, ApiError> {
     let k = claim_key(ip);
     let t = TxnRequest {
         compare: vec![Compare {
@@ -72,42 +71,35 @@ async fn claim(reg: &Registry, ip: Ipv4Addr, owner: &str) -> Result<bool, ApiErr
         }],
         failure: vec![],
     };
-    match reg.node().write(Op::Txn(t)).await?.result {
+    match store.write(Op::Txn(t)).await?.result {
         Some(R::Txn(r)) => Ok(r.succeeded),
         _ => Err(ApiError::internal("unexpected store answer")),
     }
 }
 
 /// Gives an address back (best effort).
-pub async fn release(reg: &Registry, ip: Option<Ipv4Addr>) {
+pub async fn release(store: &Node, ip: Option<Ipv4Addr>) {
     let Some(ip) = ip else { return };
     let op = Op::DeleteRange(DeleteRangeRequest {
         key: claim_key(ip).into_bytes(),
         ..Default::default()
     });
-    if let Err(e) = reg.node().write(op).await {
+    if let Err(e) = store.write(op).await {
         tracing::warn!(%ip, error = %e, "cannot release a service IP");
     }
 }
 
 /// Before a Service is created: claims the clusterIP it asks for, or a
-/// free one, and writes it into the object. Returns the claimed address
-/// (None for other kinds), to release if the creation fails.
-pub async fn before_create(
-    reg: &Registry,
-    t: &Target,
-    obj: &mut Value,
-) -> Result<Option<Ipv4Addr>, ApiError> {
-    if t.kind.kind != "Service" {
-        return Ok(None);
-    }
+/// free one, and writes it into the object (to release if the creation
+/// fails).
+pub async fn before_create(store: &Node, obj: &mut Value) -> Result<(), ApiError> {
     let owner = format!(
         "{}/{}",
         str_at(obj, &["metadata", "namespace"]),
         str_at(obj, &["metadata", "name"])
     );
     let ip = match str_at(obj, &["spec", "clusterIP"]) {
-        "" => allocate(reg, &owner).await?,
+        "" => allocate(store, &owner).await?,
         "None" => {
             return Err(ApiError::invalid(
                 "spec.clusterIP: Unsupported value: \"None\": headless Services are not supported",
@@ -125,7 +117,7 @@ pub async fn before_create(
                     range_text()
                 )));
             }
-            if !claim(reg, ip, &owner).await? {
+            if !claim(store, ip, &owner).await? {
                 return Err(ApiError::invalid(format!(
                     "spec.clusterIP: Invalid value: {s:?}: provided IP is already allocated"
                 )));
@@ -134,19 +126,19 @@ pub async fn before_create(
         }
     };
     obj["spec"]["clusterIP"] = json!(ip.to_string());
-    Ok(Some(ip))
+    Ok(())
 }
 
-async fn allocate(reg: &Registry, owner: &str) -> Result<Ipv4Addr, ApiError> {
+async fn allocate(store: &Node, owner: &str) -> Result<Ipv4Addr, ApiError> {
     // Random probes find a free address at once until the range is nearly full.
     for _ in 0..32 {
         let ip = random_candidate();
-        if in_range(ip) && claim(reg, ip, owner).await? {
+        if in_range(ip) && claim(store, ip, owner).await? {
             return Ok(ip);
         }
     }
     // Then scan for the first free one.
-    let r = reg.node().kv.range(&RangeRequest {
+    let r = store.kv.range(&RangeRequest {
         key: PREFIX.as_bytes().to_vec(),
         range_end: prefix_end(PREFIX.as_bytes()),
         keys_only: true,
@@ -156,7 +148,7 @@ async fn allocate(reg: &Registry, owner: &str) -> Result<Ipv4Addr, ApiError> {
     let b = RANGE.0.octets();
     for n in 1..u16::MAX {
         let ip = Ipv4Addr::new(b[0], b[1], (n >> 8) as u8, n as u8);
-        if !used.contains(claim_key(ip).as_bytes()) && claim(reg, ip, owner).await? {
+        if !used.contains(claim_key(ip).as_bytes()) && claim(store, ip, owner).await? {
             return Ok(ip);
         }
     }
@@ -168,36 +160,6 @@ async fn allocate(reg: &Registry, owner: &str) -> Result<Ipv4Addr, ApiError> {
             range_text()
         ),
     ))
-}
-
-/// After a Service was deleted through the API: frees its address.
-pub async fn after_delete(reg: &Registry, t: &Target, gone: &Value) {
-    let finalizers_left = gone["metadata"]["finalizers"]
-        .as_array()
-        .is_some_and(|f| !f.is_empty());
-    if t.kind.kind != "Service" || finalizers_left {
-        return;
-    }
-    release(reg, str_at(gone, &["spec", "clusterIP"]).parse().ok()).await;
-}
-
-/// On update: a Service keeps its clusterIP (filled in when the update left
-/// it out, 422 when it tries to change it).
-pub fn keep_on_update(kind: &Kind, old: &Value, new: &mut Value) -> Result<(), ApiError> {
-    if kind.kind != "Service" {
-        return Ok(());
-    }
-    let was = str_at(old, &["spec", "clusterIP"]).to_string();
-    match str_at(new, &["spec", "clusterIP"]) {
-        "" if !was.is_empty() => new["spec"]["clusterIP"] = json!(was),
-        s if s == was => {}
-        s => {
-            return Err(ApiError::invalid(format!(
-                "spec.clusterIP: Invalid value: {s:?}: field is immutable"
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -216,21 +178,5 @@ mod tests {
             let ip = random_candidate();
             assert_eq!(&ip.octets()[..2], &[127, 96]);
         }
-    }
-
-    #[test]
-    fn updates_keep_the_cluster_ip() {
-        let kind = crate::kinds::of::<keel_proto::api::Service>();
-        let old = json!({"spec": {"clusterIP": "127.96.3.4"}});
-        let mut new = json!({"spec": {}});
-        keep_on_update(kind, &old, &mut new).unwrap();
-        assert_eq!(new["spec"]["clusterIP"], "127.96.3.4");
-        let mut same = old.clone();
-        keep_on_update(kind, &old, &mut same).unwrap();
-        let mut changed = json!({"spec": {"clusterIP": "127.96.9.9"}});
-        assert_eq!(
-            keep_on_update(kind, &old, &mut changed).unwrap_err().code,
-            422
-        );
     }
 }
