@@ -94,17 +94,9 @@ pub fn in_range(user: &[u8], key: &[u8], range_end: &[u8]) -> bool {
     }
 }
 
-/// The smallest key greater than every key with `prefix` (etcd's `GetPrefixRangeEnd`).
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+/// The end of the range of every key starting with `prefix` (etcd's
+/// `clientv3.GetPrefixRangeEnd`); one definition for the whole project.
+pub use keel_proto::prefix_end;
 
 #[cfg(test)]
 mod tests {
