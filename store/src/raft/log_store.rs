@@ -280,6 +280,18 @@ impl LogStore {
     }
 }
 
+/// Writes one meta value in a transaction of its own; with
+/// `Durability::Immediate` the commit fsyncs before it returns.
+fn write_meta(db: &Database, key: &str, bytes: &[u8], durability: Durability) -> io::Result<()> {
+    let mut tx = db.begin_write().map_err(io_err)?;
+    tx.set_durability(durability).map_err(io_err)?;
+    tx.open_table(META)
+        .map_err(io_err)?
+        .insert(key, bytes)
+        .map_err(io_err)?;
+    tx.commit().map_err(io_err)
+}
+
 /// The writer thread: commits queued writes in order, folding consecutive
 /// appends into one fsynced transaction.
 fn writer(db: &Database, pending: &Pending, stages: &Stages, rx: mpsc::Receiver<Job>) {
@@ -311,16 +323,8 @@ fn writer(db: &Database, pending: &Pending, stages: &Stages, rx: mpsc::Receiver<
         }
         flush_appends(db, pending, stages, &mut appends, &mut committed_hint);
         if let Some(bytes) = committed_hint.take() {
-            let r = (|| {
-                let mut tx = db.begin_write().map_err(io_err)?;
-                // No fsync: a hint that the next durable commit persists.
-                tx.set_durability(Durability::None).map_err(io_err)?;
-                tx.open_table(META)
-                    .map_err(io_err)?
-                    .insert(K_COMMITTED, bytes.as_slice())
-                    .map_err(io_err)?;
-                tx.commit().map_err(io_err)
-            })();
+            // No fsync: a hint that the next durable commit persists.
+            let r = write_meta(db, K_COMMITTED, &bytes, Durability::None);
             if let Err(e) = r {
                 tracing::warn!(error = %e, "cannot record the committed index hint");
             }
@@ -470,16 +474,8 @@ impl RaftLogStorage<C> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let bytes = codec::encode(vote);
         // fsync: the vote is committed durably before this returns.
-        self.write(move |db| {
-            let mut tx = db.begin_write().map_err(io_err)?;
-            tx.set_durability(Durability::Immediate).map_err(io_err)?;
-            tx.open_table(META)
-                .map_err(io_err)?
-                .insert(K_VOTE, bytes.as_slice())
-                .map_err(io_err)?;
-            tx.commit().map_err(io_err) // fsync
-        })
-        .await
+        self.write(move |db| write_meta(db, K_VOTE, &bytes, Durability::Immediate))
+            .await
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdC>) -> Result<(), io::Error> {

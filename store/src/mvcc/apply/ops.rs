@@ -77,7 +77,10 @@ impl<'a> Writer<'a> {
     }
 
     /// A range inside a transaction, at the current or a past revision.
-    pub(super) fn range(&mut self, r: &RangeRequest) -> Step<keel_proto::etcdserverpb::RangeResponse> {
+    pub(super) fn range(
+        &mut self,
+        r: &RangeRequest,
+    ) -> Step<keel_proto::etcdserverpb::RangeResponse> {
         self.check_range(r)?;
         let kvs = if r.revision > 0 && r.revision < self.resp_rev() {
             // Undo stored events after the revision and this batch's own

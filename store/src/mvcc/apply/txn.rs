@@ -68,7 +68,12 @@ impl<'a> Writer<'a> {
     }
 
     /// Runs the branches `path` chose; `at` is the next path entry.
-    pub(super) fn run_txn(&mut self, t: &TxnRequest, path: &[bool], at: &mut usize) -> Step<TxnResponse> {
+    pub(super) fn run_txn(
+        &mut self,
+        t: &TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+    ) -> Step<TxnResponse> {
         let succeeded = *path
             .get(*at)
             .ok_or_else(|| EtcdError::Internal("transaction path too short".into()))?;
