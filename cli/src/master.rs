@@ -63,9 +63,10 @@ pub struct MasterArgs {
     /// Maximum election timeout in milliseconds.
     #[arg(long, env = "KEEL_ELECTION_MAX_MS", default_value_t = 500)]
     pub election_max_ms: u64,
-    /// Take a Raft snapshot every this many log entries (etcd 3.4's
-    /// --snapshot-count default; a snapshot dumps the whole key space).
-    #[arg(long, env = "KEEL_SNAPSHOT_EVERY", default_value_t = 100_000)]
+    /// Take a Raft snapshot every this many log entries (a snapshot dumps
+    /// the whole key space; a member that rejoins empty catches up from the
+    /// latest one, so fewer snapshots mean longer catch-ups).
+    #[arg(long, env = "KEEL_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot for slow followers.
     #[arg(long, env = "KEEL_KEEP_BEHIND_SNAPSHOT", default_value_t = 1_000)]

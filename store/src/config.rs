@@ -75,7 +75,7 @@ impl NodeConfig {
             heartbeat: Duration::from_millis(50),
             election_min: Duration::from_millis(300),
             election_max: Duration::from_millis(500),
-            snapshot_every: 100_000,
+            snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
             auto_compact_revisions: 10_000,
             backup_dir: None,
