@@ -10,9 +10,9 @@ use keel_proto::etcdserverpb::lease_client::LeaseClient;
 use keel_proto::etcdserverpb::watch_client::WatchClient;
 use keel_proto::etcdserverpb::{
     CompactionResponse, Compare, DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
-    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, PutResponse, RangeResponse,
-    RequestOp, TxnRequest, TxnResponse, WatchCancelRequest, WatchCreateRequest, WatchRequest,
-    WatchResponse, compare, request_op, watch_request,
+    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, TxnRequest, TxnResponse, WatchCancelRequest, WatchCreateRequest,
+    WatchRequest, WatchResponse, compare, request_op, watch_request,
 };
 use keel_proto::mvccpb::Event;
 use tonic::transport::Channel;
@@ -229,7 +229,20 @@ impl Target {
     }
 
     /// Opens a watch on `member` and waits for its creation answer.
+    ///
+    /// A watch is served from the member's own applied state, so a follower
+    /// that has not yet applied the last acknowledged compaction answers an
+    /// old start revision with the previous compact revision (etcd does the
+    /// same; it is only a race). A linearizable read on that member first is
+    /// a barrier on both sides: it returns only once the member has applied
+    /// everything committed before it.
     pub async fn open_watch(&self, create: &WatchCreateRequest, member: usize) -> OpenWatch {
+        let barrier = RangeRequest {
+            key: b"/".to_vec(),
+            count_only: true,
+            ..Default::default()
+        };
+        let _ = tokio::time::timeout(self.timeout, self.kv(member).range(barrier)).await;
         let (mut tx, rx) = futures::channel::mpsc::channel::<WatchRequest>(4);
         let mut w = OpenWatch {
             tx: tx.clone(),
