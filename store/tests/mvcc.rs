@@ -618,6 +618,22 @@ fn range_sorts_filters_and_then_limits() {
     assert!(r.more);
     assert_eq!(r.count, 3);
 
+    // etcd 3.4 quirk: a sort target without an order keeps the limit when
+    // reading, so it fetches the first limit + 1 keys in key order, sorts
+    // those and cuts to the limit ("a"=3, "b"=2 → b, then a; "c" never read).
+    put(&kv, "d", "0"); // 6
+    let r = range(
+        &kv,
+        RangeRequest {
+            sort_target: SortTarget::Value as i32,
+            limit: 1,
+            ..all()
+        },
+    );
+    assert_eq!(keys_of(&r.kvs), ["b"]);
+    assert!(r.more);
+    assert_eq!(r.count, 4);
+
     let r = range(
         &kv,
         RangeRequest {
@@ -625,7 +641,7 @@ fn range_sorts_filters_and_then_limits() {
             ..all()
         },
     );
-    assert_eq!(keys_of(&r.kvs), ["b", "c"]);
+    assert_eq!(keys_of(&r.kvs), ["b", "c", "d"]);
     let r = range(
         &kv,
         RangeRequest {
@@ -1171,6 +1187,128 @@ fn validate_txn_rejects_empty_keys_and_too_many_ops() {
         ..Default::default()
     };
     assert_eq!(validate_txn(&t, 128), Err(EtcdError::DuplicateKey));
+}
+
+fn op_txn(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestTxn(TxnRequest {
+            success,
+            failure,
+            ..Default::default()
+        })),
+    }
+}
+
+/// etcd's `checkIntervals` looks across nested Txns: a put meets the puts
+/// and deletes of its branch at every depth, with etcd's exact asymmetries.
+#[test]
+fn validate_txn_checks_writes_across_nested_txns_as_etcd_does() {
+    let check = |success: Vec<RequestOp>| {
+        validate_txn(
+            &TxnRequest {
+                success,
+                ..Default::default()
+            },
+            128,
+        )
+    };
+    let dup = Err(EtcdError::DuplicateKey);
+    // A put beside a nested Txn that puts the same key, from either branch.
+    assert_eq!(
+        check(vec![
+            op_put("a", "1"),
+            op_txn(vec![op_put("a", "2")], vec![])
+        ]),
+        dup
+    );
+    assert_eq!(
+        check(vec![
+            op_txn(vec![], vec![op_put("a", "2")]),
+            op_put("a", "1")
+        ]),
+        dup
+    );
+    // Two nested Txns putting the same key.
+    assert_eq!(
+        check(vec![
+            op_txn(vec![op_put("a", "1")], vec![]),
+            op_txn(vec![op_put("a", "2")], vec![])
+        ]),
+        dup
+    );
+    // A nested put inside a range this level deletes, and a put of this
+    // level inside a range a nested Txn deletes.
+    assert_eq!(
+        check(vec![
+            op_del("p/", &prefix_end(b"p/")),
+            op_txn(vec![op_put("p/x", "1")], vec![])
+        ]),
+        dup
+    );
+    assert_eq!(
+        check(vec![
+            op_put("a", "1"),
+            op_txn(vec![op_del("a", b"")], vec![])
+        ]),
+        dup
+    );
+    // A nested put meets the deletes of the nested Txns before it...
+    assert_eq!(
+        check(vec![
+            op_txn(vec![op_del("a", b"")], vec![]),
+            op_txn(vec![op_put("a", "1")], vec![])
+        ]),
+        dup
+    );
+    // ...but not of those after it (etcd checks in that order only).
+    assert_eq!(
+        check(vec![
+            op_txn(vec![op_put("a", "1")], vec![]),
+            op_txn(vec![op_del("a", b"")], vec![])
+        ]),
+        Ok(())
+    );
+    // The two branches of one nested Txn may put the same key.
+    assert_eq!(
+        check(vec![op_txn(vec![op_put("a", "1")], vec![op_put("a", "2")])]),
+        Ok(())
+    );
+    // Deletes never clash with deletes.
+    assert_eq!(
+        check(vec![
+            op_del("a", b""),
+            op_txn(vec![op_del("a", b"")], vec![op_del("a", b"")])
+        ]),
+        Ok(())
+    );
+    // Every op is checked on its own before any write is compared with
+    // another: an empty key deep in the tree wins over a duplicate.
+    assert_eq!(
+        check(vec![
+            op_put("a", "1"),
+            op_put("a", "2"),
+            op_txn(vec![op_put("", "x")], vec![])
+        ]),
+        Err(EtcdError::EmptyKey)
+    );
+    // An empty op is "key not found", as in etcd.
+    assert_eq!(
+        check(vec![RequestOp { request: None }]),
+        Err(EtcdError::KeyNotFound)
+    );
+    // A nested Txn may use what the longest list of its parent left.
+    let parent = |nested: usize| TxnRequest {
+        compare: (0..3)
+            .map(|i| cmp_version(&format!("c{i}"), CompareResult::Greater, 0))
+            .collect(),
+        success: vec![op_txn(
+            (0..nested).map(|i| op_put(&format!("n{i}"), "v")).collect(),
+            vec![],
+        )],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&parent(2), 5), Ok(()));
+    assert_eq!(validate_txn(&parent(3), 5), Err(EtcdError::TooManyOps));
 }
 
 // ---------------------------------------------------------------- compaction

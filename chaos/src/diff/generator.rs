@@ -400,7 +400,8 @@ impl Generator {
     /// in it ends at `\0`: etcd's duplicate-key check treats such a
     /// delete as an empty interval, so it lets a put and a delete of the
     /// same key through where Keel refuses them (a deliberate difference,
-    /// README); those deletes end at their prefix end instead.
+    /// README); those deletes end at their prefix end instead, at any
+    /// depth.
     fn top_txn(&mut self) -> TxnRequest {
         let mut t = self.txn(0);
         if !self.opts.allows(Avoid::NestedTxnWrites) {
@@ -531,7 +532,12 @@ fn no_delete_to_the_end(t: &mut TxnRequest) {
     for op in t.success.iter_mut().chain(t.failure.iter_mut()) {
         match &mut op.request {
             Some(request_op::Request::RequestDeleteRange(d)) if d.range_end == [0] => {
+                // The prefix end of a key of `\xff` bytes is `\0` again:
+                // such a delete takes just its key.
                 d.range_end = prefix_end(&d.key);
+                if d.range_end == [0] {
+                    d.range_end.clear();
+                }
             }
             Some(request_op::Request::RequestTxn(inner)) => no_delete_to_the_end(inner),
             _ => {}
