@@ -126,3 +126,54 @@ async fn expired_lease_deletes_keys_on_every_member_and_keepalive_prevents_it() 
     assert_eq!(hashes.len(), 3);
     c.shutdown().await;
 }
+
+/// A lease revoked and granted again under the same ID gets the new grant's
+/// TTL at once, not what was left of the old one (the leader's deadlines
+/// are refreshed only every 250 ms; a re-grant in between used to keep the
+/// old deadline). Found by the differential test against etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_granted_again_under_the_same_id_gets_the_new_ttl() {
+    use keel_proto::etcdserverpb::LeaseRevokeRequest;
+    let c = InProcessCluster::start(3).await.unwrap();
+    let mut lease = LeaseClient::new(c.channel(0));
+    let ttl_of = |mut lease: LeaseClient<Channel>| async move {
+        let r = lease
+            .lease_time_to_live(LeaseTimeToLiveRequest { id: 7, keys: false })
+            .await
+            .unwrap()
+            .into_inner();
+        (r.ttl, r.granted_ttl)
+    };
+    for round in 0..5 {
+        let long = 80_000 + round;
+        lease
+            .lease_grant(LeaseGrantRequest { ttl: long, id: 7 })
+            .await
+            .unwrap();
+        // A keep-alive puts the old grant's deadline in the leader's memory.
+        let once = futures::stream::iter([LeaseKeepAliveRequest { id: 7 }]);
+        let mut kept = lease.lease_keep_alive(once).await.unwrap().into_inner();
+        assert_eq!(kept.next().await.unwrap().unwrap().ttl, long);
+        let (left, granted) = ttl_of(lease.clone()).await;
+        assert_eq!(granted, long);
+        assert!(left > long - 5 && left <= long, "left {left} of {long}");
+        lease
+            .lease_revoke(LeaseRevokeRequest { id: 7 })
+            .await
+            .unwrap();
+        lease
+            .lease_grant(LeaseGrantRequest { ttl: 60, id: 7 })
+            .await
+            .unwrap();
+        let (left, granted) = ttl_of(lease.clone()).await;
+        assert_eq!(granted, 60);
+        assert!(
+            (55..=60).contains(&left),
+            "round {round}: a new grant of 60 s has {left} s left"
+        );
+        lease
+            .lease_revoke(LeaseRevokeRequest { id: 7 })
+            .await
+            .unwrap();
+    }
+}

@@ -45,6 +45,10 @@ pub struct KvStore {
     events: broadcast::Sender<Arc<EventBatch>>,
     /// Test only: a put of this key fails to apply as a storage error.
     failpoint: std::sync::OnceLock<Vec<u8>>,
+    /// Leases granted since the lessor last looked (`take_granted`): a lease
+    /// revoked and granted again under the same ID between two looks must
+    /// get a fresh deadline, not keep the old grant's.
+    granted: std::sync::Mutex<Vec<i64>>,
 }
 
 impl KvStore {
@@ -70,6 +74,7 @@ impl KvStore {
             cluster_id: AtomicU64::new(0),
             events,
             failpoint: std::sync::OnceLock::new(),
+            granted: std::sync::Mutex::new(Vec::new()),
         };
         s.reload_counters()?;
         Ok(Arc::new(s))
@@ -102,6 +107,11 @@ impl KvStore {
     }
 
     /// The revision below which history has been compacted away.
+    /// The IDs of the leases granted since the last call, in order.
+    pub fn take_granted(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.granted.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub fn compact_revision(&self) -> i64 {
         self.compact_revision.load(Ordering::SeqCst)
     }

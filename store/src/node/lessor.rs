@@ -31,6 +31,7 @@ impl Node {
             let expired: Vec<i64> = {
                 let mut l = self.lessor.lock().unwrap_or_else(|e| e.into_inner());
                 if m.state != ServerState::Leader {
+                    self.kv.take_granted();
                     *l = Lessor::default();
                     continue;
                 }
@@ -38,13 +39,8 @@ impl Node {
                     l.term = Some(m.current_term);
                     l.deadlines.clear();
                 }
+                self.refresh_deadlines(&mut l);
                 let now = Instant::now();
-                let leases = self.kv.leases();
-                let live: BTreeSet<i64> = leases.iter().map(|(id, _)| *id).collect();
-                l.deadlines.retain(|id, _| live.contains(id));
-                for (id, ttl) in leases {
-                    l.deadlines.entry(id).or_insert(now + secs(ttl));
-                }
                 l.deadlines
                     .iter()
                     .filter(|(_, d)| **d <= now)
@@ -62,6 +58,30 @@ impl Node {
                     tracing::warn!(lease = id, error = %e, "revoking expired lease failed");
                 }
             }
+        }
+    }
+
+    /// Brings the deadlines in line with the leases that exist: drops the
+    /// revoked, starts the full TTL of the new and of the granted again
+    /// since the last look (same ID, new grant).
+    fn refresh_deadlines(&self, l: &mut Lessor) {
+        self.note_grants(l);
+        let now = Instant::now();
+        let leases = self.kv.leases();
+        let live: BTreeSet<i64> = leases.iter().map(|(id, _)| *id).collect();
+        l.deadlines.retain(|id, _| live.contains(id));
+        for (id, ttl) in leases {
+            l.deadlines.entry(id).or_insert(now + secs(ttl));
+        }
+    }
+
+    /// Starts the full TTL of every lease granted since the last look.
+    fn note_grants(&self, l: &mut Lessor) {
+        for id in self.kv.take_granted() {
+            match self.kv.lease(id) {
+                Some((ttl, _)) => l.deadlines.insert(id, Instant::now() + secs(ttl)),
+                None => l.deadlines.remove(&id),
+            };
         }
     }
 
@@ -83,7 +103,8 @@ impl Node {
         match self.kv.lease(id) {
             None => LeaderResponse::Ttl(-1, 0),
             Some((ttl, _)) => {
-                let l = self.lessor.lock().unwrap_or_else(|e| e.into_inner());
+                let mut l = self.lessor.lock().unwrap_or_else(|e| e.into_inner());
+                self.note_grants(&mut l);
                 let left = l
                     .deadlines
                     .get(&id)

@@ -348,6 +348,14 @@ impl KvStore {
         self.tree.apply_batch(batch)?;
         self.revision.store(rev, Ordering::SeqCst);
         self.compact_revision.store(compact, Ordering::SeqCst);
+        let granted = results.iter().flatten().filter_map(|r| match &r.result {
+            Some(command_result::Result::LeaseGrant(g)) => Some(g.id),
+            _ => None,
+        });
+        self.granted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(granted);
         if !events.is_empty() {
             // No receivers is fine: nobody is watching.
             let _ = self.events.send(Arc::new(EventBatch { events }));
