@@ -78,6 +78,16 @@ pub fn shape_range(mut kvs: Vec<KeyValue>, req: &RangeRequest, revision: i64) ->
     use range_request::{SortOrder, SortTarget};
     let order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
     let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    if order == SortOrder::None && !filtered && req.limit > 0 {
+        // etcd 3.4 reads everything only for an explicit order or a
+        // filter; otherwise it reads limit + 1 keys in key order and a
+        // sort target without an order sorts just those.
+        kvs.truncate(req.limit as usize + 1);
+    }
     let order = if order == SortOrder::None && target != SortTarget::Key {
         SortOrder::Ascend
     } else {
