@@ -36,6 +36,7 @@ pub async fn renew(ctx: &Ctx) -> Result<(), keel_proto::client::ClientError> {
     }});
     match ctx
         .client
+        .get()
         .merge_patch::<Lease>(NODE_LEASE_NAMESPACE, name, &patch)
         .await
     {
@@ -46,7 +47,7 @@ pub async fn renew(ctx: &Ctx) -> Result<(), keel_proto::client::ClientError> {
             l.spec.lease_duration_seconds = Some(ctx.cfg.lease_duration_seconds);
             l.spec.acquire_time = Some(now.clone());
             l.spec.renew_time = Some(now);
-            match ctx.client.create(&l).await {
+            match ctx.client.get().create(&l).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.code() == 409 => Ok(()),
                 Err(e) => Err(e),
@@ -58,7 +59,7 @@ pub async fn renew(ctx: &Ctx) -> Result<(), keel_proto::client::ClientError> {
 
 /// Makes sure the Node exists and says Ready.
 async fn ensure_ready(ctx: &Ctx, agent: SocketAddr) {
-    let c = &ctx.client;
+    let c = ctx.client.get();
     match c.get::<Node>("", &ctx.cfg.name).await {
         Ok(n) => {
             if condition(&n.status.conditions, "Ready").is_some_and(|r| r.status == "True") {

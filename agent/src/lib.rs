@@ -30,10 +30,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use keel_proto::api::Service;
-use keel_proto::client::ApiClient;
 use tokio::sync::watch;
 
-pub use credentials::SharedCredentials;
+pub use credentials::{MasterClient, SharedCredentials};
 pub use error::AgentError;
 use ipam::{Ipam, PodRange};
 use runtime::{DockerRuntime, ProcessRuntime, Runtime, Sandbox};
@@ -106,7 +105,8 @@ impl Config {
 pub struct Ctx {
     pub cfg: Config,
     pub node_ip: Ipv4Addr,
-    pub client: Arc<ApiClient>,
+    /// The REST client, following credential renewals.
+    pub client: MasterClient,
     pub runtime: Arc<dyn Runtime>,
     pub state: StateStore,
     pub ipam: Mutex<Ipam>,
@@ -170,7 +170,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Age
     }
     let ctx = Arc::new(Ctx {
         node_ip,
-        client: Arc::new(ApiClient::new(&cfg.masters, &cfg.credentials.get())),
+        client: MasterClient::new(&cfg.masters, cfg.credentials.clone()),
         runtime,
         state,
         ipam: Mutex::new(ipam),

@@ -104,7 +104,7 @@ pub fn node_status(ctx: &Ctx, agent: SocketAddr, prev: &NodeStatus) -> NodeStatu
 
 /// Creates or updates this node's Node object; `agent` is where it serves logs.
 pub async fn register(ctx: &Ctx, agent: SocketAddr) -> Result<Node, AgentError> {
-    let c = &ctx.client;
+    let c = ctx.client.get();
     let mut node = Node::new("", &ctx.cfg.name);
     node.metadata.labels = labels(ctx);
     node.spec.pod_cidr = ctx

@@ -5,12 +5,11 @@
 //! so the consumer sees a fresh full set and can drop what disappeared.
 //! Consumers' running work is never touched by any of this.
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use crate::credentials::MasterClient;
 use futures::StreamExt;
 use keel_proto::api::{List, Resource};
-use keel_proto::client::ApiClient;
 use tokio::sync::mpsc;
 
 /// What the consumer learns.
@@ -25,10 +24,11 @@ pub enum Event<T> {
 
 /// Lists and watches `path` (a collection path, with its query) until the
 /// receiver goes away.
-pub async fn run<T: Resource>(client: Arc<ApiClient>, path: String, tx: mpsc::Sender<Event<T>>) {
+pub async fn run<T: Resource>(client: MasterClient, path: String, tx: mpsc::Sender<Event<T>>) {
     let mut pause = Duration::from_millis(100);
     'list: loop {
         let list = match client
+            .get()
             .call::<List<T>>(reqwest::Method::GET, &path, None)
             .await
         {
@@ -45,7 +45,7 @@ pub async fn run<T: Resource>(client: Arc<ApiClient>, path: String, tx: mpsc::Se
             return;
         }
         loop {
-            let stream = match client.watch(&path, &rv).await {
+            let stream = match client.get().watch(&path, &rv).await {
                 Ok(s) => s,
                 Err(e) if e.code() == 410 => continue 'list,
                 Err(e) => {

@@ -48,7 +48,7 @@ impl Worker {
         }
         let mut p = self.pod.clone();
         p.status = st.clone();
-        let c = &self.ctx.client;
+        let c = self.ctx.client.get();
         match c.update_status(&p).await {
             Ok(updated) => {
                 tracing::debug!(phase = %st.phase, "status reported");

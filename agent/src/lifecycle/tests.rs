@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::{MasterClient, SharedCredentials};
 use keel_proto::api::Pod;
-use keel_proto::client::ApiClient;
 use keel_proto::pki::Credentials;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -71,7 +71,10 @@ impl Harness {
         let cfg = Config::new("n1", dir.path().to_path_buf(), vec!["127.0.0.1:9".into()]);
         let ctx = Arc::new(Ctx {
             node_ip: cfg.pod_range.node_ip(),
-            client: Arc::new(ApiClient::new(&cfg.masters, &Credentials::plaintext())),
+            client: MasterClient::new(
+                &cfg.masters,
+                SharedCredentials::new(Credentials::plaintext()),
+            ),
             runtime: rt.clone(),
             state: StateStore::open(dir.path()).expect("state"),
             ipam: Mutex::new(Ipam::new(cfg.pod_range)),
