@@ -118,6 +118,10 @@ impl Lease for Etcd {
         let req = req.into_inner();
         let (left, granted) = self.ttl(LeaderRequest::TimeToLive(req.id)).await?;
         let keys = if req.keys && left >= 0 {
+            // The TTL came from the leader; the keys come from this
+            // member's state, so first let it apply everything committed
+            // (a follower may not have applied the put that attached a key).
+            self.node.read_barrier().await?;
             self.node
                 .kv
                 .lease(req.id)
