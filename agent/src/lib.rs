@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod env;
 pub mod error;
 pub mod heartbeat;
+pub mod host_path;
 pub mod ipam;
 pub mod lifecycle;
 pub mod logs;

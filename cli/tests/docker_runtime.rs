@@ -12,7 +12,8 @@
 //!   `Never` ErrImageNeverPull; a SIGKILLed agent restarted adopts its
 //!   containers (same ids, no restarts) and removes those of a pod deleted
 //!   while it was down. A mount of no volume fails its container
-//!   (CreateContainerError); hostPath is refused by the API.
+//!   (CreateContainerError); a hostPath volume is refused to an `edit` token
+//!   and mounts the node's directory for the admin.
 
 mod agent_support;
 mod common;
@@ -371,8 +372,7 @@ async fn docker_pods_share_localhost_get_oom_killed_report_pull_errors_and_are_a
         "{never:?}"
     );
 
-    // Bad input: a mount of no volume fails the container clearly; a
-    // hostPath volume (the node's files) is refused by the API.
+    // Bad input: a mount of no volume fails the container clearly.
     let bad = common::poll(Duration::from_secs(30), "badmount Failed", || async {
         let p = client.get::<Pod>("default", "badmount").await.ok()?;
         (p.status.phase == "Failed").then_some(p)
@@ -386,21 +386,64 @@ async fn docker_pods_share_localhost_get_oom_killed_report_pull_errors_and_are_a
         .unwrap();
     assert_eq!(t.reason, "CreateContainerError");
     assert!(t.message.contains("nowhere"), "{t:?}");
-    let host_path = tc.dir.path().join("hostpath.yaml");
-    std::fs::write(
-        &host_path,
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: hp}\nspec:\n  volumes: [{name: root, hostPath: {path: /}}]\n  containers: [{name: c, image: 'keel-test/busybox:latest'}]\n",
-    )
-    .unwrap();
-    let (ok, _, err) = s::keel(&[
-        "apply",
-        "-f",
-        host_path.to_str().unwrap(),
-        "--server",
-        &apis[0],
-    ]);
-    assert!(!ok && err.contains("hostPath"), "hostPath refused: {err}");
+    // A hostPath volume reaches the node's files: an `edit` token is
+    // refused (403, nothing created); the admin's pod mounts the node's
+    // directory and reads what is in it.
+    let node_dir = tc.dir.path().join("node-files");
+    std::fs::create_dir_all(&node_dir).unwrap();
+    std::fs::write(node_dir.join("greeting"), "from-the-node\n").unwrap();
+    let hp = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hp"},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [{"name": "node", "hostPath": {"path": node_dir.display().to_string(), "type": "Directory"}}],
+            "containers": [{
+                "name": "c", "image": "keel-test/busybox:latest", "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", "cat /node/greeting; echo written > /node/back"],
+                "volumeMounts": [{"name": "node", "mountPath": "/node"}]
+            }]
+        }
+    });
+    let token: serde_json::Value = client
+        .post(
+            "/keel/v1/tokens",
+            &serde_json::json!({"user": "dev", "role": "edit", "ttlSeconds": 600}),
+        )
+        .await
+        .unwrap();
+    let ca = tc.c.credentials().tls.as_ref().unwrap().ca_pem.clone();
+    let dev = ApiClient::new(
+        &apis,
+        &keel_proto::pki::Credentials::tls(ca, None).with_token(token["token"].as_str().unwrap()),
+    );
+    match dev
+        .post::<serde_json::Value>("/api/v1/namespaces/default/pods", &hp)
+        .await
+    {
+        Err(keel_proto::client::ClientError::Api(st)) => {
+            assert_eq!(st.code, 403, "{st:?}");
+            assert!(st.message.contains("hostPath"), "{}", st.message);
+        }
+        other => panic!("an edit token created a hostPath pod: {other:?}"),
+    }
     assert!(client.get::<Pod>("default", "hp").await.is_err());
+    client
+        .post::<serde_json::Value>("/api/v1/namespaces/default/pods", &hp)
+        .await
+        .expect("the admin's hostPath pod");
+    common::poll(Duration::from_secs(60), "hp Succeeded", || async {
+        let p = client.get::<Pod>("default", "hp").await.ok()?;
+        (p.status.phase == "Succeeded").then_some(())
+    })
+    .await;
+    let (ok, out, err) = s::keel(&["logs", "hp", "--server", &apis.join(",")]);
+    assert!(ok && out.contains("from-the-node"), "hp's log: {out} {err}");
+    assert_eq!(
+        std::fs::read_to_string(node_dir.join("back"))
+            .unwrap()
+            .trim(),
+        "written"
+    );
 
     // Two containers, one IP: the writer fills the shared emptyDir and
     // reads it back from the web container over localhost.

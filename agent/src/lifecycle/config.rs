@@ -39,12 +39,18 @@ impl Worker {
             .iter()
             .filter_map(|vm| {
                 let v = self.pod.spec.volumes.iter().find(|v| v.name == vm.name)?;
-                v.empty_dir.as_ref()?;
+                // An emptyDir lives in the pod's directory; a hostPath is
+                // the node's own (checked and made by `host_path`).
+                let host_path = match (&v.empty_dir, &v.host_path) {
+                    (Some(_), _) => self.sandbox.dir.join("volumes").join(&v.name),
+                    (None, Some(h)) => std::path::PathBuf::from(&h.path),
+                    (None, None) => return None,
+                };
                 Some(Mount {
-                    host_path: self.sandbox.dir.join("volumes").join(&v.name),
+                    host_path,
                     container_path: vm.mount_path.clone(),
                     read_only: vm.read_only,
-                    create: true,
+                    create: v.empty_dir.is_some(),
                 })
             })
             .collect();

@@ -12,6 +12,18 @@ use crate::probe::{self, Kind, Timing, Tracker};
 use crate::runtime::{ContainerConfig, ContainerHandle, RuntimeError};
 
 impl Worker {
+    /// Checks (and makes, for the `*OrCreate` types) the hostPath volumes
+    /// container `i` mounts.
+    fn prepare_host_paths(&self, i: usize) -> Result<(), String> {
+        for vm in &self.ctrs[i].spec.volume_mounts {
+            let v = self.pod.spec.volumes.iter().find(|v| v.name == vm.name);
+            if let Some(h) = v.and_then(|v| v.host_path.as_ref()) {
+                crate::host_path::prepare(&vm.name, h)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts every container whose (re)start is due.
     pub(super) async fn start_due(&mut self) {
         let now = Instant::now();
@@ -33,8 +45,13 @@ impl Worker {
                 })
                 .map(|m| m.name.as_str())
                 .collect();
-            let bad_mounts = (!unmounted.is_empty())
-                .then(|| format!("volumeMounts {unmounted:?} name no emptyDir volume of the pod"));
+            let bad_mounts = if unmounted.is_empty() {
+                self.prepare_host_paths(i).err()
+            } else {
+                Some(format!(
+                    "volumeMounts {unmounted:?} name no volume of the pod"
+                ))
+            };
             let c = &mut self.ctrs[i];
             c.next_start = None;
             c.attempts += 1;

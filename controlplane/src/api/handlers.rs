@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::codec::respond;
 use super::route::Target;
 use super::select;
+use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::kinds;
 use crate::registry::{Registry, str_at};
@@ -78,6 +79,7 @@ pub async fn create(
     t: &Target,
     headers: &HeaderMap,
     body: Value,
+    caller: Option<&Identity>,
 ) -> Result<Response, ApiError> {
     if t.name.is_some() {
         return Err(ApiError::new(
@@ -94,6 +96,8 @@ pub async fn create(
         ));
     }
     let obj = admit(t, body, false)?;
+    let name = str_at(&obj, &["metadata", "name"]);
+    super::privileged::check(t.kind.kind, name, &obj, None, caller)?;
     let created = reg.create(t.kind, obj).await?;
     tracing::info!(
         kind = t.kind.kind,
@@ -189,8 +193,16 @@ pub async fn replace(
     t: &Target,
     headers: &HeaderMap,
     body: Value,
+    caller: Option<&Identity>,
 ) -> Result<Response, ApiError> {
     let obj = admit(t, body, true)?;
+    let name = str_at(&obj, &["metadata", "name"]);
+    if !super::privileged::host_path_volumes(t.kind.kind, &obj).is_empty() {
+        // Only then is the stored object needed: keeping its hostPath
+        // volumes is anyone's right, adding one is an admin's.
+        let cur = reg.get(t.kind, ns_of(t), name).await.ok();
+        super::privileged::check(t.kind.kind, name, &obj, cur.as_ref(), caller)?;
+    }
     let updated = reg.update(t.kind, obj, t.status()).await?;
     Ok(respond(headers, 200, &updated))
 }
@@ -203,8 +215,9 @@ pub async fn patch(
     headers: &HeaderMap,
     name: &str,
     body: &[u8],
+    caller: Option<&Identity>,
 ) -> Result<Response, ApiError> {
-    let updated = patch_object(reg, t, headers, name, body, |doc, _| Ok(doc)).await?;
+    let updated = patch_object(reg, t, headers, name, body, caller, |doc, _| Ok(doc)).await?;
     Ok(respond(headers, 200, &updated))
 }
 
@@ -217,6 +230,7 @@ pub async fn patch_object(
     headers: &HeaderMap,
     name: &str,
     body: &[u8],
+    caller: Option<&Identity>,
     back: impl Fn(Value, &Value) -> Result<Value, ApiError>,
 ) -> Result<Value, ApiError> {
     let ct = headers
@@ -243,6 +257,7 @@ pub async fn patch_object(
             doc["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
         }
         let obj = admit(t, doc, true)?;
+        super::privileged::check(t.kind.kind, name, &obj, Some(&cur), caller)?;
         match reg.update(t.kind, obj, t.status()).await {
             Err(e) if e.reason == "Conflict" && !pinned => continue,
             Err(e) => return Err(e),

@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod logs;
 pub mod openapi;
 pub mod patch;
+pub mod privileged;
 pub mod route;
 pub mod scale;
 pub mod select;
@@ -182,7 +183,10 @@ async fn dispatch(State(st): State<ApiState>, req: axum::extract::Request) -> Re
                     )),
                 }
             }
-            Ok(p) => handle(&st, p, &headers, body).await,
+            Ok(p) => {
+                let caller = parts.extensions.get::<crate::auth::Identity>();
+                handle(&st, p, &headers, body, caller).await
+            }
             Err(e) => Err(e),
         };
         let resp = r.unwrap_or_else(|e| codec::error(&headers, &e));
@@ -202,6 +206,7 @@ async fn handle(
     parsed: route::Parsed,
     headers: &HeaderMap,
     body: Body,
+    caller: Option<&crate::auth::Identity>,
 ) -> Result<Response, ApiError> {
     let r = match parsed {
         route::Parsed::AccessReview => {
@@ -272,18 +277,20 @@ async fn handle(
         Verb::Create => {
             let obj = codec::parse(headers, &body)?;
             let name = registry::str_at(&obj, &["metadata", "name"]).to_string();
-            handlers::create(reg, t, headers, obj)
+            handlers::create(reg, t, headers, obj, caller)
                 .await
                 .map_err(|e| e.invalid_object(t.kind.kind, t.kind.group, &name))
         }
         Verb::Update if t.sub == Some(Sub::Scale) => {
             scale::replace(reg, t, headers, codec::parse(headers, &body)?).await
         }
-        Verb::Update => handlers::replace(reg, t, headers, codec::parse(headers, &body)?)
+        Verb::Update => handlers::replace(reg, t, headers, codec::parse(headers, &body)?, caller)
             .await
             .map_err(|e| e.invalid_object(t.kind.kind, t.kind.group, &name)),
-        Verb::Patch if t.sub == Some(Sub::Scale) => scale::patch(reg, t, headers, &body).await,
-        Verb::Patch => handlers::patch(reg, t, headers, &name, &body)
+        Verb::Patch if t.sub == Some(Sub::Scale) => {
+            scale::patch(reg, t, headers, &body, caller).await
+        }
+        Verb::Patch => handlers::patch(reg, t, headers, &name, &body, caller)
             .await
             .map_err(|e| e.invalid_object(t.kind.kind, t.kind.group, &name)),
         Verb::Delete => handlers::delete(reg, t, headers, &name, &body).await,

@@ -101,9 +101,10 @@ pub async fn patch(
     t: &Target,
     headers: &HeaderMap,
     body: &[u8],
+    caller: Option<&crate::auth::Identity>,
 ) -> Result<Response, ApiError> {
     let name = t.name.as_deref().unwrap_or("");
-    let updated = handlers::patch_object(reg, t, headers, name, body, into).await?;
+    let updated = handlers::patch_object(reg, t, headers, name, body, caller, into).await?;
     Ok(respond(headers, 200, &of(&updated)))
 }
 

@@ -48,10 +48,115 @@ pub fn pod_spec(spec: &api::core::PodSpec, at: &str) -> Result<(), ApiError> {
             }
         }
     }
+    let mut volumes = std::collections::BTreeSet::new();
+    for (i, v) in spec.volumes.iter().enumerate() {
+        label(&v.name).map_err(|e| ApiError::invalid(format!("{at}.volumes[{i}].name: {e}")))?;
+        if !volumes.insert(&v.name) {
+            return Err(ApiError::invalid(format!(
+                "{at}.volumes[{i}].name: Duplicate value: {:?}",
+                v.name
+            )));
+        }
+        if v.empty_dir.is_some() && v.host_path.is_some() {
+            return Err(ApiError::invalid(format!(
+                "{at}.volumes[{i}]: Forbidden: may not specify more than 1 volume type"
+            )));
+        }
+        if let Some(h) = &v.host_path {
+            host_path(h)
+                .map_err(|e| ApiError::invalid(format!("{at}.volumes[{i}].hostPath.{e}")))?;
+        }
+    }
     match spec.restart_policy.as_str() {
         "" | "Always" | "OnFailure" | "Never" => Ok(()),
         p => Err(ApiError::invalid(format!(
             "{at}.restartPolicy: Unsupported value: {p:?}: supported values: \"Always\", \"OnFailure\", \"Never\""
         ))),
+    }
+}
+
+/// A hostPath source: an absolute, clean path and a known type.
+fn host_path(h: &api::core::HostPathVolumeSource) -> Result<(), String> {
+    if !h.path.starts_with('/') {
+        return Err(format!(
+            "path: Invalid value: {:?}: must be an absolute path",
+            h.path
+        ));
+    }
+    if h.path.split('/').any(|c| c == "..") {
+        return Err(format!(
+            "path: Invalid value: {:?}: must not contain '..'",
+            h.path
+        ));
+    }
+    if !api::core::HOST_PATH_TYPES.contains(&h.type_.as_str()) {
+        let known: Vec<String> = api::core::HOST_PATH_TYPES[1..]
+            .iter()
+            .map(|t| format!("{t:?}"))
+            .collect();
+        return Err(format!(
+            "type: Unsupported value: {:?}: supported values: \"\", {}",
+            h.type_,
+            known.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec_with(volumes: Value) -> Result<(), ApiError> {
+        let spec: api::core::PodSpec = serde_json::from_value(json!({
+            "containers": [{"name": "c", "image": "i"}],
+            "volumes": volumes,
+        }))
+        .unwrap();
+        pod_spec(&spec, "spec")
+    }
+
+    #[test]
+    fn volumes_have_one_source_unique_names_and_clean_host_paths() {
+        assert!(spec_with(json!([{"name": "d", "emptyDir": {}}])).is_ok());
+        assert!(spec_with(json!([{"name": "h", "hostPath": {"path": "/var/log"}}])).is_ok());
+        assert!(
+            spec_with(
+                json!([{"name": "h", "hostPath": {"path": "/x", "type": "DirectoryOrCreate"}}])
+            )
+            .is_ok()
+        );
+        let cases = [
+            (
+                json!([{"name": "h", "hostPath": {"path": "var/log"}}]),
+                "spec.volumes[0].hostPath.path",
+            ),
+            (
+                json!([{"name": "h", "hostPath": {"path": "/a/../etc"}}]),
+                "'..'",
+            ),
+            (
+                json!([{"name": "h", "hostPath": {"path": "/a", "type": "Dir"}}]),
+                "hostPath.type: Unsupported value",
+            ),
+            (
+                json!([{"name": "b", "emptyDir": {}, "hostPath": {"path": "/a"}}]),
+                "more than 1 volume type",
+            ),
+            (
+                json!([{"name": "d", "emptyDir": {}}, {"name": "d", "emptyDir": {}}]),
+                "spec.volumes[1].name: Duplicate value",
+            ),
+            (
+                json!([{"name": "Bad_Name", "emptyDir": {}}]),
+                "spec.volumes[0].name",
+            ),
+        ];
+        for (volumes, want) in cases {
+            let e = spec_with(volumes.clone()).unwrap_err();
+            assert_eq!(e.code, 422, "{volumes}");
+            assert!(e.message.contains(want), "{volumes}: {}", e.message);
+        }
     }
 }

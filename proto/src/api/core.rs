@@ -103,8 +103,9 @@ pub struct PodSpec {
     pub termination_grace_period_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hostname: String,
-    /// Volumes the containers can mount (emptyDir; hostPath is not
-    /// offered: it would hand any pod author the node's files).
+    /// Volumes the containers can mount: emptyDir, and hostPath for admins
+    /// only (it hands the pod the node's files; the API refuses it to
+    /// everyone else).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
 }
@@ -117,7 +118,33 @@ pub struct Volume {
     /// A directory that lives and dies with the pod, shared by its containers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub empty_dir: Option<EmptyDirVolumeSource>,
+    /// A file or directory of the node (admins only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<HostPathVolumeSource>,
 }
+
+/// A path on the node, checked against `type` before the pod starts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostPathVolumeSource {
+    pub path: String,
+    /// "", `DirectoryOrCreate`, `Directory`, `FileOrCreate`, `File`,
+    /// `Socket`, `CharDevice` or `BlockDevice`, as Kubernetes.
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    pub type_: String,
+}
+
+/// The hostPath types Kubernetes knows ("" checks nothing).
+pub const HOST_PATH_TYPES: [&str; 8] = [
+    "",
+    "DirectoryOrCreate",
+    "Directory",
+    "FileOrCreate",
+    "File",
+    "Socket",
+    "CharDevice",
+    "BlockDevice",
+];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -14,8 +14,8 @@ use futures::StreamExt;
 use keel_proto::api::meta::now_rfc3339;
 
 use super::{
-    DockerRuntime, LABEL_AGENT, LABEL_CONTAINER, LABEL_NAMESPACE, LABEL_POD_NAME, LABEL_POD_UID,
-    SANDBOX, api_error, image, list, message, remove, running,
+    DockerRuntime, LABEL_AGENT, LABEL_CONTAINER, LABEL_CREATED_NS, LABEL_NAMESPACE, LABEL_POD_NAME,
+    LABEL_POD_UID, SANDBOX, api_error, image, list, message, remove, running,
 };
 use crate::runtime::process::proc_stat;
 use crate::runtime::{ContainerConfig, ContainerHandle, RuntimeError, Sandbox};
@@ -77,6 +77,11 @@ impl DockerRuntime {
         let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
         let (pod, ns) = (get(LABEL_POD_NAME), get(LABEL_NAMESPACE));
         let mut labels = self.labels(&s.id, &pod, &ns, &c.name);
+        let created_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        labels.insert(LABEL_CREATED_NS.into(), created_ns.to_string());
         if !c.ports.is_empty() {
             let ports: Vec<String> = c
                 .ports

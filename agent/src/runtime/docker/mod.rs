@@ -51,6 +51,11 @@ pub const LABEL_NODE: &str = "keel.node";
 /// The agent instance (node name plus a hash of its data dir), so two
 /// clusters on one Docker host never touch each other's containers.
 pub const LABEL_AGENT: &str = "keel.agent";
+/// When an instance of a container was created, in nanoseconds since the
+/// epoch: Docker's own `Created` has whole seconds, and a container that
+/// dies and restarts within one second must still sort behind its successor
+/// (`logs --previous` picks the second newest).
+pub const LABEL_CREATED_NS: &str = "keel.created-ns";
 /// The `keel.container` value of a pod's sandbox (not a valid container
 /// name in a pod spec, which is lower case).
 pub const SANDBOX: &str = "POD";
@@ -147,7 +152,14 @@ impl DockerRuntime {
             ],
         )
         .await?;
-        v.sort_by_key(|c| std::cmp::Reverse(c.created.unwrap_or(0)));
+        let ns = |c: &ContainerSummary| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_CREATED_NS))
+                .and_then(|n| n.parse::<u128>().ok())
+                .unwrap_or(0)
+        };
+        v.sort_by_key(|c| std::cmp::Reverse((c.created.unwrap_or(0), ns(c))));
         Ok(v)
     }
 }
