@@ -118,6 +118,10 @@ pub struct MasterArgs {
     /// certificates). Bearer tokens are still required on the REST API.
     #[arg(long, env = "KEEL_INSECURE")]
     pub insecure: bool,
+    /// At most this many concurrent REST watches per user on this master
+    /// (429 beyond it).
+    #[arg(long, env = "KEEL_MAX_WATCHES_PER_USER", default_value_t = keel_controlplane::api::MAX_WATCHES_PER_USER)]
+    pub max_watches_per_user: usize,
     /// Where this master writes its audit log (default: DATA_DIR/audit).
     #[arg(long, env = "KEEL_AUDIT_DIR")]
     pub audit_dir: Option<PathBuf>,
@@ -257,6 +261,7 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
             },
             None => keel_proto::pki::Credentials::plaintext(),
         },
+        max_watches_per_user: a.max_watches_per_user,
     };
     tracing::info!(addr = %a.listen_api, https = api_cfg.tls.is_some(), "serving the REST API");
     tokio::spawn(keel_controlplane::api::serve(

@@ -209,3 +209,46 @@ async fn a_member_whose_raft_core_stops_exits_non_zero() {
         );
     }
 }
+
+/// A client that opens REST watches without end gets 429s once it holds
+/// its per-user share (`--max-watches-per-user`), other users keep
+/// watching, and a closed watch frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_watches_are_capped_per_user() {
+    use keel_proto::client::{ApiClient, ClientError};
+    let tc = start(1, &["--max-watches-per-user", "2"]).await;
+    let api = vec![tc.c.members[0].api_addr()];
+    let admin = ApiClient::new(&api, tc.c.credentials());
+    let path = "/api/v1/namespaces/default/pods";
+    let first = admin.watch(path, "").await.expect("first watch");
+    let second = admin.watch(path, "").await.expect("second watch");
+    match admin.watch(path, "").await {
+        Err(ClientError::Api(s)) => {
+            assert_eq!(s.code, 429, "{s:?}");
+            assert!(s.message.contains("at most 2"), "{}", s.message);
+        }
+        Err(e) => panic!("the third watch failed otherwise: {e}"),
+        Ok(_) => panic!("a third concurrent watch was served"),
+    }
+    // Another user has a share of their own.
+    let token: serde_json::Value = admin
+        .post(
+            "/keel/v1/tokens",
+            &serde_json::json!({"user": "other", "role": "view", "ttlSeconds": 600}),
+        )
+        .await
+        .unwrap();
+    let ca = tc.c.credentials().tls.as_ref().unwrap().ca_pem.clone();
+    let other = ApiClient::new(
+        &api,
+        &keel_proto::pki::Credentials::tls(ca, None).with_token(token["token"].as_str().unwrap()),
+    );
+    let _theirs = other.watch(path, "").await.expect("another user's watch");
+    // Closing one frees its slot (the server notices the closed stream).
+    drop(first);
+    let again = poll(Duration::from_secs(10), "a freed watch slot", || async {
+        admin.watch(path, "").await.ok()
+    })
+    .await;
+    drop((second, again));
+}

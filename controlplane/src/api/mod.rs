@@ -48,7 +48,15 @@ pub struct ApiConfig {
     /// How this master dials the agents' log endpoints (its own
     /// certificate; plain text with `--insecure`).
     pub agent_credentials: keel_proto::pki::Credentials,
+    /// At most this many concurrent REST watches per user (the etcd API
+    /// has its own cap, `keel_store::etcd::MAX_WATCHES_PER_CLIENT`).
+    pub max_watches_per_user: usize,
 }
+
+/// The default of `ApiConfig::max_watches_per_user`: far above what kubectl
+/// or an agent opens, low enough that a runaway client cannot hold a
+/// master's memory with streams.
+pub const MAX_WATCHES_PER_USER: usize = 1_000;
 
 /// What the REST handlers share: the registry, and the credentials the log
 /// proxy dials agents with.
@@ -56,6 +64,8 @@ pub struct ApiConfig {
 pub struct ApiState {
     pub reg: Registry,
     pub agent_credentials: Arc<keel_proto::pki::Credentials>,
+    /// Concurrent REST watches, counted per user.
+    pub watches: Arc<keel_store::watch_quota::WatchQuota>,
 }
 
 /// The router of the API, behind the auth layer.
@@ -86,6 +96,9 @@ pub fn router(reg: Registry, cfg: &ApiConfig) -> Router {
         .with_state(ApiState {
             reg: reg.clone(),
             agent_credentials: Arc::new(cfg.agent_credentials.clone()),
+            watches: Arc::new(keel_store::watch_quota::WatchQuota::new(
+                cfg.max_watches_per_user,
+            )),
         })
         // The agents' gRPC service shares the port (HTTP/2 requests to /keelagent.Agent/...).
         .merge(tonic::service::Routes::new(agent_grpc::server(reg)).into_axum_router())
@@ -269,7 +282,19 @@ async fn handle(
                 q.get("allowWatchBookmarks").map(String::as_str),
                 Some("true" | "1")
             );
-            watch::start(reg, t, filter, rv, timeout, table, bookmarks).await
+            // One slot per open stream, held until the stream ends.
+            let who = caller.map_or("anonymous", |c| c.user.as_str());
+            let slot = st.watches.acquire(who).ok_or_else(|| {
+                ApiError::new(
+                    429,
+                    "TooManyRequests",
+                    format!(
+                        "too many watches for user {who:?}: at most {} at once",
+                        st.watches.limit()
+                    ),
+                )
+            })?;
+            watch::start(reg, t, filter, rv, timeout, table, bookmarks, slot).await
         }
         Verb::Create if t.sub == Some(Sub::Eviction) => {
             handlers::evict(reg, t, headers, &name, codec::parse(headers, &body)?).await

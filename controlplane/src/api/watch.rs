@@ -43,6 +43,7 @@ pub async fn start(
     timeout: Option<Duration>,
     table: Option<String>,
     bookmarks: bool,
+    slot: keel_store::watch_quota::WatchSlot,
 ) -> Result<Response, ApiError> {
     let (initial, after) = match resource_version {
         Some(rv) if rv > 0 => {
@@ -79,6 +80,7 @@ pub async fn start(
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(64);
     tokio::spawn(async move {
+        let _slot = slot;
         for o in initial.iter().filter(|o| keep(o)) {
             if tx.send(Ok(line("ADDED", &shape(o)))).await.is_err() {
                 return;
