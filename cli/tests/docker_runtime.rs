@@ -404,18 +404,7 @@ async fn docker_pods_share_localhost_get_oom_killed_report_pull_errors_and_are_a
             }]
         }
     });
-    let token: serde_json::Value = client
-        .post(
-            "/keel/v1/tokens",
-            &serde_json::json!({"user": "dev", "role": "edit", "ttlSeconds": 600}),
-        )
-        .await
-        .unwrap();
-    let ca = tc.c.credentials().tls.as_ref().unwrap().ca_pem.clone();
-    let dev = ApiClient::new(
-        &apis,
-        &keel_proto::pki::Credentials::tls(ca, None).with_token(token["token"].as_str().unwrap()),
-    );
+    let dev = common::token_client(&client, tc.c.credentials(), &apis, "dev", "edit").await;
     match dev
         .post::<serde_json::Value>("/api/v1/namespaces/default/pods", &hp)
         .await

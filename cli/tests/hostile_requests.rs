@@ -231,18 +231,7 @@ async fn rest_watches_are_capped_per_user() {
         Ok(_) => panic!("a third concurrent watch was served"),
     }
     // Another user has a share of their own.
-    let token: serde_json::Value = admin
-        .post(
-            "/keel/v1/tokens",
-            &serde_json::json!({"user": "other", "role": "view", "ttlSeconds": 600}),
-        )
-        .await
-        .unwrap();
-    let ca = tc.c.credentials().tls.as_ref().unwrap().ca_pem.clone();
-    let other = ApiClient::new(
-        &api,
-        &keel_proto::pki::Credentials::tls(ca, None).with_token(token["token"].as_str().unwrap()),
-    );
+    let other = token_client(&admin, tc.c.credentials(), &api, "other", "view").await;
     let _theirs = other.watch(path, "").await.expect("another user's watch");
     // Closing one frees its slot (the server notices the closed stream).
     drop(first);

@@ -4,7 +4,7 @@
 //! tables, every output format, apply/create/replace, scale, label,
 //! annotate, the three patch types, rollout status/restart/history/undo,
 //! logs, describe with events, cordon/uncordon/drain (eviction), watches (with bookmarks),
-//! auth can-i, delete, and errors as kubectl prints them (404, 409, 422,
+//! auth can-i, delete with --cascade=orphan and =foreground, and errors as kubectl prints them (404, 409, 422,
 //! 403). Assertions are on kubectl's own output.
 
 mod agent_support;
@@ -468,16 +468,43 @@ async fn kubectl_unchanged_drives_a_keel_cluster() {
     assert!(left.trim().is_empty(), "{left}");
     k.ok(&["uncordon", "n1"]);
 
-    // Delete: gone, its pods follow.
+    // Delete with --cascade=orphan: the Deployment goes (kubectl waits for
+    // it), its ReplicaSet stays without an owner, and so do its pods.
+    let pods_before = k.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    assert!(!pods_before.trim().is_empty());
     assert_eq!(
-        k.ok(&["delete", "deploy", "web"]).trim(),
+        k.ok(&["delete", "deploy", "web", "--cascade=orphan"])
+            .trim(),
         r#"deployment.apps "web" deleted"#
     );
     let e = k.fails(&["get", "deploy", "web"], None);
     assert!(e.contains("NotFound"), "{e}");
-    common::poll(Duration::from_secs(30), "the web pods gone", || async {
-        let o = k.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
-        o.trim().is_empty().then_some(())
-    })
-    .await;
+    let rs = k.ok(&["get", "rs", "-l", "app=web", "-o", "name"]);
+    let rs: Vec<&str> = rs.lines().collect();
+    assert!(!rs.is_empty(), "the ReplicaSets were not orphaned");
+    let owners = k.ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].metadata.ownerReferences}",
+    ]);
+    assert!(owners.trim().is_empty(), "still owned: {owners}");
+    let pods_after = k.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    assert!(
+        !pods_after.trim().is_empty(),
+        "the orphaned ReplicaSets' pods went"
+    );
+
+    // Delete with --cascade=foreground: a ReplicaSet goes only once its
+    // pods are gone, so when kubectl returns (it waits) none is left.
+    let mut args = vec!["delete", "--cascade=foreground"];
+    args.extend(rs.iter().copied());
+    k.ok(&args);
+    let left = k.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    assert!(
+        left.trim().is_empty(),
+        "pods left after a foreground delete: {left}"
+    );
 }

@@ -107,6 +107,27 @@ pub async fn start(n: usize, extra: &[&str]) -> TestCluster {
     TestCluster { c, dir }
 }
 
+/// A REST client for `apis` with a new token of `user` in `role`, made by
+/// `admin` (and the admin's CA, so it trusts the same masters).
+pub async fn token_client(
+    admin: &keel_proto::client::ApiClient,
+    admin_creds: &Credentials,
+    apis: &[String],
+    user: &str,
+    role: &str,
+) -> keel_proto::client::ApiClient {
+    let token: serde_json::Value = admin
+        .post(
+            "/keel/v1/tokens",
+            &serde_json::json!({"user": user, "role": role, "ttlSeconds": 600}),
+        )
+        .await
+        .expect("a new token");
+    let ca = admin_creds.tls.as_ref().expect("TLS").ca_pem.clone();
+    let token = token["token"].as_str().expect("the token").to_string();
+    keel_proto::client::ApiClient::new(apis, &Credentials::tls(ca, None).with_token(token))
+}
+
 /// Waits for the writes every Keel cluster makes at start (the default
 /// namespaces, the leader's fencing token, the CA and admin token), so tests that compare revisions
 /// see only their own writes.

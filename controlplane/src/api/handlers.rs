@@ -274,8 +274,10 @@ pub async fn delete(
     name: &str,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    // DeleteOptions may carry preconditions.resourceVersion.
+    // DeleteOptions may carry preconditions.resourceVersion and a
+    // propagationPolicy.
     let mut expected = None;
+    let mut finalizer = None;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let opts: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("malformed DeleteOptions: {e}")))?;
@@ -287,8 +289,9 @@ pub async fn delete(
                 ))
             })?);
         }
+        finalizer = propagation_finalizer(t, str_at(&opts, &["propagationPolicy"]))?;
     }
-    let gone = delete_object(reg, t, ns_of(t), name, expected).await?;
+    let gone = delete_object(reg, t, ns_of(t), name, expected, finalizer).await?;
     tracing::info!(kind = t.kind.kind, name, "deleted");
     Ok(respond(headers, 200, &gone))
 }
@@ -306,7 +309,7 @@ pub async fn delete_collection(
     for o in items.into_iter().filter(|o| filter.matches(o)) {
         let ns = str_at(&o, &["metadata", "namespace"]).to_string();
         let name = str_at(&o, &["metadata", "name"]).to_string();
-        match delete_object(reg, t, &ns, &name, None).await {
+        match delete_object(reg, t, &ns, &name, None, None).await {
             Ok(g) => gone.push(g),
             // Deleted meanwhile by someone else: it is gone all the same.
             Err(e) if e.is_not_found() => {}
@@ -349,7 +352,7 @@ pub async fn evict(
             )));
         }
     }
-    delete_object(reg, t, ns_of(t), name, None).await?;
+    delete_object(reg, t, ns_of(t), name, None, None).await?;
     tracing::info!(pod = name, "evicted");
     let status = json!({
         "kind": "Status",
@@ -365,16 +368,38 @@ pub async fn evict(
 /// Deletes one object. Without a precondition, a concurrent change (a
 /// controller writing status meanwhile) is retried against the new version,
 /// as the Kubernetes API server does; with one, it is the caller's 409.
+/// The finalizer that carries out `policy` for kind `t` (None: delete at
+/// once and let the garbage collector take the dependents, as Background).
+fn propagation_finalizer(t: &Target, policy: &str) -> Result<Option<&'static str>, ApiError> {
+    use crate::controllers::{gc::OWNER_KINDS, propagation};
+    let finalizer = match policy {
+        "" | "Background" => return Ok(None),
+        "Orphan" => propagation::ORPHAN,
+        "Foreground" => propagation::FOREGROUND,
+        p => {
+            return Err(ApiError::bad_request(format!(
+                "propagationPolicy: Unsupported value: {p:?}: supported values: \"Orphan\", \"Background\", \"Foreground\""
+            )));
+        }
+    };
+    // Only the kinds the garbage collector follows have dependents.
+    Ok(OWNER_KINDS.contains(&t.kind.kind).then_some(finalizer))
+}
+
 async fn delete_object(
     reg: &Registry,
     t: &Target,
     ns: &str,
     name: &str,
     expected: Option<i64>,
+    finalizer: Option<&str>,
 ) -> Result<Value, ApiError> {
     let mut last = None;
     for _ in 0..5 {
-        match reg.delete(t.kind, ns, name, expected).await {
+        match reg
+            .delete_with_finalizer(t.kind, ns, name, expected, finalizer)
+            .await
+        {
             Err(e) if e.is_conflict() && expected.is_none() => last = Some(e),
             r => return r,
         }

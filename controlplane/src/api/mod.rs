@@ -294,7 +294,13 @@ async fn handle(
                     ),
                 )
             })?;
-            watch::start(reg, t, filter, rv, timeout, table, bookmarks, slot).await
+            let o = watch::Options {
+                resource_version: rv,
+                timeout,
+                table,
+                bookmarks,
+            };
+            watch::start(reg, t, filter, o, slot).await
         }
         Verb::Create if t.sub == Some(Sub::Eviction) => {
             handlers::evict(reg, t, headers, &name, codec::parse(headers, &body)?).await

@@ -34,17 +34,32 @@ fn bookmark(kind: &crate::kinds::Kind, rv: i64) -> Value {
     })
 }
 
+/// What a watch asks for besides its target and selectors.
+pub struct Options {
+    /// Start after this revision (None or 0: list first, then follow).
+    pub resource_version: Option<i64>,
+    /// End the stream after this long (`timeoutSeconds`).
+    pub timeout: Option<Duration>,
+    /// Send each object as a one-row Table (with this `includeObject`).
+    pub table: Option<String>,
+    /// Send BOOKMARK events (`allowWatchBookmarks`).
+    pub bookmarks: bool,
+}
+
 /// Starts a watch; fails with 410 when `resource_version` was compacted away.
 pub async fn start(
     reg: &Registry,
     t: &Target,
     filter: Filter,
-    resource_version: Option<i64>,
-    timeout: Option<Duration>,
-    table: Option<String>,
-    bookmarks: bool,
+    o: Options,
     slot: keel_store::watch_quota::WatchSlot,
 ) -> Result<Response, ApiError> {
+    let Options {
+        resource_version,
+        timeout,
+        table,
+        bookmarks,
+    } = o;
     let (initial, after) = match resource_version {
         Some(rv) if rv > 0 => {
             let compacted = reg.node().kv.compact_revision();

@@ -43,10 +43,14 @@ pub fn reconcile<'a, T: Resource>(objects: &'a [&'a T], live: &HashSet<String>) 
         .collect()
 }
 
-/// Owner deletions (and resyncs, which may hide some) start a scan at once.
-fn owner_gone<T>(d: &Delta<T>) -> Vec<Key> {
+/// Owner deletions, and owners marked for an orphan or foreground delete,
+/// start a scan at once.
+fn owner_gone<T: Resource>(d: &Delta<T>) -> Vec<Key> {
     match d {
         Delta::Deleted(_) => vec![singleton_key()],
+        Delta::Modified { new, .. } if super::propagation::pending(&**new).is_some() => {
+            vec![singleton_key()]
+        }
         _ => vec![],
     }
 }
@@ -92,6 +96,11 @@ async fn scan(ctx: &Ctx) {
     collect::<ReplicaSet>(ctx, &inf.replicasets.list(), &live).await;
     collect::<Pod>(ctx, &inf.pods.list(), &live).await;
     collect::<Endpoints>(ctx, &inf.endpoints.list(), &live).await;
+    // Owners deleted with propagationPolicy Orphan or Foreground.
+    use super::propagation::settle;
+    settle::<Deployment, ReplicaSet>(ctx, &inf.deployments.list()).await;
+    settle::<ReplicaSet, Pod>(ctx, &inf.replicasets.list()).await;
+    settle::<Service, Endpoints>(ctx, &inf.services.list()).await;
 }
 
 async fn collect<T: Resource>(ctx: &Ctx, objs: &[std::sync::Arc<T>], live: &HashSet<String>) {

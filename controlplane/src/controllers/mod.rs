@@ -11,6 +11,7 @@ pub mod driver;
 pub mod endpoints;
 pub mod gc;
 pub mod node_lifecycle;
+pub mod propagation;
 pub mod replicaset;
 
 use std::time::Duration;

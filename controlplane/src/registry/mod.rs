@@ -436,6 +436,22 @@ impl Registry {
         name: &str,
         expected: Option<i64>,
     ) -> Result<Value, ApiError> {
+        self.delete_with_finalizer(kind, ns, name, expected, None)
+            .await
+    }
+
+    /// Deletes an object as `delete` does, first adding `finalizer` (when
+    /// given, and not there yet) in the same write: the object is then only
+    /// marked, until whoever owns the finalizer drops it (an orphan or
+    /// foreground delete: `controllers/propagation.rs`).
+    pub async fn delete_with_finalizer(
+        &self,
+        kind: &Kind,
+        ns: &str,
+        name: &str,
+        expected: Option<i64>,
+        finalizer: Option<&str>,
+    ) -> Result<Value, ApiError> {
         let old = self.get(kind, ns, name).await?;
         let old_rev: i64 = str_at(&old, &["metadata", "resourceVersion"])
             .parse()
@@ -444,6 +460,17 @@ impl Registry {
             return Err(ApiError::conflict(&kind.resource(), name));
         }
         let mut marked = old.clone();
+        if let Some(f) = finalizer {
+            let list = &mut marked["metadata"]["finalizers"];
+            if !list.is_array() {
+                *list = json!([]);
+            }
+            if let Some(l) = list.as_array_mut()
+                && !l.iter().any(|x| x == f)
+            {
+                l.push(json!(f));
+            }
+        }
         if marked["metadata"]["deletionTimestamp"].is_null() {
             marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
         }

@@ -23,15 +23,11 @@ pub fn pod_spec(spec: &api::core::PodSpec, at: &str) -> Result<(), ApiError> {
             "{at}.containers: Required value"
         )));
     }
-    let mut names = std::collections::BTreeSet::new();
+    unique_names(
+        spec.containers.iter().map(|c| c.name.as_str()),
+        &format!("{at}.containers"),
+    )?;
     for (i, c) in spec.containers.iter().enumerate() {
-        label(&c.name).map_err(|e| ApiError::invalid(format!("{at}.containers[{i}].name: {e}")))?;
-        if !names.insert(&c.name) {
-            return Err(ApiError::invalid(format!(
-                "{at}.containers[{i}].name: Duplicate value: {:?}",
-                c.name
-            )));
-        }
         if let Some(r) = &c.resources {
             for (k, q) in r.requests.iter().chain(r.limits.iter()) {
                 quantity::parse(k, q).map_err(|e| {
@@ -48,15 +44,11 @@ pub fn pod_spec(spec: &api::core::PodSpec, at: &str) -> Result<(), ApiError> {
             }
         }
     }
-    let mut volumes = std::collections::BTreeSet::new();
+    unique_names(
+        spec.volumes.iter().map(|v| v.name.as_str()),
+        &format!("{at}.volumes"),
+    )?;
     for (i, v) in spec.volumes.iter().enumerate() {
-        label(&v.name).map_err(|e| ApiError::invalid(format!("{at}.volumes[{i}].name: {e}")))?;
-        if !volumes.insert(&v.name) {
-            return Err(ApiError::invalid(format!(
-                "{at}.volumes[{i}].name: Duplicate value: {:?}",
-                v.name
-            )));
-        }
         if v.empty_dir.is_some() && v.host_path.is_some() {
             return Err(ApiError::invalid(format!(
                 "{at}.volumes[{i}]: Forbidden: may not specify more than 1 volume type"
@@ -73,6 +65,20 @@ pub fn pod_spec(spec: &api::core::PodSpec, at: &str) -> Result<(), ApiError> {
             "{at}.restartPolicy: Unsupported value: {p:?}: supported values: \"Always\", \"OnFailure\", \"Never\""
         ))),
     }
+}
+
+/// Every name a valid label and none twice (`at` names the list).
+fn unique_names<'a>(names: impl Iterator<Item = &'a str>, at: &str) -> Result<(), ApiError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, n) in names.enumerate() {
+        label(n).map_err(|e| ApiError::invalid(format!("{at}[{i}].name: {e}")))?;
+        if !seen.insert(n) {
+            return Err(ApiError::invalid(format!(
+                "{at}[{i}].name: Duplicate value: {n:?}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A hostPath source: an absolute, clean path and a known type.
