@@ -239,10 +239,22 @@ async fn bad_requests_get_status_errors_and_change_nothing() {
         (200, Some(0)),
         "{gone}"
     );
-    let (code, status) = raw(
+    // A dry-run delete answers as the delete would, and deletes nothing;
+    // an unknown dryRun value is refused.
+    let (code, would) = raw(
         base,
         reqwest::Method::DELETE,
         &format!("{coll}/web?dryRun=All"),
+        "",
+        vec![],
+    )
+    .await;
+    assert_eq!(code, 200, "{would}");
+    assert!(!would["metadata"]["deletionTimestamp"].is_null(), "{would}");
+    let (code, status) = raw(
+        base,
+        reqwest::Method::DELETE,
+        &format!("{coll}/web?dryRun=Bogus"),
         "",
         vec![],
     )

@@ -1,7 +1,8 @@
 //! The real kubectl (/usr/bin/kubectl, Debian package `kubectl`), unchanged,
 //! drives a real 3-master cluster with an agent through a kubeconfig from
 //! `keel kubeconfig`: discovery (api-resources, version), server-side
-//! tables, every output format, apply/create/replace, scale, label,
+//! tables, every output format, apply/create/replace, server-side dry runs
+//! and diff, scale, label,
 //! annotate, the three patch types, rollout status/restart/history/undo,
 //! logs, describe with events, cordon/uncordon/drain (eviction), watches (with bookmarks),
 //! auth can-i, delete with --cascade=orphan and =foreground, and errors as kubectl prints them (404, 409, 422,
@@ -182,6 +183,49 @@ async fn kubectl_unchanged_drives_a_keel_cluster() {
     assert_eq!(out.trim(), "deployment.apps/web created");
     let out = k.ok_with(&["apply", "-f", "-"], Some(&deployment(1)));
     assert_eq!(out.trim(), "deployment.apps/web unchanged");
+    // Server-side dry runs and diff: answered as the write would be,
+    // nothing changes.
+    let out = k.ok_with(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&deployment(2)),
+    );
+    assert_eq!(
+        out.trim(),
+        "deployment.apps/web configured (server dry run)"
+    );
+    let d = k.run_with(&["diff", "-f", "-"], Some(&deployment(2)));
+    assert!(
+        !d.ok && d.stdout.contains("-  replicas: 1") && d.stdout.contains("+  replicas: 2"),
+        "kubectl diff: {d:?}"
+    );
+    let same = k.run_with(&["diff", "-f", "-"], Some(&deployment(1)));
+    assert!(
+        same.ok && same.stdout.trim().is_empty(),
+        "no difference: {same:?}"
+    );
+    let out = k.ok(&["delete", "deploy", "web", "--dry-run=server"]);
+    assert_eq!(
+        out.trim(),
+        r#"deployment.apps "web" deleted (server dry run)"#
+    );
+    assert_eq!(
+        k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])
+            .trim(),
+        "1"
+    );
+    let out = k.ok(&[
+        "create",
+        "namespace",
+        "dry",
+        "--dry-run=server",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(out.trim(), "namespace/dry");
+    assert!(
+        k.fails(&["get", "namespace", "dry"], None)
+            .contains("NotFound")
+    );
     let out = k.ok_with(&["apply", "-f", "-"], Some(&deployment(2)));
     assert_eq!(out.trim(), "deployment.apps/web configured");
     let out = common::poll(Duration::from_secs(40), "2/2 ready", || async {

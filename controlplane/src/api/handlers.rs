@@ -278,6 +278,7 @@ pub async fn delete(
     // propagationPolicy.
     let mut expected = None;
     let mut finalizer = None;
+    let mut dry = None;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let opts: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("malformed DeleteOptions: {e}")))?;
@@ -290,7 +291,18 @@ pub async fn delete(
             })?);
         }
         finalizer = propagation_finalizer(t, str_at(&opts, &["propagationPolicy"]))?;
+        // kubectl sends a dry run of a delete in the body (DeleteOptions).
+        match opts["dryRun"].as_array().map(Vec::as_slice) {
+            None | Some([]) => {}
+            Some([v]) if v == "All" => dry = Some(reg.dry_run()),
+            Some(v) => {
+                return Err(ApiError::bad_request(format!(
+                    "dryRun: Unsupported value: {v:?}: supported values: \"All\""
+                )));
+            }
+        }
     }
+    let reg = dry.as_ref().unwrap_or(reg);
     let gone = delete_object(reg, t, ns_of(t), name, expected, finalizer).await?;
     tracing::info!(kind = t.kind.kind, name, "deleted");
     Ok(respond(headers, 200, &gone))

@@ -234,17 +234,24 @@ async fn handle(
         }
         route::Parsed::Resource(r) => r,
     };
-    let reg = &st.reg;
     let (t, q) = (&r.target, &r.query);
     let body = codec::read_body(body).await?;
     let writes = !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch);
-    if writes && q.contains_key("dryRun") {
-        // Refused rather than ignored: ignoring it would really write
-        // (`kubectl diff` and `--dry-run=server` send it).
-        return Err(ApiError::bad_request(
-            "dryRun is not supported by this server: nothing was changed",
-        ));
-    }
+    // `kubectl diff` and `--dry-run=server` send dryRun=All: the write is
+    // checked and answered as it would be, and nothing changes.
+    let dry;
+    let reg = match q.get("dryRun").map(String::as_str) {
+        Some("All") if writes => {
+            dry = st.reg.dry_run();
+            &dry
+        }
+        Some(v) if writes => {
+            return Err(ApiError::bad_request(format!(
+                "dryRun: Unsupported value: {v:?}: supported values: \"All\""
+            )));
+        }
+        _ => &st.reg,
+    };
     let name = t.name.clone().unwrap_or_default();
     match r.verb {
         Verb::Get => match t.sub {

@@ -65,6 +65,10 @@ pub struct Registry {
     /// at this revision, so once a newer leader wrote its own token, nothing
     /// this (deposed) leader proposes applies. None for API requests.
     fence: Option<(Arc<str>, i64)>,
+    /// A dry run (`?dryRun=All`): every write is checked as it would be
+    /// (existence, namespace, resourceVersion) and answered with the object
+    /// it would store, and nothing is written or claimed.
+    dry_run: bool,
 }
 
 /// The key each new leader writes before its scheduler and controllers start.
@@ -162,7 +166,19 @@ fn new_uid() -> String {
 
 impl Registry {
     pub fn new(node: Arc<Node>) -> Self {
-        Registry { node, fence: None }
+        Registry {
+            node,
+            fence: None,
+            dry_run: false,
+        }
+    }
+
+    /// This registry as a dry run: checks every write, makes none.
+    pub fn dry_run(&self) -> Registry {
+        Registry {
+            dry_run: true,
+            ..self.clone()
+        }
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -220,6 +236,7 @@ impl Registry {
         Ok(Registry {
             node: self.node.clone(),
             fence: Some((Arc::from(LEADER_FENCE_KEY), rev)),
+            dry_run: false,
         })
     }
 
@@ -299,6 +316,16 @@ impl Registry {
         meta.insert("generation".into(), json!(1));
         meta.remove("deletionTimestamp");
         meta.remove("resourceVersion");
+        if self.dry_run {
+            // What the create would refuse, without its claims or its write.
+            if self.get(kind, &ns, &name).await.is_ok() {
+                return Err(ApiError::already_exists(&kind.resource(), &name));
+            }
+            if kind.namespaced {
+                self.get(kinds::of::<api::Namespace>(), "", &ns).await?;
+            }
+            return Ok(obj);
+        }
         let strategy = strategy::of(kind.kind);
         strategy.prepare_create(&self.node, &mut obj).await?;
         let r = match self.create_txn(kind, &ns, &name, &obj).await {
@@ -386,6 +413,15 @@ impl Registry {
         expected: i64,
         new: Value,
     ) -> Result<Value, ApiError> {
+        if self.dry_run {
+            let cur = self.get(kind, ns, name).await?;
+            if str_at(&cur, &["metadata", "resourceVersion"]) != expected.to_string() {
+                return Err(ApiError::conflict(&kind.resource(), name));
+            }
+            let mut new = new;
+            new["metadata"]["resourceVersion"] = json!(expected.to_string());
+            return Ok(new);
+        }
         let k = key(kind, ns, name);
         let finished = !str_at(&new, &["metadata", "deletionTimestamp"]).is_empty()
             && new["metadata"]["finalizers"]
@@ -475,9 +511,11 @@ impl Registry {
             marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
         }
         let gone = self.replace(kind, ns, name, old_rev, marked).await?;
-        strategy::of(kind.kind)
-            .after_delete(&self.node, &gone)
-            .await;
+        if !self.dry_run {
+            strategy::of(kind.kind)
+                .after_delete(&self.node, &gone)
+                .await;
+        }
         Ok(gone)
     }
 
