@@ -109,6 +109,11 @@ pub struct MasterArgs {
     /// a storage error would, to show that such a member exits.
     #[arg(long, env = "KEEL_FAILPOINT_APPLY_ERROR_KEY", hide = true)]
     pub failpoint_apply_error_key: Option<String>,
+    /// TEST ONLY (a failpoint): abort the process at this step of a
+    /// multi-step change (`keel_store::failpoint::POINTS`), as a SIGKILL
+    /// there would, to show that each step is crash-safe.
+    #[arg(long, env = "KEEL_FAILPOINT_CRASH_AT", hide = true)]
+    pub failpoint_crash_at: Option<String>,
     /// The cluster CA (ca.crt, ca.key, from `keel pki init`) and this
     /// master's certificate; default: DATA_DIR/pki. A single-member
     /// bootstrap that finds no CA creates one.
@@ -188,6 +193,12 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
         tracing::warn!(
             "--unsafe-local-reads is on: linearizable reads may be stale. Never use this outside chaos tests."
         );
+    }
+    if let Some(point) = &a.failpoint_crash_at {
+        keel_store::failpoint::arm(point).map_err(anyhow::Error::msg)?;
+    }
+    if !a.force_new_cluster {
+        keel_store::recover::check_not_interrupted(&a.data_dir)?;
     }
     if a.force_new_cluster {
         let kept = keel_store::recover::force_new_cluster(&a.data_dir)

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod config;
 pub mod error;
 pub mod etcd;
+pub mod failpoint;
 pub mod member;
 pub mod mvcc;
 pub mod net;

@@ -62,12 +62,52 @@ pub fn best(states: &[DirState]) -> Option<&DirState> {
     states.iter().max_by_key(|s| s.last_log)
 }
 
+/// Where a forced dir is built before it replaces the old one.
+pub fn forcing_dir(dir: &Path) -> PathBuf {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("data");
+    dir.with_file_name(format!("{name}.forcing"))
+}
+
+/// Refuses to start on `dir` while an interrupted `--force-new-cluster`
+/// is unfinished (its new dir is built but not yet in place): starting
+/// would make an empty member where the recovered data belongs.
+pub fn check_not_interrupted(dir: &Path) -> Result<(), StoreError> {
+    let forcing = forcing_dir(dir);
+    if forcing.join(FORCED_MARKER).exists() && !dir.exists() {
+        return Err(StoreError::Config(format!(
+            "an interrupted --force-new-cluster left its new data in {}; run with --force-new-cluster again to finish it",
+            forcing.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Turns `dir` into the data of a new single-member cluster: every entry in
 /// its Raft log is applied to its key space (so nothing the member holds is
 /// lost), the old dir is kept beside it as `<dir>.pre-force-<unix time>`,
 /// and a fresh dir with that key space (new cluster id) replaces it. Refuses
 /// a dir that was already forced.
+///
+/// Crash-safe at every step (cli/tests/crash_steps.rs): replaying the log
+/// into the old key space changes nothing a rerun depends on; the new dir is
+/// built and fsynced complete (marker included) at `<dir>.forcing` before
+/// the old dir is moved aside, and a rerun after a crash between the two
+/// renames only finishes the second.
 pub async fn force_new_cluster(dir: &Path) -> Result<PathBuf, StoreError> {
+    let forcing = forcing_dir(dir);
+    if !dir.exists() && forcing.join(FORCED_MARKER).exists() {
+        // A crash after the old dir was moved aside: finish the move.
+        std::fs::rename(&forcing, dir)?;
+        sync_parent(dir)?;
+        let marker = std::fs::read_to_string(dir.join(FORCED_MARKER)).unwrap_or_default();
+        tracing::warn!(dir = %dir.display(), "finished an interrupted --force-new-cluster");
+        let kept = marker
+            .split("old data in ")
+            .nth(1)
+            .map(|s| PathBuf::from(s.trim()))
+            .unwrap_or_default();
+        return Ok(kept);
+    }
     if dir.join(FORCED_MARKER).exists() {
         return Err(StoreError::Config(format!(
             "{} was already forced into a new cluster ({}); start it without --force-new-cluster",
@@ -75,6 +115,12 @@ pub async fn force_new_cluster(dir: &Path) -> Result<PathBuf, StoreError> {
             std::fs::read_to_string(dir.join(FORCED_MARKER))
                 .unwrap_or_default()
                 .trim()
+        )));
+    }
+    if !dir.join("raft-log.redb").exists() {
+        return Err(StoreError::Config(format!(
+            "{} holds no Keel member (no raft-log.redb): nothing to force",
+            dir.display()
         )));
     }
     let records = {
@@ -107,27 +153,51 @@ pub async fn force_new_cluster(dir: &Path) -> Result<PathBuf, StoreError> {
                 },
             )?;
         }
-        kv.flush().await?;
+        kv.flush().await?; // fsync: the replayed key space is on disk
         let (dump, _, _) = kv.dump();
         crate::mvcc::snapshot::parse(&dump)?
     };
+    crate::failpoint::crash_point("force-after-replay");
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("data");
     let kept = dir.with_file_name(format!("{name}.pre-force-{stamp}"));
-    std::fs::rename(dir, &kept)?;
-    std::fs::create_dir_all(dir)?;
-    let kv = KvStore::open(dir)?;
-    kv.restore(records, 0).await?;
-    drop(kv);
+    // Build the new dir whole beside the old one (a leftover of an earlier
+    // interrupted try is rebuilt from scratch).
+    if forcing.exists() {
+        std::fs::remove_dir_all(&forcing)?;
+    }
+    std::fs::create_dir_all(&forcing)?;
+    {
+        let kv = KvStore::open(&forcing)?;
+        kv.restore(records, 0).await?; // fsyncs the new key space
+    }
+    let marker = forcing.join(FORCED_MARKER);
     std::fs::write(
-        dir.join(FORCED_MARKER),
+        &marker,
         format!(
             "forced at unix time {stamp}; old data in {}\n",
             kept.display()
         ),
     )?;
+    std::fs::File::open(&marker)?.sync_all()?; // fsync: the marker
+    sync_parent(&marker)?;
+    crate::failpoint::crash_point("force-after-build");
+    std::fs::rename(dir, &kept)?;
+    sync_parent(dir)?; // fsync: the move aside
+    crate::failpoint::crash_point("force-after-move-old");
+    std::fs::rename(&forcing, dir)?;
+    sync_parent(dir)?; // fsync: the new dir in place
     Ok(kept)
+}
+
+/// fsyncs the directory holding `path`, so a rename or a new file in it
+/// survives a crash.
+fn sync_parent(path: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
