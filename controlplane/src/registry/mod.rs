@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use keel_proto::api::{self, Resource, meta::now_rfc3339};
+use keel_proto::api::{self, meta::now_rfc3339};
 use keel_proto::etcdserverpb::{
     Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
     compare, request_op, response_op,
@@ -28,8 +28,13 @@ use crate::error::ApiError;
 use crate::kinds::{self, Kind};
 use crate::strategy;
 
+mod merge;
 mod raw;
+mod typed;
 mod watch;
+
+use merge::merge_update;
+pub use typed::{from_value, to_value};
 
 pub use watch::{Change, Watch};
 
@@ -541,72 +546,6 @@ impl Registry {
         }
         Ok(())
     }
-
-    // Typed helpers for the controllers.
-
-    pub async fn get_t<T: Resource>(&self, ns: &str, name: &str) -> Result<T, ApiError> {
-        from_value(self.get(kinds::of::<T>(), ns, name).await?)
-    }
-
-    pub async fn list_t<T: Resource>(&self, ns: Option<&str>) -> Result<(Vec<T>, i64), ApiError> {
-        let (items, rev) = self.list(kinds::of::<T>(), ns).await?;
-        Ok((
-            items
-                .into_iter()
-                .map(from_value)
-                .collect::<Result<_, _>>()?,
-            rev,
-        ))
-    }
-
-    pub async fn create_t<T: Resource>(&self, obj: &T) -> Result<T, ApiError> {
-        let mut o = obj.clone();
-        o.meta_mut().resource_version.clear();
-        let mut v = to_value(&o)?;
-        v["apiVersion"] = json!(T::API_VERSION);
-        v["kind"] = json!(T::KIND);
-        from_value(self.create(kinds::of::<T>(), v).await?)
-    }
-}
-
-/// Builds the object an update stores: the request's fields over the stored
-/// object's server-owned metadata, with status or spec kept as the
-/// subresource rules say, and generation bumped when the spec changed.
-fn merge_update(kind: &Kind, old: &Value, req: Value, status_only: bool) -> Value {
-    let mut new = if status_only {
-        let mut n = old.clone();
-        n["status"] = req.get("status").cloned().unwrap_or(Value::Null);
-        n
-    } else {
-        let mut n = req;
-        if kind.has_status {
-            n["status"] = old.get("status").cloned().unwrap_or(Value::Null);
-        }
-        n
-    };
-    if new.get("status").is_some_and(Value::is_null) {
-        new.as_object_mut().map(|o| o.remove("status"));
-    }
-    for f in [
-        "uid",
-        "creationTimestamp",
-        "namespace",
-        "name",
-        "deletionTimestamp",
-    ] {
-        match old["metadata"].get(f) {
-            Some(v) => new["metadata"][f] = v.clone(),
-            None => {
-                new["metadata"].as_object_mut().map(|m| m.remove(f));
-            }
-        }
-    }
-    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
-    let changed = old.get("spec") != new.get("spec");
-    new["metadata"]["generation"] = json!(if changed { generation + 1 } else { generation });
-    new["apiVersion"] = json!(kind.api_version());
-    new["kind"] = json!(kind.kind);
-    new
 }
 
 impl std::fmt::Debug for Registry {
@@ -615,12 +554,4 @@ impl std::fmt::Debug for Registry {
             .field("member", &self.node.id)
             .finish()
     }
-}
-
-pub fn to_value<T: serde::Serialize>(t: &T) -> Result<Value, ApiError> {
-    serde_json::to_value(t).map_err(|e| ApiError::internal(e.to_string()))
-}
-
-pub fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
-    serde_json::from_value(v).map_err(|e| ApiError::internal(format!("stored object: {e}")))
 }
