@@ -9,9 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use keel_proto::etcdserverpb::cluster_client::ClusterClient;
+use keel_proto::etcdserverpb::HashKvRequest;
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use keel_proto::etcdserverpb::{HashKvRequest, MemberListRequest};
 
 /// Waits until member `i` ended by the crash point `point` (an abort).
 async fn crashed_at(tc: &mut TestCluster, i: usize, point: &str) {
@@ -119,20 +118,7 @@ async fn a_snapshot_install_survives_a_crash_at_every_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_new_cluster_survives_a_crash_at_every_step() {
-    let mut tc = start(3, &[]).await;
-    let eps = tc.c.endpoints();
-    let mut acked = Vec::new();
-    for i in 0..40 {
-        let k = format!("/registry/pods/default/p{i:02}");
-        put(&eps[i % 3], &k, "v").await.expect("put");
-        acked.push(k);
-    }
-    for i in 0..3 {
-        tc.c.kill(i);
-    }
-    for i in 1..3 {
-        std::fs::remove_dir_all(&tc.c.members[i].data_dir).unwrap();
-    }
+    let (mut tc, acked) = survivor_after_quorum_loss(40).await;
     for point in [
         "force-after-replay",
         "force-after-build",
@@ -156,17 +142,5 @@ async fn force_new_cluster_survives_a_crash_at_every_step() {
     // ...and running the recovery again finishes it, with every write.
     tc.c.restart_with(0, &["--force-new-cluster"]).unwrap();
     tc.c.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let ep = tc.c.endpoints()[0].clone();
-    let keys = keys_with_prefix(&ep, "/registry/pods/", false)
-        .await
-        .unwrap();
-    assert_eq!(keys, acked, "acknowledged writes lost in recovery");
-    let members = ClusterClient::new(channel(&ep).await)
-        .member_list(MemberListRequest { linearizable: true })
-        .await
-        .unwrap()
-        .into_inner()
-        .members;
-    assert_eq!(members.len(), 1);
-    put(&ep, "after", "recovery").await.unwrap();
+    assert_recovered(&tc, &acked).await;
 }

@@ -8,25 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use keel_proto::etcdserverpb::MemberListRequest;
-use keel_proto::etcdserverpb::cluster_client::ClusterClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_new_cluster_recovers_a_survivor_without_losing_acknowledged_writes() {
-    let mut tc = start(3, &[]).await;
-    let eps = tc.c.endpoints();
-    let mut acked = Vec::new();
-    for i in 0..50 {
-        let k = format!("/registry/pods/default/p{i:02}");
-        put(&eps[i % 3], &k, "v").await.expect("put");
-        acked.push(k);
-    }
-    for i in 0..3 {
-        tc.c.kill(i);
-    }
-    for i in 1..3 {
-        std::fs::remove_dir_all(&tc.c.members[i].data_dir).unwrap();
-    }
+    let (mut tc, acked) = survivor_after_quorum_loss(50).await;
     let d0 = tc.c.members[0].data_dir.clone();
     let d1 = tc.c.members[1].data_dir.clone();
     let out = common::keel()
@@ -50,19 +35,8 @@ async fn force_new_cluster_recovers_a_survivor_without_losing_acknowledged_write
 
     tc.c.restart_with(0, &["--force-new-cluster"]).unwrap();
     tc.c.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert_recovered(&tc, &acked).await;
     let ep = tc.c.endpoints()[0].clone();
-    let keys = keys_with_prefix(&ep, "/registry/pods/", false)
-        .await
-        .unwrap();
-    assert_eq!(keys, acked, "acknowledged writes lost in recovery");
-    let members = ClusterClient::new(channel(&ep).await)
-        .member_list(MemberListRequest { linearizable: true })
-        .await
-        .unwrap()
-        .into_inner()
-        .members;
-    assert_eq!(members.len(), 1);
-    put(&ep, "after", "recovery").await.unwrap();
 
     // A second --force-new-cluster by accident is refused.
     tc.c.restart_with(0, &["--force-new-cluster"]).unwrap();

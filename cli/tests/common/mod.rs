@@ -107,6 +107,47 @@ pub async fn start(n: usize, extra: &[&str]) -> TestCluster {
     TestCluster { c, dir }
 }
 
+/// Quorum lost: a 3-member cluster took `n` acknowledged writes (under
+/// `/registry/pods/default/`), then every member was killed and the data
+/// dirs of members 1 and 2 removed; member 0 is the only survivor.
+pub async fn survivor_after_quorum_loss(n: usize) -> (TestCluster, Vec<String>) {
+    let mut tc = start(3, &[]).await;
+    let eps = tc.c.endpoints();
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let k = format!("/registry/pods/default/p{i:02}");
+        put(&eps[i % 3], &k, "v").await.expect("put");
+        acked.push(k);
+    }
+    for i in 0..3 {
+        tc.c.kill(i);
+    }
+    for i in 1..3 {
+        std::fs::remove_dir_all(&tc.c.members[i].data_dir).unwrap();
+    }
+    (tc, acked)
+}
+
+/// Member 0, forced into a new cluster, is its only member, holds exactly
+/// `acked` under `/registry/pods/` and takes a write.
+pub async fn assert_recovered(tc: &TestCluster, acked: &[String]) {
+    use keel_proto::etcdserverpb::MemberListRequest;
+    use keel_proto::etcdserverpb::cluster_client::ClusterClient;
+    let ep = tc.c.endpoints()[0].clone();
+    let keys = keys_with_prefix(&ep, "/registry/pods/", false)
+        .await
+        .unwrap();
+    assert_eq!(keys, acked, "acknowledged writes lost in recovery");
+    let members = ClusterClient::new(channel(&ep).await)
+        .member_list(MemberListRequest { linearizable: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert_eq!(members.len(), 1);
+    put(&ep, "after", "recovery").await.unwrap();
+}
+
 /// A REST client for `apis` with a new token of `user` in `role`, made by
 /// `admin` (and the admin's CA, so it trusts the same masters).
 pub async fn token_client(
