@@ -292,14 +292,9 @@ pub async fn delete(
         }
         finalizer = propagation_finalizer(t, str_at(&opts, &["propagationPolicy"]))?;
         // kubectl sends a dry run of a delete in the body (DeleteOptions).
-        match opts["dryRun"].as_array().map(Vec::as_slice) {
-            None | Some([]) => {}
-            Some([v]) if v == "All" => dry = Some(reg.dry_run()),
-            Some(v) => {
-                return Err(ApiError::bad_request(format!(
-                    "dryRun: Unsupported value: {v:?}: supported values: \"All\""
-                )));
-            }
+        for v in opts["dryRun"].as_array().into_iter().flatten() {
+            check_dry_run(v.as_str().unwrap_or_default())?;
+            dry = Some(reg.dry_run());
         }
     }
     let reg = dry.as_ref().unwrap_or(reg);
@@ -380,6 +375,17 @@ pub async fn evict(
 /// Deletes one object. Without a precondition, a concurrent change (a
 /// controller writing status meanwhile) is retried against the new version,
 /// as the Kubernetes API server does; with one, it is the caller's 409.
+/// Checks a `dryRun` value (query or DeleteOptions): `All` is the only one
+/// Kubernetes knows.
+pub fn check_dry_run(value: &str) -> Result<(), ApiError> {
+    if value == "All" {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "dryRun: Unsupported value: {value:?}: supported values: \"All\""
+    )))
+}
+
 /// The finalizer that carries out `policy` for kind `t` (None: delete at
 /// once and let the garbage collector take the dependents, as Background).
 fn propagation_finalizer(t: &Target, policy: &str) -> Result<Option<&'static str>, ApiError> {

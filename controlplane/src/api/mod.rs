@@ -240,15 +240,11 @@ async fn handle(
     // `kubectl diff` and `--dry-run=server` send dryRun=All: the write is
     // checked and answered as it would be, and nothing changes.
     let dry;
-    let reg = match q.get("dryRun").map(String::as_str) {
-        Some("All") if writes => {
+    let reg = match q.get("dryRun") {
+        Some(v) if writes => {
+            handlers::check_dry_run(v)?;
             dry = st.reg.dry_run();
             &dry
-        }
-        Some(v) if writes => {
-            return Err(ApiError::bad_request(format!(
-                "dryRun: Unsupported value: {v:?}: supported values: \"All\""
-            )));
         }
         _ => &st.reg,
     };

@@ -106,12 +106,12 @@ impl KvStore {
         self.revision.load(Ordering::SeqCst)
     }
 
-    /// The revision below which history has been compacted away.
     /// The IDs of the leases granted since the last call, in order.
     pub fn take_granted(&self) -> Vec<i64> {
         std::mem::take(&mut *self.granted.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// The revision below which history has been compacted away.
     pub fn compact_revision(&self) -> i64 {
         self.compact_revision.load(Ordering::SeqCst)
     }

@@ -57,11 +57,7 @@ impl StateMachine {
     /// without this a member killed between installing a snapshot's key
     /// space and writing its file could never start again.
     pub async fn repair_snapshot(&self, last_log_index: Option<u64>) -> io::Result<()> {
-        let applied: Option<LogIdC> = self
-            .kv
-            .meta_json::<Option<LogIdC>>(crate::mvcc::keys::META_APPLIED)
-            .flatten();
-        let Some(applied) = applied else {
+        let Some(applied) = self.applied() else {
             return Ok(());
         };
         if last_log_index.is_some_and(|l| l >= applied.index) {
@@ -86,6 +82,13 @@ impl StateMachine {
             dir: self.dir.clone(),
         };
         builder.build_snapshot().await.map(|_| ())
+    }
+
+    /// The last log id the key space applied.
+    fn applied(&self) -> Option<LogIdC> {
+        self.kv
+            .meta_json::<Option<LogIdC>>(crate::mvcc::keys::META_APPLIED)
+            .flatten()
     }
 
     /// Counts apply batches into `stages` (the member's write-path counters).
@@ -180,10 +183,7 @@ impl RaftStateMachine<C> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogIdC>, StoredMembershipC), io::Error> {
-        let applied: Option<LogIdC> = self
-            .kv
-            .meta_json::<Option<LogIdC>>(crate::mvcc::keys::META_APPLIED)
-            .flatten();
+        let applied = self.applied();
         let membership = self
             .kv
             .meta_json(crate::mvcc::keys::META_MEMBERSHIP)
@@ -266,8 +266,9 @@ impl RaftStateMachine<C> for StateMachine {
         // Crash-safe at every step (cli/tests/crash_steps.rs): the key space
         // is replaced in one sled batch and fsynced; a crash before the
         // snapshot file is written leaves a key space that says it applied
-        // up to the snapshot, and openraft then purges the log hole below it
-        // at start; a crash before openraft purges is the same.
+        // up to the snapshot, ahead of the log and of the newest snapshot
+        // file: `repair_snapshot` writes a snapshot of it at start, before
+        // openraft purges the log hole below it.
         let applied = serde_json::to_vec(&meta.last_log_id).map_err(io_err)?;
         let membership = serde_json::to_vec(&meta.last_membership).map_err(io_err)?;
         crate::failpoint::crash_point("install-before-kv");
