@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod credentials;
 pub mod env;
 pub mod error;
+pub mod exec;
 pub mod heartbeat;
 pub mod host_path;
 pub mod ipam;
@@ -36,7 +37,8 @@ use tokio::sync::watch;
 pub use credentials::{MasterClient, SharedCredentials};
 pub use error::AgentError;
 use ipam::{Ipam, PodRange};
-use runtime::{DockerRuntime, ProcessRuntime, Runtime, Sandbox};
+pub use runtime::PodUsers;
+use runtime::{ContainerConfig, ContainerHandle, DockerRuntime, ProcessRuntime, Runtime, Sandbox};
 
 /// Which container runtime runs the pods.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,8 @@ pub struct Config {
     /// and the next agent on this data dir adopts them).
     pub stop_pods_on_exit: bool,
     pub runtime: RuntimeChoice,
+    /// Whose user the process runtime runs pods as (see [`PodUsers`]).
+    pub pod_users: PodUsers,
     /// How the agent dials the masters and serves its log endpoint: the
     /// node certificate from the bootstrap, updated by its renewal (plain
     /// text with `--insecure`).
@@ -97,6 +101,7 @@ impl Config {
             log_max_bytes: 10 << 20,
             stop_pods_on_exit: false,
             runtime: RuntimeChoice::Process,
+            pod_users: PodUsers::PerPod,
             credentials: SharedCredentials::default(),
         }
     }
@@ -116,6 +121,9 @@ pub struct Ctx {
     pub services_synced: watch::Sender<bool>,
     /// The sandboxes of the pods running here, by `namespace/name`.
     pub pods: Mutex<HashMap<String, Sandbox>>,
+    /// The containers last started here, by `namespace/pod/container`, with
+    /// what they were started from (`kubectl exec` runs in them).
+    pub running: Mutex<HashMap<String, (ContainerHandle, ContainerConfig)>>,
 }
 
 /// Runs an agent until `shutdown` turns true.
@@ -147,6 +155,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Age
         RuntimeChoice::Process => Arc::new(ProcessRuntime::new(
             cfg.data_dir.join("pods"),
             cfg.log_max_bytes,
+            cfg.pod_users,
         )),
         RuntimeChoice::Docker { pause_image } => Arc::new(
             DockerRuntime::connect(&runtime::docker::DockerConfig {
@@ -178,6 +187,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Age
         services: RwLock::new(Vec::new()),
         services_synced: watch::channel(false).0,
         pods: Mutex::new(HashMap::new()),
+        running: Mutex::new(HashMap::new()),
         cfg,
     });
     tracing::info!(

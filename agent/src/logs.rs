@@ -3,6 +3,7 @@
 //! last `tailLines` lines of it, and with `follow=true` every line written
 //! after, until the client goes away or the pod is removed. Runtimes that
 //! keep no log file (Docker) answer from their own log, with `previous`.
+//! The same server carries the exec endpoint ([`crate::exec`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +55,10 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_log),
         )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(crate::exec::handle),
+        )
         .with_state(ctx);
     let tls = match creds.tls {
         Some(pki::TlsBundle {
@@ -79,14 +84,15 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
     }
 }
 
-/// Only masters read container logs (they proxy `keel logs` after their
-/// own authorization); any other certificate of the cluster gets 403.
+/// Only masters read container logs and exec into containers (they proxy
+/// `keel logs` and `kubectl exec` after their own authorization); any other
+/// certificate of the cluster gets 403.
 async fn only_masters(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     match req.extensions().get::<PeerSubject>() {
         Some(p) if p.org == pki::ORG_MASTERS => next.run(req).await,
         Some(p) => err(
             StatusCode::FORBIDDEN,
-            format!("{} may not read container logs: masters only", p.cn),
+            format!("{} may not read container logs or exec: masters only", p.cn),
         ),
         None => err(
             StatusCode::UNAUTHORIZED,

@@ -14,8 +14,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use keel_agent::runtime::docker::{DockerConfig, agent_id, connect_engine, remove_agent};
 use keel_agent::runtime::{
-    ContainerConfig, DockerRuntime, LogRequest, ProcessRuntime, Runtime, RuntimeError, Sandbox,
-    SandboxConfig,
+    ContainerConfig, DockerRuntime, ExecCommand, LogRequest, OutputStream, PodUsers,
+    ProcessRuntime, Runtime, RuntimeError, Sandbox, SandboxConfig,
 };
 
 const BUSYBOX: &str = "keel-test/busybox:latest";
@@ -58,7 +58,11 @@ impl Env {
     /// A runtime on `data_dir` (a second one plays a restarted agent).
     async fn runtime(kind: Kind, data_dir: &Path) -> Arc<dyn Runtime> {
         match kind {
-            Kind::Process => Arc::new(ProcessRuntime::new(data_dir.join("pods"), 1 << 20)),
+            Kind::Process => Arc::new(ProcessRuntime::new(
+                data_dir.join("pods"),
+                1 << 20,
+                PodUsers::PerPod,
+            )),
             Kind::Docker => {
                 test_images();
                 Arc::new(
@@ -274,6 +278,81 @@ async fn a_restarted_runtime_adopts_and_removes_unknown_pods(kind: Kind) {
     rt2.remove_sandbox(&orphan).await;
 }
 
+async fn a_container_runs_as_its_run_as_ids(kind: Kind) {
+    let e = Env::new(kind).await;
+    let sb = e.sandbox("u1").await;
+    let mut cfg = e.cfg("c", "echo ids=$(id -u):$(id -g)");
+    cfg.run_as_user = Some(4321);
+    cfg.run_as_group = Some(4322);
+    let h = e.rt.start_container(&sb, &cfg).await.unwrap();
+    let x = tokio::time::timeout(Duration::from_secs(20), e.rt.wait(&h))
+        .await
+        .expect("exit in time");
+    assert_eq!(x.code, Some(0));
+    assert_eq!(e.log(&sb, "c", false).await, "ids=4321:4322\n");
+    // Exec probes run as the container's user too.
+    let probe = ["sh", "-c", "test $(id -u):$(id -g) = 4321:4322"].map(String::from);
+    let mut sleeper = e.cfg("d", "sleep 30");
+    sleeper.run_as_user = Some(4321);
+    sleeper.run_as_group = Some(4322);
+    let h = e.rt.start_container(&sb, &sleeper).await.unwrap();
+    assert_eq!(
+        e.rt.exec(&sb, &sleeper, &probe, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        0
+    );
+    e.rt.stop(&h, Duration::from_secs(1)).await;
+    e.rt.remove_sandbox(&sb).await;
+}
+
+async fn an_exec_session_streams_stdin_output_and_the_exit_code(kind: Kind) {
+    use tokio::io::AsyncWriteExt;
+    let e = Env::new(kind).await;
+    let sb = e.sandbox("u1").await;
+    let cfg = e.cfg("c", "echo ready; exec sleep 30");
+    let h = e.rt.start_container(&sb, &cfg).await.unwrap();
+    e.log_until(&sb, "c", "ready").await;
+    let cmd = ExecCommand {
+        argv: [
+            "sh",
+            "-c",
+            "echo G=$GREETING; tr a-z A-Z; echo oops >&2; exit 5",
+        ]
+        .map(String::from)
+        .to_vec(),
+        stdin: true,
+        tty: false,
+    };
+    let mut s = e.rt.exec_stream(&sb, &cfg, &h, cmd).await.unwrap();
+    let mut stdin = s.stdin.take().expect("stdin asked for");
+    stdin.write_all(b"some input\n").await.unwrap();
+    stdin.shutdown().await.unwrap();
+    drop(stdin);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let collect = async {
+        while let Some(piece) = s.output.next().await {
+            let (which, b) = piece.unwrap();
+            match which {
+                OutputStream::Stdout => out.extend_from_slice(&b),
+                OutputStream::Stderr => err.extend_from_slice(&b),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), collect)
+        .await
+        .expect("the output ends");
+    assert_eq!(String::from_utf8_lossy(&out), "G=hello\nSOME INPUT\n");
+    assert_eq!(String::from_utf8_lossy(&err), "oops\n");
+    assert_eq!(s.exit.await.unwrap(), 5);
+    assert!(
+        e.rt.is_running(&h).await,
+        "the container itself keeps running"
+    );
+    e.rt.stop(&h, Duration::from_secs(1)).await;
+    e.rt.remove_sandbox(&sb).await;
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod process {
@@ -302,4 +381,91 @@ conformance!(
     exec_runs_inside_the_container,
     a_restarted_container_keeps_its_sandbox,
     a_restarted_runtime_adopts_and_removes_unknown_pods,
+    a_container_runs_as_its_run_as_ids,
+    an_exec_session_streams_stdin_output_and_the_exit_code,
 );
+
+/// Runs `script` in a new process-runtime container of sandbox `sb` and
+/// returns its log once it exits.
+async fn run_to_end(e: &Env, sb: &Sandbox, cfg: ContainerConfig) -> String {
+    let name = cfg.name.clone();
+    let h = e.rt.start_container(sb, &cfg).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), e.rt.wait(&h))
+        .await
+        .expect("exit in time");
+    e.log(sb, &name, false).await
+}
+
+/// The process runtime's isolation, on an agent running as root (as CI
+/// runs): each pod gets a user of its own, so it can neither read a file
+/// only root may read (the node's key is one, mode 0600) nor signal
+/// another pod; the same commands as root can, so the check can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_pods_run_as_users_of_their_own() {
+    // SAFETY: geteuid(2) cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root, as CI has it: the agent drops to per-pod users only as root"
+    );
+    let e = Env::new(Kind::Process).await;
+    let victim = e.sandbox("victim").await;
+    let other =
+        e.rt.create_sandbox(&SandboxConfig {
+            uid: "other".into(),
+            namespace: "default".into(),
+            name: "p-other".into(),
+            ip: Some(Ipv4Addr::new(127, 9, 0, 3)),
+            hostname: "p-other".into(),
+        })
+        .await
+        .unwrap();
+    let sleeper =
+        e.rt.start_container(&victim, &e.cfg("sleeper", "sleep 60"))
+            .await
+            .unwrap();
+    // A root-only file in a directory anyone may enter.
+    let open = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let key = open.path().join("node.key");
+    std::fs::write(&key, "secret").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let script = format!(
+        "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); cat {} >/dev/null 2>&1; echo read=$?; kill -0 {} 2>/dev/null; echo signal=$?",
+        key.display(),
+        sleeper.pid
+    );
+    let out = run_to_end(&e, &other, e.cfg("probe", &script)).await;
+    let uid = keel_agent::runtime::process::pod_uid(Ipv4Addr::new(127, 9, 0, 3));
+    assert!(
+        out.contains(&format!("uid={uid} gid={uid} groups={uid}\n")),
+        "{out}"
+    );
+    assert!(out.contains("read=1"), "the key was readable: {out}");
+    assert!(out.contains("signal=1"), "another pod was signalled: {out}");
+    assert!(e.rt.is_running(&sleeper).await);
+    // The same as root (what an admin may ask for) reaches both.
+    let mut as_root = e.cfg("root", &script);
+    as_root.run_as_user = Some(0);
+    let out = run_to_end(&e, &other, as_root).await;
+    assert!(out.contains("uid=0 ") && out.contains("read=0"), "{out}");
+    assert!(out.contains("signal=0"), "{out}");
+    // The pod's working directory is its own, and nobody else's.
+    let mut writer = e.cfg("writer", "echo x > here && stat -c %u here");
+    writer.run_as_user = None;
+    let out = run_to_end(&e, &other, writer).await;
+    assert_eq!(
+        out.trim().lines().last(),
+        Some(uid.to_string().as_str()),
+        "{out}"
+    );
+    e.rt.stop(&sleeper, Duration::from_secs(1)).await;
+    e.rt.remove_sandbox(&victim).await;
+    e.rt.remove_sandbox(&other).await;
+}

@@ -51,6 +51,12 @@ pub struct AgentArgs {
     /// The node's pod range, 127.N.0.0/16 (or just N); default: N from a hash of the name.
     #[arg(long, env = "KEEL_POD_RANGE")]
     pub pod_range: Option<String>,
+    /// Whose user the process runtime runs pods as when their
+    /// securityContext does not say: `per-pod` (a user and group of each
+    /// pod's own, when the agent runs as root), `agent` (the agent's own
+    /// user: no isolation) or a numeric user id.
+    #[arg(long, env = "KEEL_POD_USER", default_value = "per-pod")]
+    pub pod_user: keel_agent::PodUsers,
     /// Port of the agent endpoint (container logs) on the node's IP 127.N.0.1; 0 picks a free one.
     #[arg(long, env = "KEEL_AGENT_PORT", default_value_t = 10250)]
     pub agent_port: u16,
@@ -118,6 +124,7 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
         cfg.pod_range = PodRange::parse(r).map_err(anyhow::Error::msg)?;
     }
     cfg.zone = a.zone;
+    cfg.pod_users = a.pod_user;
     cfg.labels = parse_labels(&a.labels)?;
     cfg.agent_port = a.agent_port;
     cfg.heartbeat = Duration::from_millis(a.heartbeat_ms.max(100));

@@ -11,12 +11,14 @@
 //!   restarted; a missing image is ErrImagePull then ImagePullBackOff, with
 //!   `Never` ErrImageNeverPull; a SIGKILLed agent restarted adopts its
 //!   containers (same ids, no restarts) and removes those of a pod deleted
-//!   while it was down. A mount of no volume fails its container
+//!   while it was down; `kubectl exec` runs in a container with stdin and
+//!   its exit code. A mount of no volume fails its container
 //!   (CreateContainerError); a hostPath volume is refused to an `edit` token
 //!   and mounts the node's directory for the admin.
 
 mod agent_support;
 mod common;
+mod kubectl_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -29,6 +31,7 @@ use keel_agent::runtime::docker::{agent_id, connect_engine, containers_of, remov
 use keel_proto::api::meta::condition_true;
 use keel_proto::api::{Node, Pod};
 use keel_proto::client::ApiClient;
+use kubectl_support::{Kubectl, kubeconfig};
 
 const PAUSE: &str = "keel-test/pause:latest";
 const DOCKER_ARGS: &[&str] = &["--runtime", "docker", "--pause-image", PAUSE];
@@ -460,6 +463,27 @@ async fn docker_pods_share_localhost_get_oom_killed_report_pull_errors_and_are_a
         log.contains(&format!("ip={ip}")),
         "fieldRef status.podIP: {log}"
     );
+    // kubectl exec runs inside the container (its filesystem, its
+    // network, its environment), with stdin and the exit code.
+    let k = Kubectl::new(&kubeconfig(tc.dir.path(), &apis[0], "admin", None));
+    let o = k.run_with(
+        &[
+            "exec", "duo", "-c", "writer", "--", "sh", "-c",
+            "cat /data/index.html; wget -q -O - http://localhost:8080/index.html; echo ip=$MY_IP; ls /bin/busybox; exit 7",
+        ],
+        None,
+    );
+    assert_eq!(o.code, Some(7), "{o:?}");
+    assert_eq!(
+        o.stdout,
+        format!("shared-by-duo\nshared-by-duo\nip={ip}\n/bin/busybox\n"),
+        "{o:?}"
+    );
+    let o = k.run_with(
+        &["exec", "-i", "duo", "-c", "web", "--", "wc", "-l"],
+        Some("a\nb\nc\n"),
+    );
+    assert_eq!((o.code, o.stdout.trim()), (Some(0), "3"), "{o:?}");
 
     // The memory limit is the cgroup's: the hog is OOM-killed, restarted.
     let hog = common::poll(

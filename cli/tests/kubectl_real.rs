@@ -4,90 +4,19 @@
 //! tables, every output format, apply/create/replace, server-side dry runs
 //! and diff, scale, label,
 //! annotate, the three patch types, rollout status/restart/history/undo,
-//! logs, describe with events, cordon/uncordon/drain (eviction), watches (with bookmarks),
+//! logs, exec (stdout, stderr, stdin, exit code; forbidden to a viewer),
+//! describe with events, cordon/uncordon/drain (eviction), watches (with bookmarks),
 //! auth can-i, delete with --cascade=orphan and =foreground, and errors as kubectl prints them (404, 409, 422,
 //! 403). Assertions are on kubectl's own output.
 
 mod agent_support;
 mod common;
+mod kubectl_support;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use agent_support as s;
-
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-/// kubectl with one kubeconfig.
-struct Kubectl {
-    kubeconfig: PathBuf,
-}
-
-/// What a kubectl run printed.
-#[derive(Debug)]
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Kubectl {
-    fn new(kubeconfig: &Path) -> Kubectl {
-        assert!(
-            Path::new(KUBECTL).exists(),
-            "{KUBECTL} is missing: install the Debian package kubectl (scripts/test.sh does)"
-        );
-        Kubectl {
-            kubeconfig: kubeconfig.to_path_buf(),
-        }
-    }
-
-    fn run_with(&self, args: &[&str], stdin: Option<&str>) -> Out {
-        let mut c = Command::new(KUBECTL);
-        c.args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            // No cached discovery from another run or another test.
-            .env("HOME", self.kubeconfig.parent().unwrap());
-        if !args.iter().any(|a| a.starts_with("--request-timeout")) {
-            c.arg("--request-timeout=20s");
-        }
-        c.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().expect("run kubectl");
-        let mut pipe = child.stdin.take().unwrap();
-        if let Some(input) = stdin {
-            pipe.write_all(input.as_bytes()).unwrap();
-        }
-        drop(pipe);
-        let o = child.wait_with_output().unwrap();
-        Out {
-            ok: o.status.success(),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-
-    /// Runs kubectl, which must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_with(args, None)
-    }
-
-    fn ok_with(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let o = self.run_with(args, stdin);
-        assert!(o.ok, "kubectl {args:?} failed: {o:?}");
-        o.stdout
-    }
-
-    /// Runs kubectl, which must fail; its stderr.
-    fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let o = self.run_with(args, stdin);
-        assert!(!o.ok, "kubectl {args:?} succeeded: {o:?}");
-        o.stderr
-    }
-}
+use kubectl_support::{Kubectl, kubeconfig};
 
 /// The words of the line of `out` whose first word is `first`.
 fn row<'a>(out: &'a str, first: &str) -> Vec<&'a str> {
@@ -120,22 +49,6 @@ spec:
         env: [{{name: A, value: '1'}}]
 "
     )
-}
-
-/// A kubeconfig from `keel kubeconfig` (the admin token by default, or `token`).
-fn kubeconfig(dir: &Path, api: &str, name: &str, token: Option<&str>) -> PathBuf {
-    let mut c = common::keel();
-    c.args(["kubeconfig", "--api-url", &format!("https://{api}")]);
-    if let Some(t) = token {
-        c.args(["--token", t, "--user", "viewer"]);
-    }
-    let out = c.output().unwrap();
-    assert!(out.status.success(), "keel kubeconfig: {out:?}");
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join("kubeconfig");
-    std::fs::write(&p, &out.stdout).unwrap();
-    p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,6 +245,44 @@ async fn kubectl_unchanged_drives_a_keel_cluster() {
     assert!(out.contains("hello from web"), "{out}");
     let pod = k.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
     let pod = pod.lines().next().unwrap().to_string();
+    // Exec (WebSocket, v5.channel.k8s.io): the container's environment,
+    // stdout and stderr apart, the exit code, stdin.
+    let o = k.run_with(
+        &[
+            "exec",
+            &pod,
+            "--",
+            "sh",
+            "-c",
+            "echo A=$A; echo to stderr >&2; exit 3",
+        ],
+        None,
+    );
+    assert_eq!(o.code, Some(3), "{o:?}");
+    assert_eq!(o.stdout, "A=1\n", "{o:?}");
+    assert!(
+        o.stderr.contains("to stderr") && o.stderr.contains("command terminated with exit code 3"),
+        "{o:?}"
+    );
+    let out = k.ok_with(
+        &[
+            "exec",
+            "-i",
+            &pod,
+            "-c",
+            "main",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo done",
+        ],
+        Some("piped input\nsecond line\n"),
+    );
+    assert_eq!(out, "PIPED INPUT\nSECOND LINE\ndone\n");
+    let e = k.fails(&["exec", &pod, "-c", "nope", "--", "true"], None);
+    assert!(e.contains("container nope is not valid for pod"), "{e}");
+    let e = k.fails(&["exec", "pod/ghost", "--", "true"], None);
+    assert!(e.contains("pods \"ghost\" not found"), "{e}");
     let d = k.ok(&["describe", &pod]);
     assert!(
         d.contains("Events:")
@@ -486,6 +437,13 @@ async fn kubectl_unchanged_drives_a_keel_cluster() {
     let o = viewer.run_with(&["auth", "can-i", "create", "pods"], None);
     assert!(!o.ok && o.stdout.starts_with("no"), "{o:?}");
     assert_eq!(viewer.ok(&["auth", "can-i", "list", "pods"]).trim(), "yes");
+    let current = k.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    let current = current.lines().next().expect("a web pod");
+    let e = viewer.fails(&["exec", current, "--", "true"], None);
+    assert!(
+        e.contains("cannot create resource \"pods/exec\" in API group \"\""),
+        "{e}"
+    );
     let e = viewer.fails(&["delete", "deploy", "web"], None);
     assert!(
         e.contains("Error from server (Forbidden)")

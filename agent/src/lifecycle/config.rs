@@ -2,6 +2,7 @@
 //! `$(VAR)` expansion), command, resource limits and emptyDir mounts,
 //! resolved from the pod spec for the runtime.
 
+use keel_proto::api::core::SecurityContext;
 use keel_proto::api::quantity;
 
 use super::Worker;
@@ -54,7 +55,15 @@ impl Worker {
                 })
             })
             .collect();
+        let run_as = |f: fn(&SecurityContext) -> Option<i64>| {
+            let own = spec.security_context.as_ref().and_then(f);
+            let pod = self.pod.spec.security_context.as_ref().and_then(f);
+            // The API keeps ids within 0..2^31.
+            own.or(pod).and_then(|id| u32::try_from(id).ok())
+        };
         ContainerConfig {
+            run_as_user: run_as(|sc| sc.run_as_user),
+            run_as_group: run_as(|sc| sc.run_as_group),
             name: spec.name.clone(),
             argv: env::argv(spec, &env),
             command: expand(&spec.command),

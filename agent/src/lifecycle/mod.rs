@@ -296,6 +296,11 @@ pub async fn teardown(ctx: &Ctx, sandbox: &Sandbox, uid: &str, key: &str) {
     let mut pods = ctx.pods.lock().expect("pods lock");
     if pods.get(key).is_some_and(|s| s.id == sandbox.id) {
         pods.remove(key);
+        let prefix = format!("{key}/");
+        ctx.running
+            .lock()
+            .expect("running lock")
+            .retain(|k, _| !k.starts_with(&prefix));
     }
 }
 

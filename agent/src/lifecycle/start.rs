@@ -128,6 +128,13 @@ impl Worker {
 
     /// Records a running container and starts its exit waiter and probes.
     pub(super) fn running(&mut self, i: usize, h: ContainerHandle, config: ContainerConfig) {
+        self.ctx.running.lock().expect("running lock").insert(
+            format!(
+                "{}/{}/{}",
+                self.pod.metadata.namespace, self.pod.metadata.name, config.name
+            ),
+            (h.clone(), config.clone()),
+        );
         let c = &mut self.ctrs[i];
         c.generation += 1;
         let g = c.generation;

@@ -81,6 +81,7 @@ impl Harness {
             services: RwLock::new(Vec::new()),
             services_synced: watch::channel(false).0,
             pods: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
             cfg,
         });
         let (exit_tx, exits) = mpsc::unbounded_channel();

@@ -202,6 +202,20 @@ impl Runtime for FakeRuntime {
         Box::pin(async move { Ok(code) })
     }
 
+    fn exec_stream(
+        &self,
+        _s: &Sandbox,
+        _c: &ContainerConfig,
+        _h: &ContainerHandle,
+        _cmd: super::ExecCommand,
+    ) -> BoxFut<Result<super::ExecSession, RuntimeError>> {
+        Box::pin(async {
+            Err(RuntimeError::CannotRun(
+                "the fake runtime runs nothing".into(),
+            ))
+        })
+    }
+
     fn log_path(&self, _s: &Sandbox, _container: &str) -> Option<PathBuf> {
         None
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use docker::DockerRuntime;
-pub use process::ProcessRuntime;
+pub use process::{PodUsers, ProcessRuntime};
 
 /// A boxed future, so the trait stays object-safe.
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -95,6 +95,10 @@ pub struct ContainerConfig {
     pub ports: Vec<(u16, String)>,
     /// Volumes to mount.
     pub mounts: Vec<Mount>,
+    /// `securityContext.runAsUser` and `runAsGroup` (the container's, else
+    /// the pod's).
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
 }
 
 /// A host directory mounted into a container.
@@ -114,6 +118,40 @@ pub struct LogRequest {
     pub follow: bool,
     /// The log of the previous instance of the container.
     pub previous: bool,
+}
+
+/// What `kubectl exec` runs.
+#[derive(Debug, Clone, Default)]
+pub struct ExecCommand {
+    pub argv: Vec<String>,
+    /// Whether the caller sends stdin.
+    pub stdin: bool,
+    /// Whether it asked for a terminal.
+    pub tty: bool,
+}
+
+/// Which stream a piece of an exec'd command's output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// The output of an exec'd command, piece by piece.
+pub type ExecOutput = Pin<
+    Box<dyn futures::Stream<Item = Result<(OutputStream, bytes::Bytes), std::io::Error>> + Send>,
+>;
+
+/// A command running in a container for `kubectl exec`. Dropping it
+/// before it ends kills the command (the process runtime) or abandons it
+/// (Docker ends it with the container).
+pub struct ExecSession {
+    /// Its stdin, when asked for (dropped: end of input).
+    pub stdin: Option<Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+    /// Its stdout and stderr; ends when the command closes both.
+    pub output: ExecOutput,
+    /// Its exit code, once the output has ended.
+    pub exit: BoxFut<Result<i32, RuntimeError>>,
 }
 
 /// A stream of log bytes.
@@ -194,6 +232,16 @@ pub trait Runtime: Send + Sync + 'static {
         argv: &[String],
         timeout: Duration,
     ) -> BoxFut<Result<i32, RuntimeError>>;
+    /// Starts a command inside a running container for a user (`kubectl
+    /// exec`): its stdin when asked for, its output as it comes, its exit
+    /// code at the end. With `tty`, output is one stream, as a terminal's.
+    fn exec_stream(
+        &self,
+        s: &Sandbox,
+        c: &ContainerConfig,
+        h: &ContainerHandle,
+        cmd: ExecCommand,
+    ) -> BoxFut<Result<ExecSession, RuntimeError>>;
     /// Where a container's log file lives, for runtimes that write one
     /// (None: read it with [`Runtime::logs`]).
     fn log_path(&self, s: &Sandbox, container: &str) -> Option<PathBuf>;

@@ -8,6 +8,17 @@
 //! tied to the agent: they survive its restart and are adopted by the next
 //! one, identified by PID plus start time.
 //!
+//! Users: an agent running as root starts each pod's processes as a user
+//! and group of the pod's own (`POD_UID_BASE` plus the low 24 bits of the
+//! pod's IP, unique on the machine and the same after an agent restart),
+//! with no supplementary groups, so a pod cannot read the node's key or
+//! another pod's files, nor signal another pod's processes.
+//! `securityContext.runAsUser`/`runAsGroup` choose the ids instead; the
+//! API leaves root and the pod ids to admins. The pod's working
+//! directories belong to its user (mode 0700); the log files stay the
+//! agent's. The process enters its working directory before it drops
+//! root, so the directories above it need not be open to it.
+//!
 //! Network identity: the sandbox's IP is an address on the loopback
 //! interface (`127.N.x.y`). Nothing isolates the process's network; a
 //! container gets its IP as `POD_IP` and should bind it (e.g.
@@ -16,15 +27,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keel_proto::api::core::POD_UID_BASE;
 use keel_proto::api::meta::now_rfc3339;
 use tokio::sync::watch;
 
+use futures::StreamExt;
+
 use super::{
-    BoxFut, ContainerConfig, ContainerHandle, Exit, Runtime, RuntimeError, Sandbox, SandboxConfig,
+    BoxFut, ContainerConfig, ContainerHandle, ExecCommand, ExecSession, Exit, OutputStream,
+    Runtime, RuntimeError, Sandbox, SandboxConfig,
 };
 
 /// An already-computed answer as the trait's future.
@@ -32,9 +48,43 @@ fn ready<T: Send + 'static>(v: T) -> BoxFut<T> {
     Box::pin(std::future::ready(v))
 }
 
+/// Whose user a pod's processes run as when its spec does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PodUsers {
+    /// A user and group of the pod's own when the agent runs as root (the
+    /// agent's own user otherwise, as it cannot switch).
+    #[default]
+    PerPod,
+    /// The agent's own user: no isolation from the node or between pods.
+    Agent,
+    /// One user for every pod (its group the same number).
+    Fixed(u32),
+}
+
+impl std::str::FromStr for PodUsers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "per-pod" => Ok(PodUsers::PerPod),
+            "agent" => Ok(PodUsers::Agent),
+            n => n
+                .parse()
+                .map(PodUsers::Fixed)
+                .map_err(|_| format!("{n:?}: expected per-pod, agent or a numeric user id")),
+        }
+    }
+}
+
+/// The user id of the pod whose sandbox has address `ip` under
+/// [`PodUsers::PerPod`].
+pub fn pod_uid(ip: std::net::Ipv4Addr) -> u32 {
+    POD_UID_BASE + (u32::from(ip) & 0xFF_FFFF)
+}
+
 /// Runs containers as local processes.
 pub struct ProcessRuntime {
     root: PathBuf,
+    users: PodUsers,
     /// Exit notifications of the processes this agent spawned.
     exits: Arc<Mutex<HashMap<u32, watch::Receiver<Option<Exit>>>>>,
     /// Log files to rotate.
@@ -45,7 +95,7 @@ impl ProcessRuntime {
     /// A runtime keeping sandboxes under `root`; rotates logs above
     /// `log_max_bytes` (one old file kept as `.log.1`). Must be called
     /// inside a Tokio runtime.
-    pub fn new(root: PathBuf, log_max_bytes: u64) -> Self {
+    pub fn new(root: PathBuf, log_max_bytes: u64, users: PodUsers) -> Self {
         let logs: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
         let l = logs.clone();
         tokio::spawn(async move {
@@ -62,6 +112,7 @@ impl ProcessRuntime {
         });
         ProcessRuntime {
             root,
+            users,
             exits: Arc::default(),
             logs,
         }
@@ -125,9 +176,20 @@ fn exit_of(status: std::io::Result<std::process::ExitStatus>) -> Exit {
     }
 }
 
-fn cannot_run(argv0: &str, e: &std::io::Error) -> RuntimeError {
+/// Whether a file named `argv0` is in one of `path`'s directories (looked
+/// at as the agent: the pod's user may be refused some of them, and then
+/// the search fails with "permission denied" though nothing is there).
+fn on_path(argv0: &str, path: Option<&str>) -> bool {
+    path.unwrap_or("")
+        .split(':')
+        .any(|d| !d.is_empty() && Path::new(d).join(argv0).is_file())
+}
+
+fn cannot_run(argv0: &str, path: Option<&str>, e: &std::io::Error) -> RuntimeError {
     let why = match e.kind() {
-        std::io::ErrorKind::NotFound if !argv0.contains('/') => {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            if !argv0.contains('/') && !on_path(argv0, path) =>
+        {
             "executable file not found in $PATH".to_string()
         }
         std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
@@ -137,10 +199,47 @@ fn cannot_run(argv0: &str, e: &std::io::Error) -> RuntimeError {
     RuntimeError::CannotRun(format!("exec: {argv0:?}: {why} ({e})"))
 }
 
+/// The `PATH` a container's commands are looked up in.
+fn env_path(c: &ContainerConfig) -> Option<&str> {
+    c.env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+}
+
+/// The user and group a process of the pod runs as; None: the agent's own.
+fn ids_for(
+    users: PodUsers,
+    s: &Sandbox,
+    c: &ContainerConfig,
+) -> Result<Option<(u32, u32)>, RuntimeError> {
+    // SAFETY: geteuid(2) and getegid(2) cannot fail.
+    let (me, my_group) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let default = match users {
+        PodUsers::PerPod if me == 0 => Some(pod_uid(s.ip)),
+        PodUsers::Fixed(u) => Some(u),
+        _ => None,
+    };
+    let uid = c.run_as_user.or(default);
+    let gid = c.run_as_group.or(uid);
+    let ids = match (uid, gid) {
+        (None, None) => return Ok(None),
+        (u, g) => (u.unwrap_or(me), g.unwrap_or(my_group)),
+    };
+    if me != 0 && ids != (me, my_group) {
+        return Err(RuntimeError::CannotRun(format!(
+            "cannot run as user {} group {}: the agent runs as user {me}, not root",
+            ids.0, ids.1
+        )));
+    }
+    Ok(Some(ids))
+}
+
 fn command(
     argv: &[String],
     c: &ContainerConfig,
     cwd: &Path,
+    ids: Option<(u32, u32)>,
 ) -> Result<tokio::process::Command, RuntimeError> {
     let Some(argv0) = argv.first() else {
         return Err(RuntimeError::CannotRun(
@@ -151,15 +250,23 @@ fn command(
     cmd.args(&argv[1..])
         .env_clear()
         .envs(c.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(cwd)
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false);
+    let dir = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()).map_err(|_| {
+        RuntimeError::Setup(format!("working directory {}: NUL byte", cwd.display()))
+    })?;
     let mem = c.memory_limit;
-    // SAFETY: setrlimit(2) is async-signal-safe; nothing else runs between
-    // fork and exec.
+    // SAFETY: chdir(2), setrlimit(2), setgroups(2), setgid(2) and setuid(2)
+    // are async-signal-safe, and nothing here allocates; nothing else runs
+    // between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // The working directory first, while still root: the pod's user
+            // may not be able to reach it through the agent's data dir.
+            if libc::chdir(dir.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             let zero = libc::rlimit {
                 rlim_cur: 0,
                 rlim_max: 0,
@@ -174,10 +281,32 @@ fn command(
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            if let Some((uid, gid)) = ids {
+                // Groups, then group, then user: after setuid nothing else
+                // may be changed. No supplementary groups (root's are gone).
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
     Ok(cmd)
+}
+
+/// Makes `dir` the pod user's own (mode 0700) when pods run as another
+/// user than the agent.
+fn give(dir: &Path, ids: Option<(u32, u32)>) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((uid, gid)) = ids else {
+        return Ok(());
+    };
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| RuntimeError::Setup(format!("giving {} to user {uid}: {e}", dir.display())))
 }
 
 impl ProcessRuntime {
@@ -194,6 +323,13 @@ impl ProcessRuntime {
         let dir = self.root.join(&c.uid);
         std::fs::create_dir_all(dir.join("logs"))
             .map_err(|e| RuntimeError::Setup(format!("creating {}: {e}", dir.display())))?;
+        // Logs are the agent's to write and the API's to serve, not other
+        // pods' to read.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.join("logs"), std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| RuntimeError::Setup(format!("logs of {}: {e}", dir.display())))?;
+        }
         Ok(Sandbox {
             id: c.uid.clone(),
             ip,
@@ -206,6 +342,8 @@ impl ProcessRuntime {
         let dir = self.container_dir(s, &c.name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| RuntimeError::Setup(format!("creating {}: {e}", dir.display())))?;
+        let ids = ids_for(self.users, s, c)?;
+        give(&dir, ids)?;
         let cwd = self.cwd(s, c);
         if !cwd.is_dir() {
             return Err(RuntimeError::CannotRun(format!(
@@ -222,9 +360,11 @@ impl ProcessRuntime {
         let err = log
             .try_clone()
             .map_err(|e| RuntimeError::Setup(format!("log file: {e}")))?;
-        let mut cmd = command(&c.argv, c, &cwd)?;
+        let mut cmd = command(&c.argv, c, &cwd, ids)?;
         cmd.stdout(log).stderr(err);
-        let mut child = cmd.spawn().map_err(|e| cannot_run(&c.argv[0], &e))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| cannot_run(&c.argv[0], env_path(c), &e))?;
         let pid = child.id().unwrap_or(0);
         let start_ticks = proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
         let (tx, rx) = watch::channel(None);
@@ -363,14 +503,17 @@ impl Runtime for ProcessRuntime {
         timeout: Duration,
     ) -> BoxFut<Result<i32, RuntimeError>> {
         let cwd = self.cwd(s, c);
-        let cmd = command(argv, c, &cwd);
+        let cmd = ids_for(self.users, s, c).and_then(|ids| command(argv, c, &cwd, ids));
         let argv0 = argv.first().cloned().unwrap_or_default();
+        let path = env_path(c).map(str::to_string);
         Box::pin(async move {
             let mut cmd = cmd?;
             cmd.stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true);
-            let mut child = cmd.spawn().map_err(|e| cannot_run(&argv0, &e))?;
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| cannot_run(&argv0, path.as_deref(), &e))?;
             match tokio::time::timeout(timeout, child.wait()).await {
                 Ok(st) => Ok(exit_of(st).code.unwrap_or(-1)),
                 Err(_) => {
@@ -383,6 +526,71 @@ impl Runtime for ProcessRuntime {
                 }
             }
         })
+    }
+
+    fn exec_stream(
+        &self,
+        s: &Sandbox,
+        c: &ContainerConfig,
+        h: &ContainerHandle,
+        cmd: ExecCommand,
+    ) -> BoxFut<Result<ExecSession, RuntimeError>> {
+        let r = (|| {
+            if !same_process(h.pid, h.start_ticks) {
+                return Err(RuntimeError::CannotRun(format!(
+                    "container {} is not running",
+                    c.name
+                )));
+            }
+            let ids = ids_for(self.users, s, c)?;
+            let mut p = command(&cmd.argv, c, &self.cwd(s, c), ids)?;
+            // A terminal is not emulated: output keeps its two pipes, and
+            // with `tty` both go to stdout, the one stream a terminal has.
+            p.stdin(if cmd.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+            let mut child = p
+                .spawn()
+                .map_err(|e| cannot_run(&cmd.argv[0], env_path(c), &e))?;
+            let stdin = child
+                .stdin
+                .take()
+                .map(|w| Box::pin(w) as Pin<Box<dyn tokio::io::AsyncWrite + Send>>);
+            let err_as = if cmd.tty {
+                OutputStream::Stdout
+            } else {
+                OutputStream::Stderr
+            };
+            let output = match (child.stdout.take(), child.stderr.take()) {
+                (Some(o), Some(e)) => futures::stream::select(
+                    tokio_util::io::ReaderStream::new(o)
+                        .map(|b| b.map(|b| (OutputStream::Stdout, b))),
+                    tokio_util::io::ReaderStream::new(e).map(move |b| b.map(|b| (err_as, b))),
+                )
+                .boxed(),
+                _ => return Err(RuntimeError::Setup("exec: no output pipes".into())),
+            };
+            let pgid = child.id();
+            let exit: BoxFut<Result<i32, RuntimeError>> = Box::pin(async move {
+                let st = child.wait().await;
+                // Whatever the command left in its group goes with it.
+                if let Some(pid) = pgid {
+                    signal_group(pid, libc::SIGKILL);
+                }
+                Ok(exit_of(st).code.unwrap_or(-1))
+            });
+            Ok(ExecSession {
+                stdin,
+                output,
+                exit,
+            })
+        })();
+        ready(r)
     }
 
     fn log_path(&self, s: &Sandbox, container: &str) -> Option<PathBuf> {

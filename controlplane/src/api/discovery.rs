@@ -74,6 +74,7 @@ fn subresource(k: &Kind, s: Sub) -> Value {
         Sub::Log => (&["get"], k.kind, "", ""),
         Sub::Scale => (&["get", "patch", "update"], "Scale", "autoscaling", "v1"),
         Sub::Eviction => (&["create"], "Eviction", "policy", "v1"),
+        Sub::Exec => (&["create", "get"], "PodExecOptions", "", ""),
     };
     let mut r = json!({
         "name": format!("{}/{}", k.plural, s.as_str()),
@@ -105,7 +106,7 @@ fn resources(group: &str, version: &str) -> Value {
         .filter(|k| k.group == group && k.version == version)
     {
         list.push(resource(k));
-        for s in [Sub::Status, Sub::Log, Sub::Scale, Sub::Eviction] {
+        for s in [Sub::Status, Sub::Log, Sub::Scale, Sub::Eviction, Sub::Exec] {
             if s.served_by(k) {
                 list.push(subresource(k, s));
             }

@@ -8,9 +8,11 @@ pub mod admin;
 pub mod agent_grpc;
 pub mod codec;
 pub mod discovery;
+pub mod exec;
 pub mod guard;
 pub mod handlers;
 pub mod logs;
+pub mod node_link;
 pub mod openapi;
 pub mod patch;
 pub mod privileged;
@@ -170,8 +172,9 @@ async fn version() -> Response {
 }
 
 async fn dispatch(State(st): State<ApiState>, req: axum::extract::Request) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let span = tracing::info_span!("request", %method, path = uri.path());
     async move {
         let started = std::time::Instant::now();
@@ -195,6 +198,19 @@ async fn dispatch(State(st): State<ApiState>, req: axum::extract::Request) -> Re
                         "no authenticated identity",
                     )),
                 }
+            }
+            Ok(route::Parsed::Resource(r)) if r.target.sub == Some(Sub::Exec) => {
+                let t = &r.target;
+                exec::serve(
+                    &st.reg,
+                    &st.agent_credentials,
+                    t.namespace.as_deref().unwrap_or(""),
+                    t.name.as_deref().unwrap_or(""),
+                    uri.query().unwrap_or(""),
+                    &headers,
+                    upgrade,
+                )
+                .await
             }
             Ok(p) => {
                 let caller = parts.extensions.get::<crate::auth::Identity>();
@@ -258,7 +274,10 @@ async fn handle(
             Some(Sub::Scale) => scale::get(reg, t, headers).await,
             None | Some(Sub::Status) => handlers::get(reg, t, headers, &name, q).await,
             // route::parse answers GET on an eviction 405.
-            Some(Sub::Eviction) => Err(ApiError::internal("no GET on an eviction")),
+            // route::parse answers GET on an eviction 405; exec is a create.
+            Some(Sub::Eviction | Sub::Exec) => {
+                Err(ApiError::internal("no GET on this subresource"))
+            }
         },
         Verb::List => handlers::list(reg, t, headers, &handlers::Filter::from_query(q)?, q).await,
         Verb::Watch => {
@@ -304,6 +323,9 @@ async fn handle(
                 bookmarks,
             };
             watch::start(reg, t, filter, o, slot).await
+        }
+        Verb::Create if t.sub == Some(Sub::Exec) => {
+            Err(ApiError::internal("exec is answered by dispatch"))
         }
         Verb::Create if t.sub == Some(Sub::Eviction) => {
             handlers::evict(reg, t, headers, &name, codec::parse(headers, &body)?).await

@@ -1,21 +1,32 @@
 //! What only an admin may put into an object: hostPath volumes, which hand
-//! a pod the node's files. Checked on every create, replace and patch of a
-//! kind with a pod spec (Pod, ReplicaSet, Deployment), on the object as it
-//! would be written. An update that leaves the hostPath volumes as stored
-//! (a label, a scale, a status) is anyone's to make.
+//! a pod the node's files, and a `securityContext` running as user or
+//! group 0 (root on the node with the process runtime) or as one of the
+//! ids the process runtime keeps for pods (from `POD_UID_BASE`, which would
+//! let one pod signal another). Checked on every create, replace and patch
+//! of a kind with a pod spec (Pod, ReplicaSet, Deployment), on the object
+//! as it would be written. An update that leaves these as stored (a label,
+//! a scale, a status) is anyone's to make.
 
+use keel_proto::api::core::POD_UID_BASE;
 use serde_json::Value;
 
 use crate::auth::{Identity, Role};
 use crate::error::ApiError;
 
-/// The volumes with a hostPath source of the pod spec `obj` carries (its
-/// own for a Pod, its template's for the workload kinds).
+/// The pod spec `obj` carries (its own for a Pod, its template's for the
+/// workload kinds).
+fn pod_spec<'a>(kind: &str, obj: &'a Value) -> Option<&'a Value> {
+    match kind {
+        "Pod" => Some(&obj["spec"]),
+        "ReplicaSet" | "Deployment" => Some(&obj["spec"]["template"]["spec"]),
+        _ => None,
+    }
+}
+
+/// The volumes with a hostPath source of the pod spec `obj` carries.
 pub fn host_path_volumes(kind: &str, obj: &Value) -> Vec<Value> {
-    let spec = match kind {
-        "Pod" => &obj["spec"],
-        "ReplicaSet" | "Deployment" => &obj["spec"]["template"]["spec"],
-        _ => return Vec::new(),
+    let Some(spec) = pod_spec(kind, obj) else {
+        return Vec::new();
     };
     spec["volumes"]
         .as_array()
@@ -28,9 +39,38 @@ pub fn host_path_volumes(kind: &str, obj: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Whether a user or group id is root or one the process runtime keeps.
+fn reserved_id(v: &Value) -> bool {
+    v.as_i64()
+        .is_some_and(|id| id == 0 || id >= i64::from(POD_UID_BASE))
+}
+
+/// Where the pod spec of `obj` asks to run as a reserved id
+/// (`spec.securityContext.runAsUser=0`, `containers[web]...`).
+pub fn reserved_identities(kind: &str, obj: &Value) -> Vec<String> {
+    let Some(spec) = pod_spec(kind, obj) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    let mut scan = |at: String, sc: &Value| {
+        for f in ["runAsUser", "runAsGroup"] {
+            if reserved_id(&sc[f]) {
+                found.push(format!("{at}.securityContext.{f}={}", sc[f]));
+            }
+        }
+    };
+    scan("spec".into(), &spec["securityContext"]);
+    for c in spec["containers"].as_array().into_iter().flatten() {
+        let name = c["name"].as_str().unwrap_or("");
+        scan(format!("containers[{name}]"), &c["securityContext"]);
+    }
+    found
+}
+
 /// Refuses (403) a write by a non-admin `caller` whose object `new` has
-/// hostPath volumes that `old` (the stored object, for an update) does
-/// not have exactly. No caller means the API runs without authentication.
+/// hostPath volumes or reserved run-as ids that `old` (the stored object,
+/// for an update) does not have exactly. No caller means the API runs
+/// without authentication.
 pub fn check(
     kind: &str,
     name: &str,
@@ -41,22 +81,33 @@ pub fn check(
     let Some(id) = caller.filter(|id| id.role != Role::Admin) else {
         return Ok(());
     };
-    let wanted = host_path_volumes(kind, new);
-    if wanted.is_empty() || old.is_some_and(|o| host_path_volumes(kind, o) == wanted) {
-        return Ok(());
-    }
-    let names: Vec<&str> = wanted.iter().filter_map(|v| v["name"].as_str()).collect();
     let resource = format!("{}s", kind.to_lowercase());
-    Err(ApiError::new(
-        403,
-        "Forbidden",
-        format!(
-            "{resource} \"{name}\" is forbidden: user \"{}\" (role {}) cannot use hostPath volumes ({}): they reach the node's files, so only an admin may ask for them",
-            id.user,
-            id.role,
+    let forbidden = |what: String| {
+        ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{resource} \"{name}\" is forbidden: user \"{}\" (role {}) cannot use {what}",
+                id.user, id.role
+            ),
+        )
+    };
+    let wanted = host_path_volumes(kind, new);
+    if !wanted.is_empty() && old.is_none_or(|o| host_path_volumes(kind, o) != wanted) {
+        let names: Vec<&str> = wanted.iter().filter_map(|v| v["name"].as_str()).collect();
+        return Err(forbidden(format!(
+            "hostPath volumes ({}): they reach the node's files, so only an admin may ask for them",
             names.join(", ")
-        ),
-    ))
+        )));
+    }
+    let ids = reserved_identities(kind, new);
+    if !ids.is_empty() && old.is_none_or(|o| reserved_identities(kind, o) != ids) {
+        return Err(forbidden(format!(
+            "{}: user and group 0 (root on the node) and ids from {POD_UID_BASE} up (the ids pods are isolated by) are for admins only",
+            ids.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -102,5 +153,38 @@ mod tests {
         assert!(check("Deployment", "d", &deploy, None, Some(&edit)).is_err());
         assert!(check("ReplicaSet", "r", &deploy, None, Some(&edit)).is_err());
         assert!(check("Service", "s", &deploy, None, Some(&edit)).is_ok());
+    }
+
+    #[test]
+    fn only_an_admin_runs_pods_as_root_or_as_a_pod_uid() {
+        let edit = who(Role::Edit);
+        let as_user = |pod_level: Value, ctr: Value| {
+            json!({"spec": {"securityContext": pod_level,
+                "containers": [{"name": "web", "securityContext": ctr}]}})
+        };
+        let root = as_user(json!({"runAsUser": 0}), Value::Null);
+        let e = check("Pod", "p", &root, None, Some(&edit)).unwrap_err();
+        assert_eq!(e.code, 403);
+        assert!(
+            e.message.contains("spec.securityContext.runAsUser=0"),
+            "{}",
+            e.message
+        );
+        let group = as_user(Value::Null, json!({"runAsGroup": 0}));
+        let e = check("Pod", "p", &group, None, Some(&edit)).unwrap_err();
+        assert!(
+            e.message
+                .contains("containers[web].securityContext.runAsGroup=0"),
+            "{}",
+            e.message
+        );
+        let pod_uid = as_user(json!({"runAsUser": POD_UID_BASE + 5}), Value::Null);
+        assert!(check("Pod", "p", &pod_uid, None, Some(&edit)).is_err());
+        let plain = as_user(json!({"runAsUser": 1000, "runAsGroup": 1000}), Value::Null);
+        assert!(check("Pod", "p", &plain, None, Some(&edit)).is_ok());
+        assert!(check("Pod", "p", &root, None, Some(&who(Role::Admin))).is_ok());
+        // Keeping what an admin set is anyone's; changing it is not.
+        assert!(check("Pod", "p", &root, Some(&root), Some(&edit)).is_ok());
+        assert!(check("Pod", "p", &root, Some(&plain), Some(&edit)).is_err());
     }
 }

@@ -50,6 +50,9 @@ pub enum Sub {
     Scale,
     /// `pods/{name}/eviction`: create (a `policy/v1` Eviction deletes the pod; `kubectl drain`).
     Eviction,
+    /// `pods/{name}/exec`: create, by GET (a WebSocket upgrade, what
+    /// kubectl sends) or POST (`kubectl exec`).
+    Exec,
 }
 
 impl Sub {
@@ -59,6 +62,7 @@ impl Sub {
             Sub::Log => "log",
             Sub::Scale => "scale",
             Sub::Eviction => "eviction",
+            Sub::Exec => "exec",
         }
     }
 
@@ -68,6 +72,7 @@ impl Sub {
             "log" => Some(Sub::Log),
             "scale" => Some(Sub::Scale),
             "eviction" => Some(Sub::Eviction),
+            "exec" => Some(Sub::Exec),
             _ => None,
         }
     }
@@ -76,7 +81,7 @@ impl Sub {
     pub fn served_by(self, kind: &Kind) -> bool {
         match self {
             Sub::Status => kind.has_status,
-            Sub::Log | Sub::Eviction => kind.kind == "Pod",
+            Sub::Log | Sub::Eviction | Sub::Exec => kind.kind == "Pod",
             Sub::Scale => kind.has_scale,
         }
     }
@@ -86,7 +91,7 @@ impl Sub {
         match self {
             Sub::Status | Sub::Scale => &[Verb::Get, Verb::Update, Verb::Patch],
             Sub::Log => &[Verb::Get],
-            Sub::Eviction => &[Verb::Create],
+            Sub::Eviction | Sub::Exec => &[Verb::Create],
         }
     }
 }
@@ -266,6 +271,7 @@ pub fn parse(method: &Method, uri: &Uri) -> Result<Parsed, ApiError> {
     );
     let named = t.name.is_some();
     let verb = match *method {
+        Method::GET | Method::POST if t.sub == Some(Sub::Exec) => Verb::Create,
         Method::GET | Method::HEAD if watch => Verb::Watch,
         Method::GET | Method::HEAD if named => Verb::Get,
         Method::GET | Method::HEAD => Verb::List,
@@ -507,7 +513,32 @@ mod tests {
             ),
             ("PUT", "/api/v1/namespaces/default/pods/web/log", Err(405)),
             ("GET", "/api/v1/namespaces/default/pods/web/scale", Err(404)),
-            ("GET", "/api/v1/namespaces/default/pods/web/exec", Err(404)),
+            (
+                "GET",
+                "/api/v1/namespaces/default/pods/web/exec",
+                ok("create", "pods||exec|default|web"),
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/default/pods/web/exec",
+                ok("create", "pods||exec|default|web"),
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/default/pods/web/exec",
+                Err(405),
+            ),
+            (
+                "GET",
+                "/apis/apps/v1/namespaces/default/deployments/web/exec",
+                Err(404),
+            ),
+            // A pod named `exec` is a pod.
+            (
+                "GET",
+                "/api/v1/namespaces/default/pods/exec",
+                ok("get", "pods|||default|exec"),
+            ),
             (
                 "POST",
                 "/api/v1/namespaces/default/pods/web/eviction",

@@ -27,7 +27,15 @@ pub fn pod_spec(spec: &api::core::PodSpec, at: &str) -> Result<(), ApiError> {
         spec.containers.iter().map(|c| c.name.as_str()),
         &format!("{at}.containers"),
     )?;
+    security_context(
+        spec.security_context.as_ref(),
+        &format!("{at}.securityContext"),
+    )?;
     for (i, c) in spec.containers.iter().enumerate() {
+        security_context(
+            c.security_context.as_ref(),
+            &format!("{at}.containers[{i}].securityContext"),
+        )?;
         if let Some(r) = &c.resources {
             for (k, q) in r.requests.iter().chain(r.limits.iter()) {
                 quantity::parse(k, q).map_err(|e| {
@@ -65,6 +73,24 @@ pub fn pod_spec(spec: &api::core::PodSpec, at: &str) -> Result<(), ApiError> {
             "{at}.restartPolicy: Unsupported value: {p:?}: supported values: \"Always\", \"OnFailure\", \"Never\""
         ))),
     }
+}
+
+/// User and group ids between 0 and 2147483647, as Kubernetes has them.
+fn security_context(sc: Option<&api::core::SecurityContext>, at: &str) -> Result<(), ApiError> {
+    let Some(sc) = sc else { return Ok(()) };
+    for (field, v) in [
+        ("runAsUser", sc.run_as_user),
+        ("runAsGroup", sc.run_as_group),
+    ] {
+        if let Some(id) = v
+            && !(0..=i64::from(i32::MAX)).contains(&id)
+        {
+            return Err(ApiError::invalid(format!(
+                "{at}.{field}: Invalid value: {id}: must be between 0 and 2147483647, inclusive"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Every name a valid label and none twice (`at` names the list).
@@ -164,5 +190,26 @@ mod tests {
             assert_eq!(e.code, 422, "{volumes}");
             assert!(e.message.contains(want), "{volumes}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn run_as_ids_are_between_0_and_2_pow_31() {
+        let spec = |sc: Value| -> Result<(), ApiError> {
+            let spec: api::core::PodSpec = serde_json::from_value(json!({
+                "containers": [{"name": "c", "securityContext": sc}],
+            }))
+            .unwrap();
+            pod_spec(&spec, "spec")
+        };
+        assert!(spec(json!({"runAsUser": 1000, "runAsGroup": 0})).is_ok());
+        let e = spec(json!({"runAsUser": -1})).unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message
+                .contains("spec.containers[0].securityContext.runAsUser: Invalid value: -1"),
+            "{}",
+            e.message
+        );
+        assert!(spec(json!({"runAsGroup": 4_294_967_296_i64})).is_err());
     }
 }

@@ -108,7 +108,30 @@ pub struct PodSpec {
     /// everyone else).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// The user and group every container runs as, unless a container
+    /// says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
 }
+
+/// Who a pod's or a container's processes run as (`runAsUser`,
+/// `runAsGroup`; a container's own values win over the pod's). Without
+/// one, the process runtime gives each pod a user of its own when the
+/// agent runs as root, and the Docker runtime uses the image's user.
+/// User or group 0 (root), and ids from [`POD_UID_BASE`] up, are for
+/// admins only.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecurityContext {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_group: Option<i64>,
+}
+
+/// The first of the user ids the process runtime gives pods (one per pod,
+/// from its IP's low 24 bits), so no two pods on a machine share a user.
+pub const POD_UID_BASE: u32 = 1_000_000_000;
 
 /// A pod volume: exactly one source.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -195,6 +218,8 @@ pub struct Container {
     pub image_pull_policy: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

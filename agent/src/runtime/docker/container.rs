@@ -1,10 +1,11 @@
 //! A pod's containers in Docker: created in the sandbox's namespaces with
 //! the pod's labels, limits, mounts and log settings (after pulling the
-//! image per its policy), and commands run inside them (exec probes).
+//! image per its policy), and commands run inside them (exec probes, `kubectl exec`).
 
 use std::time::Duration;
 
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ExecConfig, HostConfig, RestartPolicy, RestartPolicyNameEnum,
@@ -18,7 +19,9 @@ use super::{
     LABEL_POD_UID, SANDBOX, api_error, image, list, message, remove, running,
 };
 use crate::runtime::process::proc_stat;
-use crate::runtime::{ContainerConfig, ContainerHandle, RuntimeError, Sandbox};
+use crate::runtime::{
+    ContainerConfig, ContainerHandle, ExecCommand, ExecSession, OutputStream, RuntimeError, Sandbox,
+};
 
 impl DockerRuntime {
     pub(super) async fn start_now(
@@ -97,6 +100,12 @@ impl DockerRuntime {
             cmd: (!c.args.is_empty()).then(|| c.args.clone()),
             env: Some(c.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: (!c.working_dir.is_empty()).then(|| c.working_dir.clone()),
+            // runAsUser[:runAsGroup]; a group alone keeps the image's user,
+            // which Docker cannot express, so it needs runAsUser with it.
+            user: c.run_as_user.map(|u| match c.run_as_group {
+                Some(g) => format!("{u}:{g}"),
+                None => u.to_string(),
+            }),
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some(ns_of.clone()),
@@ -186,5 +195,75 @@ impl DockerRuntime {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Err(RuntimeError::CannotRun("exec did not finish".into()))
+    }
+
+    /// `kubectl exec` in container `id`: the command attached to the
+    /// caller's stdin (when asked), its output demultiplexed, its exit
+    /// code from the Engine once the output ends.
+    pub(super) async fn exec_session(
+        docker: Docker,
+        id: String,
+        cmd: ExecCommand,
+    ) -> Result<ExecSession, RuntimeError> {
+        let ex = docker
+            .create_exec(
+                &id,
+                ExecConfig {
+                    cmd: Some(cmd.argv.clone()),
+                    attach_stdin: Some(cmd.stdin),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(cmd.tty),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| RuntimeError::CannotRun(message(&e)))?;
+        let opts = StartExecOptions {
+            detach: false,
+            tty: cmd.tty,
+            output_capacity: None,
+        };
+        let started = docker
+            .start_exec(&ex.id, Some(opts))
+            .await
+            .map_err(|e| RuntimeError::CannotRun(message(&e)))?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(RuntimeError::CannotRun("exec started detached".into()));
+        };
+        let output = output
+            .filter_map(|r| {
+                std::future::ready(match r {
+                    Ok(LogOutput::StdErr { message }) => Some(Ok((OutputStream::Stderr, message))),
+                    Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                        Some(Ok((OutputStream::Stdout, message)))
+                    }
+                    Ok(LogOutput::StdIn { .. }) => None,
+                    Err(e) => Some(Err(std::io::Error::other(message(&e)))),
+                })
+            })
+            .boxed();
+        let exec_id = ex.id;
+        let exit = Box::pin(async move {
+            // The output ends when the process does; its code follows shortly.
+            for _ in 0..250 {
+                let i = docker
+                    .inspect_exec(&exec_id)
+                    .await
+                    .map_err(|e| RuntimeError::CannotRun(message(&e)))?;
+                if i.running != Some(true) {
+                    return Ok(i.exit_code.unwrap_or(-1) as i32);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(RuntimeError::CannotRun(
+                "the command's output ended, but it kept running".into(),
+            ))
+        });
+        Ok(ExecSession {
+            stdin: cmd.stdin.then_some(input),
+            output,
+            exit,
+        })
     }
 }

@@ -39,8 +39,8 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 
 use super::{
-    BoxFut, ContainerConfig, ContainerHandle, Exit, LogRequest, LogStream, Runtime, RuntimeError,
-    Sandbox, SandboxConfig,
+    BoxFut, ContainerConfig, ContainerHandle, ExecCommand, ExecSession, Exit, LogRequest,
+    LogStream, Runtime, RuntimeError, Sandbox, SandboxConfig,
 };
 
 pub const LABEL_POD_UID: &str = "keel.pod-uid";
@@ -289,6 +289,16 @@ impl Runtime for DockerRuntime {
                 ))),
             }
         })
+    }
+
+    fn exec_stream(
+        &self,
+        _s: &Sandbox,
+        _c: &ContainerConfig,
+        h: &ContainerHandle,
+        cmd: ExecCommand,
+    ) -> BoxFut<Result<ExecSession, RuntimeError>> {
+        Box::pin(Self::exec_session(self.docker.clone(), h.id.clone(), cmd))
     }
 
     fn log_path(&self, _s: &Sandbox, _container: &str) -> Option<PathBuf> {

@@ -1,0 +1,185 @@
+//! The master's link to a pod's agent, shared by the subresources the API
+//! server proxies to the kubelet (`log`, `exec`): which container a request
+//! means, a connection to the agent of the pod's node (its address from the
+//! Node's `KeelAgent` address, mutual TLS with the master's certificate and
+//! the node's server name), and the agent's answer head and errors.
+
+use std::time::Duration;
+
+use keel_proto::api::{Node, Pod};
+use keel_proto::pki;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::error::ApiError;
+use crate::registry::Registry;
+
+/// The address type under which agents publish their endpoint.
+const AGENT_ADDRESS_TYPE: &str = "KeelAgent";
+
+/// A connection to an agent: TLS, or plain TCP with `--insecure`.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The container a request names (`container=`), or the pod's only one.
+pub fn container_of(pod: &Pod, asked: Option<&str>) -> Result<String, ApiError> {
+    let name = &pod.metadata.name;
+    let names: Vec<&str> = pod
+        .spec
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    match asked {
+        Some(c) if !c.is_empty() => {
+            if !names.contains(&c) {
+                return Err(ApiError::bad_request(format!(
+                    "container {c} is not valid for pod {name}"
+                )));
+            }
+            Ok(c.to_string())
+        }
+        _ if names.len() == 1 => Ok(names[0].to_string()),
+        _ => Err(ApiError::bad_request(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            names.join(" ")
+        ))),
+    }
+}
+
+/// Why the agent of `node` at `addr` could not be used.
+pub fn unreachable(node: &str, addr: &str, e: String) -> ApiError {
+    ApiError::unavailable(format!(
+        "cannot reach the agent of node {node} at {addr}: {e}"
+    ))
+}
+
+/// Connects to the agent of `pod`'s node, with `creds` (the master's own
+/// certificate); returns the stream and the agent's address.
+pub async fn dial(
+    reg: &Registry,
+    creds: &pki::Credentials,
+    pod: &Pod,
+) -> Result<(Box<dyn Stream>, String), ApiError> {
+    let node_name = &pod.spec.node_name;
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {} is not scheduled to a node yet",
+            pod.metadata.name
+        )));
+    }
+    let node: Node = reg.get_t("", node_name).await?;
+    let Some(addr) = node
+        .status
+        .addresses
+        .iter()
+        .find(|a| a.type_ == AGENT_ADDRESS_TYPE)
+        .map(|a| a.address.clone())
+    else {
+        return Err(ApiError::unavailable(format!(
+            "node {node_name} has no agent endpoint"
+        )));
+    };
+    let fail = |e: String| unreachable(node_name, &addr, e);
+    let tcp = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(&addr))
+        .await
+        .map_err(|_| fail("connect timed out".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    // Mutual TLS with the master's certificate; the agent must present the
+    // node certificate of the node the pod is bound to.
+    let s: Box<dyn Stream> = match &creds.tls {
+        Some(t) => {
+            let cfg = t.rustls_client().map_err(|e| fail(e.to_string()))?;
+            let name = rustls::pki_types::ServerName::try_from(pki::node_server_name(node_name))
+                .map_err(|e| fail(e.to_string()))?;
+            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+            Box::new(
+                tokio::time::timeout(Duration::from_secs(3), tls.connect(name, tcp))
+                    .await
+                    .map_err(|_| fail("TLS handshake timed out".into()))?
+                    .map_err(|e| fail(format!("TLS: {e}")))?,
+            )
+        }
+        None => Box::new(tcp),
+    };
+    Ok((s, addr))
+}
+
+/// Reads the agent's answer head: its status code, the head itself, and
+/// the bytes already read past it.
+pub async fn read_head(
+    s: &mut Box<dyn Stream>,
+    unreachable: &(dyn Fn(String) -> ApiError + Sync),
+) -> Result<(u16, String, Vec<u8>), ApiError> {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 16 << 10 {
+            return Err(unreachable("malformed answer".into()));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s
+            .read(&mut chunk)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if n == 0 {
+            return Err(unreachable("connection closed".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let code: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(502);
+    Ok((code, head, buf[head_end..].to_vec()))
+}
+
+/// A header's value in an answer head (case-insensitive name).
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The agent's error answer (`code`, body starting with `rest`) as the
+/// API's error.
+pub async fn agent_error(code: u16, rest: Vec<u8>, s: &mut Box<dyn Stream>) -> ApiError {
+    let mut body = rest;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut chunk = [0u8; 4096];
+        while body.len() < 64 << 10 {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let msg = String::from_utf8_lossy(&body).trim().to_string();
+    match code {
+        404 => ApiError::new(404, "NotFound", msg),
+        400 => ApiError::bad_request(msg),
+        c => ApiError::new(c, "InternalError", msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_found_whatever_their_case() {
+        let head = "HTTP/1.1 101 Switching Protocols\r\nsec-websocket-protocol: v5.channel.k8s.io\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(
+            header(head, "Sec-WebSocket-Protocol"),
+            Some("v5.channel.k8s.io")
+        );
+        assert_eq!(header(head, "upgrade"), Some("websocket"));
+        assert_eq!(header(head, "Sec-WebSocket-Accept"), None);
+    }
+}
