@@ -13,6 +13,7 @@ mod cluster;
 mod config;
 mod kubeconfig;
 mod kubectl;
+mod lb;
 mod logs;
 mod master;
 mod pki;
@@ -59,6 +60,9 @@ enum Cmd {
     Agent(agent::AgentArgs),
     /// Start a local HA cluster as child processes; Ctrl-C stops it.
     Up(up::UpArgs),
+    /// A local load balancer for the masters' REST API (kubectl's one
+    /// server URL): fails requests over and resumes watches on a live master.
+    Lb(lb::LbArgs),
     /// Inspect and change cluster membership.
     Cluster(cluster::ClusterArgs),
     /// The cluster PKI: create a CA and admin credentials, issue user certificates.
@@ -186,7 +190,7 @@ fn main() -> anyhow::Result<()> {
     // proxy cut) kills the whole process without a word.
     let serves = matches!(
         cli.cmd,
-        Cmd::Master(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Chaos(_) | Cmd::Bench(_)
+        Cmd::Master(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Lb(_) | Cmd::Chaos(_) | Cmd::Bench(_)
     );
     if !serves {
         // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
@@ -199,7 +203,9 @@ fn main() -> anyhow::Result<()> {
     // servers, harnesses and benchmarks that start their own cluster use
     // their own (a stale ~/.keel/config must not break them).
     let dials_a_running_cluster = match &cli.cmd {
-        Cmd::Pki(_) | Cmd::Master(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Chaos(_) => false,
+        Cmd::Pki(_) | Cmd::Master(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Lb(_) | Cmd::Chaos(_) => {
+            false
+        }
         Cmd::Bench(b) => b.dials_a_running_cluster(),
         _ => true,
     };
@@ -222,6 +228,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Master(a) => master::run(*a).await,
             Cmd::Agent(a) => agent::run(a).await,
             Cmd::Up(a) => up::run(a).await,
+            Cmd::Lb(a) => lb::run(a).await,
             Cmd::Cluster(a) => cluster::run(a, &conn.creds).await,
             Cmd::Bench(b) => bench::run(b, &conn.creds).await,
             Cmd::Chaos(c) => chaos::run(c).await,

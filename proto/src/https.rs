@@ -221,6 +221,45 @@ impl Activity {
     }
 }
 
+/// Reads an HTTP/1 answer's head from `s` (at most 16 KiB): its status
+/// code, the head itself, and the bytes already read past it. Used where a
+/// connection is relayed below HTTP (an upgrade to a WebSocket).
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+) -> std::io::Result<(u16, String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 16 << 10 {
+            return Err(std::io::Error::other("malformed answer"));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("connection closed"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let code: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(502);
+    Ok((code, head, buf[head_end..].to_vec()))
+}
+
+/// A header's value in an HTTP/1 head (case-insensitive name).
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,5 +385,19 @@ mod tests {
             .await
             .expect("the idle connection was not closed");
         assert!(got.contains("200 OK") && got.ends_with("ok"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_head_is_split_from_what_follows() {
+        let answer = b"HTTP/1.1 101 Switching Protocols\r\nsec-websocket-protocol: v5.channel.k8s.io\r\nUpgrade: websocket\r\n\r\n\x01data";
+        let (code, head, rest) = read_head(&mut &answer[..]).await.unwrap();
+        assert_eq!((code, rest.as_slice()), (101, &b"\x01data"[..]));
+        assert_eq!(
+            header(&head, "Sec-WebSocket-Protocol"),
+            Some("v5.channel.k8s.io")
+        );
+        assert_eq!(header(&head, "upgrade"), Some("websocket"));
+        assert_eq!(header(&head, "Sec-WebSocket-Accept"), None);
+        assert!(read_head(&mut &b"HTTP/1.1 200 OK\r\n"[..]).await.is_err());
     }
 }

@@ -186,10 +186,20 @@ fn on_path(argv0: &str, path: Option<&str>) -> bool {
 }
 
 fn cannot_run(argv0: &str, path: Option<&str>, e: &std::io::Error) -> RuntimeError {
+    // Nothing to run anywhere on the path: say so, whatever directory of it
+    // the pod's user was refused on the way.
+    let missing;
+    let e = if e.kind() == std::io::ErrorKind::PermissionDenied
+        && !argv0.contains('/')
+        && !on_path(argv0, path)
+    {
+        missing = std::io::Error::from_raw_os_error(libc::ENOENT);
+        &missing
+    } else {
+        e
+    };
     let why = match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-            if !argv0.contains('/') && !on_path(argv0, path) =>
-        {
+        std::io::ErrorKind::NotFound if !argv0.contains('/') => {
             "executable file not found in $PATH".to_string()
         }
         std::io::ErrorKind::NotFound => "no such file or directory".to_string(),

@@ -109,7 +109,7 @@ pub async fn serve(
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     for name in ["Sec-WebSocket-Accept", "Sec-WebSocket-Protocol"] {
-        if let Some(v) = node_link::header(&head, name)
+        if let Some(v) = keel_proto::https::header(&head, name)
             && let Ok(v) = HeaderValue::from_str(v)
         {
             h.insert(name, v);

@@ -111,39 +111,9 @@ pub async fn read_head(
     s: &mut Box<dyn Stream>,
     unreachable: &(dyn Fn(String) -> ApiError + Sync),
 ) -> Result<(u16, String, Vec<u8>), ApiError> {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > 16 << 10 {
-            return Err(unreachable("malformed answer".into()));
-        }
-        let mut chunk = [0u8; 4096];
-        let n = s
-            .read(&mut chunk)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        if n == 0 {
-            return Err(unreachable("connection closed".into()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let code: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(502);
-    Ok((code, head, buf[head_end..].to_vec()))
-}
-
-/// A header's value in an answer head (case-insensitive name).
-pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
+    keel_proto::https::read_head(s)
+        .await
+        .map_err(|e| unreachable(e.to_string()))
 }
 
 /// The agent's error answer (`code`, body starting with `rest`) as the
@@ -165,21 +135,5 @@ pub async fn agent_error(code: u16, rest: Vec<u8>, s: &mut Box<dyn Stream>) -> A
         404 => ApiError::new(404, "NotFound", msg),
         400 => ApiError::bad_request(msg),
         c => ApiError::new(c, "InternalError", msg),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn headers_are_found_whatever_their_case() {
-        let head = "HTTP/1.1 101 Switching Protocols\r\nsec-websocket-protocol: v5.channel.k8s.io\r\nUpgrade: websocket\r\n\r\n";
-        assert_eq!(
-            header(head, "Sec-WebSocket-Protocol"),
-            Some("v5.channel.k8s.io")
-        );
-        assert_eq!(header(head, "upgrade"), Some("websocket"));
-        assert_eq!(header(head, "Sec-WebSocket-Accept"), None);
     }
 }
