@@ -1,7 +1,8 @@
 //! `keel up`: a local HA cluster as child processes until Ctrl-C: masters in
 //! separate zones and node agents in zones a and b, each agent with its own
 //! loopback pod range (127.11.0.0/16, 127.12.0.0/16, ...); with `--runtime
-//! docker` the agents run pods as Docker containers.
+//! docker` the agents run pods as Docker containers. The REST load balancer
+//! (`keel lb`) runs in this process, and the kubeconfig points at it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,6 +44,11 @@ pub struct UpArgs {
     /// The docker runtime's sandbox (pause) image (default: the agents').
     #[arg(long, env = "KEEL_PAUSE_IMAGE")]
     pause_image: Option<String>,
+    /// Port of the REST load balancer on 127.0.0.1 (`keel lb`, run in this
+    /// process) that the kubeconfig points at: it fails requests over and
+    /// resumes watches when a master goes away.
+    #[arg(long, env = "KEEL_LB_PORT", default_value_t = 6440)]
+    lb_port: u16,
 }
 
 /// An agent child process.
@@ -216,10 +222,23 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
             token: Some(token.trim().to_string()),
         },
     )?;
+    let lb_addr = std::net::SocketAddr::from(([127, 0, 0, 1], a.lb_port));
+    let (lb_stop_tx, lb_stop) = tokio::sync::watch::channel(false);
+    let lb = crate::lb::start(
+        crate::lb::LbArgs {
+            listen: lb_addr,
+            masters: apis.clone(),
+            pki_dir: pki_dir.clone(),
+            resume_timeout_ms: 30_000,
+        },
+        lb_stop,
+    )
+    .await
+    .context("starting the REST load balancer (--lb-port)")?;
     let kubeconfig = std::path::absolute(a.data_dir.join("kubeconfig"))?;
     crate::kubeconfig::write(
         &kubeconfig,
-        &format!("https://{}", apis[0]),
+        &format!("https://{lb_addr}"),
         &std::fs::read_to_string(pki_dir.join("ca.crt"))?,
         "admin",
         token.trim(),
@@ -243,7 +262,10 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         "Client config (servers, CA, token) written to {}",
         config_path.display()
     );
-    println!("kubectl: export KUBECONFIG={}", kubeconfig.display());
+    println!(
+        "kubectl: export KUBECONFIG={} (through the load balancer https://{lb_addr}, which fails over between the masters)",
+        kubeconfig.display()
+    );
     println!("\nTry:\n  keel get nodes");
     println!("  KUBECONFIG={} kubectl get nodes", kubeconfig.display());
     println!("  keel apply -f examples/web.yaml && keel get pods -o wide");
@@ -255,6 +277,8 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     println!("stopping...");
+    let _ = lb_stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), lb).await;
     tokio::task::spawn_blocking(move || {
         stop_agents(&mut agents);
         cluster.stop_all()

@@ -181,7 +181,12 @@ async fn forward_in(lb: Arc<Lb>, req: Request) -> Response {
     }
 }
 
-pub async fn run(a: LbArgs) -> anyhow::Result<()> {
+/// Binds the listen address and serves in the background until
+/// `stop` turns true (`keel up` runs it so, beside its masters).
+pub async fn start(
+    a: LbArgs,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     anyhow::ensure!(!a.masters.is_empty(), "no masters given");
     let dir = pki::PkiDir(a.pki_dir.clone());
     let ca = dir
@@ -214,11 +219,22 @@ pub async fn run(a: LbArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", a.listen))?;
     tracing::info!(listen = %a.listen, masters = ?a.masters, "load balancer serving");
+    Ok(tokio::spawn(keel_proto::https::serve(
+        listener,
+        app,
+        Some(Arc::new(server)),
+        stop,
+    )))
+}
+
+/// `keel lb`: serves until Ctrl-C.
+pub async fn run(a: LbArgs) -> anyhow::Result<()> {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let serving = start(a, stop).await?;
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         let _ = stop_tx.send(true);
     });
-    keel_proto::https::serve(listener, app, Some(Arc::new(server)), stop).await?;
+    serving.await??;
     Ok(())
 }
