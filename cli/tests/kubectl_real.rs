@@ -1,6 +1,6 @@
 //! The real kubectl (/usr/bin/kubectl, Debian package `kubectl`), unchanged,
 //! drives a real 3-master cluster with an agent through a kubeconfig from
-//! `keel kubeconfig`: discovery (api-resources, version), server-side
+//! `keel kubeconfig`: discovery (api-resources, version), explain, server-side
 //! tables, every output format, apply/create/replace, server-side dry runs
 //! and diff, scale, label,
 //! annotate, the three patch types, rollout status/restart/history/undo,
@@ -78,6 +78,24 @@ async fn kubectl_unchanged_drives_a_keel_cluster() {
     }
     let out = k.ok(&["version"]);
     assert!(out.contains("Server Version: v1.31."), "{out}");
+    // explain, from the OpenAPI v3 documents' schemas.
+    let out = k.ok(&["explain", "pods"]);
+    assert!(
+        out.contains("KIND:       Pod") && out.contains("spec\t<PodSpec>"),
+        "{out}"
+    );
+    let out = k.ok(&["explain", "pod.spec.containers.securityContext"]);
+    assert!(
+        out.contains("runAsUser\t<integer>") && out.contains("Who a pod's"),
+        "{out}"
+    );
+    let out = k.ok(&["explain", "deployments.spec.replicas"]);
+    assert!(
+        out.contains("GROUP:      apps") && out.contains("FIELD: replicas <integer>"),
+        "{out}"
+    );
+    let e = k.fails(&["explain", "pods.spec.nosuchfield"], None);
+    assert!(e.contains("nosuchfield"), "{e}");
 
     // Nodes, as a server-side table.
     let out = common::poll(Duration::from_secs(30), "node n1 Ready", || async {

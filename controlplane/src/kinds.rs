@@ -27,6 +27,9 @@ pub struct Kind {
     /// Decodes and validates an object of this kind (the rules of every
     /// object, then its strategy's), returning it normalised.
     pub check: fn(Value) -> Result<Value, ApiError>,
+    /// Adds the kind's JSON schema (and those of its parts) to a generator's
+    /// definitions, for the OpenAPI documents; returns its reference.
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
 }
 
 impl Kind {
@@ -70,6 +73,7 @@ macro_rules! kind {
             has_scale: $scale,
             in_all: $all,
             check: checker::<$t>,
+            schema: |g| g.subschema_for::<$t>(),
         }
     };
 }

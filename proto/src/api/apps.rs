@@ -7,7 +7,7 @@ use super::meta::{Condition, IntOrString, LabelSelector, ObjectMeta, is_zero};
 use crate::resource;
 
 /// A pod template: the metadata and spec every replica is made from.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodTemplateSpec {
     #[serde(default)]
@@ -23,7 +23,7 @@ resource!(ReplicaSet, "apps/v1", "replicasets", true, {
     pub status: ReplicaSetStatus,
 });
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplicaSetSpec {
     /// Defaults to 1.
@@ -37,7 +37,7 @@ pub struct ReplicaSetSpec {
     pub min_ready_seconds: i64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplicaSetStatus {
     #[serde(default)]
@@ -59,7 +59,7 @@ resource!(Deployment, "apps/v1", "deployments", true, {
     pub status: DeploymentStatus,
 });
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentSpec {
     /// Defaults to 1.
@@ -82,7 +82,7 @@ pub struct DeploymentSpec {
     pub progress_deadline_seconds: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentStrategy {
     /// RollingUpdate (default) or Recreate.
@@ -92,7 +92,7 @@ pub struct DeploymentStrategy {
     pub rolling_update: Option<RollingUpdate>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RollingUpdate {
     /// Defaults to 25%.
@@ -103,7 +103,7 @@ pub struct RollingUpdate {
     pub max_unavailable: Option<IntOrString>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentStatus {
     #[serde(default, skip_serializing_if = "is_zero")]

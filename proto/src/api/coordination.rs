@@ -9,7 +9,7 @@ resource!(Lease, "coordination.k8s.io/v1", "leases", true, {
     pub spec: LeaseSpec,
 });
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LeaseSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -22,7 +22,7 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + Default + Send + Sync
 #[macro_export]
 macro_rules! resource {
     ($name:ident, $api:literal, $plural:literal, $ns:literal, { $($body:tt)* }) => {
-        #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
         pub struct $name {
             #[serde(default)]
@@ -64,7 +64,9 @@ macro_rules! resource {
 }
 
 /// A list of objects as the list endpoints return it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct List<T> {
     pub api_version: String,
@@ -73,7 +75,9 @@ pub struct List<T> {
     pub items: Vec<T>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ListMeta {
     #[serde(default)]
@@ -81,7 +85,7 @@ pub struct ListMeta {
 }
 
 /// One line of a `?watch=1` stream.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct WatchEvent<T> {
     /// ADDED, MODIFIED, DELETED (or ERROR with a Status object).
     #[serde(rename = "type")]
