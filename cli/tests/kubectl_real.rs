@@ -1,6 +1,7 @@
 //! The real kubectl (/usr/bin/kubectl, Debian package `kubectl`), unchanged,
 //! drives a real 3-master cluster with an agent through a kubeconfig from
-//! `keel kubeconfig`: discovery (api-resources, version), explain, server-side
+//! `keel kubeconfig`: discovery (api-resources, version), explain,
+//! server-side apply (field managers, conflicts, --force-conflicts), server-side
 //! tables, every output format, apply/create/replace, server-side dry runs
 //! and diff, scale, label,
 //! annotate, the three patch types, rollout status/restart/history/undo,
@@ -468,6 +469,64 @@ async fn kubectl_unchanged_drives_a_keel_cluster() {
             && e.contains(r#"cannot delete resource "deployments" in API group "apps""#),
         "{e}"
     );
+
+    // Server-side apply: created, a label left out is removed, another
+    // field manager's change conflicts until forced.
+    let svc = |labels: &str, target: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: ssa\n  labels: {{{labels}}}\nspec:\n  selector: {{app: web}}\n  ports:\n  - {{port: 80, targetPort: {target}}}\n"
+        )
+    };
+    let out = k.ok_with(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&svc("a: '1', b: '2'", 8000)),
+    );
+    assert_eq!(out.trim(), "service/ssa serverside-applied");
+    k.ok_with(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&svc("b: '2'", 8000)),
+    );
+    let labels = k.ok(&["get", "svc", "ssa", "-o", "jsonpath={.metadata.labels}"]);
+    assert_eq!(labels, r#"{"b":"2"}"#);
+    let e = k.fails(
+        &["apply", "--server-side", "--field-manager=other", "-f", "-"],
+        Some(&svc("b: '2'", 9000)),
+    );
+    assert!(
+        e.contains("Apply failed with 1 conflict")
+            && e.contains("conflict with \"kubectl\"")
+            && e.contains("targetPort"),
+        "{e}"
+    );
+    k.ok_with(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        Some(&svc("b: '2'", 9000)),
+    );
+    let port = k.ok(&[
+        "get",
+        "svc",
+        "ssa",
+        "-o",
+        "jsonpath={.spec.ports[0].targetPort}",
+    ]);
+    assert_eq!(port, "9000");
+    let managers = k.ok(&[
+        "get",
+        "svc",
+        "ssa",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    assert_eq!(managers, "kubectl other");
+    k.ok(&["delete", "svc", "ssa"]);
 
     // Drain: the eviction subresource empties the node.
     let out = k.ok(&["drain", "n1", "--timeout=40s"]);

@@ -64,7 +64,7 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
+pub fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
     serde_yaml_ng::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("malformed YAML: {e}")))
 }

@@ -221,6 +221,70 @@ pub async fn patch(
     Ok(respond(headers, 200, &updated))
 }
 
+/// Server-side apply of the configuration in `body` to object `name`
+/// (created when absent) for `fieldManager` (see `apply`).
+pub async fn server_side_apply(
+    reg: &Registry,
+    t: &Target,
+    headers: &HeaderMap,
+    name: &str,
+    body: &[u8],
+    q: &std::collections::HashMap<String, String>,
+    caller: Option<&Identity>,
+) -> Result<Response, ApiError> {
+    let manager = q.get("fieldManager").map(String::as_str).unwrap_or("");
+    if manager.is_empty() {
+        return Err(ApiError::bad_request(
+            "PATCH, application/apply-patch+yaml: fieldManager is required for apply requests",
+        ));
+    }
+    let force = match q.get("force").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => return Err(ApiError::bad_request(format!("invalid force {v:?}"))),
+    };
+    let mut config = super::codec::parse_yaml(body)?;
+    let named = str_at(&config, &["metadata", "name"]);
+    if named != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({named:?}) does not match the name on the URL ({name:?})"
+        )));
+    }
+    if t.kind.namespaced {
+        config["metadata"]["namespace"] = Value::String(ns_of(t).to_string());
+    }
+    let now = keel_proto::api::meta::now_rfc3339();
+    for _ in 0..5 {
+        let cur = match reg.get(t.kind, ns_of(t), name).await {
+            Ok(c) => Some(c),
+            Err(e) if e.code == 404 => None,
+            Err(e) => return Err(e),
+        };
+        let doc = super::apply::apply(cur.as_ref(), &config, manager, force, &now)?;
+        let r = match &cur {
+            None => {
+                let obj = admit(t, doc, false)?;
+                super::privileged::check(t.kind.kind, name, &obj, None, caller)?;
+                reg.create(t.kind, obj).await.map(|o| (201, o))
+            }
+            Some(c) => {
+                let mut doc = doc;
+                doc["metadata"]["resourceVersion"] = c["metadata"]["resourceVersion"].clone();
+                let obj = admit(t, doc, true)?;
+                super::privileged::check(t.kind.kind, name, &obj, Some(c), caller)?;
+                reg.update(t.kind, obj, false).await.map(|o| (200, o))
+            }
+        };
+        match r {
+            Ok((code, obj)) => return Ok(respond(headers, code, &obj)),
+            // Created or changed meanwhile: apply again to the new object.
+            Err(e) if matches!(e.reason, "Conflict" | "AlreadyExists") => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::conflict(&t.kind.resource(), name))
+}
+
 /// Patches the object `name` (or its Scale, for the `scale` subresource);
 /// `back` turns the patched document and the current object into the
 /// object to store.

@@ -6,6 +6,7 @@
 pub mod access_review;
 pub mod admin;
 pub mod agent_grpc;
+pub mod apply;
 pub mod codec;
 pub mod discovery;
 pub mod exec;
@@ -345,6 +346,11 @@ async fn handle(
             .map_err(|e| e.invalid_object(t.kind.kind, t.kind.group, &name)),
         Verb::Patch if t.sub == Some(Sub::Scale) => {
             scale::patch(reg, t, headers, &body, caller).await
+        }
+        Verb::Patch if apply::is_apply(headers) && t.sub.is_none() => {
+            handlers::server_side_apply(reg, t, headers, &name, &body, q, caller)
+                .await
+                .map_err(|e| e.invalid_object(t.kind.kind, t.kind.group, &name))
         }
         Verb::Patch => handlers::patch(reg, t, headers, &name, &body, caller)
             .await

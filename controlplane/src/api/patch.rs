@@ -62,7 +62,7 @@ pub fn apply(doc: &mut Value, format: Format, patch: &Value) -> Result<(), ApiEr
 }
 
 /// The key a list under `field` merges by, judged from its elements.
-fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+pub(super) fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     let has = |k: &str| {
         items
             .iter()
