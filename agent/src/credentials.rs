@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 
 use keel_proto::client::ApiClient;
-use keel_proto::pki::Credentials;
+use keel_proto::pki::{self, Credentials};
 
 /// A cheaply cloned handle to the agent's current credentials, with a
 /// generation that every replacement bumps.
@@ -38,6 +38,14 @@ impl SharedCredentials {
     pub fn set(&self, c: Credentials) {
         let mut g = self.0.write().unwrap_or_else(|e| e.into_inner());
         *g = (g.0 + 1, c);
+    }
+}
+
+/// The node certificate as it is now, for the agent's endpoint, which
+/// serves the renewed certificate from the next handshake on.
+impl pki::CurrentPair for SharedCredentials {
+    fn current(&self) -> Option<pki::Pair> {
+        self.get().tls.and_then(|t| t.me)
     }
 }
 

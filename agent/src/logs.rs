@@ -49,6 +49,7 @@ pub fn tail_offset(data: &[u8], n: usize) -> usize {
 /// when the agent has joined with a certificate; plain HTTP with `--insecure`.
 pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
     let creds = ctx.cfg.credentials.get();
+    let live = ctx.cfg.credentials.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -60,11 +61,13 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
             get(crate::exec::handle),
         )
         .with_state(ctx);
+    // The certificate presented is the node's current one at each
+    // handshake: the agent renews it while it runs.
     let tls = match creds.tls {
         Some(pki::TlsBundle {
             ca_pem,
-            me: Some(me),
-        }) => match pki::server_config(&ca_pem, &me, true) {
+            me: Some(_),
+        }) => match pki::server_config_live(&ca_pem, Arc::new(live), true) {
             Ok(c) => Some(Arc::new(c)),
             Err(e) => {
                 tracing::error!(error = %e, "log endpoint: bad TLS material; not serving");

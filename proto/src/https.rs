@@ -400,4 +400,55 @@ mod tests {
         assert_eq!(header(&head, "Sec-WebSocket-Accept"), None);
         assert!(read_head(&mut &b"HTTP/1.1 200 OK\r\n"[..]).await.is_err());
     }
+
+    #[tokio::test]
+    async fn a_live_certificate_is_the_one_held_at_each_handshake() {
+        use crate::pki::{CurrentPair, Pair, server_config_live};
+        struct Holder(std::sync::Mutex<Pair>);
+        impl CurrentPair for Holder {
+            fn current(&self) -> Option<Pair> {
+                Some(self.0.lock().unwrap().clone())
+            }
+        }
+        let ca = Ca::generate("test").unwrap();
+        let issue = || {
+            ca.issue("n1", None, &["127.0.0.1".into()], Usage::ServerAndClient)
+                .unwrap()
+        };
+        let (first, second) = (issue(), issue());
+        let holder = Arc::new(Holder(std::sync::Mutex::new(first.clone())));
+        let cfg = Arc::new(server_config_live(&ca.cert_pem, holder.clone(), false).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            while let Ok((tcp, _)) = listener.accept().await {
+                if let Ok(mut s) = acceptor.accept(tcp).await {
+                    let _ = s.write_all(b"x").await;
+                }
+            }
+        });
+        // A new client each time, as masters dial agents (no resumed session).
+        let served = || async {
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(
+                client_config(&ca.cert_pem, None).unwrap(),
+            ));
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let mut s = connector.connect(name, tcp).await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+        };
+        let der = |p: &Pair| {
+            use rustls::pki_types::pem::PemObject;
+            rustls::pki_types::CertificateDer::from_pem_slice(p.cert_pem.as_bytes())
+                .unwrap()
+                .to_vec()
+        };
+        assert_eq!(served().await, der(&first));
+        *holder.0.lock().unwrap() = second.clone();
+        assert_eq!(served().await, der(&second));
+        assert_ne!(der(&first), der(&second));
+    }
 }

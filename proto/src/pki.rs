@@ -358,6 +358,79 @@ pub fn server_config(
     require_client: bool,
 ) -> Result<rustls::ServerConfig, PkiError> {
     let tls = |e: rustls::Error| PkiError::Tls(e.to_string());
+    let mut c = server_builder(ca_pem, require_client)?
+        .with_single_cert(certs(&me.cert_pem)?, key(&me.key_pem)?)
+        .map_err(tls)?;
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(c)
+}
+
+/// The serving certificate of a server whose certificate is renewed while
+/// it runs: `current` gives the pair to present now.
+pub trait CurrentPair: Send + Sync {
+    fn current(&self) -> Option<Pair>;
+}
+
+/// `server_config`, presenting at each handshake the pair `me` holds then
+/// (an agent's endpoint keeps serving after its node certificate renews).
+pub fn server_config_live(
+    ca_pem: &str,
+    me: Arc<dyn CurrentPair>,
+    require_client: bool,
+) -> Result<rustls::ServerConfig, PkiError> {
+    let resolver = LiveCert {
+        me,
+        cache: std::sync::Mutex::new(None),
+    };
+    let mut c = server_builder(ca_pem, require_client)?.with_cert_resolver(Arc::new(resolver));
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(c)
+}
+
+/// Resolves the certificate of a `CurrentPair`, parsed once per pair.
+struct LiveCert {
+    me: Arc<dyn CurrentPair>,
+    cache: std::sync::Mutex<Option<(String, Arc<rustls::sign::CertifiedKey>)>>,
+}
+
+impl std::fmt::Debug for LiveCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveCert")
+    }
+}
+
+impl rustls::server::ResolvesServerCert for LiveCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let pair = self.me.current()?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((pem, ck)) = cache.as_ref()
+            && *pem == pair.cert_pem
+        {
+            return Some(ck.clone());
+        }
+        let signer = provider()
+            .key_provider
+            .load_private_key(key(&pair.key_pem).ok()?)
+            .ok()?;
+        let ck = Arc::new(rustls::sign::CertifiedKey::new(
+            certs(&pair.cert_pem).ok()?,
+            signer,
+        ));
+        *cache = Some((pair.cert_pem, ck.clone()));
+        Some(ck)
+    }
+}
+
+/// A server configuration builder that verifies clients against the CA.
+fn server_builder(
+    ca_pem: &str,
+    require_client: bool,
+) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, PkiError>
+{
+    let tls = |e: rustls::Error| PkiError::Tls(e.to_string());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots(ca_pem)?),
         provider(),
@@ -368,14 +441,10 @@ pub fn server_config(
         verifier.allow_unauthenticated()
     };
     let verifier = verifier.build().map_err(|e| PkiError::Tls(e.to_string()))?;
-    let mut c = rustls::ServerConfig::builder_with_provider(provider())
+    Ok(rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(tls)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs(&me.cert_pem)?, key(&me.key_pem)?)
-        .map_err(tls)?;
-    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(c)
+        .with_client_cert_verifier(verifier))
 }
 
 /// A client that trusts only the CA and presents `me` when given.
