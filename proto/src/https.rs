@@ -252,6 +252,24 @@ pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
     Ok((code, head, buf[head_end..].to_vec()))
 }
 
+/// The body of an answer whose head `read_head` read, starting with
+/// `rest`: as much as comes within 2 s, at most 64 KiB (an error message).
+pub async fn read_short_body<S: tokio::io::AsyncRead + Unpin>(s: &mut S, rest: Vec<u8>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut body = rest;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut chunk = [0u8; 4096];
+        while body.len() < 64 << 10 {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    body
+}
+
 /// A header's value in an HTTP/1 head (case-insensitive name).
 pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().skip(1).find_map(|l| {

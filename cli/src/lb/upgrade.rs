@@ -11,7 +11,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::{Lb, status};
 
@@ -91,17 +91,7 @@ pub async fn relay(lb: &Lb, mut parts: Parts) -> Response {
         }
         if code != StatusCode::SWITCHING_PROTOCOLS {
             // An error answer: its body, as much of it as comes soon.
-            let mut body = rest;
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                let mut chunk = [0u8; 4096];
-                while body.len() < 64 << 10 {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => body.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            })
-            .await;
+            let body = keel_proto::https::read_short_body(&mut s, rest).await;
             return resp.body(Body::from(body)).unwrap_or_else(|e| {
                 status(StatusCode::BAD_GATEWAY, "InternalError", e.to_string())
             });

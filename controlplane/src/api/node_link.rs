@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use keel_proto::api::{Node, Pod};
 use keel_proto::pki;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::error::ApiError;
@@ -119,17 +118,7 @@ pub async fn read_head(
 /// The agent's error answer (`code`, body starting with `rest`) as the
 /// API's error.
 pub async fn agent_error(code: u16, rest: Vec<u8>, s: &mut Box<dyn Stream>) -> ApiError {
-    let mut body = rest;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let mut chunk = [0u8; 4096];
-        while body.len() < 64 << 10 {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => body.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
+    let body = keel_proto::https::read_short_body(s, rest).await;
     let msg = String::from_utf8_lossy(&body).trim().to_string();
     match code {
         404 => ApiError::new(404, "NotFound", msg),
