@@ -324,6 +324,27 @@ async fn kubectl_unchanged_drives_a_keel_cluster() {
         k.ok(&["rollout", "undo", "deploy/web"]).trim(),
         "deployment.apps/web rolled back"
     );
+    assert_eq!(
+        k.ok(&["rollout", "pause", "deploy/web"]).trim(),
+        "deployment.apps/web paused"
+    );
+    assert_eq!(
+        k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.paused}"]),
+        "true"
+    );
+    assert_eq!(
+        k.ok(&["rollout", "resume", "deploy/web"]).trim(),
+        "deployment.apps/web resumed"
+    );
+    let out = k.ok(&["logs", "deploy/web", "--tail", "1"]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let out = k.ok(&["cluster-info"]);
+    assert!(
+        out.contains("Kubernetes control plane")
+            && out.contains("is running at")
+            && out.contains(&format!("https://{}", apis[0])),
+        "{out}"
+    );
     // Cordon and uncordon (spec.unschedulable).
     assert_eq!(k.ok(&["cordon", "n1"]).trim(), "node/n1 cordoned");
     assert_eq!(
