@@ -137,7 +137,13 @@ async fn a_kubectl_watch_survives_its_master_being_killed() {
 
     // SIGKILL the master the watch is on; the next pod still shows.
     tc.c.kill(0);
-    k.ok_with(&["apply", "-f", "-"], Some(&pod("second")));
+    // It may have led: the write goes through once a new leader is elected.
+    common::poll(Duration::from_secs(30), "pod second created", || async {
+        k.run_with(&["apply", "-f", "-"], Some(&pod("second")))
+            .ok
+            .then_some(())
+    })
+    .await;
     shows(&out, &err, "ADDED second").await;
     assert!(
         child.0.try_wait().unwrap().is_none(),
