@@ -336,8 +336,13 @@ async fn kubectl_unchanged_drives_a_keel_cluster() {
         k.ok(&["rollout", "resume", "deploy/web"]).trim(),
         "deployment.apps/web resumed"
     );
-    let out = k.ok(&["logs", "deploy/web", "--tail", "1"]);
-    assert_eq!(out.lines().count(), 1, "{out}");
+    // The rollback is still replacing pods: kubectl may pick one going away.
+    let out = common::poll(Duration::from_secs(30), "logs --tail 1", || async {
+        let o = k.run_with(&["logs", "deploy/web", "--tail", "1"], None);
+        o.ok.then_some(o.stdout)
+    })
+    .await;
+    assert_eq!(out, "hello from web\n");
     let out = k.ok(&["cluster-info"]);
     assert!(
         out.contains("Kubernetes control plane")
@@ -607,4 +612,22 @@ async fn kubectl_unchanged_drives_a_keel_cluster() {
         left.trim().is_empty(),
         "pods left after a foreground delete: {left}"
     );
+
+    // Two levels: a Deployment deleted in the foreground goes only once its
+    // ReplicaSets, and their pods, are gone.
+    let two = deployment(2).replace("web", "two");
+    k.ok_with(&["apply", "-f", "-"], Some(&two));
+    common::poll(Duration::from_secs(30), "2 pods of two", || async {
+        let o = k.ok(&["get", "pods", "-l", "app=two", "-o", "name"]);
+        (o.lines().count() == 2).then_some(())
+    })
+    .await;
+    k.ok(&["delete", "deploy", "two", "--cascade=foreground"]);
+    for what in ["rs", "pods"] {
+        let left = k.ok(&["get", what, "-l", "app=two", "-o", "name"]);
+        assert!(
+            left.trim().is_empty(),
+            "{what} left after the Deployment's foreground delete: {left}"
+        );
+    }
 }

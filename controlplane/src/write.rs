@@ -67,6 +67,35 @@ pub async fn delete<T: Resource>(reg: &Registry, old: &T) -> Result<i64, ApiErro
     )
 }
 
+/// Deletes `old` like [`delete`], with `finalizer` added first, so it stays
+/// (marked) until whoever owns that finalizer removes it. Returns the
+/// revision of the write.
+pub async fn delete_with_finalizer<T: Resource>(
+    reg: &Registry,
+    old: &T,
+    finalizer: &str,
+) -> Result<i64, ApiError> {
+    let mut marked = old.clone();
+    let f = &mut marked.meta_mut().finalizers;
+    if !f.iter().any(|x| x == finalizer) {
+        f.push(finalizer.to_string());
+    }
+    let kind = kinds::of::<T>();
+    let m = old.meta();
+    let mut v = to_value(&marked)?;
+    if v["metadata"]["deletionTimestamp"].is_null() {
+        v["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+    }
+    let done = reg
+        .replace(kind, &m.namespace, &m.name, m.revision(), v)
+        .await?;
+    Ok(
+        crate::registry::str_at(&done, &["metadata", "resourceVersion"])
+            .parse()
+            .unwrap_or(0),
+    )
+}
+
 /// Whether an error only means "decide again" (the object moved or went away).
 pub fn is_stale(e: &ApiError) -> bool {
     e.is_conflict() || e.is_not_found()

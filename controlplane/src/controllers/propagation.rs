@@ -4,8 +4,11 @@
 //! (`Registry::delete_with_finalizer`); the garbage collector's scans then
 //! release the owner's dependents (drop it from their ownerReferences) or
 //! delete them, and once none is left drop the finalizer, which deletes the
-//! owner. Background deletion (the default) needs none of this: the owner
-//! goes at once and `gc.rs` collects what it leaves.
+//! owner. A foreground delete marks a dependent that has dependents of its
+//! own (a Deployment's ReplicaSets) for foreground deletion in turn, so the
+//! whole tree is gone before the owner. Background deletion (the default)
+//! needs none of this: the owner goes at once and `gc.rs` collects what it
+//! leaves.
 
 use std::sync::Arc;
 
@@ -37,6 +40,13 @@ pub fn pending(owner: &impl Resource) -> Option<&'static str> {
     [ORPHAN, FOREGROUND]
         .into_iter()
         .find(|f| m.finalizers.iter().any(|x| x == f))
+}
+
+/// Whether objects of `kind` own dependents this module settles (the
+/// owners of `gc.rs`'s `settle` calls): a foreground delete reaches their
+/// dependents too. Others would keep a foreground finalizer nobody drops.
+pub fn has_dependents(kind: &str) -> bool {
+    matches!(kind, "Deployment" | "ReplicaSet" | "Service")
 }
 
 /// What to do for the owner `owner_uid`, marked with `finalizer`, given the
@@ -80,6 +90,13 @@ pub async fn settle<O: Resource, D: Resource>(ctx: &Ctx, owners: &[Arc<O>]) {
                     let mut new = d.clone();
                     new.meta_mut().owner_references.retain(|o| o.uid != m.uid);
                     write::replace_keep_generation(&ctx.registry, d, &new)
+                        .await
+                        .map(|_| ())
+                }
+                // A dependent with dependents of its own goes in the
+                // foreground too, so the whole tree is gone before the owner.
+                Step::Delete(d) if has_dependents(D::KIND) => {
+                    write::delete_with_finalizer(&ctx.registry, d, FOREGROUND)
                         .await
                         .map(|_| ())
                 }
@@ -140,6 +157,12 @@ mod tests {
         );
         assert_eq!(plan("u1", ORPHAN, &pods[2..]), vec![Step::Finish]);
         assert_eq!(plan("u1", FOREGROUND, &[] as &[Pod]), vec![Step::Finish]);
+    }
+
+    #[test]
+    fn foreground_reaches_down_only_through_owners() {
+        assert!(has_dependents("ReplicaSet") && has_dependents("Deployment"));
+        assert!(!has_dependents("Pod") && !has_dependents("Endpoints"));
     }
 
     #[test]
