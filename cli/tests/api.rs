@@ -368,3 +368,65 @@ async fn watch_from_an_old_resource_version_replays_every_change_in_order() {
     let revs: Vec<i64> = got.iter().map(|(_, _, r)| r.parse().unwrap()).collect();
     assert!(revs.windows(2).all(|w| w[0] < w[1]));
 }
+
+/// A Service removed when its last finalizer goes (not by the DELETE that
+/// only marked it) gives its cluster IP back; until then the address stays
+/// its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_removed_through_its_finalizer_gives_its_cluster_ip_back() {
+    let tc = common::start(3, &[]).await;
+    let base = tc.c.members[0].api_addr();
+    let svc = |name: &str, finalizers: Value| {
+        serde_json::to_vec(&json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "finalizers": finalizers},
+            "spec": {"clusterIP": "127.96.200.7", "ports": [{"port": 80}]},
+        }))
+        .unwrap()
+    };
+    let path = "/api/v1/namespaces/default/services";
+    let json = "application/json";
+    let (code, v) = raw(
+        &base,
+        reqwest::Method::POST,
+        path,
+        json,
+        svc("held", json!(["example.com/hold"])),
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    let held = format!("{path}/held");
+    let (code, v) = raw(&base, reqwest::Method::DELETE, &held, json, Vec::new()).await;
+    assert_eq!(code, 200, "{v}");
+    // Marked, not gone: the address is still taken.
+    let (code, v) = raw(
+        &base,
+        reqwest::Method::POST,
+        path,
+        json,
+        svc("again", json!([])),
+    )
+    .await;
+    assert_eq!(code, 422, "{v}");
+    let unhold = serde_json::to_vec(&json!({"metadata": {"finalizers": null}})).unwrap();
+    let (code, v) = raw(
+        &base,
+        reqwest::Method::PATCH,
+        &held,
+        "application/merge-patch+json",
+        unhold,
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let (code, _) = raw(&base, reqwest::Method::GET, &held, json, Vec::new()).await;
+    assert_eq!(code, 404, "the last finalizer gone, the Service is gone");
+    let (code, v) = raw(
+        &base,
+        reqwest::Method::POST,
+        path,
+        json,
+        svc("again", json!([])),
+    )
+    .await;
+    assert_eq!(code, 201, "the address was not given back: {v}");
+}

@@ -465,6 +465,11 @@ impl Registry {
         let rev = r.header.map(|h| h.revision).unwrap_or(0);
         let mut new = new;
         new["metadata"]["resourceVersion"] = json!(rev.to_string());
+        if finished {
+            // Gone from the store, whoever removed it (a delete, the last
+            // finalizer dropped, a controller): what it held goes back.
+            strategy::of(kind.kind).after_delete(&self.node, &new).await;
+        }
         Ok(new)
     }
 
@@ -515,13 +520,8 @@ impl Registry {
         if marked["metadata"]["deletionTimestamp"].is_null() {
             marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
         }
-        let gone = self.replace(kind, ns, name, old_rev, marked).await?;
-        if !self.dry_run {
-            strategy::of(kind.kind)
-                .after_delete(&self.node, &gone)
-                .await;
-        }
-        Ok(gone)
+        // `replace` gives back what the object held once it is gone.
+        self.replace(kind, ns, name, old_rev, marked).await
     }
 
     /// Follows the changes to a kind's objects after revision `after`.

@@ -13,9 +13,10 @@
 //!   fails, `abort_create` gives the claims back.
 //! - `prepare_update`: on the merged object before it is written; keeps
 //!   immutable fields (422 on a change). Pure.
-//! - `after_delete`: after a delete through the registry, with the object
-//!   as deleted (or marked, when finalizers are left); frees what it owned.
-//!   Best effort: it never fails the delete.
+//! - `after_delete`: once the object is gone from the store, whatever
+//!   removed it (a delete, its last finalizer dropped, a controller's
+//!   write), with the object as it was; frees what it owned. Best effort:
+//!   it never fails the write.
 //!
 //! Strategies see the store (`keel_store::Node`), never the registry or the
 //! API, so no module cycle runs through them.
