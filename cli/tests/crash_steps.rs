@@ -9,8 +9,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use keel_proto::etcdserverpb::HashKvRequest;
-use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 
 /// Waits until member `i` ended by the crash point `point` (an abort).
 async fn crashed_at(tc: &mut TestCluster, i: usize, point: &str) {
@@ -98,21 +96,7 @@ async fn a_snapshot_install_survives_a_crash_at_every_step() {
     let rev = put(&eps[v], "after", "crashes")
         .await
         .expect("write via member 2");
-    let hashes = poll(Duration::from_secs(20), "equal HashKV", || async {
-        let mut hs = Vec::new();
-        for ep in &eps {
-            let mut m = MaintenanceClient::new(channel(ep).await);
-            hs.push(
-                m.hash_kv(HashKvRequest { revision: rev })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .hash,
-            );
-        }
-        hs.windows(2).all(|w| w[0] == w[1]).then_some(hs)
-    })
-    .await;
+    let hashes = equal_hash_kv(&eps, rev).await;
     assert_eq!(hashes.len(), 3);
 }
 

@@ -15,8 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use keel_proto::etcdserverpb::HashKvRequest;
-use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 
 /// Waits until `n` more writes than `from` were acknowledged.
 async fn acked_beyond(acked: &Mutex<Vec<String>>, from: usize, n: usize) -> usize {
@@ -119,21 +117,7 @@ async fn frequent_snapshots_and_purges_under_restarts_never_stop_a_member() {
         let missing: Vec<&String> = acked.iter().filter(|k| !keys.contains(*k)).collect();
         assert!(missing.is_empty(), "{ep} lost {missing:?}");
     }
-    let hashes = poll(Duration::from_secs(20), "equal HashKV", || async {
-        let mut hs = Vec::new();
-        for ep in &eps {
-            let mut m = MaintenanceClient::new(channel(ep).await);
-            hs.push(
-                m.hash_kv(HashKvRequest { revision: rev })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .hash,
-            );
-        }
-        hs.windows(2).all(|w| w[0] == w[1]).then_some(hs)
-    })
-    .await;
+    let hashes = equal_hash_kv(&eps, rev).await;
     eprintln!(
         "{} acknowledged writes, {} members agree at revision {rev}",
         acked.len(),

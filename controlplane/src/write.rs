@@ -51,20 +51,7 @@ async fn write<T: Resource>(reg: &Registry, old: &T, new: &T, bump: bool) -> Res
 /// Deletes `old` if it is still at the cached revision. Returns the revision
 /// of the deletion.
 pub async fn delete<T: Resource>(reg: &Registry, old: &T) -> Result<i64, ApiError> {
-    let kind = kinds::of::<T>();
-    let m = old.meta();
-    let mut v = to_value(old)?;
-    if v["metadata"]["deletionTimestamp"].is_null() {
-        v["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-    }
-    let done = reg
-        .replace(kind, &m.namespace, &m.name, m.revision(), v)
-        .await?;
-    Ok(
-        crate::registry::str_at(&done, &["metadata", "resourceVersion"])
-            .parse()
-            .unwrap_or(0),
-    )
+    mark_deleted(reg, old, old).await
 }
 
 /// Deletes `old` like [`delete`], with `finalizer` added first, so it stays
@@ -80,9 +67,15 @@ pub async fn delete_with_finalizer<T: Resource>(
     if !f.iter().any(|x| x == finalizer) {
         f.push(finalizer.to_string());
     }
+    mark_deleted(reg, old, &marked).await
+}
+
+/// Writes `new` with a deletionTimestamp over `old` at its cached revision
+/// (the registry removes it when no finalizer is left).
+async fn mark_deleted<T: Resource>(reg: &Registry, old: &T, new: &T) -> Result<i64, ApiError> {
     let kind = kinds::of::<T>();
     let m = old.meta();
-    let mut v = to_value(&marked)?;
+    let mut v = to_value(new)?;
     if v["metadata"]["deletionTimestamp"].is_null() {
         v["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
     }

@@ -289,3 +289,25 @@ pub async fn api_client(tc: &TestCluster) -> keel_proto::client::ApiClient {
     .await;
     client
 }
+
+/// Waits (20 s at most) until every member of `eps` hashes its key space
+/// the same at revision `rev` (etcd's HashKV); returns the hashes.
+pub async fn equal_hash_kv(eps: &[String], rev: i64) -> Vec<u32> {
+    use keel_proto::etcdserverpb::HashKvRequest;
+    use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    poll(Duration::from_secs(20), "equal HashKV", || async {
+        let mut hs = Vec::new();
+        for ep in eps {
+            let mut m = MaintenanceClient::new(channel(ep).await);
+            hs.push(
+                m.hash_kv(HashKvRequest { revision: rev })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .hash,
+            );
+        }
+        hs.windows(2).all(|w| w[0] == w[1]).then_some(hs)
+    })
+    .await
+}
