@@ -15,6 +15,9 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+mod live;
+pub use live::{CurrentPair, server_config_live};
+
 /// A PKI failure.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -324,7 +327,7 @@ impl PkiDir {
     }
 }
 
-fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+pub(crate) fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let v: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| PkiError::Pem(e.to_string()))?;
@@ -334,7 +337,7 @@ fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     Ok(v)
 }
 
-fn key(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
+pub(crate) fn key(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Pem(e.to_string()))
 }
 
@@ -346,7 +349,7 @@ fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, PkiError> {
     Ok(r)
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -365,67 +368,8 @@ pub fn server_config(
     Ok(c)
 }
 
-/// The serving certificate of a server whose certificate is renewed while
-/// it runs: `current` gives the pair to present now.
-pub trait CurrentPair: Send + Sync {
-    fn current(&self) -> Option<Pair>;
-}
-
-/// `server_config`, presenting at each handshake the pair `me` holds then
-/// (an agent's endpoint keeps serving after its node certificate renews).
-pub fn server_config_live(
-    ca_pem: &str,
-    me: Arc<dyn CurrentPair>,
-    require_client: bool,
-) -> Result<rustls::ServerConfig, PkiError> {
-    let resolver = LiveCert {
-        me,
-        cache: std::sync::Mutex::new(None),
-    };
-    let mut c = server_builder(ca_pem, require_client)?.with_cert_resolver(Arc::new(resolver));
-    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(c)
-}
-
-/// Resolves the certificate of a `CurrentPair`, parsed once per pair.
-struct LiveCert {
-    me: Arc<dyn CurrentPair>,
-    cache: std::sync::Mutex<Option<(String, Arc<rustls::sign::CertifiedKey>)>>,
-}
-
-impl std::fmt::Debug for LiveCert {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LiveCert")
-    }
-}
-
-impl rustls::server::ResolvesServerCert for LiveCert {
-    fn resolve(
-        &self,
-        _hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        let pair = self.me.current()?;
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((pem, ck)) = cache.as_ref()
-            && *pem == pair.cert_pem
-        {
-            return Some(ck.clone());
-        }
-        let signer = provider()
-            .key_provider
-            .load_private_key(key(&pair.key_pem).ok()?)
-            .ok()?;
-        let ck = Arc::new(rustls::sign::CertifiedKey::new(
-            certs(&pair.cert_pem).ok()?,
-            signer,
-        ));
-        *cache = Some((pair.cert_pem, ck.clone()));
-        Some(ck)
-    }
-}
-
 /// A server configuration builder that verifies clients against the CA.
-fn server_builder(
+pub(crate) fn server_builder(
     ca_pem: &str,
     require_client: bool,
 ) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, PkiError>

@@ -9,6 +9,7 @@
 pub mod docker;
 #[cfg(test)]
 pub mod fake;
+pub mod pod_user;
 pub mod process;
 
 use std::future::Future;
