@@ -16,6 +16,7 @@ pub mod ipam;
 pub mod lifecycle;
 pub mod logs;
 pub mod pod_watch;
+pub mod portforward;
 pub mod probe;
 pub mod proxy;
 pub mod register;

@@ -60,6 +60,10 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
             "/exec/{namespace}/{pod}/{container}",
             get(crate::exec::handle),
         )
+        .route(
+            "/portforward/{namespace}/{pod}",
+            get(crate::portforward::handle),
+        )
         .with_state(ctx);
     // The certificate presented is the node's current one at each
     // handshake: the agent renews it while it runs.
