@@ -38,6 +38,8 @@ const CHUNK: usize = 32 * 1024;
 const OUT_QUEUE: usize = 64;
 /// Client bytes waiting for one pod connection.
 const IN_QUEUE: usize = 16;
+/// How long the client may go on sending once the pod's side ended.
+const GRACE: Duration = Duration::from_secs(1);
 /// Outgoing frames gathered into one message, at most about this much.
 const BATCH: usize = 64 * 1024;
 
@@ -103,6 +105,16 @@ where
                     break 'session;
                 }
             };
+            match &f {
+                Frame::Data {
+                    stream,
+                    flags,
+                    data,
+                } => {
+                    tracing::trace!(stream, flags, len = data.len(), "port-forward: DATA in")
+                }
+                f => tracing::trace!(frame = ?f, "port-forward: frame in"),
+            }
             match f {
                 Frame::SynStream {
                     stream,
@@ -338,13 +350,27 @@ async fn dial(port: Option<&str>, t: &Target) -> Result<TcpStream, String> {
     match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect((t.ip, port))).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(format!(
-            "failed to connect to {}:{port} in the pod's network: dial tcp {}:{port}: {e}",
-            t.ip, t.ip
+            "failed to connect to {}:{port} in the pod's network: dial tcp {}:{port}: connect: {}",
+            t.ip,
+            t.ip,
+            plain(&e)
         )),
         Err(_) => Err(format!(
             "failed to connect to {}:{port} in the pod's network: timed out after {DIAL_TIMEOUT:?}",
             t.ip
         )),
+    }
+}
+
+/// An I/O error as Go words it (`connection refused`), without Rust's
+/// `(os error N)`.
+fn plain(e: &io::Error) -> String {
+    let s = e.to_string();
+    let s = s.split(" (os error").next().unwrap_or(&s);
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => first.to_lowercase().chain(c).collect(),
+        None => String::new(),
     }
 }
 
@@ -388,8 +414,24 @@ async fn copy(
             }
         }
     };
-    let (u, d) = tokio::join!(up, down);
-    u.and(d)
+    // As the kubelet: once the pod's side ended, the client has a moment
+    // to finish its own (kubectl waits for the error stream to end before
+    // it closes the local connection). A client that half-closed first
+    // still gets all the pod sends.
+    tokio::pin!(up, down);
+    tokio::select! {
+        u = &mut up => match u {
+            Ok(()) => down.await,
+            Err(e) => {
+                let _ = tokio::time::timeout(GRACE, down).await;
+                Err(e)
+            }
+        },
+        d = &mut down => {
+            let u = tokio::time::timeout(GRACE, up).await.unwrap_or(Ok(()));
+            d.and(u)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -556,7 +598,7 @@ mod tests {
         assert!(
             text.starts_with(&format!(
                 "error forwarding port {dead} to pod default/web, uid u1: "
-            )) && text.contains("refused"),
+            )) && text.contains("connect: connection refused"),
             "{text}"
         );
         c.send(Frame::Ping { id: 3 });
