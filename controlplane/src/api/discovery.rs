@@ -75,6 +75,7 @@ fn subresource(k: &Kind, s: Sub) -> Value {
         Sub::Scale => (&["get", "patch", "update"], "Scale", "autoscaling", "v1"),
         Sub::Eviction => (&["create"], "Eviction", "policy", "v1"),
         Sub::Exec => (&["create", "get"], "PodExecOptions", "", ""),
+        Sub::PortForward => (&["create", "get"], "PodPortForwardOptions", "", ""),
     };
     let mut r = json!({
         "name": format!("{}/{}", k.plural, s.as_str()),
@@ -106,7 +107,14 @@ fn resources(group: &str, version: &str) -> Value {
         .filter(|k| k.group == group && k.version == version)
     {
         list.push(resource(k));
-        for s in [Sub::Status, Sub::Log, Sub::Scale, Sub::Eviction, Sub::Exec] {
+        for s in [
+            Sub::Status,
+            Sub::Log,
+            Sub::Scale,
+            Sub::Eviction,
+            Sub::Exec,
+            Sub::PortForward,
+        ] {
             if s.served_by(k) {
                 list.push(subresource(k, s));
             }

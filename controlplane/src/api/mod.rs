@@ -16,6 +16,7 @@ pub mod logs;
 pub mod node_link;
 pub mod openapi;
 pub mod patch;
+pub mod portforward;
 pub mod privileged;
 pub mod route;
 pub mod scale;
@@ -213,6 +214,18 @@ async fn dispatch(State(st): State<ApiState>, req: axum::extract::Request) -> Re
                 )
                 .await
             }
+            Ok(route::Parsed::Resource(r)) if r.target.sub == Some(Sub::PortForward) => {
+                let t = &r.target;
+                portforward::serve(
+                    &st.reg,
+                    &st.agent_credentials,
+                    t.namespace.as_deref().unwrap_or(""),
+                    t.name.as_deref().unwrap_or(""),
+                    &headers,
+                    upgrade,
+                )
+                .await
+            }
             Ok(p) => {
                 let caller = parts.extensions.get::<crate::auth::Identity>();
                 handle(&st, p, &headers, body, caller).await
@@ -276,7 +289,7 @@ async fn handle(
             None | Some(Sub::Status) => handlers::get(reg, t, headers, &name, q).await,
             // route::parse answers GET on an eviction 405.
             // route::parse answers GET on an eviction 405; exec is a create.
-            Some(Sub::Eviction | Sub::Exec) => {
+            Some(Sub::Eviction | Sub::Exec | Sub::PortForward) => {
                 Err(ApiError::internal("no GET on this subresource"))
             }
         },
@@ -325,8 +338,8 @@ async fn handle(
             };
             watch::start(reg, t, filter, o, slot).await
         }
-        Verb::Create if t.sub == Some(Sub::Exec) => {
-            Err(ApiError::internal("exec is answered by dispatch"))
+        Verb::Create if t.sub.is_some_and(Sub::streams) => {
+            Err(ApiError::internal("pod streams are answered by dispatch"))
         }
         Verb::Create if t.sub == Some(Sub::Eviction) => {
             handlers::evict(reg, t, headers, &name, codec::parse(headers, &body)?).await

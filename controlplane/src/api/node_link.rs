@@ -1,13 +1,20 @@
 //! The master's link to a pod's agent, shared by the subresources the API
-//! server proxies to the kubelet (`log`, `exec`): which container a request
-//! means, a connection to the agent of the pod's node (its address from the
-//! Node's `KeelAgent` address, mutual TLS with the master's certificate and
-//! the node's server name), and the agent's answer head and errors.
+//! server proxies to the kubelet (`log`, `exec`, `portforward`): which
+//! container a request means, a connection to the agent of the pod's node
+//! (its address from the Node's `KeelAgent` address, mutual TLS with the
+//! master's certificate and the node's server name), the agent's answer
+//! head and errors, and the relay of a client's WebSocket to the agent.
 
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use keel_proto::api::{Node, Pod};
 use keel_proto::pki;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::error::ApiError;
@@ -125,4 +132,91 @@ pub async fn agent_error(code: u16, rest: Vec<u8>, s: &mut Box<dyn Stream>) -> A
         400 => ApiError::bad_request(msg),
         c => ApiError::new(c, "InternalError", msg),
     }
+}
+
+/// The request headers forwarded to the agent with a WebSocket upgrade.
+const FORWARDED: [&str; 3] = [
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+];
+
+/// The client's upgrade, if the request asks for a WebSocket.
+pub fn websocket(headers: &HeaderMap, upgrade: Option<OnUpgrade>) -> Option<OnUpgrade> {
+    let asked = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    upgrade.filter(|_| asked)
+}
+
+/// Relays a client's WebSocket to `path` (with its query) on the agent of
+/// `pod`'s node, as the API server does to the kubelet: the upgrade request
+/// goes to the agent with the client's WebSocket headers (so the agent's
+/// `Sec-WebSocket-Accept`, computed from the client's own key, answers the
+/// client), the agent's `101` is the client's answer, and then bytes are
+/// copied both ways until either side closes. `what` names the session in
+/// logs.
+pub async fn relay_websocket(
+    reg: &Registry,
+    creds: &pki::Credentials,
+    pod: &Pod,
+    path: &str,
+    headers: &HeaderMap,
+    upgrade: OnUpgrade,
+    what: &'static str,
+) -> Result<Response, ApiError> {
+    let (mut s, addr) = dial(reg, creds, pod).await?;
+    let fail = |e: String| unreachable(&pod.spec.node_name, &addr, e);
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    );
+    for h in FORWARDED {
+        for v in headers.get_all(h) {
+            let v = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request(format!("header {h} is not printable ASCII")))?;
+            req.push_str(&format!("{h}: {v}\r\n"));
+        }
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let (code, head, rest) = read_head(&mut s, &fail).await?;
+    if code != 101 {
+        return Err(agent_error(code, rest, &mut s).await);
+    }
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    for name in ["Sec-WebSocket-Accept", "Sec-WebSocket-Protocol"] {
+        if let Some(v) = keel_proto::https::header(&head, name)
+            && let Ok(v) = HeaderValue::from_str(v)
+        {
+            h.insert(name, v);
+        }
+    }
+    let pod_name = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
+    tokio::spawn(async move {
+        let client = match upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::info!(pod = %pod_name, what, error = %e, "client upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        // What the agent sent right after its 101 goes first.
+        if !rest.is_empty() && client.write_all(&rest).await.is_err() {
+            return;
+        }
+        match tokio::io::copy_bidirectional(&mut client, &mut s).await {
+            Ok((up, down)) => tracing::info!(pod = %pod_name, what, up, down, "session ended"),
+            Err(e) => tracing::info!(pod = %pod_name, what, error = %e, "session cut"),
+        }
+    });
+    Ok(resp)
 }

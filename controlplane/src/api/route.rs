@@ -53,6 +53,9 @@ pub enum Sub {
     /// `pods/{name}/exec`: create, by GET (a WebSocket upgrade, what
     /// kubectl sends) or POST (`kubectl exec`).
     Exec,
+    /// `pods/{name}/portforward`: create, by GET (a WebSocket upgrade
+    /// tunnelling SPDY, what kubectl 1.31 sends) or POST (SPDY, refused).
+    PortForward,
 }
 
 impl Sub {
@@ -63,6 +66,7 @@ impl Sub {
             Sub::Scale => "scale",
             Sub::Eviction => "eviction",
             Sub::Exec => "exec",
+            Sub::PortForward => "portforward",
         }
     }
 
@@ -73,6 +77,7 @@ impl Sub {
             "scale" => Some(Sub::Scale),
             "eviction" => Some(Sub::Eviction),
             "exec" => Some(Sub::Exec),
+            "portforward" => Some(Sub::PortForward),
             _ => None,
         }
     }
@@ -81,9 +86,15 @@ impl Sub {
     pub fn served_by(self, kind: &Kind) -> bool {
         match self {
             Sub::Status => kind.has_status,
-            Sub::Log | Sub::Eviction | Sub::Exec => kind.kind == "Pod",
+            Sub::Log | Sub::Eviction | Sub::Exec | Sub::PortForward => kind.kind == "Pod",
             Sub::Scale => kind.has_scale,
         }
+    }
+
+    /// Whether this is a stream to a pod's agent (exec, port-forward):
+    /// created by GET as by POST, answered by an upgrade.
+    pub fn streams(self) -> bool {
+        matches!(self, Sub::Exec | Sub::PortForward)
     }
 
     /// The verbs this subresource answers.
@@ -91,7 +102,7 @@ impl Sub {
         match self {
             Sub::Status | Sub::Scale => &[Verb::Get, Verb::Update, Verb::Patch],
             Sub::Log => &[Verb::Get],
-            Sub::Eviction | Sub::Exec => &[Verb::Create],
+            Sub::Eviction | Sub::Exec | Sub::PortForward => &[Verb::Create],
         }
     }
 }
@@ -271,7 +282,7 @@ pub fn parse(method: &Method, uri: &Uri) -> Result<Parsed, ApiError> {
     );
     let named = t.name.is_some();
     let verb = match *method {
-        Method::GET | Method::POST if t.sub == Some(Sub::Exec) => Verb::Create,
+        Method::GET | Method::POST if t.sub.is_some_and(Sub::streams) => Verb::Create,
         Method::GET | Method::HEAD if watch => Verb::Watch,
         Method::GET | Method::HEAD if named => Verb::Get,
         Method::GET | Method::HEAD => Verb::List,
@@ -531,6 +542,26 @@ mod tests {
             (
                 "GET",
                 "/apis/apps/v1/namespaces/default/deployments/web/exec",
+                Err(404),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/default/pods/web/portforward",
+                ok("create", "pods||portforward|default|web"),
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/default/pods/web/portforward",
+                ok("create", "pods||portforward|default|web"),
+            ),
+            (
+                "PUT",
+                "/api/v1/namespaces/default/pods/web/portforward",
+                Err(405),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/default/services/web/portforward",
                 Err(404),
             ),
             // A pod named `exec` is a pod.
