@@ -62,6 +62,23 @@ impl Kubectl {
         }
     }
 
+    /// Starts a long-running kubectl (`port-forward`) with its stdout and
+    /// stderr going to `<log>.out` and `<log>.err`; no request timeout,
+    /// which would cut its streams.
+    pub fn spawn(&self, args: &[&str], log: &Path) -> std::process::Child {
+        let file =
+            |ext: &str| std::fs::File::create(log.with_extension(ext)).expect("kubectl log file");
+        Command::new(KUBECTL)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.kubeconfig.parent().unwrap())
+            .stdin(Stdio::null())
+            .stdout(file("out"))
+            .stderr(file("err"))
+            .spawn()
+            .expect("start kubectl")
+    }
+
     /// Runs kubectl, which must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         self.ok_with(args, None)
