@@ -9,6 +9,8 @@
 
 pub mod header_block;
 pub mod session;
+#[cfg(test)]
+mod session_tests;
 pub mod spdy;
 
 use std::io;
