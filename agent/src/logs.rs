@@ -62,7 +62,7 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {
         )
         .route(
             "/portforward/{namespace}/{pod}",
-            get(crate::portforward::handle),
+            get(crate::portforward::handle).post(crate::portforward::handle),
         )
         .with_state(ctx);
     // The certificate presented is the node's current one at each

@@ -3,8 +3,9 @@
 //! relayed by a master to the agent. A pod serving HTTP and an echo port:
 //! a page, a 3 MiB file byte for byte (several connections at once), 2 MiB
 //! echoed back both ways, forwards to `deployment/` and `svc/` (kubectl
-//! resolves the Service's target port), a port nothing listens on (kubectl
-//! prints the agent's error), and a viewer refused (403).
+//! resolves the Service's target port), kubectl's plain SPDY upgrade (its
+//! fallback), a port nothing listens on (kubectl prints the agent's
+//! error), and a viewer refused (403).
 
 mod agent_support;
 mod common;
@@ -107,11 +108,21 @@ struct Forward {
 
 impl Forward {
     fn start(k: &Kubectl, dir: &Path, name: &str, args: &[&str]) -> Forward {
+        Forward::start_with(k, dir, name, args, &[])
+    }
+
+    fn start_with(
+        k: &Kubectl,
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Forward {
         let log = dir.join(format!("port-forward-{name}"));
         let mut all = vec!["port-forward"];
         all.extend_from_slice(args);
         Forward {
-            child: k.spawn(&all, &log),
+            child: k.spawn(&all, env, &log),
             log,
         }
     }
@@ -235,6 +246,24 @@ async fn kubectl_port_forward_reaches_a_pods_ports() {
     assert!(!f.ready(port, "/").await.is_empty());
     let (out, _) = f.printed();
     assert!(out.contains(&format!("127.0.0.1:{port} -> 8000")), "{out}");
+    drop(f);
+
+    // kubectl's plain SPDY upgrade (its fallback; forced here) is served too.
+    let port = free_port();
+    let mut f = Forward::start_with(
+        &k,
+        dir,
+        "spdy",
+        &["-v=6", &pod, &format!("{port}:8000")],
+        &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")],
+    );
+    assert_eq!(f.ready(port, "/big.bin").await, want);
+    let (_, err) = f.printed();
+    assert!(
+        err.lines()
+            .any(|l| l.contains("POST https://") && l.contains("/portforward 101")),
+        "{err}"
+    );
     drop(f);
 
     // A port nothing listens on: the connection ends, and kubectl prints

@@ -3,6 +3,9 @@
 //! subprotocol is `SPDY/3.1+portforward.k8s.io`, each binary message a
 //! piece of a SPDY/3.1 session ([`spdy`], [`header_block`]) in which the
 //! client opens a pair of streams per forwarded connection ([`session`]).
+//! kubectl's fallback, a plain `Upgrade: SPDY/3.1` (POST, with
+//! `X-Stream-Protocol-Version: portforward.k8s.io`), carries the same
+//! session directly on the upgraded connection.
 //! The pod's ports are dialed at the pod's address, where the agent reaches
 //! them for either runtime (a loopback address for processes, the bridge
 //! address for Docker containers).
@@ -17,23 +20,35 @@ use std::io;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocketUpgrade};
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
 use crate::Ctx;
 
 /// The WebSocket subprotocol: SPDY/3.1 tunneled, port-forward v1 inside.
 pub const PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+/// The stream protocol inside SPDY (`X-Stream-Protocol-Version`).
+pub const STREAM_PROTOCOL: &str = "portforward.k8s.io";
 
-/// `GET /portforward/{namespace}/{pod}` with a WebSocket upgrade.
+/// Whether a request asks for a plain SPDY/3.1 upgrade.
+pub fn wants_spdy(h: &HeaderMap) -> bool {
+    h.get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("SPDY/3.1"))
+}
+
+/// `GET /portforward/{namespace}/{pod}` with a WebSocket upgrade, or a
+/// plain SPDY/3.1 upgrade (POST).
 pub async fn handle(
     State(ctx): State<Arc<Ctx>>,
     Path((ns, pod)): Path<(String, String)>,
-    ws: WebSocketUpgrade,
+    req: Request,
 ) -> Response {
     let key = format!("{ns}/{pod}");
     let sandbox = ctx.pods.lock().expect("pods lock").get(&key).cloned();
@@ -44,6 +59,20 @@ pub async fn handle(
         )
             .into_response();
     };
+    let target = session::Target {
+        pod: key.clone(),
+        uid: sandbox.id.clone(),
+        ip: sandbox.ip,
+    };
+    let span = tracing::info_span!("port_forward", pod = %key);
+    if wants_spdy(req.headers()) {
+        return spdy(req, target, span);
+    }
+    let (mut parts, _) = req.into_parts();
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws,
+        Err(e) => return e.into_response(),
+    };
     let ws = ws.protocols([PROTOCOL]);
     if ws.selected_protocol().is_none() {
         return (
@@ -52,12 +81,6 @@ pub async fn handle(
         )
             .into_response();
     }
-    let target = session::Target {
-        pod: key.clone(),
-        uid: sandbox.id.clone(),
-        ip: sandbox.ip,
-    };
-    let span = tracing::info_span!("port_forward", pod = %key);
     ws.on_upgrade(move |socket| {
         let (tx, rx) = socket.split();
         // Binary messages are pieces of the SPDY byte stream; the rest is
@@ -80,4 +103,53 @@ pub async fn handle(
         }
         .instrument(span)
     })
+}
+
+/// Serves the session on a plain SPDY/3.1 upgrade of `req`'s connection.
+fn spdy(mut req: Request, target: session::Target, span: tracing::Span) -> Response {
+    let asked = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim() == STREAM_PROTOCOL);
+    if !asked {
+        return (
+            StatusCode::FORBIDDEN,
+            format!("port-forward speaks only the stream protocol {STREAM_PROTOCOL}"),
+        )
+            .into_response();
+    }
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(
+        async move {
+            let conn = match on.await {
+                Ok(c) => TokioIo::new(c),
+                Err(e) => {
+                    tracing::info!(error = %e, "port-forward upgrade failed");
+                    return;
+                }
+            };
+            tracing::info!("port-forward session started (SPDY)");
+            let (r, w) = tokio::io::split(conn);
+            let inbound = tokio_util::io::ReaderStream::new(r);
+            let outbound = futures::sink::unfold(w, |mut w, b: Bytes| async move {
+                w.write_all(&b).await?;
+                Ok::<_, io::Error>(w)
+            });
+            session::run(inbound, Box::pin(outbound), target).await;
+        }
+        .instrument(span),
+    );
+    let mut resp = Response::new(axum::body::Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    h.insert(
+        "X-Stream-Protocol-Version",
+        HeaderValue::from_static(STREAM_PROTOCOL),
+    );
+    resp
 }

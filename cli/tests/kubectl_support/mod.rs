@@ -63,15 +63,16 @@ impl Kubectl {
     }
 
     /// Starts a long-running kubectl (`port-forward`) with its stdout and
-    /// stderr going to `<log>.out` and `<log>.err`; no request timeout,
-    /// which would cut its streams.
-    pub fn spawn(&self, args: &[&str], log: &Path) -> std::process::Child {
+    /// stderr going to `<log>.out` and `<log>.err` and `env` added; no
+    /// request timeout, which would cut its streams.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)], log: &Path) -> std::process::Child {
         let file =
             |ext: &str| std::fs::File::create(log.with_extension(ext)).expect("kubectl log file");
         Command::new(KUBECTL)
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self.kubeconfig.parent().unwrap())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file("out"))
             .stderr(file("err"))

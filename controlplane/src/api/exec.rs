@@ -3,7 +3,7 @@
 //! `kubectl exec` opens as a WebSocket (`v5.channel.k8s.io`/`v4`). As the
 //! Kubernetes API server does for the kubelet, the master checks the pod
 //! and container, forwards the upgrade request to the agent of the pod's
-//! node and splices the two connections (`node_link::relay_websocket`).
+//! node and splices the two connections (`node_link::relay_upgrade`).
 //! The channel protocol itself is the agent's (`keel_agent::exec`). RBAC
 //! sees `create pods/exec`, for GET as for POST. SPDY, kubectl's older
 //! transport, is not served: a request without a WebSocket upgrade is a 400.
@@ -68,5 +68,15 @@ pub async fn serve(
         encode(name),
         encode(&container),
     );
-    node_link::relay_websocket(reg, creds, &pod, &path, headers, upgrade, "exec").await
+    node_link::relay_upgrade(
+        reg,
+        creds,
+        &pod,
+        &node_link::WEBSOCKET,
+        &path,
+        headers,
+        upgrade,
+        "exec",
+    )
+    .await
 }

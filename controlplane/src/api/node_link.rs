@@ -3,7 +3,8 @@
 //! container a request means, a connection to the agent of the pod's node
 //! (its address from the Node's `KeelAgent` address, mutual TLS with the
 //! master's certificate and the node's server name), the agent's answer
-//! head and errors, and the relay of a client's WebSocket to the agent.
+//! head and errors, and the relay of a client's upgrade (WebSocket, or
+//! SPDY for port-forward) to the agent.
 
 use std::time::Duration;
 
@@ -134,33 +135,66 @@ pub async fn agent_error(code: u16, rest: Vec<u8>, s: &mut Box<dyn Stream>) -> A
     }
 }
 
-/// The request headers forwarded to the agent with a WebSocket upgrade.
-const FORWARDED: [&str; 3] = [
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-protocol",
-];
+/// An upgrade the master relays: how it is asked for, which request
+/// headers go to the agent and which of its answer's come back.
+pub struct Upgrade {
+    method: &'static str,
+    protocol: &'static str,
+    forward: &'static [&'static str],
+    answer: &'static [&'static str],
+}
+
+/// A WebSocket (exec, port-forward).
+pub const WEBSOCKET: Upgrade = Upgrade {
+    method: "GET",
+    protocol: "websocket",
+    forward: &[
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+    ],
+    answer: &["Sec-WebSocket-Accept", "Sec-WebSocket-Protocol"],
+};
+
+/// A plain SPDY/3.1 upgrade (kubectl's port-forward fallback).
+pub const SPDY: Upgrade = Upgrade {
+    method: "POST",
+    protocol: "SPDY/3.1",
+    forward: &["x-stream-protocol-version"],
+    answer: &["X-Stream-Protocol-Version"],
+};
+
+/// Whether the request asks for an upgrade of `kind`.
+pub fn wants(kind: &Upgrade, headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(kind.protocol))
+}
+
+/// The client's upgrade, if the request asks for `kind`.
+pub fn asks(kind: &Upgrade, headers: &HeaderMap, upgrade: Option<OnUpgrade>) -> Option<OnUpgrade> {
+    upgrade.filter(|_| wants(kind, headers))
+}
 
 /// The client's upgrade, if the request asks for a WebSocket.
 pub fn websocket(headers: &HeaderMap, upgrade: Option<OnUpgrade>) -> Option<OnUpgrade> {
-    let asked = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    upgrade.filter(|_| asked)
+    asks(&WEBSOCKET, headers, upgrade)
 }
 
-/// Relays a client's WebSocket to `path` (with its query) on the agent of
+/// Relays a client's upgrade to `path` (with its query) on the agent of
 /// `pod`'s node, as the API server does to the kubelet: the upgrade request
-/// goes to the agent with the client's WebSocket headers (so the agent's
-/// `Sec-WebSocket-Accept`, computed from the client's own key, answers the
-/// client), the agent's `101` is the client's answer, and then bytes are
-/// copied both ways until either side closes. `what` names the session in
-/// logs.
-pub async fn relay_websocket(
+/// goes to the agent with the client's headers of that `kind` (so for a
+/// WebSocket the agent's `Sec-WebSocket-Accept`, computed from the client's
+/// own key, answers the client), the agent's `101` is the client's answer,
+/// and then bytes are copied both ways until either side closes. `what`
+/// names the session in logs.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay_upgrade(
     reg: &Registry,
     creds: &pki::Credentials,
     pod: &Pod,
+    kind: &Upgrade,
     path: &str,
     headers: &HeaderMap,
     upgrade: OnUpgrade,
@@ -169,9 +203,10 @@ pub async fn relay_websocket(
     let (mut s, addr) = dial(reg, creds, pod).await?;
     let fail = |e: String| unreachable(&pod.spec.node_name, &addr, e);
     let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "{} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: {}\r\nContent-Length: 0\r\n",
+        kind.method, kind.protocol
     );
-    for h in FORWARDED {
+    for &h in kind.forward {
         for v in headers.get_all(h) {
             let v = v
                 .to_str()
@@ -191,8 +226,8 @@ pub async fn relay_websocket(
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    for name in ["Sec-WebSocket-Accept", "Sec-WebSocket-Protocol"] {
+    h.insert(header::UPGRADE, HeaderValue::from_static(kind.protocol));
+    for &name in kind.answer {
         if let Some(v) = keel_proto::https::header(&head, name)
             && let Ok(v) = HeaderValue::from_str(v)
         {

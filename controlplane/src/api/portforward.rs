@@ -3,10 +3,10 @@
 //! WebSocket with the subprotocol `SPDY/3.1+portforward.k8s.io`: a SPDY
 //! session tunneled in binary messages, whose streams name the pod's ports.
 //! As for exec, the master checks the pod and relays the upgrade to the
-//! agent of the pod's node (`node_link::relay_websocket`); the SPDY session
-//! itself is the agent's (`keel_agent::portforward`). RBAC sees `create
-//! pods/portforward`, for GET as for POST. Plain SPDY (kubectl's fallback
-//! when the WebSocket upgrade fails) is not served: a 400.
+//! agent of the pod's node (`node_link::relay_upgrade`); the SPDY session
+//! itself is the agent's (`keel_agent::portforward`). kubectl's fallback,
+//! a POST upgrading to plain `SPDY/3.1`, is relayed the same way. RBAC sees
+//! `create pods/portforward`, for GET as for POST.
 
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -30,11 +30,17 @@ pub async fn serve(
     upgrade: Option<OnUpgrade>,
 ) -> Result<Response, ApiError> {
     let pod: Pod = reg.get_t(ns, name).await?;
-    let Some(upgrade) = node_link::websocket(headers, upgrade) else {
+    let kind = if node_link::wants(&node_link::SPDY, headers) {
+        &node_link::SPDY
+    } else {
+        &node_link::WEBSOCKET
+    };
+    let Some(upgrade) = node_link::asks(kind, headers, upgrade) else {
         return Err(ApiError::bad_request(
-            "port-forward needs a WebSocket upgrade (SPDY/3.1+portforward.k8s.io); SPDY is not served",
+            "port-forward needs an upgrade: a WebSocket (SPDY/3.1+portforward.k8s.io) or SPDY/3.1",
         ));
     };
     let path = format!("/portforward/{}/{}", encode(ns), encode(name));
-    node_link::relay_websocket(reg, creds, &pod, &path, headers, upgrade, "port-forward").await
+    let what = "port-forward";
+    node_link::relay_upgrade(reg, creds, &pod, kind, &path, headers, upgrade, what).await
 }
