@@ -100,6 +100,10 @@ pub struct MasterArgs {
     /// write path before the pipelined log), to compare the two.
     #[arg(long, env = "KEEL_SEQUENTIAL_LOG_APPEND", hide = true)]
     pub sequential_log_append: bool,
+    /// BENCHMARK ONLY: replicate with one unary AppendEntries call at a
+    /// time instead of the pipelined stream, to compare the two.
+    #[arg(long, env = "KEEL_UNARY_APPEND", hide = true)]
+    pub unary_append: bool,
     /// TEST ONLY: dial peer NAME at ADDR instead of its membership address
     /// (`NAME=ADDR`, repeatable; env: comma-separated). The chaos harness
     /// puts a TCP proxy per link here so it can partition members.
@@ -175,6 +179,7 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
     }
     cfg.unsafe_local_reads = a.unsafe_local_reads;
     cfg.sequential_log_append = a.sequential_log_append;
+    cfg.unary_append = a.unary_append;
     cfg.failpoint_apply_error_key = a
         .failpoint_apply_error_key
         .as_ref()

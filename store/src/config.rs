@@ -46,6 +46,9 @@ pub struct NodeConfig {
     /// replication starts after it (the write path before the pipelined
     /// log), so `keel bench kv` can show both from one binary.
     pub sequential_log_append: bool,
+    /// Benchmark only: replicate with one unary AppendEntries call at a
+    /// time (the transport before `raft::append_stream`).
+    pub unary_append: bool,
     /// Test only: dial peer NAME at this address instead of the peer address
     /// in the membership, for every peer connection (Raft RPCs, leader
     /// forwarding, read-index). The chaos harness points these at per-link
@@ -84,6 +87,7 @@ impl NodeConfig {
             backup_seal: None,
             unsafe_local_reads: false,
             sequential_log_append: false,
+            unary_append: false,
             peer_overrides: BTreeMap::new(),
             failpoint_apply_error_key: None,
             tls: None,

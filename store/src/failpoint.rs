@@ -9,10 +9,9 @@ use std::sync::OnceLock;
 static CRASH_AT: OnceLock<String> = OnceLock::new();
 
 /// The steps that have a crash point, in the order they run.
-pub const POINTS: [&str; 6] = [
+pub const POINTS: [&str; 5] = [
     "install-before-kv",
     "install-after-kv",
-    "install-after-file",
     "force-after-replay",
     "force-after-build",
     "force-after-move-old",

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use keel_proto::keelraft::raft_service_server::RaftService;
 use keel_proto::keelraft::{RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk};
+use openraft::raft::AppendEntriesRequest;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
@@ -66,6 +67,36 @@ impl RaftService for RaftGrpc {
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         reply(self.raft.append_entries(decode(req.get_ref())?).await)
+    }
+
+    type StreamAppendStream = BoxStream<RaftPayload>;
+
+    /// Pipelined replication from the leader (`raft::append_stream`): each
+    /// request goes to openraft as it arrives, and each result goes back in
+    /// request order once openraft has it, which for entries means once
+    /// they are fsynced in this member's log. An undecodable request ends
+    /// the input; a stopped Raft core ends the stream with an error.
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let input = futures::stream::unfold(req.into_inner(), |mut inbound| async move {
+            let p = inbound.message().await.ok()??;
+            match codec::decode::<AppendEntriesRequest<C>>(&p.data) {
+                Ok(rpc) => Some((rpc, inbound)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable AppendEntries; closing the stream");
+                    None
+                }
+            }
+        });
+        let out = self.raft.stream_append(input).map(|r| match r {
+            Ok(result) => Ok(RaftPayload {
+                data: codec::encode(&result),
+            }),
+            Err(fatal) => Err(Status::unavailable(fatal.to_string())),
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn install_snapshot(

@@ -1,5 +1,5 @@
 //! openraft's own storage test suite run against Keel's Raft storage: the
-//! redb log store and the sled-backed state machine.
+//! log store (segment files and redb) and the sled-backed state machine.
 
 use keel_store::mvcc::KvStore;
 use keel_store::raft::log_store::LogStore;
@@ -116,4 +116,38 @@ async fn log_state_vote_and_committed_survive_reopening() {
     assert_eq!(state.last_purged_log_id, Some(log_id(2, 8)));
     assert_eq!(state.last_log_id, Some(log_id(2, 8)));
     assert!(log.try_get_log_entries(0..100).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_kept_in_redb_by_an_older_version_move_to_the_segments() {
+    // A data dir of a version that kept entries in redb's `log` table.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = redb::Database::create(dir.path().join("raft-log.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
+            let mut t = tx.open_table(table).unwrap();
+            for i in 1..=4 {
+                let bytes = keel_store::raft::codec::encode(&EntryOf::<C>::new_blank(log_id(1, i)));
+                t.insert(i, bytes.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    for _ in 0..2 {
+        // Twice: the second open finds them in the segments only.
+        let mut log = LogStore::open(dir.path()).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(1, 4)));
+        let ids: Vec<_> = log
+            .try_get_log_entries(0..100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id)
+            .collect();
+        assert_eq!(ids, (1..=4).map(|i| log_id(1, i)).collect::<Vec<_>>());
+    }
+    assert!(dir.path().join("wal").exists());
 }

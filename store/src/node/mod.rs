@@ -81,17 +81,6 @@ impl Node {
             kv.set_failpoint(key.clone());
         }
         let sm = StateMachine::new(kv.clone(), &cfg.data_dir).with_stages(stages.clone());
-        let last_log = {
-            use openraft::storage::RaftLogStorage;
-            let mut reader = log.clone();
-            reader
-                .get_log_state()
-                .await
-                .map_err(StoreError::Io)?
-                .last_log_id
-                .map(|l| l.index)
-        };
-        sm.repair_snapshot(last_log).await?;
         let rcfg = Config {
             cluster_name: "keel".into(),
             heartbeat_interval: cfg.heartbeat.as_millis() as u64,
@@ -119,6 +108,7 @@ impl Node {
             book: book.clone(),
             tls: client_tls,
             stages: stages.clone(),
+            streaming: !cfg.unary_append,
         };
         let raft = Raft::new(id, Arc::new(rcfg), net, log, sm)
             .await

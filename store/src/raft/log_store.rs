@@ -1,26 +1,29 @@
-//! The Raft log and vote, stored in redb.
+//! The Raft log and vote: entries in append-only segment files
+//! (`raft::wal`), the vote and the log's bookkeeping (purge point,
+//! committed hint) in a small redb database.
 //!
 //! `append` returns as soon as the entries are readable (they sit in
 //! `pending`, the log's not yet durable suffix) and hands them to one writer
 //! thread; openraft starts replicating them to followers at once
 //! (`broadcast_submitted_on_append`), so the leader's own fsync runs while
 //! the entries travel, as etcd does (Raft thesis §10.2.1). The writer commits
-//! every append waiting in its queue in one redb transaction (group commit)
-//! and only then signals `IOFlushed`; openraft counts this member towards a
+//! every append waiting in its queue with one write and one fdatasync of the
+//! active segment (group commit) and only then signals `IOFlushed`; openraft counts this member towards a
 //! commit only after that signal.
 //!
 //! Durability contract (every fsync named here):
-//! - `append`: the writer thread's redb commit with `Durability::Immediate`
-//!   fsyncs the file before it returns; only then is `IOFlushed` signalled
-//!   for each append in the group.
+//! - `append`: the writer thread's `Wal::append_batch` fdatasyncs the
+//!   segment before it returns; only then is `IOFlushed` signalled for each
+//!   append in the group.
 //! - `save_vote`: one transaction on the writer thread, committed (fsync)
 //!   before `save_vote` returns.
-//! - `purge`: `last_purged` is written in the same transaction that deletes the
-//!   entries (fsync), so the log state is never left with a hole after a crash.
-//! - `truncate_after` commits with fsync before returning.
+//! - `purge`: `last_purged` is committed to redb (fsync) before any segment
+//!   is deleted, so a crash in between leaves entries that `open` skips,
+//!   never a hole.
+//! - `truncate_after`: `Wal::truncate_from` fsyncs the cut before returning.
 //! - `save_committed`: not fsynced: the committed index is only a recovery
-//!   hint (openraft re-learns it from the leader); the next fsynced commit
-//!   persists it.
+//!   hint (openraft re-learns it from the leader); the next fsynced redb
+//!   commit persists it.
 //!
 //! The writer thread serves every write in the order it was asked for, so a
 //! truncation or purge never overtakes an append queued before it.
@@ -41,6 +44,7 @@ use tokio::sync::oneshot;
 
 use crate::raft::codec;
 use crate::raft::types::TypeConfig;
+use crate::raft::wal::Wal;
 use crate::stages::{Stage, Stages};
 
 type C = TypeConfig;
@@ -48,6 +52,8 @@ type Entry = <C as RaftTypeConfig>::Entry;
 type Vote = <C as RaftTypeConfig>::Vote;
 type LogIdC = openraft::alias::LogIdOf<C>;
 
+/// Where entries lived before the segment files (`raft::wal`); moved out by
+/// `open` when a data dir of an older version still has them.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const K_VOTE: &str = "vote";
@@ -69,8 +75,15 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 /// contiguous suffix of the log, readable at once.
 type Pending = Arc<Mutex<BTreeMap<u64, (Entry, usize)>>>;
 
-/// A write transaction to run on the writer thread.
-type WriteFn = Box<dyn FnOnce(&Database) -> io::Result<()> + Send>;
+/// The entries on disk, shared by the writer thread and readers.
+type SharedWal = Arc<Mutex<Wal>>;
+
+fn lock_wal(w: &SharedWal) -> std::sync::MutexGuard<'_, Wal> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A write to run on the writer thread.
+type WriteFn = Box<dyn FnOnce(&Database, &SharedWal) -> io::Result<()> + Send>;
 
 /// A write for the writer thread.
 enum Job {
@@ -119,6 +132,7 @@ impl Drop for Writer {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    wal: SharedWal,
     pending: Pending,
     writer: Arc<Writer>,
     /// Benchmark only: `append` returns after its fsync (the old write path).
@@ -126,7 +140,8 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens (or creates) `raft-log.redb` under `dir` and starts its writer thread.
+    /// Opens (or creates) `raft-log.redb` and the segments under `dir` and
+    /// starts the writer thread.
     pub fn open(dir: &Path) -> io::Result<Self> {
         Self::open_with(dir, Stages::default())
     }
@@ -148,15 +163,20 @@ impl LogStore {
         tx.open_table(LOG).map_err(io_err)?;
         tx.open_table(META).map_err(io_err)?;
         tx.commit().map_err(io_err)?; // fsync: tables exist before first use
+        let purged: Option<LogIdC> = Self::read_meta(&db, K_PURGED)?;
+        let wal = migrate(&db, dir, purged.map(|p| p.index))?;
+        let wal = Arc::new(Mutex::new(wal));
         let db = Arc::new(db);
         let pending = Pending::default();
         let (tx, rx) = mpsc::channel();
-        let (db2, pending2, stages2) = (db.clone(), pending.clone(), stages.clone());
+        let (db2, wal2, pending2, stages2) =
+            (db.clone(), wal.clone(), pending.clone(), stages.clone());
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer(&db2, &pending2, &stages2, rx))?;
+            .spawn(move || writer(&db2, &wal2, &pending2, &stages2, rx))?;
         Ok(LogStore {
             db,
+            wal,
             pending,
             writer: Arc::new(Writer {
                 tx: Some(tx),
@@ -174,7 +194,7 @@ impl LogStore {
     /// write asked for before it; resolves once it has committed.
     async fn write(
         &self,
-        f: impl FnOnce(&Database) -> io::Result<()> + Send + 'static,
+        f: impl FnOnce(&Database, &SharedWal) -> io::Result<()> + Send + 'static,
     ) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         self.writer.send(Job::Other(Box::new(f), tx))?;
@@ -204,11 +224,13 @@ impl LogStore {
         }
     }
 
-    /// Size in bytes of the log file, for status reports.
+    /// Size in bytes of the log's files, for status reports.
     pub fn disk_size(dir: &Path) -> u64 {
-        std::fs::metadata(dir.join("raft-log.redb"))
-            .map(|m| m.len())
-            .unwrap_or(0)
+        let file = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let segments: u64 = std::fs::read_dir(dir.join("wal"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| file(&e.path())).sum())
+            .unwrap_or(0);
+        file(&dir.join("raft-log.redb")) + segments
     }
 
     /// Entries `[start, end)` (end `None`: to the last), at most `max_bytes`
@@ -249,26 +271,25 @@ impl LogStore {
             };
             let (from, budget) = (next, max_bytes.map(|m| m.saturating_sub(bytes)));
             let first = out.is_empty();
-            let (mut got, got_bytes, capped) = self
-                .blocking(move |db| {
-                    let tx = db.begin_read().map_err(io_err)?;
-                    let t = tx.open_table(LOG).map_err(io_err)?;
-                    let mut got = Vec::new();
-                    let mut bytes = 0usize;
-                    for item in t.range(from..disk_end).map_err(io_err)? {
-                        let (_, v) = item.map_err(io_err)?;
-                        let raw = v.value();
-                        if budget
-                            .is_some_and(|b| (!first || !got.is_empty()) && bytes + raw.len() > b)
-                        {
-                            return Ok((got, bytes, true));
-                        }
-                        bytes += raw.len();
-                        got.push(codec::decode::<Entry>(raw).map_err(io_err)?);
+            let wal = self.wal.clone();
+            let (mut got, got_bytes, capped) = tokio::task::spawn_blocking(move || {
+                let wal = lock_wal(&wal);
+                let mut got = Vec::new();
+                let mut bytes = 0usize;
+                let lo = wal.bounds().map_or(from, |(lo, _)| lo.max(from));
+                for index in lo..disk_end {
+                    let Some(raw) = wal.read(index)? else { break };
+                    if budget.is_some_and(|b| (!first || !got.is_empty()) && bytes + raw.len() > b)
+                    {
+                        return Ok((got, bytes, true));
                     }
-                    Ok((got, bytes, false))
-                })
-                .await?;
+                    bytes += raw.len();
+                    got.push(codec::decode::<Entry>(&raw).map_err(io_err)?);
+                }
+                Ok::<_, io::Error>((got, bytes, false))
+            })
+            .await
+            .map_err(io_err)??;
             out.append(&mut got);
             bytes += got_bytes;
             if capped || disk_end == hi {
@@ -294,7 +315,13 @@ fn write_meta(db: &Database, key: &str, bytes: &[u8], durability: Durability) ->
 
 /// The writer thread: commits queued writes in order, folding consecutive
 /// appends into one fsynced transaction.
-fn writer(db: &Database, pending: &Pending, stages: &Stages, rx: mpsc::Receiver<Job>) {
+fn writer(
+    db: &Database,
+    wal: &SharedWal,
+    pending: &Pending,
+    stages: &Stages,
+    rx: mpsc::Receiver<Job>,
+) {
     let mut committed_hint: Option<Vec<u8>> = None;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -316,12 +343,12 @@ fn writer(db: &Database, pending: &Pending, stages: &Stages, rx: mpsc::Receiver<
                 Job::Committed(bytes) => committed_hint = Some(bytes),
                 Job::Other(f, reply) => {
                     // Appends queued before this write commit first.
-                    flush_appends(db, pending, stages, &mut appends, &mut committed_hint);
-                    let _ = reply.send(f(db));
+                    flush_appends(wal, pending, stages, &mut appends);
+                    let _ = reply.send(f(db, wal));
                 }
             }
         }
-        flush_appends(db, pending, stages, &mut appends, &mut committed_hint);
+        flush_appends(wal, pending, stages, &mut appends);
         if let Some(bytes) = committed_hint.take() {
             // No fsync: a hint that the next durable commit persists.
             let r = write_meta(db, K_COMMITTED, &bytes, Durability::None);
@@ -340,41 +367,23 @@ type Appended = (
     Option<oneshot::Sender<()>>,
 );
 
-/// Commits `appends` (and the committed-index hint) in one transaction with
-/// fsync, drops them from `pending`, then signals each append's callback.
-fn flush_appends(
-    db: &Database,
-    pending: &Pending,
-    stages: &Stages,
-    appends: &mut Vec<Appended>,
-    committed_hint: &mut Option<Vec<u8>>,
-) {
+/// Writes `appends` to the segments with one fdatasync, drops them from
+/// `pending`, then signals each append's callback.
+fn flush_appends(wal: &SharedWal, pending: &Pending, stages: &Stages, appends: &mut Vec<Appended>) {
     if appends.is_empty() {
         return;
     }
-    let r = (|| {
-        let mut tx = db.begin_write().map_err(io_err)?;
-        tx.set_durability(Durability::Immediate).map_err(io_err)?;
-        {
-            let mut t = tx.open_table(LOG).map_err(io_err)?;
-            for (batch, ..) in appends.iter() {
-                for (id, bytes) in batch {
-                    t.insert(id.index, bytes.as_slice()).map_err(io_err)?;
-                }
-            }
-            if let Some(bytes) = committed_hint.take() {
-                tx.open_table(META)
-                    .map_err(io_err)?
-                    .insert(K_COMMITTED, bytes.as_slice())
-                    .map_err(io_err)?;
-            }
-        }
-        // fsync: every append of the group is on disk when commit returns.
+    let r = {
+        let mut wal = lock_wal(wal);
+        let entries = appends
+            .iter()
+            .flat_map(|(batch, ..)| batch.iter().map(|(id, b)| (id.index, b.as_slice())));
+        // fdatasync: every append of the group is on disk when this returns.
         let t = Instant::now();
-        let r = tx.commit().map_err(io_err);
+        let r = wal.append_batch(entries);
         stages.record(Stage::LogFsync, t, appends.len() as u64);
         r
-    })();
+    };
     let done = std::mem::take(appends);
     if r.is_ok() {
         let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -400,6 +409,39 @@ fn flush_appends(
             Err(e) => callback.io_completed(Err(io::Error::new(e.kind(), e.to_string()))),
         }
     }
+}
+
+/// Opens the segments; first moves entries out of redb's `log` table, where
+/// versions before the segment files kept them. The segments are rebuilt
+/// from the table until the table is emptied, so a crash midway redoes it.
+fn migrate(db: &Database, dir: &Path, purged: Option<u64>) -> io::Result<Wal> {
+    let old: Vec<(u64, Vec<u8>)> = {
+        let tx = db.begin_read().map_err(io_err)?;
+        let t = tx.open_table(LOG).map_err(io_err)?;
+        t.iter()
+            .map_err(io_err)?
+            .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
+            .collect::<Result<_, _>>()
+            .map_err(io_err)?
+    };
+    if old.is_empty() {
+        return Wal::open(dir, purged);
+    }
+    tracing::info!(
+        entries = old.len(),
+        "moving the raft log from redb to segment files"
+    );
+    let _ = std::fs::remove_dir_all(dir.join("wal"));
+    let mut wal = Wal::open(dir, purged)?;
+    wal.append_batch(old.iter().map(|(i, b)| (*i, b.as_slice())))?; // fdatasync
+    let mut tx = db.begin_write().map_err(io_err)?;
+    tx.set_durability(Durability::Immediate).map_err(io_err)?;
+    tx.open_table(LOG)
+        .map_err(io_err)?
+        .retain(|_, _| false)
+        .map_err(io_err)?;
+    tx.commit().map_err(io_err)?; // fsync: the table is emptied only now
+    Ok(wal)
 }
 
 impl RaftLogReader<C> for LogStore {
@@ -443,16 +485,18 @@ impl RaftLogStorage<C> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let pending_last = self.pending().values().next_back().map(|(e, _)| e.log_id);
+        let wal = self.wal.clone();
         self.blocking(move |db| {
             let purged: Option<LogIdC> = Self::read_meta(db, K_PURGED)?;
-            let tx = db.begin_read().map_err(io_err)?;
-            let t = tx.open_table(LOG).map_err(io_err)?;
-            let on_disk: Option<LogIdC> = match t.last().map_err(io_err)? {
-                Some((_, v)) => {
-                    let e: Entry = codec::decode(v.value()).map_err(io_err)?;
-                    Some(e.log_id)
+            let on_disk: Option<LogIdC> = {
+                let wal = lock_wal(&wal);
+                match wal.bounds() {
+                    Some((_, last)) => match wal.read(last)? {
+                        Some(raw) => Some(codec::decode::<Entry>(&raw).map_err(io_err)?.log_id),
+                        None => None,
+                    },
+                    None => None,
                 }
-                None => None,
             };
             let last = match (pending_last, on_disk) {
                 (Some(p), Some(d)) if d.index > p.index => Some(d),
@@ -474,7 +518,7 @@ impl RaftLogStorage<C> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let bytes = codec::encode(vote);
         // fsync: the vote is committed durably before this returns.
-        self.write(move |db| write_meta(db, K_VOTE, &bytes, Durability::Immediate))
+        self.write(move |db, _| write_meta(db, K_VOTE, &bytes, Durability::Immediate))
             .await
     }
 
@@ -486,7 +530,7 @@ impl RaftLogStorage<C> for LogStore {
     async fn read_committed(&mut self) -> Result<Option<LogIdC>, io::Error> {
         // Queued hints reach redb before this read (an empty write waits
         // for everything asked before it).
-        self.write(|_| Ok(())).await?;
+        self.write(|_, _| Ok(())).await?;
         self.blocking(|db| Ok(Self::read_meta::<Option<LogIdC>>(db, K_COMMITTED)?.flatten()))
             .await
     }
@@ -530,34 +574,18 @@ impl RaftLogStorage<C> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogIdC>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
         drop(self.pending().split_off(&from));
-        self.write(move |db| {
-            let mut tx = db.begin_write().map_err(io_err)?;
-            tx.set_durability(Durability::Immediate).map_err(io_err)?;
-            tx.open_table(LOG)
-                .map_err(io_err)?
-                .retain_in(from.., |_, _| false)
-                .map_err(io_err)?;
-            tx.commit().map_err(io_err) // fsync
-        })
-        .await
+        // fsync: `truncate_from` makes the cut durable before it returns.
+        self.write(move |_, wal| lock_wal(wal).truncate_from(from))
+            .await
     }
 
     async fn purge(&mut self, log_id: LogIdC) -> Result<(), io::Error> {
         let bytes = codec::encode(&log_id);
-        self.write(move |db| {
-            let mut tx = db.begin_write().map_err(io_err)?;
-            tx.set_durability(Durability::Immediate).map_err(io_err)?;
-            // last_purged and the deletion land in one transaction: a crash
-            // leaves either both or neither.
-            tx.open_table(META)
-                .map_err(io_err)?
-                .insert(K_PURGED, bytes.as_slice())
-                .map_err(io_err)?;
-            tx.open_table(LOG)
-                .map_err(io_err)?
-                .retain_in(..=log_id.index, |_, _| false)
-                .map_err(io_err)?;
-            tx.commit().map_err(io_err) // fsync
+        self.write(move |db, wal| {
+            // fsync: the purge point is durable before any segment goes, so
+            // a crash in between leaves entries `open` skips, never a hole.
+            write_meta(db, K_PURGED, &bytes, Durability::Immediate)?;
+            lock_wal(wal).purge_to(log_id.index)
         })
         .await?;
         let mut p = self.pending();

@@ -1,11 +1,13 @@
 //! Everything that touches openraft: the type configuration, the storage
-//! adapters (log in redb, state machine over the sled key space) and the gRPC
+//! adapters (log in segment files and redb, state machine over the sled key space) and the gRPC
 //! network. An openraft upgrade should only touch this folder.
 
+pub mod append_stream;
 pub mod codec;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
 pub mod types;
+pub mod wal;
 
 pub use types::{Cmd, CmdResult, Member, Raft, TypeConfig, member_id};

@@ -1,23 +1,30 @@
 //! The client side of the Raft transport: openraft's RPCs to peers over tonic
-//! gRPC (`keelraft.RaftService`), with openraft messages as JSON payloads.
+//! gRPC (`keelraft.RaftService`), with openraft messages as postcard payloads;
+//! replication goes over one pipelined stream per peer (`append_stream`).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::Stream;
 use keel_proto::keelraft::raft_service_client::RaftServiceClient;
 use keel_proto::keelraft::{RaftPayload, SnapshotChunk};
+use openraft::OptionalSend;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::network::{
+    RPCOption, RaftNetworkFactory, stream_append_sequential, v2::RaftNetworkV2,
+};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use crate::raft::append_stream;
 use crate::raft::codec;
 use crate::raft::state_machine::SnapshotData;
 use crate::raft::types::{Member, TypeConfig};
@@ -26,6 +33,7 @@ use crate::stages::{Stage, Stages};
 type C = TypeConfig;
 type VoteC = openraft::alias::VoteOf<C>;
 type SnapshotC = openraft::alias::SnapshotOf<C, SnapshotData>;
+type StreamAnswer = Result<StreamAppendResult<C>, RPCError<C>>;
 
 /// Size of one snapshot chunk on the wire.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -44,6 +52,9 @@ pub struct NetworkFactory {
     pub tls: Option<ClientTlsConfig>,
     /// Counts replication round trips (`crate::stages`).
     pub stages: Stages,
+    /// Replicate over one pipelined stream per peer (`append_stream`);
+    /// false (benchmarks only): one unary AppendEntries call at a time.
+    pub streaming: bool,
 }
 
 /// A connection to one peer.
@@ -54,6 +65,7 @@ pub struct PeerClient {
     book: AddressBook,
     tls: Option<ClientTlsConfig>,
     stages: Stages,
+    streaming: bool,
 }
 
 fn raft_client(addr: &str, tls: Option<&ClientTlsConfig>) -> RaftServiceClient<Channel> {
@@ -109,6 +121,7 @@ impl RaftNetworkFactory<C> for NetworkFactory {
             book: self.book.clone(),
             tls: self.tls.clone(),
             stages: self.stages.clone(),
+            streaming: self.streaming,
         }
     }
 }
@@ -190,6 +203,29 @@ impl RaftNetworkV2<C> for PeerClient {
             self.stages.record(Stage::Replicate, started, entries);
         }
         r
+    }
+
+    /// Replication: one pipelined stream (`append_stream`), unless the
+    /// benchmark-only unary mode is on.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamAnswer>, RPCError<C>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<C>> + OptionalSend + Unpin + 'static,
+    {
+        if !self.streaming {
+            return stream_append_sequential(self, input, option);
+        }
+        self.refresh();
+        let peer = (self.target, self.addr.clone());
+        let (client, stages) = (self.client.clone(), self.stages.clone());
+        Box::pin(async move {
+            let answers =
+                append_stream::open(client, peer, input, option.hard_ttl(), stages).await?;
+            Ok(answers as BoxStream<'s, StreamAnswer>)
+        })
     }
 
     async fn vote(

@@ -1,15 +1,21 @@
 //! The openraft state machine: applies committed entries to the sled key
-//! space, builds and installs snapshots.
+//! space, takes and installs snapshots.
 //!
 //! Durability: applied data and the applied log id go to sled in one atomic
-//! batch per `apply` call (no fsync; the log replays what sled lost). The
-//! snapshot builder flushes sled (fsync) before it reports a snapshot, and
-//! openraft purges the log only up to a reported snapshot, so sled is always
-//! durable past the purge point. Snapshots are also kept in `snapshot.bin`,
-//! written to a temp file, fsynced and renamed.
+//! batch per `apply` call (no fsync; the log replays what sled lost).
+//!
+//! Snapshots, as etcd's v3 store does them: the key space *is* the snapshot.
+//! Building one (every `--snapshot-every` entries) only flushes sled (fsync)
+//! and reports the applied log id; openraft purges the log only up to a
+//! reported snapshot, so sled is always durable past the purge point. The
+//! bytes of a snapshot are produced only when a follower needs them: a dump
+//! of the key space as it is then, with the log id it has applied. (Until
+//! 2026-12-03 every build dumped the whole key space under the apply lock
+//! and wrote it to an fsynced file, stalling every write for the dump; see
+//! BENCHMARKS.md.)
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
@@ -36,52 +42,18 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 /// The state machine handed to openraft; shares the key space with readers.
 pub struct StateMachine {
     kv: Arc<KvStore>,
-    dir: PathBuf,
     stages: Stages,
 }
 
 impl StateMachine {
     pub fn new(kv: Arc<KvStore>, dir: &Path) -> Self {
+        // Snapshots are no longer kept in a file (see the module doc); a
+        // file left by an older version is stale and only takes space.
+        let _ = std::fs::remove_file(dir.join("snapshot.bin"));
         StateMachine {
             kv,
-            dir: dir.to_path_buf(),
             stages: Stages::default(),
         }
-    }
-
-    /// Before openraft starts: when the key space has applied past the end
-    /// of the log (it installed a snapshot, or was forced) and the newest
-    /// snapshot file is older than that, writes a snapshot of the key space
-    /// now. openraft purges such a log hole up to the applied index at start
-    /// and then requires a snapshot at least that far (purged <= snapshot);
-    /// without this a member killed between installing a snapshot's key
-    /// space and writing its file could never start again.
-    pub async fn repair_snapshot(&self, last_log_index: Option<u64>) -> io::Result<()> {
-        let Some(applied) = self.applied() else {
-            return Ok(());
-        };
-        if last_log_index.is_some_and(|l| l >= applied.index) {
-            return Ok(()); // no hole: openraft purges nothing at start
-        }
-        let path = self.snapshot_path();
-        let current = tokio::task::spawn_blocking(move || Self::load_snapshot(&path))
-            .await
-            .map_err(io_err)??;
-        let covered = current
-            .and_then(|s| s.meta.last_log_id)
-            .is_some_and(|l| l.index >= applied.index);
-        if covered {
-            return Ok(());
-        }
-        tracing::warn!(
-            applied = applied.index,
-            "the key space is ahead of the log and of the newest snapshot (an interrupted snapshot install): writing a snapshot of it"
-        );
-        let mut builder = SnapshotBuilder {
-            kv: self.kv.clone(),
-            dir: self.dir.clone(),
-        };
-        builder.build_snapshot().await.map(|_| ())
     }
 
     /// The last log id the key space applied.
@@ -96,84 +68,57 @@ impl StateMachine {
         self.stages = stages;
         self
     }
-
-    fn snapshot_path(&self) -> PathBuf {
-        self.dir.join("snapshot.bin")
-    }
-
-    /// Writes a snapshot file atomically: temp file, fsync, rename, fsync dir.
-    fn persist_snapshot(dir: &Path, meta: &SnapshotMetaC, data: &[u8]) -> io::Result<()> {
-        use std::io::Write;
-        let meta_json = serde_json::to_vec(meta).map_err(io_err)?;
-        let tmp = dir.join("snapshot.bin.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&(meta_json.len() as u32).to_be_bytes())?;
-        f.write_all(&meta_json)?;
-        f.write_all(data)?;
-        f.sync_all()?; // fsync: snapshot contents
-        std::fs::rename(&tmp, dir.join("snapshot.bin"))?;
-        std::fs::File::open(dir)?.sync_all()?; // fsync: the rename
-        Ok(())
-    }
-
-    fn load_snapshot(path: &Path) -> io::Result<Option<SnapshotC>> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if bytes.len() < 4 {
-            return Err(io_err("snapshot.bin is truncated"));
-        }
-        let n = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-        if bytes.len() < 4 + n {
-            return Err(io_err("snapshot.bin is truncated"));
-        }
-        let meta: SnapshotMetaC = serde_json::from_slice(&bytes[4..4 + n]).map_err(io_err)?;
-        Ok(Some(SnapshotC {
-            meta,
-            snapshot: bytes[4 + n..].to_vec(),
-        }))
-    }
 }
 
-/// Builds snapshots from a consistent dump of the key space.
+/// The snapshot metadata of what the key space holds: the applied log id
+/// and the membership, as one batch recorded them (read under the apply
+/// lock, so the two agree with each other and with the data beside them).
+fn key_space_meta(
+    applied: Option<Vec<u8>>,
+    membership: Option<Vec<u8>>,
+) -> io::Result<SnapshotMetaC> {
+    let last_log_id: Option<LogIdC> = match applied {
+        Some(a) => serde_json::from_slice(&a).map_err(io_err)?,
+        None => None,
+    };
+    let last_membership: StoredMembershipC = match membership {
+        Some(m) => serde_json::from_slice(&m).map_err(io_err)?,
+        None => StoredMembershipC::default(),
+    };
+    Ok(SnapshotMetaC {
+        last_log_id,
+        last_membership,
+    })
+}
+
+/// "Builds" a snapshot by making the key space durable: sled is the
+/// snapshot. No data is copied; a snapshot's bytes are produced only when a
+/// follower needs them (`get_current_snapshot`).
 pub struct SnapshotBuilder {
     kv: Arc<KvStore>,
-    dir: PathBuf,
 }
 
 impl RaftSnapshotBuilder<C> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotC, io::Error> {
-        let (data, applied, membership) = self.kv.dump();
-        let last_log_id: Option<LogIdC> = match applied {
-            Some(a) => serde_json::from_slice(&a).map_err(io_err)?,
-            None => None,
-        };
-        let last_membership: StoredMembershipC = match membership {
-            Some(m) => serde_json::from_slice(&m).map_err(io_err)?,
-            None => StoredMembershipC::default(),
-        };
+        // The applied id first, then the flush: everything up to it (and
+        // perhaps more) is durable once the flush returns.
+        let (applied, membership) = self.kv.consistent(|tree| {
+            let get = |k: &[u8]| tree.get(k).ok().flatten().map(|v| v.to_vec());
+            (
+                get(crate::mvcc::keys::META_APPLIED),
+                get(crate::mvcc::keys::META_MEMBERSHIP),
+            )
+        });
+        let meta = key_space_meta(applied, membership)?;
         // fsync: everything up to the snapshot's index is durable in sled
         // before openraft may purge the log up to it.
         self.kv.flush().await.map_err(io_err)?;
-        let meta = SnapshotMetaC {
-            last_log_id,
-            last_membership,
-        };
-        let dir = self.dir.clone();
-        let m2 = meta.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            StateMachine::persist_snapshot(&dir, &m2, &data).map(|()| data)
-        })
-        .await
-        .map_err(io_err)??;
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
+        tracing::info!(last_log_id = ?meta.last_log_id, "built snapshot: the key space, flushed");
         Ok(SnapshotC {
             meta,
-            snapshot: data,
+            snapshot: Vec::new(),
         })
     }
 }
@@ -254,7 +199,6 @@ impl RaftStateMachine<C> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             kv: self.kv.clone(),
-            dir: self.dir.clone(),
         }
     }
 
@@ -264,11 +208,10 @@ impl RaftStateMachine<C> for StateMachine {
         snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
         // Crash-safe at every step (cli/tests/crash_steps.rs): the key space
-        // is replaced in one sled batch and fsynced; a crash before the
-        // snapshot file is written leaves a key space that says it applied
-        // up to the snapshot, ahead of the log and of the newest snapshot
-        // file: `repair_snapshot` writes a snapshot of it at start, before
-        // openraft purges the log hole below it.
+        // is replaced in one sled batch and fsynced. A crash after it leaves
+        // a key space that says it applied up to the snapshot, ahead of the
+        // log: openraft then treats the log below as purged, and the
+        // snapshot it asks for is the key space itself.
         let applied = serde_json::to_vec(&meta.last_log_id).map_err(io_err)?;
         let membership = serde_json::to_vec(&meta.last_membership).map_err(io_err)?;
         crate::failpoint::crash_point("install-before-kv");
@@ -277,19 +220,26 @@ impl RaftStateMachine<C> for StateMachine {
             .await
             .map_err(io_err)?;
         crate::failpoint::crash_point("install-after-kv");
-        let dir = self.dir.clone();
-        let m2 = meta.clone();
-        tokio::task::spawn_blocking(move || StateMachine::persist_snapshot(&dir, &m2, &snapshot))
-            .await
-            .map_err(io_err)??;
-        crate::failpoint::crash_point("install-after-file");
         Ok(())
     }
 
+    /// The key space as it is now, dumped under the apply lock with the
+    /// log id and membership it has applied: a snapshot at least as new as
+    /// the last one built (the builder only flushes), and never ahead of
+    /// what is committed. None while nothing is applied.
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotC>, io::Error> {
-        let path = self.snapshot_path();
-        tokio::task::spawn_blocking(move || Self::load_snapshot(&path))
+        let kv = self.kv.clone();
+        let (data, applied, membership) = tokio::task::spawn_blocking(move || kv.dump())
             .await
-            .map_err(io_err)?
+            .map_err(io_err)?;
+        let meta = key_space_meta(applied, membership)?;
+        if meta.last_log_id.is_none() {
+            return Ok(None);
+        }
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot of the key space");
+        Ok(Some(SnapshotC {
+            meta,
+            snapshot: data,
+        }))
     }
 }

@@ -1,0 +1,115 @@
+//! Pipelined AppendEntries towards one peer: openraft's request stream goes
+//! out as one long-lived gRPC bidirectional stream (`StreamAppend`), and the
+//! follower's answers come back in order on the same stream. The leader
+//! sends the next batch of entries as soon as it has them, without waiting
+//! for the answer to the previous one (openraft's `LogsSince` replication
+//! keeps up to the whole unacknowledged suffix in flight), and each message
+//! costs one HTTP/2 DATA frame instead of a whole unary call (headers, a new
+//! stream, a task on the server).
+//!
+//! A follower answers each request only after the entries are fsynced in its
+//! log (`raft::log_store`), so an answer here still means "durable there".
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use keel_proto::keelraft::RaftPayload;
+use keel_proto::keelraft::raft_service_client::RaftServiceClient;
+use openraft::error::{NetworkError, RPCError, Unreachable};
+use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
+use tonic::transport::Channel;
+
+use crate::raft::codec;
+use crate::raft::types::TypeConfig;
+use crate::stages::{Stage, Stages};
+
+type C = TypeConfig;
+
+/// What one peer's stream yields: each request's result, in request order.
+pub type Answers = openraft::base::BoxStream<'static, Result<StreamAppendResult<C>, RPCError<C>>>;
+
+/// How long the oldest unanswered request may wait for its answer before
+/// the stream is given up (openraft then backs off and opens a new one), as
+/// a multiple of the RPC time-to-live openraft gives (the heartbeat
+/// interval). Generous: a follower's fsync can stall for tens of
+/// milliseconds under load, and a restarted stream resends what was in
+/// flight.
+const ANSWER_WAIT_TTLS: u32 = 10;
+
+/// Requests sent and not answered yet: when each was sent and its entries.
+type InFlight = Arc<Mutex<VecDeque<(Instant, u64)>>>;
+
+fn in_flight(f: &InFlight) -> std::sync::MutexGuard<'_, VecDeque<(Instant, u64)>> {
+    f.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Opens the stream to `target` at `addr` and returns its answers.
+pub async fn open<S>(
+    mut client: RaftServiceClient<Channel>,
+    (target, addr): (u64, String),
+    input: S,
+    ttl: Duration,
+    stages: Stages,
+) -> Result<Answers, RPCError<C>>
+where
+    S: Stream<Item = AppendEntriesRequest<C>> + Send + Unpin + 'static,
+{
+    let sent = InFlight::default();
+    let marks = sent.clone();
+    let requests = input.map(move |rpc| {
+        in_flight(&marks).push_back((Instant::now(), rpc.entries.len() as u64));
+        RaftPayload {
+            data: codec::encode(&rpc),
+        }
+    });
+    let unreachable = move |why: String| {
+        RPCError::Unreachable(Unreachable::from_string(format!(
+            "peer {target} ({addr}): {why}"
+        )))
+    };
+    // The call resolves once the follower's headers arrive (at once, when it
+    // is up); a peer that does not answer at all is given `ttl`.
+    let inbound = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
+        Err(_) => return Err(unreachable(format!("no answer within {ttl:?}"))),
+        Ok(Err(status)) => return Err(unreachable(status.message().to_string())),
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    let wait = ttl * ANSWER_WAIT_TTLS;
+    let state = (inbound, sent, stages, unreachable);
+    let answers = futures::stream::unfold(Some(state), move |state| async move {
+        let (mut inbound, sent, stages, unreachable) = state?;
+        let message = loop {
+            match tokio::time::timeout(wait, inbound.message()).await {
+                Ok(m) => break m,
+                // Idle (nothing in flight) is fine; an answer overdue is not.
+                Err(_) => {
+                    let oldest = in_flight(&sent).front().map(|(t, _)| t.elapsed());
+                    if oldest.is_some_and(|age| age >= wait) {
+                        let e = unreachable(format!("no answer within {wait:?}"));
+                        return Some((Err(e), None));
+                    }
+                }
+            }
+        };
+        let payload = match message {
+            Ok(Some(p)) => p,
+            Ok(None) => return None,
+            Err(status) => return Some((Err(unreachable(status.message().to_string())), None)),
+        };
+        if let Some((started, entries)) = in_flight(&sent).pop_front()
+            && entries > 0
+        {
+            stages.record(Stage::Replicate, started, entries);
+        }
+        match codec::decode::<StreamAppendResult<C>>(&payload.data) {
+            Ok(r) => Some((Ok(r), Some((inbound, sent, stages, unreachable)))),
+            Err(e) => {
+                let e = RPCError::Network(NetworkError::from_string(e));
+                Some((Err(e), None))
+            }
+        }
+    });
+    Ok(Box::pin(answers))
+}
