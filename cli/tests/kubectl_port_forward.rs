@@ -293,15 +293,7 @@ async fn kubectl_port_forward_reaches_a_pods_ports() {
     drop(f);
 
     // A viewer may read the pod, not forward to it.
-    let out = common::keel()
-        .args([
-            "token", "create", "--role", "view", "--ttl", "1h", "--server",
-        ])
-        .arg(apis.join(","))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let token = String::from_utf8(out.stdout).unwrap();
+    let token = common::view_token(&apis);
     let viewer = Kubectl::new(&kubeconfig(dir, &apis[1], "viewer", Some(token.trim())));
     let e = viewer.fails(
         &["port-forward", &pod, &format!("{}:8000", free_port())],

@@ -463,15 +463,7 @@ async fn kubectl_unchanged_drives_a_keel_cluster() {
         "{e}"
     );
     // A view token: reads, and a 403 naming the missing permission.
-    let out = common::keel()
-        .args([
-            "token", "create", "--role", "view", "--ttl", "1h", "--server",
-        ])
-        .arg(apis.join(","))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let token = String::from_utf8(out.stdout).unwrap();
+    let token = common::view_token(&apis);
     let viewer = Kubectl::new(&kubeconfig(
         tc.dir.path(),
         &apis[1],

@@ -252,15 +252,7 @@ async fn tokens_roles_node_restriction_bootstrap_and_audit() {
     admin.get::<Namespace>("", "default").await.unwrap();
 
     // A view token reads but cannot create; the 403 names the permission.
-    let view = common::keel()
-        .args([
-            "token", "create", "--role", "view", "--ttl", "1h", "--server",
-        ])
-        .arg(apis.join(","))
-        .output()
-        .unwrap();
-    assert!(view.status.success(), "{view:?}");
-    let view_token = String::from_utf8(view.stdout).unwrap().trim().to_string();
+    let view_token = common::view_token(&apis);
     let viewer = client(&apis, None, Some(view_token.clone()));
     viewer.get::<Namespace>("", "default").await.unwrap();
     let r = viewer

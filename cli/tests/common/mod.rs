@@ -66,6 +66,19 @@ pub fn shared_credentials() -> Credentials {
 
 /// A `keel` command that dials with the admin's credentials from the shared
 /// PKI (a config file of its own, so a developer's ~/.keel/config is never read).
+/// A fresh token with the `view` role, created by the admin over `apis`.
+pub fn view_token(apis: &[String]) -> String {
+    let out = keel()
+        .args([
+            "token", "create", "--role", "view", "--ttl", "1h", "--server",
+        ])
+        .arg(apis.join(","))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 pub fn keel() -> std::process::Command {
     static CONFIG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let config = CONFIG.get_or_init(|| {
