@@ -18,6 +18,12 @@ pub const MAGIC: &[u8] = b"KEELSNAP1\n";
 /// One (sled key, value) record of a dump.
 pub type Record = (Vec<u8>, Vec<u8>);
 
+/// The applied log id and membership records of `tree`, if any.
+fn applied_meta(tree: &sled::Tree) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let get = |k: &[u8]| tree.get(k).ok().flatten().map(|v| v.to_vec());
+    (get(keys::META_APPLIED), get(keys::META_MEMBERSHIP))
+}
+
 impl KvStore {
     /// A consistent dump of the key space with the applied log id and
     /// membership (JSON) it corresponds to.
@@ -31,18 +37,15 @@ impl KvStore {
                 out.extend_from_slice(&(v.len() as u32).to_be_bytes());
                 out.extend_from_slice(&v);
             }
-            let applied = tree
-                .get(keys::META_APPLIED)
-                .ok()
-                .flatten()
-                .map(|v| v.to_vec());
-            let membership = tree
-                .get(keys::META_MEMBERSHIP)
-                .ok()
-                .flatten()
-                .map(|v| v.to_vec());
+            let (applied, membership) = applied_meta(tree);
             (out, applied, membership)
         })
+    }
+
+    /// The applied log id and membership (JSON) alone, read together under
+    /// the apply lock: what a snapshot of the key space would say it holds.
+    pub fn applied_meta(&self) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        self.consistent(applied_meta)
     }
 
     /// Replaces the whole key space with a dump, recording `applied` and

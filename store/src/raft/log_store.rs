@@ -6,10 +6,10 @@
 //! `pending`, the log's not yet durable suffix) and hands them to one writer
 //! thread; openraft starts replicating them to followers at once
 //! (`broadcast_submitted_on_append`), so the leader's own fsync runs while
-//! the entries travel, as etcd does (Raft thesis §10.2.1). The writer commits
+//! the entries travel, as etcd does (Raft thesis §10.2.1). The writer writes
 //! every append waiting in its queue with one write and one fdatasync of the
-//! active segment (group commit) and only then signals `IOFlushed`; openraft counts this member towards a
-//! commit only after that signal.
+//! active segment (group commit) and only then signals `IOFlushed`; openraft
+//! counts this member towards a commit only after that signal.
 //!
 //! Durability contract (every fsync named here):
 //! - `append`: the writer thread's `Wal::append_batch` fdatasyncs the
@@ -313,8 +313,8 @@ fn write_meta(db: &Database, key: &str, bytes: &[u8], durability: Durability) ->
     tx.commit().map_err(io_err)
 }
 
-/// The writer thread: commits queued writes in order, folding consecutive
-/// appends into one fsynced transaction.
+/// The writer thread: serves queued writes in order, folding consecutive
+/// appends into one segment write and fdatasync.
 fn writer(
     db: &Database,
     wal: &SharedWal,

@@ -104,13 +104,7 @@ impl RaftSnapshotBuilder<C> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<SnapshotC, io::Error> {
         // The applied id first, then the flush: everything up to it (and
         // perhaps more) is durable once the flush returns.
-        let (applied, membership) = self.kv.consistent(|tree| {
-            let get = |k: &[u8]| tree.get(k).ok().flatten().map(|v| v.to_vec());
-            (
-                get(crate::mvcc::keys::META_APPLIED),
-                get(crate::mvcc::keys::META_MEMBERSHIP),
-            )
-        });
+        let (applied, membership) = self.kv.applied_meta();
         let meta = key_space_meta(applied, membership)?;
         // fsync: everything up to the snapshot's index is durable in sled
         // before openraft may purge the log up to it.
