@@ -63,7 +63,11 @@ async fn frequent_snapshots_and_purges_under_restarts_never_stop_a_member() {
     let mut seen = acked_beyond(&acked, 0, 200).await;
     let mut restarted = Vec::new();
     for _ in 0..2 {
-        let leader = tc.c.leader().await.expect("a leader");
+        // Polled: a member restarted just before may not know the leader yet.
+        let leader =
+            tc.c.wait_ready(Duration::from_secs(30))
+                .await
+                .expect("a leader");
         let f = (leader + 1) % 3;
         tc.c.kill(f);
         seen = acked_beyond(&acked, seen, 200).await;
@@ -87,7 +91,10 @@ async fn frequent_snapshots_and_purges_under_restarts_never_stop_a_member() {
             "member {i} logged a panic or a stopped core"
         );
     }
-    let leader = tc.c.leader().await.expect("a leader");
+    let leader =
+        tc.c.wait_ready(Duration::from_secs(30))
+            .await
+            .expect("a leader");
     let built = std::fs::read_to_string(tc.c.log_path(leader)).unwrap_or_default();
     assert!(built.contains("built snapshot"), "no snapshot was built");
     // The restarted followers caught up by snapshot: the log they missed
