@@ -2,14 +2,16 @@
 //! global revision, per-key create/mod revision and version, an event history
 //! kept until compaction, and leases.
 //!
-//! Everything lives in one sled tree so that each applied batch of Raft
-//! entries (data, events, applied log id, membership) is one atomic sled batch.
+//! Everything lives in one sled tree, and each applied batch of Raft entries
+//! (data, events, applied log id, membership) is atomic: journaled whole,
+//! then written (`journal`).
 //! sled is not fsynced per apply: a restart replays the Raft log from the
 //! applied index sled recovered. Before the log is purged past an index the
 //! tree is flushed (fsync) in `flush`, called by the snapshot builder.
 
 pub mod apply;
 pub mod feed;
+pub mod journal;
 pub mod keys;
 pub mod read;
 pub mod snapshot;
@@ -35,6 +37,8 @@ pub struct EventBatch {
 pub struct KvStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// Makes each applied batch atomic (see `journal`).
+    journal: journal::Journal,
     /// Appliers hold it for writing; multi-key readers for reading, so a read
     /// never sees half of an applied batch.
     lock: RwLock<()>,
@@ -64,10 +68,13 @@ impl KvStore {
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let tree = db.open_tree("kv")?;
+        // Finishes the batch a crash interrupted before anything reads.
+        let journal = journal::Journal::open(&db, &tree)?;
         let (events, _) = broadcast::channel(4096);
         let s = KvStore {
             db,
             tree,
+            journal,
             lock: RwLock::new(()),
             revision: AtomicI64::new(1),
             compact_revision: AtomicI64::new(0),

@@ -60,6 +60,8 @@ impl KvStore {
         let records = parse(data)?;
         {
             let _g = self.lock.write().unwrap_or_else(|e| e.into_inner());
+            // Before the key space is replaced: never redo an older batch.
+            self.journal.clear()?;
             let mut batch = sled::Batch::default();
             for k in self.tree.iter().keys().filter_map(|k| k.ok()) {
                 batch.remove(k);
@@ -102,6 +104,7 @@ impl KvStore {
                     "restore needs an empty data dir: the key space already has data".into(),
                 ));
             }
+            self.journal.clear()?;
             let mut batch = sled::Batch::default();
             let dropped = [
                 keys::META_APPLIED,

@@ -35,7 +35,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, RaftTypeConfig};
@@ -59,6 +59,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const K_VOTE: &str = "vote";
 const K_PURGED: &str = "last_purged";
 const K_COMMITTED: &str = "committed";
+/// How often at most the committed-index hint is written.
+const HINT_EVERY: Duration = Duration::from_millis(50);
 
 /// The most encoded entry bytes one AppendEntries carries (a quarter of the
 /// peer link's message limit, leaving room for the encoding's overhead).
@@ -323,8 +325,24 @@ fn writer(
     rx: mpsc::Receiver<Job>,
 ) {
     let mut committed_hint: Option<Vec<u8>> = None;
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
+    let mut hint_written = Instant::now();
+    loop {
+        // A pending hint is written at most every HINT_EVERY (a redb
+        // transaction per commit was a few % of a member's CPU), and when
+        // the queue has been idle that long, so the last one is not lost.
+        let first = if committed_hint.is_some() {
+            match rx.recv_timeout(HINT_EVERY.saturating_sub(hint_written.elapsed())) {
+                Ok(j) => Some(j),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(j) => Some(j),
+                Err(_) => break,
+            }
+        };
+        let mut jobs: Vec<Job> = first.into_iter().collect();
         while jobs.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(j) => jobs.push(j),
@@ -349,7 +367,10 @@ fn writer(
             }
         }
         flush_appends(wal, pending, stages, &mut appends);
-        if let Some(bytes) = committed_hint.take() {
+        if hint_written.elapsed() >= HINT_EVERY
+            && let Some(bytes) = committed_hint.take()
+        {
+            hint_written = Instant::now();
             // No fsync: a hint that the next durable commit persists.
             let r = write_meta(db, K_COMMITTED, &bytes, Durability::None);
             if let Err(e) = r {

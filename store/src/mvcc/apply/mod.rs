@@ -1,5 +1,6 @@
 //! The write path: applying replicated commands to the key space with etcd's
-//! semantics. A whole batch of Raft entries becomes one atomic sled batch.
+//! semantics. A whole batch of Raft entries becomes one atomic write
+//! (`super::journal`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -338,14 +339,7 @@ impl KvStore {
         let (rev, compact, events) = (w.rev, w.compact, std::mem::take(&mut w.events));
         let mut overlay = std::mem::take(&mut w.batch);
         overlay.extend(std::mem::take(&mut w.cmd));
-        let mut batch = sled::Batch::default();
-        for (k, v) in overlay {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        self.tree.apply_batch(batch)?;
+        self.journal.write(&self.tree, overlay)?;
         self.revision.store(rev, Ordering::SeqCst);
         self.compact_revision.store(compact, Ordering::SeqCst);
         let granted = results.iter().flatten().filter_map(|r| match &r.result {

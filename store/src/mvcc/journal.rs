@@ -1,0 +1,263 @@
+//! Atomic apply batches without sled's `apply_batch`: each batch's writes
+//! are first recorded whole in a journal tree, then made one by one.
+//!
+//! Why: sled 0.34's `Tree::apply_batch` rolls its IO buffer twice per call
+//! (`PageCache::pin_log`), so every applied Raft batch cost two buffer
+//! writes (a `pwrite` each, handed to sled's IO threads and their wake-ups).
+//! A `perf` profile at one client put a fifth of the members' CPU there
+//! (BENCHMARKS.md). Plain inserts only copy into the current buffer, which is
+//! written once full.
+//!
+//! Why it is still atomic: sled has one log for all trees and recovers a
+//! prefix of it after a crash (operations in the order they were made;
+//! recovery stops at the first missing or torn message). One writer (the
+//! apply lock) makes, per batch: the journal chunks `c<i>`, then the journal
+//! head `h` = (batch number, chunk count), then the batch's writes to the key
+//! space. A recovered prefix therefore ends in one of three places:
+//! - before the head of batch N: batch N-1 is complete (its writes all came
+//!   before N's first chunk) and batch N left no write in the key space;
+//! - after the head of N, inside N's writes: the head names N and every
+//!   chunk carries N, so recovery writes the whole batch again (every write
+//!   sets or removes a key to a fixed value, so doing it twice is harmless);
+//! - after N's writes: the same, harmlessly.
+//!
+//! If the head names N but a chunk carries N+1, batch N+1 had started
+//! journaling, so N was complete: nothing to redo. Whatever replaces the key
+//! space outside this path (a snapshot install, a restore) first removes the
+//! head, so an old batch is never written again over newer data.
+//!
+//! Nothing here is fsynced: like the key space itself, the journal is made
+//! durable by `KvStore::flush` (the snapshot builder's fsync), and the Raft
+//! log replays everything applied after it.
+
+use std::collections::BTreeMap;
+
+use crate::error::StoreError;
+
+/// The journal's head record: (batch number, chunk count).
+const HEAD: &[u8] = b"h";
+/// Largest chunk: values above a quarter of sled's 512 KiB segment become
+/// separate blob files, so chunks stay well below that.
+const CHUNK: usize = 64 * 1024;
+
+/// The writes of one batch: key → new value, or `None` to remove it.
+pub type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+fn chunk_key(i: u32) -> Vec<u8> {
+    let mut k = vec![b'c'];
+    k.extend_from_slice(&i.to_be_bytes());
+    k
+}
+
+/// `[u32 key length][key][u8 0 remove / 1 set][u32 value length][value]`...
+fn encode(overlay: &Overlay) -> Vec<u8> {
+    let size: usize = overlay
+        .iter()
+        .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut out = Vec::with_capacity(size);
+    for (k, v) in overlay {
+        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        out.extend_from_slice(k);
+        out.push(u8::from(v.is_some()));
+        let v = v.as_deref().unwrap_or_default();
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("corrupt apply journal: {what}"),
+    ))
+}
+
+fn decode(mut b: &[u8]) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, StoreError> {
+    let mut out = Vec::new();
+    let take = |b: &mut &[u8], n: usize| -> Result<Vec<u8>, StoreError> {
+        if b.len() < n {
+            return Err(corrupt("truncated record"));
+        }
+        let (h, t) = b.split_at(n);
+        *b = t;
+        Ok(h.to_vec())
+    };
+    let len = |v: Vec<u8>| u32::from_be_bytes([v[0], v[1], v[2], v[3]]) as usize;
+    while !b.is_empty() {
+        let klen = len(take(&mut b, 4)?);
+        let k = take(&mut b, klen)?;
+        let set = take(&mut b, 1)?[0] == 1;
+        let vlen = len(take(&mut b, 4)?);
+        let v = take(&mut b, vlen)?;
+        out.push((k, set.then_some(v)));
+    }
+    Ok(out)
+}
+
+/// The journal of one key space; used only under the apply lock.
+pub struct Journal {
+    tree: sled::Tree,
+    /// Number of the last journaled batch.
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl Journal {
+    /// Opens the journal and finishes the batch a crash interrupted, if any.
+    pub fn open(db: &sled::Db, data: &sled::Tree) -> Result<Self, StoreError> {
+        let tree = db.open_tree("apply-journal")?;
+        let mut seq = 0;
+        if let Some(head) = tree.get(HEAD)? {
+            if head.len() != 12 {
+                return Err(corrupt("bad head"));
+            }
+            seq = u64::from_be_bytes(head[..8].try_into().expect("8 bytes"));
+            let chunks = u32::from_be_bytes(head[8..12].try_into().expect("4 bytes"));
+            let mut bytes = Vec::new();
+            let mut complete = true;
+            for i in 0..chunks {
+                match tree.get(chunk_key(i))? {
+                    Some(c) if c.len() >= 8 && c[..8] == seq.to_be_bytes() => {
+                        bytes.extend_from_slice(&c[8..])
+                    }
+                    // A chunk of a later batch: this one had finished.
+                    _ => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if complete {
+                let writes = decode(&bytes)?;
+                tracing::debug!(
+                    batch = seq,
+                    writes = writes.len(),
+                    "redoing the last applied batch"
+                );
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => data.insert(k, v)?,
+                        None => data.remove(k)?,
+                    };
+                }
+            }
+        }
+        Ok(Journal {
+            tree,
+            seq: seq.into(),
+        })
+    }
+
+    /// Journals `overlay` whole, then writes it to `data` key by key.
+    pub fn write(&self, data: &sled::Tree, overlay: Overlay) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let seq = self.seq.load(Relaxed) + 1;
+        self.seq.store(seq, Relaxed);
+        let bytes = encode(&overlay);
+        let mut chunks = 0u32;
+        for c in bytes.chunks(CHUNK) {
+            let mut v = Vec::with_capacity(8 + c.len());
+            v.extend_from_slice(&seq.to_be_bytes());
+            v.extend_from_slice(c);
+            self.tree.insert(chunk_key(chunks), v)?;
+            chunks += 1;
+        }
+        let mut head = seq.to_be_bytes().to_vec();
+        head.extend_from_slice(&chunks.to_be_bytes());
+        self.tree.insert(HEAD, head)?;
+        for (k, v) in overlay {
+            match v {
+                Some(v) => data.insert(k, v)?,
+                None => data.remove(k)?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Forgets the last batch: called before the key space is replaced by
+    /// other means, so recovery never writes that batch over the new data.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        self.tree.remove(HEAD)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> (sled::Db, sled::Tree) {
+        let db = sled::Config::new().path(dir).open().unwrap();
+        let t = db.open_tree("kv").unwrap();
+        (db, t)
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        let mut o = Overlay::new();
+        o.insert(b"a".to_vec(), Some(vec![1; 70_000]));
+        o.insert(b"b".to_vec(), None);
+        o.insert(b"c".to_vec(), Some(Vec::new()));
+        let back = decode(&encode(&o)).unwrap();
+        assert_eq!(back, o.into_iter().collect::<Vec<_>>());
+        assert!(decode(&[0, 0, 0, 5, b'x']).is_err());
+    }
+
+    #[test]
+    fn reopening_redoes_a_journaled_batch_whose_writes_were_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (db, data) = open(dir.path());
+            let j = Journal::open(&db, &data).unwrap();
+            data.insert(b"gone", b"x".to_vec()).unwrap();
+            let mut o = Overlay::new();
+            o.insert(b"k".to_vec(), Some(vec![7; 200_000])); // several chunks
+            o.insert(b"gone".to_vec(), None);
+            j.write(&data, o).unwrap();
+            // As if the crash came right after the head: the key space
+            // holds none of the batch's writes.
+            data.remove(b"k").unwrap();
+            data.insert(b"gone", b"x".to_vec()).unwrap();
+            db.flush().unwrap();
+        }
+        let (db, data) = open(dir.path());
+        let j = Journal::open(&db, &data).unwrap();
+        assert_eq!(data.get(b"k").unwrap().unwrap().len(), 200_000);
+        assert!(data.get(b"gone").unwrap().is_none());
+        assert_eq!(j.seq.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_finished_or_cleared_batch_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (db, data) = open(dir.path());
+            let j = Journal::open(&db, &data).unwrap();
+            let mut o = Overlay::new();
+            o.insert(b"k".to_vec(), Some(b"old".to_vec()));
+            j.write(&data, o).unwrap();
+            // The next batch journaled its first chunk, then the crash.
+            j.tree
+                .insert(chunk_key(0), [&2u64.to_be_bytes()[..], b"zz"].concat())
+                .unwrap();
+            data.insert(b"k", b"newer".to_vec()).unwrap();
+            db.flush().unwrap();
+        }
+        {
+            let (db, data) = open(dir.path());
+            let j = Journal::open(&db, &data).unwrap();
+            assert_eq!(&*data.get(b"k").unwrap().unwrap(), b"newer");
+            let mut o = Overlay::new();
+            o.insert(b"k".to_vec(), Some(b"journaled".to_vec()));
+            j.write(&data, o).unwrap();
+            // Replaced by other means (a snapshot install) after clear.
+            j.clear().unwrap();
+            data.insert(b"k", b"installed".to_vec()).unwrap();
+            db.flush().unwrap();
+        }
+        let (db, data) = open(dir.path());
+        Journal::open(&db, &data).unwrap();
+        assert_eq!(&*data.get(b"k").unwrap().unwrap(), b"installed");
+    }
+}
