@@ -10,7 +10,8 @@
 //!
 //! Why it is still atomic: sled has one log for all trees and recovers a
 //! prefix of it after a crash (operations in the order they were made;
-//! recovery stops at the first missing or torn message). One writer (the
+//! its `LogIter` stops at the first torn message or missing segment, which
+//! is also what makes sled's own batches atomic). One writer (the
 //! apply lock) makes, per batch: the journal chunks `c<i>`, then the journal
 //! head `h` = (batch number, chunk count), then the batch's writes to the key
 //! space. A recovered prefix therefore ends in one of three places:
@@ -42,6 +43,8 @@ const CHUNK: usize = 64 * 1024;
 
 /// The writes of one batch: key → new value, or `None` to remove it.
 pub type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// One write of a batch: key and new value (`None`: remove).
+type Write = (Vec<u8>, Option<Vec<u8>>);
 
 fn chunk_key(i: u32) -> Vec<u8> {
     let mut k = vec![b'c'];
@@ -74,7 +77,7 @@ fn corrupt(what: &str) -> StoreError {
     ))
 }
 
-fn decode(mut b: &[u8]) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, StoreError> {
+fn decode(mut b: &[u8]) -> Result<Vec<Write>, StoreError> {
     let mut out = Vec::new();
     let take = |b: &mut &[u8], n: usize| -> Result<Vec<u8>, StoreError> {
         if b.len() < n {

@@ -1,5 +1,5 @@
 //! The layout of the key space inside the one sled tree: a one-byte prefix per
-//! kind of record, so one atomic sled batch can change all of them.
+//! kind of record, so one atomic batch (`super::journal`) can change all of them.
 
 /// `k` + user key → current `mvccpb::KeyValue`.
 pub const KV: u8 = b'k';

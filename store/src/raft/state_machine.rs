@@ -2,7 +2,7 @@
 //! space, takes and installs snapshots.
 //!
 //! Durability: applied data and the applied log id go to sled in one atomic
-//! batch per `apply` call (no fsync; the log replays what sled lost).
+//! batch per `apply` call (`mvcc::journal`) (no fsync; the log replays what sled lost).
 //!
 //! Snapshots, as etcd's v3 store does them: the key space *is* the snapshot.
 //! Building one (every `--snapshot-every` entries) only flushes sled (fsync)

@@ -61,7 +61,8 @@ type Step<T> = Result<T, Stop>;
 /// one could exhaust all of them at once.
 pub const MAX_TXN_RANGE_BYTES: usize = 64 << 20;
 
-/// Builds one sled batch over the committed tree, reading its own writes.
+/// Builds one atomic batch of writes over the committed tree (written
+/// through `super::journal`), reading its own writes.
 ///
 /// Writes go to two layers: `batch` holds the effects of the batch's earlier
 /// commands, `cmd` those of the command being applied. A command that fails
@@ -296,7 +297,7 @@ impl<'a> Writer<'a> {
 
 impl KvStore {
     /// Applies a batch of commands (`None` for blank or membership entries)
-    /// and the batch's metadata in one atomic sled batch, then publishes the
+    /// and the batch's metadata in one atomic write (`super::journal`), then publishes the
     /// events. Returns one result per command.
     pub fn apply_batch(
         &self,
