@@ -3,9 +3,14 @@
 
 /// `k` + user key → current `mvccpb::KeyValue`.
 pub const KV: u8 = b'k';
-/// `r` + revision (8 bytes BE) + sub-index (4 bytes BE) → `mvccpb::Event`
-/// (always with `prev_kv`, so history can be undone for reads at a revision).
+/// History (events always carry `prev_kv`, so history can be undone for
+/// reads at a revision): `r` + revision (8 bytes BE) + `GROUP` → every event
+/// of one applied batch, the key's revision being the batch's last
+/// (`super::history`); records written before 2026-12-04 are `r` + revision
+/// + sub-index below `GROUP` → one `mvccpb::Event`.
 pub const REV: u8 = b'r';
+/// The sub-index of a history record holding a batch's events.
+pub const GROUP: u32 = u32::MAX;
 /// `l` + lease id (8 bytes BE) → `LeaseGrantRequest` (id, ttl).
 pub const LEASE: u8 = b'l';
 /// `a` + lease id (8 bytes BE) + user key → empty: keys attached to a lease.
@@ -35,6 +40,16 @@ pub fn rev_key(rev: i64, sub: u32) -> Vec<u8> {
     k.extend_from_slice(&(rev as u64).to_be_bytes());
     k.extend_from_slice(&sub.to_be_bytes());
     k
+}
+
+/// The key of the history record of a batch whose last event has `last_rev`.
+pub fn group_key(last_rev: i64) -> Vec<u8> {
+    rev_key(last_rev, GROUP)
+}
+
+/// True for a history record holding a batch's events (not just one).
+pub fn is_group(key: &[u8]) -> bool {
+    key.len() == 13 && key[9..13] == GROUP.to_be_bytes()
 }
 
 pub fn rev_of(key: &[u8]) -> i64 {

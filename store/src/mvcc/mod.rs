@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod feed;
+pub mod history;
 pub mod journal;
 pub mod keys;
 pub mod read;

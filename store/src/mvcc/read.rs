@@ -7,7 +7,7 @@ use keel_proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader, rang
 use keel_proto::mvccpb::{Event, KeyValue};
 
 use super::keys::{self, in_range, kv_bounds};
-use super::{KvStore, decode};
+use super::{KvStore, decode, history};
 use crate::error::EtcdError;
 
 /// Every current key-value in `[key, range_end)`, sorted by key.
@@ -32,9 +32,10 @@ pub fn scan_at(tree: &sled::Tree, key: &[u8], range_end: &[u8], at: i64) -> Vec<
 
 /// The stored events with a revision above `at`, oldest first.
 pub fn later_events(tree: &sled::Tree, at: i64) -> Vec<Event> {
-    tree.range(keys::rev_key(at + 1, 0)..vec![keys::REV + 1])
-        .filter_map(|r| r.ok())
-        .map(|(_, v)| decode::<Event>(&v))
+    history::events_in(tree, at + 1, i64::MAX)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|(_, e)| e)
         .collect()
 }
 
@@ -186,13 +187,7 @@ impl KvStore {
             }
             let cur = self.revision();
             let to = to.unwrap_or(cur).min(cur);
-            let mut out = Vec::new();
-            if from <= to {
-                for item in tree.range(keys::rev_key(from, 0)..keys::rev_key(to + 1, 0)) {
-                    let Ok((k, v)) = item else { continue };
-                    out.push((keys::rev_of(&k), decode::<Event>(&v)));
-                }
-            }
+            let out = history::events_in(tree, from, to).map_err(EtcdError::Internal)?;
             Ok((out, cur))
         })
     }

@@ -371,12 +371,20 @@ fn writer(
             && let Some(bytes) = committed_hint.take()
         {
             hint_written = Instant::now();
-            // No fsync: a hint that the next durable commit persists.
-            let r = write_meta(db, K_COMMITTED, &bytes, Durability::None);
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "cannot record the committed index hint");
-            }
+            write_hint(db, &bytes);
         }
+    }
+    // The store is closing: the last hint is written, not dropped.
+    if let Some(bytes) = committed_hint {
+        write_hint(db, &bytes);
+    }
+}
+
+/// Records the committed-index hint. No fsync: a hint that the next
+/// durable commit (a vote or purge) persists.
+fn write_hint(db: &Database, bytes: &[u8]) {
+    if let Err(e) = write_meta(db, K_COMMITTED, bytes, Durability::None) {
+        tracing::warn!(error = %e, "cannot record the committed index hint");
     }
 }
 

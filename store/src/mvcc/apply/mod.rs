@@ -166,9 +166,10 @@ impl<'a> Writer<'a> {
         self.rev + 1
     }
 
+    /// Records an event of the entry being applied; the batch's events are
+    /// stored together at the end of the batch (`super::history`).
     fn record(&mut self, ev: Event) {
         let rev = self.next_rev();
-        self.set(keys::rev_key(rev, self.sub), ev.encode_to_vec());
         self.sub += 1;
         self.events.push((rev, ev));
     }
@@ -327,6 +328,17 @@ impl KvStore {
             Stop::Storage(e) => StoreError::Apply(e),
             Stop::Refused(e) => StoreError::Apply(e.to_string()),
         })?;
+        // The batch's history, less what a compaction in the batch dropped
+        // (history below the compaction revision is never read again).
+        let kept: Vec<(i64, Event)> = w
+            .events
+            .iter()
+            .filter(|(rev, _)| *rev >= w.compact)
+            .cloned()
+            .collect();
+        if let Some((last, _)) = kept.last() {
+            w.set(keys::group_key(*last), super::history::encode_group(&kept));
+        }
         w.set(keys::META_REVISION.to_vec(), w.rev.to_be_bytes().to_vec());
         w.set(keys::META_APPLIED.to_vec(), meta.applied);
         if let Some(m) = meta.membership {

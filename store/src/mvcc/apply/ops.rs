@@ -85,14 +85,12 @@ impl<'a> Writer<'a> {
         let kvs = if r.revision > 0 && r.revision < self.resp_rev() {
             // Undo stored events after the revision and this batch's own
             // (not yet stored) events, so batching never changes the answer.
-            let mut later = Vec::new();
-            for item in self
-                .tree
-                .range(keys::rev_key(r.revision + 1, 0)..vec![keys::REV + 1])
-            {
-                let (_, v) = item.map_err(storage)?;
-                later.push(decode_rec::<Event>(&v)?);
-            }
+            let mut later: Vec<Event> =
+                crate::mvcc::history::events_in(self.tree, r.revision + 1, i64::MAX)
+                    .map_err(storage)?
+                    .into_iter()
+                    .map(|(_, e)| e)
+                    .collect();
             later.extend(
                 self.events
                     .iter()
