@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use keel_proto::keelraft::ReadIndexRequest;
 use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
 use tonic::Status;
 
 use super::Node;
@@ -14,12 +15,23 @@ use crate::raft::codec;
 use crate::raft::types::Raft;
 
 /// On the leader: the log index a linearizable read must wait for.
+///
+/// openraft's read index is the larger of the leader's first entry in its
+/// term and its committed index. A leader that restarts and resumes its term
+/// without an election (its vote was committed) knows only the committed
+/// index it had persisted, which may be far behind: with that alone, a read
+/// right after a full-cluster restart returned a key's old value although
+/// its write had been acknowledged (`cli/tests/hostile_requests.rs`). So the
+/// read also waits for the leader's last log index: by leader completeness
+/// that is at or past every committed entry, and the leader commits it as
+/// soon as a majority holds it.
 pub async fn read_index(raft: &Raft) -> Result<u64, Status> {
+    let last_log = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
     let fut = raft.get_read_linearizer(ReadPolicy::ReadIndex);
     match tokio::time::timeout(Duration::from_secs(3), fut).await {
         Err(_) => Err(Status::unavailable("etcdserver: request timed out")),
         Ok(Err(e)) => Err(Status::unavailable(format!("etcdserver: not leader: {e}"))),
-        Ok(Ok(lin)) => Ok(lin.read_log_id().index()),
+        Ok(Ok(lin)) => Ok(lin.read_log_id().index().max(last_log)),
     }
 }
 
