@@ -25,7 +25,9 @@ kill -INT $up; wait $up || true
 
 bash scripts/etcd-cluster.sh "$work/etcd" >"$work/etcd.out" 2>&1 &
 etcd_up=$!
-until ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:22379 endpoint health >/dev/null 2>&1; do sleep 0.2; done
+# Every member healthy, not just the first: the load spreads over all three.
+until ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579 \
+  endpoint health >/dev/null 2>&1; do sleep 0.2; done
 "$keel" bench load --endpoints 127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579 --keys "$keys" --value-size 1024
 es=$(t env ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:22379 snapshot save "$work/e.db")
 ev=$(t env ETCDCTL_API=3 etcdctl snapshot status "$work/e.db")
