@@ -109,6 +109,7 @@ impl Node {
             tls: client_tls,
             stages: stages.clone(),
             streaming: !cfg.unary_append,
+            stale_answer: cfg.election_min * 3 / 4,
         };
         let raft = Raft::new(id, Arc::new(rcfg), net, log, sm)
             .await

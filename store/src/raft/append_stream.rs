@@ -38,6 +38,29 @@ pub type Answers = openraft::base::BoxStream<'static, Result<StreamAppendResult<
 /// flight.
 const ANSWER_WAIT_TTLS: u32 = 10;
 
+/// The time limits of one stream.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The RPC time-to-live openraft gives (the heartbeat interval).
+    pub ttl: Duration,
+    /// An answer to a request sent longer ago than this ends the stream
+    /// (an error, so openraft opens a new one) instead of being delivered.
+    ///
+    /// Why: openraft 0.10.0-alpha.37 credits an answer to the *newest*
+    /// request it covers (`InflightAppendQueue::drain_acked` returns the
+    /// sending time of the last request with `last_log_id <= matching`). A
+    /// leader paused for seconds (SIGSTOP in the chaos harness) found its
+    /// followers' answers to requests sent before the pause waiting in the
+    /// socket, sent fresh requests over the same log ids on resuming, and
+    /// had the old answers credited to them: a quorum "confirmed" its
+    /// leadership after it had been replaced, and it served a stale
+    /// linearizable read (chaos run, seed 42, 2026-12-04). An answer
+    /// younger than this bound cannot mislead that way: it is set below the
+    /// minimum election timeout, within which a follower that acknowledged
+    /// this leader votes for no one else.
+    pub stale_answer: Duration,
+}
+
 /// Requests sent and not answered yet: when each was sent and its entries.
 type InFlight = Arc<Mutex<VecDeque<(Instant, u64)>>>;
 
@@ -50,7 +73,7 @@ pub async fn open<S>(
     mut client: RaftServiceClient<Channel>,
     (target, addr): (u64, String),
     input: S,
-    ttl: Duration,
+    limits: Limits,
     stages: Stages,
 ) -> Result<Answers, RPCError<C>>
 where
@@ -71,6 +94,7 @@ where
     };
     // The call resolves once the follower's headers arrive (at once, when it
     // is up); a peer that does not answer at all is given `ttl`.
+    let ttl = limits.ttl;
     let inbound = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
         Err(_) => return Err(unreachable(format!("no answer within {ttl:?}"))),
         Ok(Err(status)) => return Err(unreachable(status.message().to_string())),
@@ -98,10 +122,17 @@ where
             Ok(None) => return None,
             Err(status) => return Some((Err(unreachable(status.message().to_string())), None)),
         };
-        if let Some((started, entries)) = in_flight(&sent).pop_front()
-            && entries > 0
-        {
-            stages.record(Stage::Replicate, started, entries);
+        if let Some((started, entries)) = in_flight(&sent).pop_front() {
+            let age = started.elapsed();
+            if age >= limits.stale_answer {
+                let e = unreachable(format!(
+                    "answer to a request sent {age:?} ago: too old to count, restarting the stream"
+                ));
+                return Some((Err(e), None));
+            }
+            if entries > 0 {
+                stages.record(Stage::Replicate, started, entries);
+            }
         }
         match codec::decode::<StreamAppendResult<C>>(&payload.data) {
             Ok(r) => Some((Ok(r), Some((inbound, sent, stages, unreachable)))),

@@ -45,7 +45,7 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 pub type AddressBook = Arc<RwLock<HashMap<u64, String>>>;
 
 /// Opens lazily connected gRPC channels to peers.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct NetworkFactory {
     pub book: AddressBook,
     /// Mutual TLS towards peers (None only with `--insecure`).
@@ -55,6 +55,9 @@ pub struct NetworkFactory {
     /// Replicate over one pipelined stream per peer (`append_stream`);
     /// false (benchmarks only): one unary AppendEntries call at a time.
     pub streaming: bool,
+    /// An answer on the replication stream to a request sent longer ago
+    /// than this ends the stream instead of counting (`append_stream`).
+    pub stale_answer: Duration,
 }
 
 /// A connection to one peer.
@@ -66,6 +69,7 @@ pub struct PeerClient {
     tls: Option<ClientTlsConfig>,
     stages: Stages,
     streaming: bool,
+    stale_answer: Duration,
 }
 
 fn raft_client(addr: &str, tls: Option<&ClientTlsConfig>) -> RaftServiceClient<Channel> {
@@ -122,6 +126,7 @@ impl RaftNetworkFactory<C> for NetworkFactory {
             tls: self.tls.clone(),
             stages: self.stages.clone(),
             streaming: self.streaming,
+            stale_answer: self.stale_answer,
         }
     }
 }
@@ -221,9 +226,12 @@ impl RaftNetworkV2<C> for PeerClient {
         self.refresh();
         let peer = (self.target, self.addr.clone());
         let (client, stages) = (self.client.clone(), self.stages.clone());
+        let limits = append_stream::Limits {
+            ttl: option.hard_ttl(),
+            stale_answer: self.stale_answer,
+        };
         Box::pin(async move {
-            let answers =
-                append_stream::open(client, peer, input, option.hard_ttl(), stages).await?;
+            let answers = append_stream::open(client, peer, input, limits, stages).await?;
             Ok(answers as BoxStream<'s, StreamAnswer>)
         })
     }
