@@ -28,7 +28,7 @@ etcd_up=$!
 # Every member healthy, not just the first: the load spreads over all three.
 until ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579 \
   endpoint health >/dev/null 2>&1; do sleep 0.2; done
-"$keel" bench load --endpoints 127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579 --keys "$keys" --value-size 1024
+"$keel" bench load --endpoints 127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579 --plaintext --keys "$keys" --value-size 1024
 es=$(t env ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:22379 snapshot save "$work/e.db")
 ev=$(t env ETCDCTL_API=3 etcdctl snapshot status "$work/e.db")
 er=$(t env ETCDCTL_API=3 etcdctl snapshot restore "$work/e.db" --data-dir "$work/erestore")
