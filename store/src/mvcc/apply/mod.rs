@@ -329,15 +329,12 @@ impl KvStore {
             Stop::Refused(e) => StoreError::Apply(e.to_string()),
         })?;
         // The batch's history, less what a compaction in the batch dropped
-        // (history below the compaction revision is never read again).
-        let kept: Vec<(i64, Event)> = w
-            .events
-            .iter()
-            .filter(|(rev, _)| *rev >= w.compact)
-            .cloned()
-            .collect();
+        // (history below the compaction revision is never read again). The
+        // events are in revision order, so what is kept is a suffix.
+        let kept = &w.events[w.events.partition_point(|(rev, _)| *rev < w.compact)..];
         if let Some((last, _)) = kept.last() {
-            w.set(keys::group_key(*last), super::history::encode_group(&kept));
+            let group = super::history::encode_group(kept);
+            w.set(keys::group_key(*last), group);
         }
         w.set(keys::META_REVISION.to_vec(), w.rev.to_be_bytes().to_vec());
         w.set(keys::META_APPLIED.to_vec(), meta.applied);
