@@ -76,6 +76,14 @@ pub fn events_in(tree: &sled::Tree, from: i64, to: i64) -> Result<Vec<(i64, Even
     Ok(out)
 }
 
+/// The stored events with a revision above `at`, oldest first.
+pub fn events_after(tree: &sled::Tree, at: i64) -> Result<Vec<Event>, String> {
+    Ok(events_in(tree, at + 1, i64::MAX)?
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

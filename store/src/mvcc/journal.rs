@@ -99,6 +99,17 @@ fn decode(mut b: &[u8]) -> Result<Vec<Write>, StoreError> {
     Ok(out)
 }
 
+/// Makes a batch's writes in `data`, key by key.
+fn write_all(data: &sled::Tree, writes: impl IntoIterator<Item = Write>) -> Result<(), StoreError> {
+    for (k, v) in writes {
+        match v {
+            Some(v) => data.insert(k, v)?,
+            None => data.remove(k)?,
+        };
+    }
+    Ok(())
+}
+
 /// The journal of one key space; used only under the apply lock.
 pub struct Journal {
     tree: sled::Tree,
@@ -138,12 +149,7 @@ impl Journal {
                     writes = writes.len(),
                     "redoing the last applied batch"
                 );
-                for (k, v) in writes {
-                    match v {
-                        Some(v) => data.insert(k, v)?,
-                        None => data.remove(k)?,
-                    };
-                }
+                write_all(data, writes)?;
             }
         }
         Ok(Journal {
@@ -169,13 +175,7 @@ impl Journal {
         let mut head = seq.to_be_bytes().to_vec();
         head.extend_from_slice(&chunks.to_be_bytes());
         self.tree.insert(HEAD, head)?;
-        for (k, v) in overlay {
-            match v {
-                Some(v) => data.insert(k, v)?,
-                None => data.remove(k)?,
-            };
-        }
-        Ok(())
+        write_all(data, overlay)
     }
 
     /// Forgets the last batch: called before the key space is replaced by

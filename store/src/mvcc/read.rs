@@ -32,11 +32,7 @@ pub fn scan_at(tree: &sled::Tree, key: &[u8], range_end: &[u8], at: i64) -> Vec<
 
 /// The stored events with a revision above `at`, oldest first.
 pub fn later_events(tree: &sled::Tree, at: i64) -> Vec<Event> {
-    history::events_in(tree, at + 1, i64::MAX)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .map(|(_, e)| e)
-        .collect()
+    history::events_after(tree, at).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Rolls `current` (sorted key-values of a range) back over `later` events
