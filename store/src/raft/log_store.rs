@@ -25,8 +25,9 @@
 //!   hint (openraft re-learns it from the leader); the next fsynced redb
 //!   commit persists it.
 //!
-//! The writer thread serves every write in the order it was asked for, so a
-//! truncation or purge never overtakes an append queued before it.
+//! The writer thread (`log_writer`) serves every write in the order it was
+//! asked for, so a truncation or purge never overtakes an append queued
+//! before it.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -35,22 +36,24 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, RaftTypeConfig};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+use super::log_writer::{Job, Writer, writer};
+
 use crate::raft::codec;
 use crate::raft::types::TypeConfig;
 use crate::raft::wal::Wal;
-use crate::stages::{Stage, Stages};
+use crate::stages::Stages;
 
-type C = TypeConfig;
+pub(super) type C = TypeConfig;
 type Entry = <C as RaftTypeConfig>::Entry;
 type Vote = <C as RaftTypeConfig>::Vote;
-type LogIdC = openraft::alias::LogIdOf<C>;
+pub(super) type LogIdC = openraft::alias::LogIdOf<C>;
 
 /// Where entries lived before the segment files (`raft::wal`); moved out by
 /// `open` when a data dir of an older version still has them.
@@ -58,75 +61,25 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const K_VOTE: &str = "vote";
 const K_PURGED: &str = "last_purged";
-const K_COMMITTED: &str = "committed";
-/// How often at most the committed-index hint is written.
-const HINT_EVERY: Duration = Duration::from_millis(50);
+pub(super) const K_COMMITTED: &str = "committed";
 
 /// The most encoded entry bytes one AppendEntries carries (a quarter of the
 /// peer link's message limit, leaving room for the encoding's overhead).
 pub const MAX_APPEND_BYTES: usize = crate::raft::network::PEER_MESSAGE_LIMIT / 4;
 
-/// The most appends the writer folds into one transaction (one fsync).
-const MAX_GROUP: usize = 256;
-
-fn io_err(e: impl std::fmt::Display) -> io::Error {
+pub(super) fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
 /// Entries accepted by `append` and not yet committed to redb: always a
 /// contiguous suffix of the log, readable at once.
-type Pending = Arc<Mutex<BTreeMap<u64, (Entry, usize)>>>;
+pub(super) type Pending = Arc<Mutex<BTreeMap<u64, (Entry, usize)>>>;
 
 /// The entries on disk, shared by the writer thread and readers.
-type SharedWal = Arc<Mutex<Wal>>;
+pub(super) type SharedWal = Arc<Mutex<Wal>>;
 
-fn lock_wal(w: &SharedWal) -> std::sync::MutexGuard<'_, Wal> {
+pub(super) fn lock_wal(w: &SharedWal) -> std::sync::MutexGuard<'_, Wal> {
     w.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A write to run on the writer thread.
-type WriteFn = Box<dyn FnOnce(&Database, &SharedWal) -> io::Result<()> + Send>;
-
-/// A write for the writer thread.
-enum Job {
-    /// Encoded entries of one `append`, its callback and when it began.
-    Append {
-        batch: Vec<(LogIdC, Vec<u8>)>,
-        callback: IOFlushed<C>,
-        started: Instant,
-        /// Told when the append is durable (sequential mode only).
-        done: Option<oneshot::Sender<()>>,
-    },
-    /// The committed-index hint (no fsync, no answer).
-    Committed(Vec<u8>),
-    /// Any other write transaction, answered when it has committed.
-    Other(WriteFn, oneshot::Sender<io::Result<()>>),
-}
-
-/// The writer thread's queue; the last clone of the store to go closes the
-/// queue and waits for the thread, so the database is closed (and can be
-/// opened again) once the store is dropped.
-struct Writer {
-    tx: Option<mpsc::Sender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn send(&self, job: Job) -> io::Result<()> {
-        self.tx
-            .as_ref()
-            .and_then(|tx| tx.send(job).ok())
-            .ok_or_else(|| io_err("the raft log writer has stopped"))
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// The redb-backed log store; cheap to clone (all clones share one database,
@@ -305,7 +258,12 @@ impl LogStore {
 
 /// Writes one meta value in a transaction of its own; with
 /// `Durability::Immediate` the commit fsyncs before it returns.
-fn write_meta(db: &Database, key: &str, bytes: &[u8], durability: Durability) -> io::Result<()> {
+pub(super) fn write_meta(
+    db: &Database,
+    key: &str,
+    bytes: &[u8],
+    durability: Durability,
+) -> io::Result<()> {
     let mut tx = db.begin_write().map_err(io_err)?;
     tx.set_durability(durability).map_err(io_err)?;
     tx.open_table(META)
@@ -313,131 +271,6 @@ fn write_meta(db: &Database, key: &str, bytes: &[u8], durability: Durability) ->
         .insert(key, bytes)
         .map_err(io_err)?;
     tx.commit().map_err(io_err)
-}
-
-/// The writer thread: serves queued writes in order, folding consecutive
-/// appends into one segment write and fdatasync.
-fn writer(
-    db: &Database,
-    wal: &SharedWal,
-    pending: &Pending,
-    stages: &Stages,
-    rx: mpsc::Receiver<Job>,
-) {
-    let mut committed_hint: Option<Vec<u8>> = None;
-    let mut hint_written = Instant::now();
-    loop {
-        // A pending hint is written at most every HINT_EVERY (a redb
-        // transaction per commit was a few % of a member's CPU), and when
-        // the queue has been idle that long, so the last one is not lost.
-        let first = if committed_hint.is_some() {
-            match rx.recv_timeout(HINT_EVERY.saturating_sub(hint_written.elapsed())) {
-                Ok(j) => Some(j),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        } else {
-            match rx.recv() {
-                Ok(j) => Some(j),
-                Err(_) => break,
-            }
-        };
-        let mut jobs: Vec<Job> = first.into_iter().collect();
-        while jobs.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
-        let mut appends = Vec::new();
-        for job in jobs {
-            match job {
-                Job::Append {
-                    batch,
-                    callback,
-                    started,
-                    done,
-                } => appends.push((batch, callback, started, done)),
-                Job::Committed(bytes) => committed_hint = Some(bytes),
-                Job::Other(f, reply) => {
-                    // Appends queued before this write commit first.
-                    flush_appends(wal, pending, stages, &mut appends);
-                    let _ = reply.send(f(db, wal));
-                }
-            }
-        }
-        flush_appends(wal, pending, stages, &mut appends);
-        if hint_written.elapsed() >= HINT_EVERY
-            && let Some(bytes) = committed_hint.take()
-        {
-            hint_written = Instant::now();
-            write_hint(db, &bytes);
-        }
-    }
-    // The store is closing: the last hint is written, not dropped.
-    if let Some(bytes) = committed_hint {
-        write_hint(db, &bytes);
-    }
-}
-
-/// Records the committed-index hint. No fsync: a hint that the next
-/// durable commit (a vote or purge) persists.
-fn write_hint(db: &Database, bytes: &[u8]) {
-    if let Err(e) = write_meta(db, K_COMMITTED, bytes, Durability::None) {
-        tracing::warn!(error = %e, "cannot record the committed index hint");
-    }
-}
-
-/// One append waiting for the writer: entries, callback, start, done signal.
-type Appended = (
-    Vec<(LogIdC, Vec<u8>)>,
-    IOFlushed<C>,
-    Instant,
-    Option<oneshot::Sender<()>>,
-);
-
-/// Writes `appends` to the segments with one fdatasync, drops them from
-/// `pending`, then signals each append's callback.
-fn flush_appends(wal: &SharedWal, pending: &Pending, stages: &Stages, appends: &mut Vec<Appended>) {
-    if appends.is_empty() {
-        return;
-    }
-    let r = {
-        let mut wal = lock_wal(wal);
-        let entries = appends
-            .iter()
-            .flat_map(|(batch, ..)| batch.iter().map(|(id, b)| (id.index, b.as_slice())));
-        // fdatasync: every append of the group is on disk when this returns.
-        let t = Instant::now();
-        let r = wal.append_batch(entries);
-        stages.record(Stage::LogFsync, t, appends.len() as u64);
-        r
-    };
-    let done = std::mem::take(appends);
-    if r.is_ok() {
-        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-        for (batch, ..) in &done {
-            for (id, _) in batch {
-                // Only the entry this append wrote: a truncation and a new
-                // append at the same index may have replaced it meanwhile.
-                if p.get(&id.index).is_some_and(|(e, _)| e.log_id == *id) {
-                    p.remove(&id.index);
-                }
-            }
-        }
-    }
-    for (batch, callback, started, signal) in done {
-        match &r {
-            Ok(()) => {
-                stages.record(Stage::LogAppend, started, batch.len() as u64);
-                callback.io_completed(Ok(()));
-                if let Some(s) = signal {
-                    let _ = s.send(());
-                }
-            }
-            Err(e) => callback.io_completed(Err(io::Error::new(e.kind(), e.to_string()))),
-        }
-    }
 }
 
 /// Opens the segments; first moves entries out of redb's `log` table, where

@@ -5,6 +5,7 @@
 pub mod append_stream;
 pub mod codec;
 pub mod log_store;
+mod log_writer;
 pub mod network;
 pub mod state_machine;
 pub mod types;

@@ -1,0 +1,191 @@
+//! The Raft log's writer thread (`log_store` hands it every write): it
+//! serves queued writes in order, folding consecutive appends into one
+//! segment write and fdatasync (group commit) before it signals them, and
+//! writes the committed-index hint at most every `HINT_EVERY`.
+
+use std::io;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use openraft::storage::IOFlushed;
+use redb::{Database, Durability};
+use tokio::sync::oneshot;
+
+use super::log_store::{C, K_COMMITTED, LogIdC, Pending, SharedWal, io_err, lock_wal, write_meta};
+use crate::stages::{Stage, Stages};
+
+/// How often at most the committed-index hint is written.
+const HINT_EVERY: Duration = Duration::from_millis(50);
+
+/// The most appends the writer folds into one transaction (one fsync).
+const MAX_GROUP: usize = 256;
+
+/// A write to run on the writer thread.
+pub(super) type WriteFn = Box<dyn FnOnce(&Database, &SharedWal) -> io::Result<()> + Send>;
+
+/// A write for the writer thread.
+pub(super) enum Job {
+    /// Encoded entries of one `append`, its callback and when it began.
+    Append {
+        batch: Vec<(LogIdC, Vec<u8>)>,
+        callback: IOFlushed<C>,
+        started: Instant,
+        /// Told when the append is durable (sequential mode only).
+        done: Option<oneshot::Sender<()>>,
+    },
+    /// The committed-index hint (no fsync, no answer).
+    Committed(Vec<u8>),
+    /// Any other write transaction, answered when it has committed.
+    Other(WriteFn, oneshot::Sender<io::Result<()>>),
+}
+
+/// The writer thread's queue; the last clone of the store to go closes the
+/// queue and waits for the thread, so the database is closed (and can be
+/// opened again) once the store is dropped.
+pub(super) struct Writer {
+    pub(super) tx: Option<mpsc::Sender<Job>>,
+    pub(super) thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub(super) fn send(&self, job: Job) -> io::Result<()> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(job).ok())
+            .ok_or_else(|| io_err("the raft log writer has stopped"))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The writer thread: serves queued writes in order, folding consecutive
+/// appends into one segment write and fdatasync.
+pub(super) fn writer(
+    db: &Database,
+    wal: &SharedWal,
+    pending: &Pending,
+    stages: &Stages,
+    rx: mpsc::Receiver<Job>,
+) {
+    let mut committed_hint: Option<Vec<u8>> = None;
+    let mut hint_written = Instant::now();
+    loop {
+        // A pending hint is written at most every HINT_EVERY (a redb
+        // transaction per commit was a few % of a member's CPU), and when
+        // the queue has been idle that long, so the last one is not lost.
+        let first = if committed_hint.is_some() {
+            match rx.recv_timeout(HINT_EVERY.saturating_sub(hint_written.elapsed())) {
+                Ok(j) => Some(j),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(j) => Some(j),
+                Err(_) => break,
+            }
+        };
+        let mut jobs: Vec<Job> = first.into_iter().collect();
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut appends = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Append {
+                    batch,
+                    callback,
+                    started,
+                    done,
+                } => appends.push((batch, callback, started, done)),
+                Job::Committed(bytes) => committed_hint = Some(bytes),
+                Job::Other(f, reply) => {
+                    // Appends queued before this write commit first.
+                    flush_appends(wal, pending, stages, &mut appends);
+                    let _ = reply.send(f(db, wal));
+                }
+            }
+        }
+        flush_appends(wal, pending, stages, &mut appends);
+        if hint_written.elapsed() >= HINT_EVERY
+            && let Some(bytes) = committed_hint.take()
+        {
+            hint_written = Instant::now();
+            write_hint(db, &bytes);
+        }
+    }
+    // The store is closing: the last hint is written, not dropped.
+    if let Some(bytes) = committed_hint {
+        write_hint(db, &bytes);
+    }
+}
+
+/// Records the committed-index hint. No fsync: a hint that the next
+/// durable commit (a vote or purge) persists.
+fn write_hint(db: &Database, bytes: &[u8]) {
+    if let Err(e) = write_meta(db, K_COMMITTED, bytes, Durability::None) {
+        tracing::warn!(error = %e, "cannot record the committed index hint");
+    }
+}
+
+/// One append waiting for the writer: entries, callback, start, done signal.
+type Appended = (
+    Vec<(LogIdC, Vec<u8>)>,
+    IOFlushed<C>,
+    Instant,
+    Option<oneshot::Sender<()>>,
+);
+
+/// Writes `appends` to the segments with one fdatasync, drops them from
+/// `pending`, then signals each append's callback.
+fn flush_appends(wal: &SharedWal, pending: &Pending, stages: &Stages, appends: &mut Vec<Appended>) {
+    if appends.is_empty() {
+        return;
+    }
+    let r = {
+        let mut wal = lock_wal(wal);
+        let entries = appends
+            .iter()
+            .flat_map(|(batch, ..)| batch.iter().map(|(id, b)| (id.index, b.as_slice())));
+        // fdatasync: every append of the group is on disk when this returns.
+        let t = Instant::now();
+        let r = wal.append_batch(entries);
+        stages.record(Stage::LogFsync, t, appends.len() as u64);
+        r
+    };
+    let done = std::mem::take(appends);
+    if r.is_ok() {
+        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (batch, ..) in &done {
+            for (id, _) in batch {
+                // Only the entry this append wrote: a truncation and a new
+                // append at the same index may have replaced it meanwhile.
+                if p.get(&id.index).is_some_and(|(e, _)| e.log_id == *id) {
+                    p.remove(&id.index);
+                }
+            }
+        }
+    }
+    for (batch, callback, started, signal) in done {
+        match &r {
+            Ok(()) => {
+                stages.record(Stage::LogAppend, started, batch.len() as u64);
+                callback.io_completed(Ok(()));
+                if let Some(s) = signal {
+                    let _ = s.send(());
+                }
+            }
+            Err(e) => callback.io_completed(Err(io::Error::new(e.kind(), e.to_string()))),
+        }
+    }
+}
