@@ -207,6 +207,7 @@ fn main() -> anyhow::Result<()> {
             false
         }
         Cmd::Bench(b) => b.dials_a_running_cluster(),
+        Cmd::Backup(b) => b.dials_a_running_cluster(),
         _ => true,
     };
     let conn = if dials_a_running_cluster {

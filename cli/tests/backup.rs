@@ -177,6 +177,20 @@ async fn backup_of_a_live_cluster_verifies_offline_and_corruption_is_caught() {
 
     let v = keel(&["backup", "verify", f]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    // Offline commands read files only: a client config naming certificates
+    // that are gone (a cluster since deleted) must not stop them.
+    let stale = tc.dir.path().join("stale-config.yaml");
+    std::fs::write(
+        &stale,
+        "certificateAuthority: /nonexistent/ca.crt\nclientCertificate: /nonexistent/admin.crt\n\
+         clientKey: /nonexistent/admin.key\n",
+    )
+    .unwrap();
+    let v = common::keel()
+        .args(["--config", stale.to_str().unwrap(), "backup", "verify", f])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     let i = keel(&["backup", "inspect", f, "--prefix", "/registry/services/"]);
     let listing = String::from_utf8_lossy(&i.stdout);
     assert!(

@@ -123,7 +123,7 @@ pub async fn force_new_cluster(dir: &Path) -> Result<PathBuf, StoreError> {
             dir.display()
         )));
     }
-    let records = {
+    let dump = {
         let mut log = LogStore::open(dir)?;
         let kv = KvStore::open(dir)?;
         let applied: Option<LogIdC> = kv
@@ -154,9 +154,9 @@ pub async fn force_new_cluster(dir: &Path) -> Result<PathBuf, StoreError> {
             )?;
         }
         kv.flush().await?; // fsync: the replayed key space is on disk
-        let (dump, _, _) = kv.dump();
-        crate::mvcc::snapshot::parse(&dump)?
+        kv.dump().0
     };
+    let records = crate::mvcc::snapshot::parse(&dump)?;
     crate::failpoint::crash_point("force-after-replay");
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -172,7 +172,7 @@ pub async fn force_new_cluster(dir: &Path) -> Result<PathBuf, StoreError> {
     std::fs::create_dir_all(&forcing)?;
     {
         let kv = KvStore::open(&forcing)?;
-        kv.restore(records, 0).await?; // fsyncs the new key space
+        kv.restore(&records, 0).await?; // fsyncs the new key space
     }
     let marker = forcing.join(FORCED_MARKER);
     std::fs::write(

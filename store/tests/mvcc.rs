@@ -1037,8 +1037,8 @@ fn compaction_is_the_same_whether_batched_or_not() {
     assert_eq!(one.revision(), two.revision());
     assert_eq!(one.compact_revision(), two.compact_revision());
     assert_eq!(one.hash_kv(0).unwrap(), two.hash_kv(0).unwrap());
-    let records = |kv: &KvStore| snapshot::parse(&kv.dump().0).unwrap();
-    let (r1, r2) = (records(&one), records(&two));
+    let (d1, d2) = (one.dump().0, two.dump().0);
+    let (r1, r2) = (snapshot::parse(&d1).unwrap(), snapshot::parse(&d2).unwrap());
     let only_in_batched: Vec<_> = r2.iter().filter(|r| !r1.contains(r)).collect();
     assert!(
         only_in_batched.is_empty() && r1.len() == r2.len(),

@@ -14,9 +14,10 @@ use super::keys::NeedsSecret;
 /// hashes are in the store (any value shown must go through
 /// `backup::printable_value`, which redacts them).
 pub(super) fn inspect_lines(b: &backup::Backup, prefix: Option<&str>) -> Vec<String> {
+    let records = b.records();
     let mut out = Vec::new();
     let mut by_ns: std::collections::BTreeMap<(String, String), u64> = Default::default();
-    for (k, _) in b.records.iter().filter(|(k, _)| k.first() == Some(&b'k')) {
+    for (k, _) in records.iter().filter(|(k, _)| k.first() == Some(&b'k')) {
         let key = String::from_utf8_lossy(&k[1..]).into_owned();
         let parts: Vec<&str> = key.splitn(5, '/').collect();
         // /registry/<kind>/<namespace>/<name>
@@ -32,7 +33,7 @@ pub(super) fn inspect_lines(b: &backup::Backup, prefix: Option<&str>) -> Vec<Str
     }
     if let Some(p) = prefix {
         out.push(format!("keys under {p:?}:"));
-        for (k, _) in b.records.iter().filter(|(k, _)| k.first() == Some(&b'k')) {
+        for (k, _) in records.iter().filter(|(k, _)| k.first() == Some(&b'k')) {
             if k[1..].starts_with(p.as_bytes()) {
                 out.push(format!("  {}", String::from_utf8_lossy(&k[1..])));
             }
@@ -44,14 +45,14 @@ pub(super) fn inspect_lines(b: &backup::Backup, prefix: Option<&str>) -> Vec<Str
 /// Decodes and verifies backup file bytes, opening them first if they are
 /// sealed; also says how they were encrypted. Errors do not name the file.
 pub(super) fn load(
-    bytes: &[u8],
+    bytes: Vec<u8>,
     secret: Option<&Secret>,
 ) -> anyhow::Result<(backup::Backup, Option<&'static str>)> {
-    if !sealed::is_sealed(bytes) {
-        return Ok((backup::decode(bytes)?, None));
+    if !sealed::is_sealed(&bytes) {
+        return Ok((backup::decode_owned(bytes)?, None));
     }
-    let plain = sealed::open(bytes, secret.ok_or(NeedsSecret)?)?;
-    Ok((backup::decode(&plain)?, sealed::describe(bytes)))
+    let plain = sealed::open(&bytes, secret.ok_or(NeedsSecret)?)?;
+    Ok((backup::decode_owned(plain)?, sealed::describe(&bytes)))
 }
 
 /// Reads, opens if sealed, decodes and verifies a backup file.
@@ -60,7 +61,7 @@ pub(super) fn read(
     secret: Option<&Secret>,
 ) -> anyhow::Result<(backup::Backup, Option<&'static str>)> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    load(&bytes, secret).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+    load(bytes, secret).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
 pub(super) fn print_header(h: &BackupHeader, encryption: Option<&str>) {
@@ -103,7 +104,7 @@ pub(super) fn list(dir: &Path, secret: Option<&Secret>) -> anyhow::Result<()> {
         let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
         match std::fs::read(f)
             .map_err(anyhow::Error::from)
-            .and_then(|b| load(&b, secret))
+            .and_then(|b| load(b, secret))
         {
             Ok((b, enc)) => println!(
                 "{name:<56} {:>9} {:>7} {:>12} {size:>9}  ok{}",

@@ -27,6 +27,15 @@ pub struct BackupArgs {
     cmd: BackupCmd,
 }
 
+impl BackupArgs {
+    /// Only `save` dials a running cluster; the others read files (and
+    /// `drill` starts its own cluster), so a stale `~/.keel/config` must not
+    /// stop them.
+    pub fn dials_a_running_cluster(&self) -> bool {
+        matches!(self.cmd, BackupCmd::Save { .. })
+    }
+}
+
 #[derive(Subcommand)]
 enum BackupCmd {
     /// Take an online, consistent backup of a running cluster into one file.
@@ -172,7 +181,7 @@ pub async fn run(a: BackupArgs, creds: &Credentials) -> anyhow::Result<()> {
             println!(
                 "OK: {} verified ({} records)",
                 file.display(),
-                b.records.len()
+                b.records().len()
             );
             Ok(())
         }
@@ -282,7 +291,7 @@ mod tests {
             raft_term: 1,
             raft_index: 3,
         };
-        backup::build(&dump, &source).unwrap().1
+        backup::build(&dump, &source).unwrap().1.concat()
     }
 
     #[test]
@@ -291,22 +300,22 @@ mod tests {
         let key = Secret::Key([9; 32]);
         let file = sealed::seal(&plain, &key).unwrap();
 
-        let (b, enc) = load(&plain, None).unwrap();
+        let (b, enc) = load(plain.clone(), None).unwrap();
         assert_eq!((b.header.key_count, enc), (3, None));
         // A secret given for a plain file is not needed, and not an error.
-        assert!(load(&plain, Some(&key)).is_ok());
+        assert!(load(plain.clone(), Some(&key)).is_ok());
 
-        let (b, enc) = load(&file, Some(&key)).unwrap();
+        let (b, enc) = load(file.clone(), Some(&key)).unwrap();
         assert_eq!(b.header.key_count, 3);
         assert_eq!(enc, Some("XChaCha20-Poly1305, key from a key file"));
 
-        let e = load(&file, None).unwrap_err();
+        let e = load(file.clone(), None).unwrap_err();
         assert!(e.is::<NeedsSecret>());
         assert_eq!(
             e.to_string(),
             "this backup is encrypted: pass --passphrase-file, KEEL_BACKUP_PASSPHRASE or --key-file"
         );
-        let e = load(&file, Some(&Secret::Key([8; 32]))).unwrap_err();
+        let e = load(file.clone(), Some(&Secret::Key([8; 32]))).unwrap_err();
         assert_eq!(
             e.to_string(),
             "wrong passphrase or key, or the file is corrupt"
@@ -319,13 +328,13 @@ mod tests {
         let k = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
         backup::sign(&mut plain, &k);
         let key = Secret::Key([9; 32]);
-        let (b, _) = load(&sealed::seal(&plain, &key).unwrap(), Some(&key)).unwrap();
+        let (b, _) = load(sealed::seal(&plain, &key).unwrap(), Some(&key)).unwrap();
         assert_eq!(b.signer, Some(*k.verifying_key().as_bytes()));
     }
 
     #[test]
     fn inspect_never_prints_secret_values() {
-        let (b, _) = load(&plain_file(), None).unwrap();
+        let (b, _) = load(plain_file(), None).unwrap();
         for prefix in [None, Some(""), Some("/keel/"), Some("/keel/pki/")] {
             let text = inspect_lines(&b, prefix).join("\n");
             assert!(!text.contains(CA_KEY), "{text}");

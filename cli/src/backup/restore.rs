@@ -21,7 +21,7 @@ pub(super) async fn restore_into(b: &backup::Backup, dir: &Path, bump: i64) -> a
     }
     std::fs::create_dir_all(dir)?;
     let kv = keel_store::mvcc::KvStore::open(dir)?;
-    kv.restore(b.records.clone(), bump).await?;
+    kv.restore(&b.records(), bump).await?;
     // The cluster CA travels in the key space; the restored member serves
     // with it (its default --pki-dir), so existing clients keep working.
     crate::pki::restore_ca(&kv, dir)?;

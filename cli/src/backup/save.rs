@@ -11,7 +11,7 @@ use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_proto::etcdserverpb::{MemberListRequest, RangeRequest, SnapshotRequest, StatusRequest};
 use keel_proto::pki::Credentials;
 use keel_store::backup;
-use keel_store::sealed::{self, Secret};
+use keel_store::sealed::Secret;
 use sha2::{Digest, Sha256};
 
 use super::file::print_header;
@@ -26,11 +26,12 @@ pub(super) async fn save(
 ) -> anyhow::Result<()> {
     let ch = connect_any(creds, endpoints).await?;
     // A linearizable read first: the member has applied everything
-    // committed before the backup started.
+    // committed before the backup started. One key (no user key is the
+    // single byte 0), not a count of the whole key space, which took 0.3-0.8 s
+    // at 100,000 keys.
     KvClient::new(ch.clone())
         .range(RangeRequest {
             key: vec![0],
-            range_end: vec![0],
             count_only: true,
             ..Default::default()
         })
@@ -58,7 +59,16 @@ pub(super) async fn save(
         .into_inner();
     let mut data = Vec::new();
     while let Some(chunk) = stream.next().await {
-        data.extend_from_slice(&chunk?.blob);
+        let chunk = chunk?;
+        if data.is_empty() {
+            // The first answer says how much follows: one allocation
+            // instead of doubling (capped, as the number is the server's).
+            // The slack lets the written file, a little longer, be read
+            // back into this same memory.
+            let total = (chunk.blob.len() as u64).saturating_add(chunk.remaining_bytes);
+            data.reserve(total.min(4 << 30) as usize + (1 << 20));
+        }
+        data.extend_from_slice(&chunk.blob);
     }
     if data.len() < 32 {
         bail!("snapshot stream too short ({} bytes)", data.len());
@@ -80,14 +90,16 @@ pub(super) async fn save(
     // opening, so an auditor with the public key and the passphrase can
     // tell who made the backup, and it reveals nothing without them.
     if let Some(k) = sign_key {
-        backup::sign(&mut file, k);
+        backup::sign(&mut file.tail, k);
     }
-    // Sealed if asked, written atomically, then read back, opened and
-    // verified before claiming success.
-    backup::write_verified(out, &file, seal_with)
-        .with_context(|| format!("writing {}", out.display()))?;
-    let written = std::fs::read(out).with_context(|| format!("reading {}", out.display()))?;
-    print_header(&header, sealed::describe(&written));
-    println!("saved {} ({} bytes)", out.display(), written.len());
+    // Sealed if asked, written atomically, then read back (into the memory
+    // of the dump, done with once written), opened and verified before
+    // claiming success.
+    let context = || format!("writing {}", out.display());
+    backup::write_file(out, &file, seal_with).with_context(context)?;
+    drop(file);
+    let written = backup::read_verified(out, seal_with, data).with_context(context)?;
+    print_header(&header, written.encryption);
+    println!("saved {} ({} bytes)", out.display(), written.len);
     Ok(())
 }

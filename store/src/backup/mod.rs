@@ -3,7 +3,7 @@
 //! documented in `docs/backup-format.md`.
 
 pub mod schedule;
-pub use schedule::{files_in, write_verified};
+pub use schedule::{Written, files_in, read_verified, write_file, write_verified};
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::mvcc::keys;
-use crate::mvcc::read::hash_kvs;
+use crate::mvcc::read::KvHash;
 use crate::mvcc::snapshot::{Record, parse};
 
 /// First bytes of every backup file.
@@ -76,11 +76,21 @@ pub enum BackupError {
 #[derive(Debug)]
 pub struct Backup {
     pub header: BackupHeader,
-    /// The key-space records (the dump format of `mvcc::snapshot`).
-    pub records: Vec<Record>,
     /// The public key that signed the file, if it is signed (the signature
     /// has been checked against it).
     pub signer: Option<[u8; 32]>,
+    /// The verified file (opened, if it was sealed).
+    bytes: Vec<u8>,
+    /// Where the key-space dump lies in `bytes`.
+    dump: std::ops::Range<usize>,
+}
+
+impl Backup {
+    /// The key-space records (the dump format of `mvcc::snapshot`),
+    /// borrowed from the file.
+    pub fn records(&self) -> Vec<Record<'_>> {
+        parse(&self.bytes[self.dump.clone()]).expect("the dump parsed when the file was decoded")
+    }
 }
 
 /// Appends an Ed25519 signature over the file's SHA-256 checksum, so an
@@ -116,10 +126,10 @@ pub struct Summary {
     pub content_hash: u32,
 }
 
-fn meta_i64(records: &[Record], key: &[u8]) -> i64 {
+fn meta_i64(records: &[Record<'_>], key: &[u8]) -> i64 {
     records
         .iter()
-        .find(|(k, _)| k.as_slice() == key)
+        .find(|(k, _)| *k == key)
         .and_then(|(_, v)| v.get(..8))
         .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
         .unwrap_or(0)
@@ -160,11 +170,12 @@ pub fn printable_value<'a>(key: &[u8], value: &'a [u8]) -> std::borrow::Cow<'a, 
 }
 
 /// Summarizes dump records; fails on a record that does not decode.
-pub fn summarize(records: &[Record]) -> Result<Summary, BackupError> {
-    let mut kvs = Vec::new();
+pub fn summarize(records: &[Record<'_>]) -> Result<Summary, BackupError> {
+    let mut hash = KvHash::default();
+    let mut key_count = 0;
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for (k, v) in records.iter().filter(|(k, _)| k.first() == Some(&keys::KV)) {
-        let kv = KeyValue::decode(v.as_slice()).map_err(|e| {
+        let kv = KeyValue::decode(*v).map_err(|e| {
             BackupError::Data(format!("key {:?}: {e}", String::from_utf8_lossy(&k[1..])))
         })?;
         if kv.key != k[1..] {
@@ -175,30 +186,61 @@ pub fn summarize(records: &[Record]) -> Result<Summary, BackupError> {
             )));
         }
         *counts.entry(kind_of(&kv.key)).or_default() += 1;
-        kvs.push(kv);
+        key_count += 1;
+        hash.add(&kv);
     }
     Ok(Summary {
         revision: meta_i64(records, keys::META_REVISION).max(1),
         compact_revision: meta_i64(records, keys::META_COMPACT),
         cluster_id: meta_i64(records, keys::META_CLUSTER_ID) as u64,
-        key_count: kvs.len() as u64,
+        key_count,
         counts_by_kind: counts,
-        content_hash: hash_kvs(&kvs),
+        content_hash: hash.finish(),
     })
+}
+
+/// A backup file in three pieces, so that a dump of hundreds of MiB is
+/// written without being copied: `head` (magic, header and the lengths), the
+/// dump, and `tail` (the SHA-256 of all before it, then the signature block
+/// if [`sign`] adds one).
+pub struct FileParts<'a> {
+    pub head: Vec<u8>,
+    pub dump: &'a [u8],
+    pub tail: Vec<u8>,
+}
+
+impl FileParts<'_> {
+    pub fn slices(&self) -> [&[u8]; 3] {
+        [&self.head, self.dump, &self.tail]
+    }
+
+    /// The whole file in one buffer.
+    pub fn concat(&self) -> Vec<u8> {
+        self.slices().concat()
+    }
 }
 
 /// Encodes a backup file: magic, header, data, SHA-256 of all before it.
 pub fn encode(header: &BackupHeader, dump: &[u8]) -> Vec<u8> {
+    encode_parts(header, dump).concat()
+}
+
+/// [`encode`] without copying the dump.
+pub fn encode_parts<'a>(header: &BackupHeader, dump: &'a [u8]) -> FileParts<'a> {
     let h = serde_json::to_vec(header).expect("header serializes");
-    let mut out = Vec::with_capacity(MAGIC.len() + 12 + h.len() + dump.len() + 32);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(h.len() as u32).to_be_bytes());
-    out.extend_from_slice(&h);
-    out.extend_from_slice(&(dump.len() as u64).to_be_bytes());
-    out.extend_from_slice(dump);
-    let sum = Sha256::digest(&out);
-    out.extend_from_slice(&sum);
-    out
+    let mut head = Vec::with_capacity(MAGIC.len() + 12 + h.len());
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    head.extend_from_slice(&h);
+    head.extend_from_slice(&(dump.len() as u64).to_be_bytes());
+    let mut sum = Sha256::new();
+    sum.update(&head);
+    sum.update(dump);
+    FileParts {
+        head,
+        dump,
+        tail: sum.finalize().to_vec(),
+    }
 }
 
 /// Lowercase hex of some bytes.
@@ -210,6 +252,24 @@ pub fn hex(b: &[u8]) -> String {
 /// header, every data record, and the header's counts and hash against the
 /// data. Any failure names its reason.
 pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
+    decode_owned(bytes.to_vec())
+}
+
+/// [`decode`] for a file already in memory, without copying it.
+pub fn decode_owned(bytes: Vec<u8>) -> Result<Backup, BackupError> {
+    let (header, signer, dump) = check(&bytes)?;
+    Ok(Backup {
+        header,
+        signer,
+        bytes,
+        dump,
+    })
+}
+
+/// The checks of [`decode`]: the header, the signer and where the dump lies.
+type Checked = (BackupHeader, Option<[u8; 32]>, std::ops::Range<usize>);
+
+fn check(bytes: &[u8]) -> Result<Checked, BackupError> {
     if bytes.len() < MAGIC.len() || !bytes.starts_with(MAGIC) {
         return Err(if MAGIC.starts_with(bytes) {
             BackupError::Truncated(format!("{} bytes, not even the magic", bytes.len()))
@@ -293,7 +353,7 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
     }
     let header: BackupHeader =
         serde_json::from_value(raw).map_err(|e| BackupError::Header(e.to_string()))?;
-    let records = parse(&bytes[dr]).map_err(|e| BackupError::Data(e.to_string()))?;
+    let records = parse(&bytes[dr.clone()]).map_err(|e| BackupError::Data(e.to_string()))?;
     let s = summarize(&records)?;
     let checks = [
         (
@@ -329,11 +389,7 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
             )));
         }
     }
-    Ok(Backup {
-        header,
-        records,
-        signer,
-    })
+    Ok((header, signer, dr))
 }
 
 /// Who took a backup and where the Raft log stood.
@@ -347,7 +403,10 @@ pub struct Source {
 
 /// Builds a backup file from a key-space dump (padding after the dump's end
 /// marker is dropped): header computed from the data, then `encode`.
-pub fn build(dump: &[u8], source: &Source) -> Result<(BackupHeader, Vec<u8>), BackupError> {
+pub fn build<'a>(
+    dump: &'a [u8],
+    source: &Source,
+) -> Result<(BackupHeader, FileParts<'a>), BackupError> {
     let records = parse(dump).map_err(|e| BackupError::Data(e.to_string()))?;
     let len = crate::mvcc::snapshot::MAGIC.len()
         + records
@@ -373,12 +432,13 @@ pub fn build(dump: &[u8], source: &Source) -> Result<(BackupHeader, Vec<u8>), Ba
         counts_by_kind: s.counts_by_kind,
         content_hash: s.content_hash,
     };
-    let file = encode(&header, &dump[..len]);
+    let file = encode_parts(&header, &dump[..len]);
     Ok((header, file))
 }
 
-/// Writes a file atomically: temp file, fsync, rename, fsync of the directory.
-pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a file (the concatenation of `parts`) atomically: temp file,
+/// fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &std::path::Path, parts: &[&[u8]]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path
         .parent()
@@ -390,7 +450,9 @@ pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result
         .unwrap_or("backup");
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
+    for p in parts {
+        f.write_all(p)?;
+    }
     f.sync_all()?; // fsync: the file's bytes
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all() // fsync: the rename

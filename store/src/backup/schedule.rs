@@ -20,27 +20,72 @@ pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(all)
 }
 
+/// A backup file as written and verified by [`write_verified`].
+pub struct Written {
+    pub backup: super::Backup,
+    /// The file's size on disk.
+    pub len: u64,
+    /// How the file is encrypted (`sealed::describe`), if it is.
+    pub encryption: Option<&'static str>,
+}
+
 /// Seals `file` with `seal` (if given), writes it atomically to `path`, then
 /// reads it back, opens and verifies it: a backup is only reported written
 /// once it is known to restore.
 pub fn write_verified(
     path: &Path,
-    file: &[u8],
+    file: &super::FileParts<'_>,
     seal: Option<&Secret>,
-) -> Result<super::Backup, StoreError> {
-    let sealed_err = |e: sealed::SealError| StoreError::Config(format!("backup: {e}"));
-    let out = match seal {
-        Some(s) => sealed::seal(file, s).map_err(sealed_err)?,
-        None => file.to_vec(),
-    };
-    super::write_atomically(path, &out)?;
-    let back = std::fs::read(path)?;
+) -> Result<Written, StoreError> {
+    write_file(path, file, seal)?;
+    read_verified(path, seal, Vec::new())
+}
+
+fn sealed_err(e: sealed::SealError) -> StoreError {
+    StoreError::Config(format!("backup: {e}"))
+}
+
+/// The first step of [`write_verified`]: seal (if asked) and write atomically.
+pub fn write_file(
+    path: &Path,
+    file: &super::FileParts<'_>,
+    seal: Option<&Secret>,
+) -> Result<(), StoreError> {
+    match seal {
+        Some(s) => {
+            let sealed = sealed::seal(&file.concat(), s).map_err(sealed_err)?;
+            super::write_atomically(path, &[&sealed])?
+        }
+        None => super::write_atomically(path, &file.slices())?,
+    }
+    Ok(())
+}
+
+/// The second step of [`write_verified`]: read the file back (into `buf`'s
+/// memory, which a caller done with a buffer of the same size can hand over:
+/// fresh pages are what reading 100 MiB back costs), open and verify it.
+pub fn read_verified(
+    path: &Path,
+    seal: Option<&Secret>,
+    mut buf: Vec<u8>,
+) -> Result<Written, StoreError> {
+    use std::io::Read;
+    buf.clear();
+    std::fs::File::open(path)?.read_to_end(&mut buf)?;
+    let len = buf.len() as u64;
+    let encryption = sealed::describe(&buf);
     let plain = match seal {
-        Some(s) => sealed::open(&back, s).map_err(sealed_err)?,
-        None => back,
+        Some(s) => sealed::open(&buf, s).map_err(sealed_err)?,
+        None => buf,
     };
-    super::decode(&plain)
-        .map_err(|e| StoreError::Config(format!("backup {} does not verify: {e}", path.display())))
+    let backup = super::decode_owned(plain).map_err(|e| {
+        StoreError::Config(format!("backup {} does not verify: {e}", path.display()))
+    })?;
+    Ok(Written {
+        backup,
+        len,
+        encryption,
+    })
 }
 
 /// While `node` leads: writes a verified backup into `dir` every
@@ -84,7 +129,10 @@ pub fn write_one(node: &Node, dir: &Path) -> Result<PathBuf, StoreError> {
         "keel-{:016x}-{:012}-{}.keelbak",
         header.cluster_id, header.revision, header.created_at_unix
     ));
-    write_verified(&path, &file, node.cfg.backup_seal.as_ref())?;
+    let seal = node.cfg.backup_seal.as_ref();
+    write_file(&path, &file, seal)?;
+    drop(file);
+    read_verified(&path, seal, dump)?;
     let ours: Vec<PathBuf> = files_in(dir)?
         .into_iter()
         .filter(|p| {

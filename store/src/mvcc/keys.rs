@@ -26,6 +26,9 @@ pub const META_CLUSTER_ID: &[u8] = b"mcluster_id";
 /// Mixed into the cluster id of a cluster restored from a backup (the source
 /// cluster's id), so the restored cluster never shares the source's id.
 pub const META_CLUSTER_SALT: &[u8] = b"mcluster_salt";
+/// Present while a backup is being restored into the tree: written first and
+/// removed last, so a data dir a crash left half restored refuses to open.
+pub const META_RESTORING: &[u8] = b"mrestoring";
 
 pub fn kv_key(user: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(user.len() + 1);

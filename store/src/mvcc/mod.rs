@@ -69,6 +69,12 @@ impl KvStore {
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let tree = db.open_tree("kv")?;
+        if tree.contains_key(keys::META_RESTORING)? {
+            return Err(StoreError::Config(format!(
+                "{} holds a restore that did not finish: delete it and restore again",
+                dir.display()
+            )));
+        }
         // Finishes the batch a crash interrupted before anything reads.
         let journal = journal::Journal::open(&db, &tree)?;
         let (events, _) = broadcast::channel(4096);

@@ -134,8 +134,20 @@ pub fn shape_range(mut kvs: Vec<KeyValue>, req: &RangeRequest, revision: i64) ->
 /// value, create/mod revision, version and lease. Backups record it so a
 /// restored cluster can be checked against them.
 pub fn hash_kvs(kvs: &[KeyValue]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
+    let mut h = KvHash::default();
     for kv in kvs {
+        h.add(kv);
+    }
+    h.finish()
+}
+
+/// [`hash_kvs`] one key at a time, for callers that do not keep the keys.
+#[derive(Default)]
+pub struct KvHash(crc32fast::Hasher);
+
+impl KvHash {
+    pub fn add(&mut self, kv: &KeyValue) {
+        let h = &mut self.0;
         h.update(&(kv.key.len() as u64).to_be_bytes());
         h.update(&kv.key);
         h.update(&(kv.value.len() as u64).to_be_bytes());
@@ -144,7 +156,10 @@ pub fn hash_kvs(kvs: &[KeyValue]) -> u32 {
             h.update(&n.to_be_bytes());
         }
     }
-    h.finalize()
+
+    pub fn finish(self) -> u32 {
+        self.0.finalize()
+    }
 }
 
 impl KvStore {

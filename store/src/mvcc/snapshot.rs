@@ -15,8 +15,14 @@ use crate::error::StoreError;
 /// First bytes of every dump.
 pub const MAGIC: &[u8] = b"KEELSNAP1\n";
 
-/// One (sled key, value) record of a dump.
-pub type Record = (Vec<u8>, Vec<u8>);
+/// One (sled key, value) record of a dump, borrowed from the dump's bytes
+/// (a backup of 100,000 keys is a few hundred thousand records: copying
+/// each into its own allocation was most of what restoring one cost).
+pub type Record<'a> = (&'a [u8], &'a [u8]);
+
+/// Records restored per sled batch: bounded memory, and few enough batches
+/// that sled's per-batch cost does not count.
+const RESTORE_BATCH: usize = 8192;
 
 /// The applied log id and membership records of `tree`, if any.
 fn applied_meta(tree: &sled::Tree) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
@@ -28,8 +34,12 @@ impl KvStore {
     /// A consistent dump of the key space with the applied log id and
     /// membership (JSON) it corresponds to.
     pub fn dump(&self) -> (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>) {
+        // Sized from the files' size up front: growing a dump of a few
+        // hundred MiB by doubling copied it over and over into fresh pages.
+        // Capacity not written to is never touched, so costs no memory.
+        let hint = self.db.size_on_disk().unwrap_or(0) as usize;
         self.consistent(|tree| {
-            let mut out = Vec::with_capacity(MAGIC.len() + 4096);
+            let mut out = Vec::with_capacity(MAGIC.len() + 4096 + hint);
             out.extend_from_slice(MAGIC);
             for (k, v) in tree.iter().filter_map(|r| r.ok()) {
                 out.extend_from_slice(&(k.len() as u32).to_be_bytes());
@@ -96,7 +106,7 @@ impl KvStore {
     /// moves `bump` past the backup's and everything below it counts as
     /// compacted, so watchers of the old cluster get a compacted error
     /// instead of seeing revisions go backwards. Fsyncs before returning.
-    pub async fn restore(&self, records: Vec<Record>, bump: i64) -> Result<(), StoreError> {
+    pub async fn restore(&self, records: &[Record<'_>], bump: i64) -> Result<(), StoreError> {
         {
             let _g = self.lock.write().unwrap_or_else(|e| e.into_inner());
             if self.tree.iter().next().is_some() {
@@ -105,34 +115,46 @@ impl KvStore {
                 ));
             }
             self.journal.clear()?;
-            let mut batch = sled::Batch::default();
+            // Not one sled batch (that holds a second copy of the whole key
+            // space in memory): batches of RESTORE_BATCH records between a
+            // marker written first and removed last. sled recovers a prefix
+            // of its log, so a crash in between leaves the marker, and
+            // `KvStore::open` refuses the half-restored dir.
+            self.tree.insert(keys::META_RESTORING, &[])?;
             let dropped = [
                 keys::META_APPLIED,
                 keys::META_MEMBERSHIP,
                 keys::META_CLUSTER_ID,
                 keys::META_CLUSTER_SALT,
+                keys::META_RESTORING,
             ];
             let mut revision = 1;
-            for (k, v) in records {
-                if k.as_slice() == keys::META_CLUSTER_ID {
-                    // The new cluster's id is derived with the old one as salt.
-                    batch.insert(keys::META_CLUSTER_SALT, v.clone());
+            for chunk in records.chunks(RESTORE_BATCH) {
+                let mut batch = sled::Batch::default();
+                for &(k, v) in chunk {
+                    if k == keys::META_CLUSTER_ID {
+                        // The new cluster's id is derived with the old one as salt.
+                        batch.insert(keys::META_CLUSTER_SALT, v);
+                    }
+                    if dropped.contains(&k) {
+                        continue;
+                    }
+                    if k == keys::META_REVISION && v.len() >= 8 {
+                        revision = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                    }
+                    batch.insert(k, v);
                 }
-                if dropped.contains(&k.as_slice()) {
-                    continue;
-                }
-                if k.as_slice() == keys::META_REVISION && v.len() >= 8 {
-                    revision = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-                }
-                batch.insert(k, v);
+                self.tree.apply_batch(batch)?;
             }
             // History before the backup's revision is not served: a watcher
             // of the old cluster that is behind gets a compacted error and
             // relists. With a bump, the revision also moves past every
             // revision the old cluster may have reached after the backup.
             let floor = revision + bump.max(0);
-            batch.insert(keys::META_REVISION, floor.to_be_bytes().to_vec());
-            batch.insert(keys::META_COMPACT, floor.to_be_bytes().to_vec());
+            let mut batch = sled::Batch::default();
+            batch.insert(keys::META_REVISION, &floor.to_be_bytes());
+            batch.insert(keys::META_COMPACT, &floor.to_be_bytes());
+            batch.remove(keys::META_RESTORING);
             self.tree.apply_batch(batch)?;
             self.reload_counters()?;
         }
@@ -150,35 +172,39 @@ pub fn pad(data: &mut Vec<u8>, block: usize) {
     }
 }
 
-/// Decodes a dump into its records; any truncation or bad magic is an error.
-pub fn parse(data: &[u8]) -> Result<Vec<Record>, StoreError> {
-    let bad = |what: &str| {
-        StoreError::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("corrupt snapshot: {what}"),
-        ))
-    };
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("corrupt snapshot: {what}"),
+    ))
+}
+
+/// One length-prefixed field from the front of `rest`.
+fn take<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
+    if rest.len() < 4 {
+        return Err(corrupt("truncated length"));
+    }
+    let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    if rest.len() < 4 + n {
+        return Err(corrupt("truncated record"));
+    }
+    let (v, tail) = rest[4..].split_at(n);
+    *rest = tail;
+    Ok(v)
+}
+
+/// Decodes a dump into its records (borrowed from `data`); any truncation
+/// or bad magic is an error.
+pub fn parse(data: &[u8]) -> Result<Vec<Record<'_>>, StoreError> {
     if !data.starts_with(MAGIC) {
-        return Err(bad("bad magic"));
+        return Err(corrupt("bad magic"));
     }
     let mut rest = &data[MAGIC.len()..];
     let mut out = Vec::new();
-    let take = |rest: &mut &[u8]| -> Result<Vec<u8>, StoreError> {
-        if rest.len() < 4 {
-            return Err(bad("truncated length"));
-        }
-        let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if rest.len() < 4 + n {
-            return Err(bad("truncated record"));
-        }
-        let v = rest[4..4 + n].to_vec();
-        *rest = &rest[4 + n..];
-        Ok(v)
-    };
     while !rest.is_empty() {
         if rest.len() >= 4 && rest[..4] == [0, 0, 0, 0] {
             if rest.iter().any(|b| *b != 0) {
-                return Err(bad("garbage after the end marker"));
+                return Err(corrupt("garbage after the end marker"));
             }
             break;
         }
@@ -187,4 +213,75 @@ pub fn parse(data: &[u8]) -> Result<Vec<Record>, StoreError> {
         out.push((k, v));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_proto::etcdserverpb::RangeRequest;
+    use keel_proto::mvccpb::KeyValue;
+    use prost::Message;
+
+    use super::*;
+
+    fn records(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = (0..n)
+            .map(|i| {
+                let key = format!("key{i:05}").into_bytes();
+                let kv = KeyValue {
+                    key: key.clone(),
+                    value: vec![b'v'; 100],
+                    create_revision: 2,
+                    mod_revision: 2,
+                    version: 1,
+                    lease: 0,
+                };
+                (keys::kv_key(&key), kv.encode_to_vec())
+            })
+            .collect();
+        out.push((keys::META_CLUSTER_ID.to_vec(), 7u64.to_be_bytes().to_vec()));
+        out.push((keys::META_REVISION.to_vec(), 9i64.to_be_bytes().to_vec()));
+        out
+    }
+
+    #[tokio::test]
+    async fn restore_spans_several_batches_and_leaves_no_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let owned = records(RESTORE_BATCH * 2 + 5);
+        let borrowed: Vec<Record<'_>> = owned.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        {
+            let kv = KvStore::open(dir.path()).unwrap();
+            kv.restore(&borrowed, 3).await.unwrap();
+            // A second restore into the now filled key space is refused.
+            assert!(kv.restore(&borrowed, 0).await.is_err());
+        }
+        let kv = KvStore::open(dir.path()).expect("a finished restore opens");
+        assert_eq!((kv.revision(), kv.compact_revision()), (12, 12));
+        let all = kv
+            .range(&RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                count_only: true,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(all.count as usize, RESTORE_BATCH * 2 + 5);
+        assert!(!kv.tree.contains_key(keys::META_RESTORING).unwrap());
+        // The source's id is kept only as the salt of the new cluster's id.
+        assert!(!kv.tree.contains_key(keys::META_CLUSTER_ID).unwrap());
+        assert!(kv.tree.contains_key(keys::META_CLUSTER_SALT).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_restore_cut_off_before_its_end_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let kv = KvStore::open(dir.path()).unwrap();
+            // What a crash between the first and the last batch leaves.
+            kv.tree.insert(keys::META_RESTORING, &[]).unwrap();
+            kv.tree.insert(keys::kv_key(b"half"), &b"x"[..]).unwrap();
+            kv.flush().await.unwrap();
+        }
+        let e = KvStore::open(dir.path()).err().expect("refused");
+        assert!(e.to_string().contains("restore that did not finish"), "{e}");
+    }
 }
