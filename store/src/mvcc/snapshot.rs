@@ -36,8 +36,10 @@ impl KvStore {
     pub fn dump(&self) -> (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>) {
         // Sized from the files' size up front: growing a dump of a few
         // hundred MiB by doubling copied it over and over into fresh pages.
-        // Capacity not written to is never touched, so costs no memory.
-        let hint = self.db.size_on_disk().unwrap_or(0) as usize;
+        // Capacity not written to is never touched, so costs no memory; the
+        // cap keeps a sled dir full of garbage from asking for more address
+        // space than the machine will give.
+        let hint = self.db.size_on_disk().unwrap_or(0).min(1 << 30) as usize;
         self.consistent(|tree| {
             let mut out = Vec::with_capacity(MAGIC.len() + 4096 + hint);
             out.extend_from_slice(MAGIC);
