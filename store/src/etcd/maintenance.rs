@@ -20,7 +20,7 @@ use crate::raft::log_store::LogStore;
 
 /// The etcd API version Keel's subset follows.
 pub const API_VERSION: &str = "3.5.0";
-const SNAPSHOT_CHUNK: usize = 32 * 1024;
+const SNAPSHOT_CHUNK: usize = 1 << 20;
 
 #[tonic::async_trait]
 impl Maintenance for Etcd {

@@ -20,10 +20,6 @@ pub const MAGIC: &[u8] = b"KEELSNAP1\n";
 /// each into its own allocation was most of what restoring one cost).
 pub type Record<'a> = (&'a [u8], &'a [u8]);
 
-/// Records restored per sled batch: bounded memory, and few enough batches
-/// that sled's per-batch cost does not count.
-const RESTORE_BATCH: usize = 8192;
-
 /// The applied log id and membership records of `tree`, if any.
 fn applied_meta(tree: &sled::Tree) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     let get = |k: &[u8]| tree.get(k).ok().flatten().map(|v| v.to_vec());
@@ -118,11 +114,31 @@ impl KvStore {
             }
             self.journal.clear()?;
             // Not one sled batch (that holds a second copy of the whole key
-            // space in memory): batches of RESTORE_BATCH records between a
-            // marker written first and removed last. sled recovers a prefix
-            // of its log, so a crash in between leaves the marker, and
-            // `KvStore::open` refuses the half-restored dir.
+            // space in memory, and whose inserts sled makes one at a time
+            // under its global batch lock): plain inserts, from two threads
+            // over the two halves of the key order, between a marker written
+            // first and removed last. sled recovers a prefix of its log, so a
+            // crash in between leaves the marker, and `KvStore::open`
+            // refuses the half-restored dir.
             self.tree.insert(keys::META_RESTORING, &[])?;
+            let (meta, data): (Vec<Record<'_>>, Vec<Record<'_>>) = records
+                .iter()
+                .partition(|(k, _)| k.first() == Some(&keys::META));
+            let half = data.len().div_ceil(2).max(1);
+            std::thread::scope(|s| {
+                let workers: Vec<_> = data
+                    .chunks(half)
+                    .map(|part| {
+                        s.spawn(move || {
+                            part.iter()
+                                .try_for_each(|&(k, v)| self.tree.insert(k, v).map(drop))
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .try_for_each(|w| w.join().expect("restore thread panicked"))
+            })?;
             let dropped = [
                 keys::META_APPLIED,
                 keys::META_MEMBERSHIP,
@@ -131,22 +147,18 @@ impl KvStore {
                 keys::META_RESTORING,
             ];
             let mut revision = 1;
-            for chunk in records.chunks(RESTORE_BATCH) {
-                let mut batch = sled::Batch::default();
-                for &(k, v) in chunk {
-                    if k == keys::META_CLUSTER_ID {
-                        // The new cluster's id is derived with the old one as salt.
-                        batch.insert(keys::META_CLUSTER_SALT, v);
-                    }
-                    if dropped.contains(&k) {
-                        continue;
-                    }
-                    if k == keys::META_REVISION && v.len() >= 8 {
-                        revision = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-                    }
-                    batch.insert(k, v);
+            for (k, v) in meta {
+                if k == keys::META_CLUSTER_ID {
+                    // The new cluster's id is derived with the old one as salt.
+                    self.tree.insert(keys::META_CLUSTER_SALT, v)?;
                 }
-                self.tree.apply_batch(batch)?;
+                if dropped.contains(&k) {
+                    continue;
+                }
+                if k == keys::META_REVISION && v.len() >= 8 {
+                    revision = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                }
+                self.tree.insert(k, v)?;
             }
             // History before the backup's revision is not served: a watcher
             // of the old cluster that is behind gets a compacted error and
@@ -246,9 +258,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn restore_spans_several_batches_and_leaves_no_marker() {
+    async fn restore_fills_the_key_space_and_leaves_no_marker() {
         let dir = tempfile::tempdir().unwrap();
-        let owned = records(RESTORE_BATCH * 2 + 5);
+        let owned = records(20_005);
         let borrowed: Vec<Record<'_>> = owned.iter().map(|(k, v)| (&k[..], &v[..])).collect();
         {
             let kv = KvStore::open(dir.path()).unwrap();
@@ -266,7 +278,7 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-        assert_eq!(all.count as usize, RESTORE_BATCH * 2 + 5);
+        assert_eq!(all.count as usize, 20_005);
         assert!(!kv.tree.contains_key(keys::META_RESTORING).unwrap());
         // The source's id is kept only as the salt of the new cluster's id.
         assert!(!kv.tree.contains_key(keys::META_CLUSTER_ID).unwrap());
