@@ -150,8 +150,9 @@ async fn forward_in(lb: Arc<Lb>, req: Request) -> Response {
     if parts.headers.contains_key(header::UPGRADE) {
         return upgrade::relay(&lb, parts).await;
     }
-    let body = match axum::body::to_bytes(body, 2 * keel_proto::MAX_REQUEST_BYTES).await {
-        Ok(b) => b,
+    let limit = 2 * keel_proto::MAX_REQUEST_BYTES;
+    let body = match keel_controlplane::api::codec::read_limited(body, limit).await {
+        Ok(b) => axum::body::Bytes::from(b),
         Err(e) => {
             return status(
                 StatusCode::PAYLOAD_TOO_LARGE,
