@@ -193,11 +193,8 @@ mod tests {
     /// Opens sled as `KvStore::open` does: no flusher thread, so nothing
     /// but the test holds the files when the next open comes.
     fn open(dir: &std::path::Path) -> (sled::Db, sled::Tree) {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(None)
-            .open()
-            .unwrap();
+        let db =
+            crate::mvcc::open_sled(&sled::Config::new().path(dir).flush_every_ms(None)).unwrap();
         let t = db.open_tree("kv").unwrap();
         (db, t)
     }

@@ -56,18 +56,39 @@ pub struct KvStore {
     granted: std::sync::Mutex<Vec<i64>>,
 }
 
+/// Opens a sled db, waiting up to 5 s for its file lock. A dropped `Db`
+/// releases the lock only when sled's IO threads let go of it, a moment
+/// later, so reopening a dir this process just closed could fail with
+/// "could not acquire lock" (the store's unit tests did, once in a few
+/// dozen runs). Another process holding the dir still fails, after the wait.
+pub(crate) fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl KvStore {
     /// Opens (or creates) the key space under `dir/kv.sled`.
     pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
         // No periodic background flush: durability comes from the Raft log
         // (replayed from the applied index) plus the fsync in `flush`, which
         // the snapshot builder calls before the log is purged.
-        let db = sled::Config::new()
-            .path(dir.join("kv.sled"))
-            .cache_capacity(256 * 1024 * 1024)
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = open_sled(
+            &sled::Config::new()
+                .path(dir.join("kv.sled"))
+                .cache_capacity(256 * 1024 * 1024)
+                .flush_every_ms(None)
+                .mode(sled::Mode::HighThroughput),
+        )?;
         let tree = db.open_tree("kv")?;
         if tree.contains_key(keys::META_RESTORING)? {
             return Err(StoreError::Config(format!(
