@@ -3,7 +3,7 @@
 //! documented in `docs/backup-format.md`.
 
 pub mod schedule;
-pub use schedule::{Written, files_in, read_verified, write_file, write_verified};
+pub use schedule::{Written, files_in, read_verified, write_file};
 
 use std::collections::BTreeMap;
 

@@ -20,32 +20,21 @@ pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(all)
 }
 
-/// A backup file as written and verified by [`write_verified`].
+/// A backup file as written by [`write_file`] and verified by [`read_verified`].
 pub struct Written {
-    pub backup: super::Backup,
     /// The file's size on disk.
     pub len: u64,
     /// How the file is encrypted (`sealed::describe`), if it is.
     pub encryption: Option<&'static str>,
 }
 
-/// Seals `file` with `seal` (if given), writes it atomically to `path`, then
-/// reads it back, opens and verifies it: a backup is only reported written
-/// once it is known to restore.
-pub fn write_verified(
-    path: &Path,
-    file: &super::FileParts<'_>,
-    seal: Option<&Secret>,
-) -> Result<Written, StoreError> {
-    write_file(path, file, seal)?;
-    read_verified(path, seal, Vec::new())
-}
-
 fn sealed_err(e: sealed::SealError) -> StoreError {
     StoreError::Config(format!("backup: {e}"))
 }
 
-/// The first step of [`write_verified`]: seal (if asked) and write atomically.
+/// Seals `file` with `seal` (if given) and writes it atomically to `path`.
+/// Every writer then calls [`read_verified`]: a backup is only reported
+/// written once it is known to restore.
 pub fn write_file(
     path: &Path,
     file: &super::FileParts<'_>,
@@ -61,9 +50,9 @@ pub fn write_file(
     Ok(())
 }
 
-/// The second step of [`write_verified`]: read the file back (into `buf`'s
-/// memory, which a caller done with a buffer of the same size can hand over:
-/// fresh pages are what reading 100 MiB back costs), open and verify it.
+/// Reads a written backup back into `buf`'s memory (a caller done with a
+/// buffer of the same size hands it over: fresh pages are what reading
+/// 100 MiB back costs), then opens and verifies it.
 pub fn read_verified(
     path: &Path,
     seal: Option<&Secret>,
@@ -78,14 +67,10 @@ pub fn read_verified(
         Some(s) => sealed::open(&buf, s).map_err(sealed_err)?,
         None => buf,
     };
-    let backup = super::decode_owned(plain).map_err(|e| {
+    super::decode_owned(plain).map_err(|e| {
         StoreError::Config(format!("backup {} does not verify: {e}", path.display()))
     })?;
-    Ok(Written {
-        backup,
-        len,
-        encryption,
-    })
+    Ok(Written { len, encryption })
 }
 
 /// While `node` leads: writes a verified backup into `dir` every
