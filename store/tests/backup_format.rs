@@ -81,6 +81,20 @@ fn a_good_backup_decodes_with_its_header() {
 }
 
 #[test]
+fn a_header_padded_for_streaming_decodes_and_its_padding_is_checked() {
+    let (h, dump, _d) = sample();
+    let parts = backup::encode_parts_padded(&h, &dump, backup::STREAMED_HEAD);
+    assert_eq!(parts.head.len(), backup::STREAMED_HEAD);
+    let file = parts.concat();
+    assert_eq!(backup::decode(&file).unwrap().header, h);
+    // The padding is part of the header text: not spaces, it is refused.
+    let mut bad = file.clone();
+    bad[backup::STREAMED_HEAD - 9] = b'x';
+    let e = backup::decode(&reseal(bad)).unwrap_err();
+    assert!(matches!(e, BackupError::Header(_)), "{e}");
+}
+
+#[test]
 fn truncation_is_refused_wherever_it_cuts() {
     let (h, dump, _d) = sample();
     let file = backup::encode(&h, &dump);

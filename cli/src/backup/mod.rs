@@ -291,7 +291,7 @@ mod tests {
             raft_term: 1,
             raft_index: 3,
         };
-        backup::build(&dump, &source).unwrap().1.concat()
+        backup::build(&dump, &source, 0).unwrap().1.concat()
     }
 
     #[test]

@@ -50,26 +50,29 @@ pub fn write_file(
     Ok(())
 }
 
-/// Reads a written backup back into `buf`'s memory (a caller done with a
-/// buffer of the same size hands it over: fresh pages are what reading
-/// 100 MiB back costs), then opens and verifies it.
-pub fn read_verified(
-    path: &Path,
-    seal: Option<&Secret>,
-    mut buf: Vec<u8>,
-) -> Result<Written, StoreError> {
-    use std::io::Read;
-    buf.clear();
-    std::fs::File::open(path)?.read_to_end(&mut buf)?;
-    let len = buf.len() as u64;
-    let encryption = sealed::describe(&buf);
-    let plain = match seal {
-        Some(s) => sealed::open(&buf, s).map_err(sealed_err)?,
-        None => buf,
-    };
-    super::decode_owned(plain).map_err(|e| {
+/// Reads a written backup back, opens it if sealed and verifies it. A
+/// plain file is mapped, read through the page cache it was just written
+/// to; a sealed one is read into memory to be opened.
+pub fn read_verified(path: &Path, seal: Option<&Secret>) -> Result<Written, StoreError> {
+    let bad = |e: super::BackupError| {
         StoreError::Config(format!("backup {} does not verify: {e}", path.display()))
-    })?;
+    };
+    let (len, encryption) = match seal {
+        Some(s) => {
+            let bytes = std::fs::read(path)?;
+            let plain = sealed::open(&bytes, s).map_err(sealed_err)?;
+            super::decode_owned(plain).map_err(bad)?;
+            (bytes.len() as u64, sealed::describe(&bytes))
+        }
+        None => {
+            let file = std::fs::File::open(path)?;
+            // SAFETY: the file was just written and renamed into place by
+            // this process; a backup file is never changed in place.
+            let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
+            super::check_bytes(&map).map_err(bad)?;
+            (map.len() as u64, sealed::describe(&map))
+        }
+    };
     Ok(Written { len, encryption })
 }
 
@@ -108,7 +111,7 @@ pub fn write_one(node: &Node, dir: &Path) -> Result<PathBuf, StoreError> {
         raft_index: m.last_applied.map(|l| l.index).unwrap_or(0),
     };
     let (header, file) =
-        super::build(&dump, &source).map_err(|e| StoreError::Config(format!("backup: {e}")))?;
+        super::build(&dump, &source, 0).map_err(|e| StoreError::Config(format!("backup: {e}")))?;
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!(
         "keel-{:016x}-{:012}-{}.keelbak",
@@ -117,7 +120,8 @@ pub fn write_one(node: &Node, dir: &Path) -> Result<PathBuf, StoreError> {
     let seal = node.cfg.backup_seal.as_ref();
     write_file(&path, &file, seal)?;
     drop(file);
-    read_verified(&path, seal, dump)?;
+    drop(dump);
+    read_verified(&path, seal)?;
     let ours: Vec<PathBuf> = files_in(dir)?
         .into_iter()
         .filter(|p| {
