@@ -45,11 +45,12 @@ pub(super) fn inspect_lines(b: &backup::Backup, prefix: Option<&str>) -> Vec<Str
 /// Decodes and verifies backup file bytes, opening them first if they are
 /// sealed; also says how they were encrypted. Errors do not name the file.
 pub(super) fn load(
-    bytes: Vec<u8>,
+    bytes: impl Into<backup::FileBytes>,
     secret: Option<&Secret>,
 ) -> anyhow::Result<(backup::Backup, Option<&'static str>)> {
+    let bytes = bytes.into();
     if !sealed::is_sealed(&bytes) {
-        return Ok((backup::decode_owned(bytes)?, None));
+        return Ok((backup::decode_file(bytes)?, None));
     }
     let plain = sealed::open(&bytes, secret.ok_or(NeedsSecret)?)?;
     Ok((backup::decode_owned(plain)?, sealed::describe(&bytes)))
@@ -60,7 +61,8 @@ pub(super) fn read(
     file: &Path,
     secret: Option<&Secret>,
 ) -> anyhow::Result<(backup::Backup, Option<&'static str>)> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let bytes =
+        backup::FileBytes::open(file).with_context(|| format!("reading {}", file.display()))?;
     load(bytes, secret).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
@@ -102,7 +104,7 @@ pub(super) fn list(dir: &Path, secret: Option<&Secret>) -> anyhow::Result<()> {
     for f in &files {
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("?");
         let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-        match std::fs::read(f)
+        match backup::FileBytes::open(f)
             .map_err(anyhow::Error::from)
             .and_then(|b| load(b, secret))
         {

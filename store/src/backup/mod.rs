@@ -2,8 +2,10 @@
 //! revision, with a header an auditor can read offline. The byte layout is
 //! documented in `docs/backup-format.md`.
 
+pub mod file_bytes;
 pub mod schedule;
 pub mod write;
+pub use file_bytes::FileBytes;
 pub use schedule::{Written, files_in, read_verified, write_file};
 pub use write::{STREAMED_HEAD, StreamedFile, write_atomically};
 
@@ -82,7 +84,7 @@ pub struct Backup {
     /// has been checked against it).
     pub signer: Option<[u8; 32]>,
     /// The verified file (opened, if it was sealed).
-    bytes: Vec<u8>,
+    bytes: FileBytes,
     /// Where the key-space dump lies in `bytes`.
     dump: std::ops::Range<usize>,
 }
@@ -274,6 +276,11 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
 
 /// [`decode`] for a file already in memory, without copying it.
 pub fn decode_owned(bytes: Vec<u8>) -> Result<Backup, BackupError> {
+    decode_file(bytes.into())
+}
+
+/// [`decode`] for a file mapped or in memory, without copying it.
+pub fn decode_file(bytes: FileBytes) -> Result<Backup, BackupError> {
     let (header, signer, dump) = check(&bytes)?;
     Ok(Backup {
         header,

@@ -65,12 +65,9 @@ pub fn read_verified(path: &Path, seal: Option<&Secret>) -> Result<Written, Stor
             (bytes.len() as u64, sealed::describe(&bytes))
         }
         None => {
-            let file = std::fs::File::open(path)?;
-            // SAFETY: the file was just written and renamed into place by
-            // this process; a backup file is never changed in place.
-            let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
-            super::check_bytes(&map).map_err(bad)?;
-            (map.len() as u64, sealed::describe(&map))
+            let bytes = super::FileBytes::open(path)?;
+            super::check_bytes(&bytes).map_err(bad)?;
+            (bytes.len() as u64, None)
         }
     };
     Ok(Written { len, encryption })
