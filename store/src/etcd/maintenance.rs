@@ -99,28 +99,44 @@ impl Maintenance for Etcd {
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let (mut data, _, _) = self.node.kv.dump();
+        // The dump is built under the apply lock (one revision), off the
+        // async workers.
+        let kv = self.node.kv.clone();
+        let (mut data, _, _) = tokio::task::spawn_blocking(move || kv.dump())
+            .await
+            .map_err(|e| Status::internal(format!("snapshot task: {e}")))?;
         // etcdctl checks that the data is a whole number of 512-byte pages.
         crate::mvcc::snapshot::pad(&mut data, 512);
-        let sum = Sha256::digest(&data);
-        data.extend_from_slice(&sum);
+        let data = prost::bytes::Bytes::from(data);
         let header = self.header(0);
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
-            let total = data.len();
+            // Slices of the dump, hashed as they go out; the SHA-256 that
+            // etcdctl checks follows as the last message.
+            let total = data.len() + 32;
+            let mut sum = Sha256::new();
             let mut sent = 0;
-            for chunk in data.chunks(SNAPSHOT_CHUNK) {
-                sent += chunk.len();
+            let slices = (0..data.len()).step_by(SNAPSHOT_CHUNK).map(|at| {
+                let blob = data.slice(at..(at + SNAPSHOT_CHUNK).min(data.len()));
+                sum.update(&blob);
+                blob
+            });
+            let mut send = |blob: prost::bytes::Bytes| {
+                sent += blob.len();
                 let r = SnapshotResponse {
                     header,
                     remaining_bytes: (total - sent) as u64,
-                    blob: chunk.to_vec(),
+                    blob,
                     version: API_VERSION.into(),
                 };
-                if tx.send(Ok(r)).await.is_err() {
+                tx.send(Ok(r))
+            };
+            for blob in slices {
+                if send(blob).await.is_err() {
                     return;
                 }
             }
+            let _ = send(sum.finalize().to_vec().into()).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
