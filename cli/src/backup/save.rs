@@ -128,7 +128,7 @@ pub(super) async fn save(
     drop(data);
     // Published atomically; read back, opened and verified before claiming
     // success.
-    let written = backup::read_verified(out, seal_with).with_context(|| context(out))?;
+    let written = backup::read_verified(out, seal_with, true).with_context(|| context(out))?;
     print_header(&header, written.encryption);
     println!("saved {} ({} bytes)", out.display(), written.len);
     Ok(())

@@ -50,10 +50,16 @@ pub fn write_file(
     Ok(())
 }
 
-/// Reads a written backup back, opens it if sealed and verifies it. A
-/// plain file is mapped, read through the page cache it was just written
-/// to; a sealed one is read into memory to be opened.
-pub fn read_verified(path: &Path, seal: Option<&Secret>) -> Result<Written, StoreError> {
+/// Reads a written backup back, opens it if sealed and verifies it. With
+/// `mapped`, a plain file is mapped, read through the page cache it was just
+/// written to (for the CLI); a master reads into memory, as a file truncated
+/// by someone else while mapped would fault the process. A sealed file is
+/// read into memory to be opened.
+pub fn read_verified(
+    path: &Path,
+    seal: Option<&Secret>,
+    mapped: bool,
+) -> Result<Written, StoreError> {
     let bad = |e: super::BackupError| {
         StoreError::Config(format!("backup {} does not verify: {e}", path.display()))
     };
@@ -65,7 +71,10 @@ pub fn read_verified(path: &Path, seal: Option<&Secret>) -> Result<Written, Stor
             (bytes.len() as u64, sealed::describe(&bytes))
         }
         None => {
-            let bytes = super::FileBytes::open(path)?;
+            let bytes = match mapped {
+                true => super::FileBytes::open(path)?,
+                false => std::fs::read(path)?.into(),
+            };
             super::check_bytes(&bytes).map_err(bad)?;
             (bytes.len() as u64, None)
         }
@@ -118,7 +127,7 @@ pub fn write_one(node: &Node, dir: &Path) -> Result<PathBuf, StoreError> {
     write_file(&path, &file, seal)?;
     drop(file);
     drop(dump);
-    read_verified(&path, seal)?;
+    read_verified(&path, seal, false)?;
     let ours: Vec<PathBuf> = files_in(dir)?
         .into_iter()
         .filter(|p| {
