@@ -290,12 +290,6 @@ pub fn decode_file(bytes: FileBytes) -> Result<Backup, BackupError> {
     })
 }
 
-/// The checks of [`decode`] on bytes that stay where they are (a mapped
-/// file): the header they hold.
-pub fn check_bytes(bytes: &[u8]) -> Result<BackupHeader, BackupError> {
-    check(bytes).map(|(header, ..)| header)
-}
-
 /// The checks of [`decode`]: the header, the signer and where the dump lies.
 type Checked = (BackupHeader, Option<[u8; 32]>, std::ops::Range<usize>);
 

@@ -51,34 +51,27 @@ pub fn write_file(
 }
 
 /// Reads a written backup back, opens it if sealed and verifies it. With
-/// `mapped`, a plain file is mapped, read through the page cache it was just
-/// written to (for the CLI); a master reads into memory, as a file truncated
-/// by someone else while mapped would fault the process. A sealed file is
-/// read into memory to be opened.
+/// `mapped`, the file is mapped, read through the page cache it was just
+/// written to (for the CLI); a master reads it into memory, as a file
+/// truncated by someone else while mapped would fault the process.
 pub fn read_verified(
     path: &Path,
     seal: Option<&Secret>,
     mapped: bool,
 ) -> Result<Written, StoreError> {
-    let bad = |e: super::BackupError| {
+    let bytes = match mapped {
+        true => super::FileBytes::open(path)?,
+        false => std::fs::read(path)?.into(),
+    };
+    let len = bytes.len() as u64;
+    let encryption = sealed::describe(&bytes);
+    let plain = match seal {
+        Some(s) => sealed::open(&bytes, s).map_err(sealed_err)?.into(),
+        None => bytes,
+    };
+    super::decode_file(plain).map_err(|e| {
         StoreError::Config(format!("backup {} does not verify: {e}", path.display()))
-    };
-    let (len, encryption) = match seal {
-        Some(s) => {
-            let bytes = std::fs::read(path)?;
-            let plain = sealed::open(&bytes, s).map_err(sealed_err)?;
-            super::decode_owned(plain).map_err(bad)?;
-            (bytes.len() as u64, sealed::describe(&bytes))
-        }
-        None => {
-            let bytes = match mapped {
-                true => super::FileBytes::open(path)?,
-                false => std::fs::read(path)?.into(),
-            };
-            super::check_bytes(&bytes).map_err(bad)?;
-            (bytes.len() as u64, None)
-        }
-    };
+    })?;
     Ok(Written { len, encryption })
 }
 
