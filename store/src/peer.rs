@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::node::forward_stream::{Answer, AnswerBatch, RequestBatch};
+use crate::node::forward_stream;
 use crate::node::{FORWARDED, LeaderError, LeaderRequest, Node, read_index};
 use crate::raft::codec;
 use crate::raft::types::{Raft, TypeConfig};
@@ -154,38 +154,7 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<Self::LeaderStreamStream>, Status> {
-        let mut inbound = req.into_inner();
-        let node = self.node.clone();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Answer)>();
-        tokio::spawn(async move {
-            while let Ok(Some(p)) = inbound.message().await {
-                let Ok(batch) = codec::decode::<RequestBatch>(&p.data) else {
-                    tracing::warn!("undecodable forwarded batch; closing the stream");
-                    break;
-                };
-                for (id, r) in batch {
-                    let (node, tx) = (node.clone(), tx.clone());
-                    // Forwarded: served only if this member leads, never
-                    // forwarded again.
-                    tokio::spawn(async move {
-                        let _ = tx.send((id, node.serve_leader(r).await));
-                    });
-                }
-            }
-        });
-        // Every answer ready at once goes back in one message; the stream
-        // ends when the follower closed its side and every answer is out.
-        let out = futures::stream::unfold(rx, |mut rx| async move {
-            let first = rx.recv().await?;
-            let mut batch: AnswerBatch = vec![first];
-            while let Ok(a) = rx.try_recv() {
-                batch.push(a);
-            }
-            let msg = RaftPayload {
-                data: codec::encode(&batch),
-            };
-            Some((Ok(msg), rx))
-        });
+        let out = forward_stream::serve(req.into_inner(), self.node.clone());
         Ok(Response::new(Box::pin(out)))
     }
 
