@@ -12,18 +12,15 @@ use keel_proto::etcdserverpb::{
     MemberUpdateRequest, MoveLeaderRequest, StatusRequest,
 };
 
-use crate::client::{connect, connect_any, parse_endpoints};
+use crate::client::{choose_endpoints, connect, connect_any};
+use crate::config::Connection;
 
 #[derive(Args)]
 pub struct ClusterArgs {
-    /// Client endpoints of the cluster's masters.
-    #[arg(
-        long,
-        global = true,
-        env = "KEEL_ENDPOINTS",
-        default_value = "127.0.0.1:2479,127.0.0.1:2480,127.0.0.1:2481"
-    )]
-    endpoints: String,
+    /// Client endpoints of the cluster's masters (default: the client
+    /// config's, else `keel up`'s three on this host).
+    #[arg(long, global = true, env = "KEEL_ENDPOINTS")]
+    endpoints: Option<String>,
     #[command(subcommand)]
     cmd: ClusterCmd,
 }
@@ -94,8 +91,12 @@ fn find(members: &[Member], key: &str) -> anyhow::Result<u64> {
     }
 }
 
-pub async fn run(a: ClusterArgs, creds: &Credentials) -> anyhow::Result<()> {
-    let eps = parse_endpoints(&a.endpoints);
+/// Where `keel up` puts its masters' client ports.
+const UP_ENDPOINTS: [&str; 3] = ["127.0.0.1:2479", "127.0.0.1:2480", "127.0.0.1:2481"];
+
+pub async fn run(a: ClusterArgs, conn: &Connection) -> anyhow::Result<()> {
+    let creds = &conn.creds;
+    let eps = choose_endpoints(a.endpoints.as_deref(), &conn.endpoints, &UP_ENDPOINTS)?;
     match a.cmd {
         ClusterCmd::Status => status(creds, &eps).await,
         ClusterCmd::Recover { data_dirs } => recover(&data_dirs).await,

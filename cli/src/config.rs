@@ -63,6 +63,9 @@ pub fn default_path() -> Option<PathBuf> {
 pub struct Connection {
     /// REST API servers (`host:port`) from the config (empty if none).
     pub servers: Vec<String>,
+    /// etcd client endpoints (`host:port`) from the config (empty if none):
+    /// what `keel backup save` and `keel cluster` dial without --endpoints.
+    pub endpoints: Vec<String>,
     pub creds: Credentials,
 }
 
@@ -112,6 +115,7 @@ pub fn load(a: &Auth) -> anyhow::Result<Connection> {
             token: a.token.clone().or(cfg.token.clone()),
         },
         servers: cfg.servers,
+        endpoints: cfg.endpoints,
     })
 }
 

@@ -103,6 +103,29 @@ async fn backup_of_a_live_cluster_verifies_offline_and_corruption_is_caught() {
     let stdout = saved.stdout.clone();
     assert_eq!(field(&stdout, "keys"), (base + 21).to_string());
 
+    // Without --endpoints, save dials the client config's endpoints (what
+    // `keel up` writes); a config without any is a clear error.
+    let o = keel(&["backup", "save", "--out", f]);
+    assert!(!o.status.success(), "save without endpoints succeeded");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no endpoints"), "{err}");
+    let shared = std::fs::read_to_string(shared_pki().join("client-config.yaml")).unwrap();
+    let with_eps = tc.dir.path().join("config-with-endpoints.yaml");
+    let list: String = eps.iter().map(|e| format!("- {e}\n")).collect();
+    std::fs::write(&with_eps, format!("{shared}endpoints:\n{list}")).unwrap();
+    let from_config = tc.dir.path().join("from-config.keelbak");
+    let o = keel(&[
+        "--config",
+        with_eps.to_str().unwrap(),
+        "backup",
+        "save",
+        "--out",
+        from_config.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = keel(&["backup", "verify", from_config.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
     // The backup carries the cluster CA (its key included), so it can be
     // sealed: `save --encrypt` leaves no readable key in the file, opening
     // needs the passphrase, and `inspect` never prints secret values.

@@ -11,10 +11,10 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use keel_proto::pki::Credentials;
 use keel_store::backup;
 
-use crate::client::parse_endpoints;
+use crate::client::choose_endpoints;
+use crate::config::Connection;
 use file::{inspect_lines, list, print_header, read};
 pub use keys::read_hex32;
 use keys::{SecretArgs, enc_keygen, keygen, read_public, read_secret};
@@ -40,8 +40,10 @@ impl BackupArgs {
 enum BackupCmd {
     /// Take an online, consistent backup of a running cluster into one file.
     Save {
+        /// Client endpoints of the cluster's masters (default: the client
+        /// config's, which `keel up` writes).
         #[arg(long, env = "KEEL_ENDPOINTS")]
-        endpoints: String,
+        endpoints: Option<String>,
         #[arg(long)]
         out: PathBuf,
         /// Sign the backup with this Ed25519 key (from `keel backup keygen`).
@@ -126,7 +128,8 @@ enum BackupCmd {
     },
 }
 
-pub async fn run(a: BackupArgs, creds: &Credentials) -> anyhow::Result<()> {
+pub async fn run(a: BackupArgs, conn: &Connection) -> anyhow::Result<()> {
+    let creds = &conn.creds;
     match a.cmd {
         BackupCmd::Save {
             endpoints,
@@ -152,7 +155,7 @@ pub async fn run(a: BackupArgs, creds: &Credentials) -> anyhow::Result<()> {
             };
             save(
                 creds,
-                &parse_endpoints(&endpoints),
+                &choose_endpoints(endpoints.as_deref(), &conn.endpoints, &[])?,
                 &out,
                 key.as_ref(),
                 seal_with.as_ref(),
