@@ -1971,3 +1971,43 @@ async fn feed_catch_up_is_paged_and_complete() {
     }
     assert_eq!(seen, (2..=n as i64 + 1).collect::<Vec<_>>());
 }
+
+/// A feed limited to a key range delivers only those keys' events, from
+/// stored history and from live batches, and moves past batches with none
+/// of them (a later wanted event comes once, nothing comes twice).
+#[tokio::test]
+async fn feed_over_a_range_skips_other_keys() {
+    use keel_store::mvcc::feed::Feed;
+    let (_d, kv) = open();
+    // Revisions 2..=5: a/1, b/1, a/2, b/2.
+    exec_batch(
+        &kv,
+        vec![
+            put_op("a/1", "v"),
+            put_op("b/1", "v"),
+            put_op("a/2", "v"),
+            put_op("b/2", "v"),
+        ],
+    );
+    let range = Some((b"a/".to_vec(), b"a0".to_vec()));
+    let (mut feed, cur) = Feed::open_range(kv.clone(), 2, range);
+    assert_eq!(cur, 5);
+    let keys = |evs: Vec<(i64, keel_proto::mvccpb::Event)>| -> Vec<(i64, String)> {
+        evs.into_iter()
+            .map(|(r, e)| (r, String::from_utf8(e.kv.unwrap().key).unwrap()))
+            .collect()
+    };
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.extend(keys(feed.next().await.unwrap()));
+    }
+    assert_eq!(seen, [(2, "a/1".to_string()), (4, "a/2".to_string())]);
+    // Live: a batch of other keys only (6), then a wanted one (7).
+    exec_batch(&kv, vec![put_op("b/3", "v")]);
+    exec_batch(&kv, vec![put_op("a/3", "v")]);
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), feed.next())
+        .await
+        .expect("the wanted event")
+        .unwrap();
+    assert_eq!(keys(next), [(7, "a/3".to_string())]);
+}

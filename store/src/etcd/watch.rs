@@ -222,7 +222,8 @@ async fn run_watcher(
     c: WatchCreateRequest,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
 ) {
-    let (mut feed, cur) = Feed::open(svc.node.kv.clone(), c.start_revision);
+    let range = Some((c.key.clone(), c.range_end.clone()));
+    let (mut feed, cur) = Feed::open_range(svc.node.kv.clone(), c.start_revision, range);
     let created = WatchResponse {
         header: svc.header(cur),
         watch_id: id,

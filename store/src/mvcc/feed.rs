@@ -2,6 +2,9 @@
 //! revision order. It replays stored history, then follows live batches, and
 //! re-reads history when it lags or a snapshot replaced the key space. The
 //! etcd Watch service and the control plane's informers both read through it.
+//! A feed may be limited to a key range: events of other keys are skipped
+//! before they are copied (every live batch reaches every feed, and the
+//! leader's control plane keeps one per kind of object it follows).
 
 use std::sync::Arc;
 
@@ -9,6 +12,7 @@ use keel_proto::mvccpb::Event;
 use tokio::sync::broadcast;
 
 use super::KvStore;
+use super::keys::in_range;
 use crate::error::EtcdError;
 
 /// Revisions of stored history read per step when catching up.
@@ -22,12 +26,26 @@ pub struct Feed {
     next: i64,
     /// Whether stored history must be read before following live batches.
     catch_up: bool,
+    /// The keys delivered, `(key, range_end)` with etcd's conventions;
+    /// None: every key.
+    range: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Feed {
     /// A feed starting at `start` (`<= 0`: after the current revision).
     /// Returns it with the revision current when it was opened.
     pub fn open(kv: Arc<KvStore>, start: i64) -> (Feed, i64) {
+        Self::open_range(kv, start, None)
+    }
+
+    /// As `open`, delivering only events of keys in `range` (`(key,
+    /// range_end)` as in etcd: an empty end is the key alone, `"\0"` every key
+    /// from `key` on).
+    pub fn open_range(
+        kv: Arc<KvStore>,
+        start: i64,
+        range: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> (Feed, i64) {
         // Subscribe before reading the revision, so nothing falls between the two.
         let live = kv.subscribe();
         let cur = kv.revision();
@@ -37,8 +55,17 @@ impl Feed {
             live,
             next,
             catch_up: true,
+            range,
         };
         (feed, cur)
+    }
+
+    fn wanted(&self, ev: &Event) -> bool {
+        match (&self.range, &ev.kv) {
+            (None, _) => true,
+            (Some((key, end)), Some(kv)) => in_range(&kv.key, key, end),
+            (Some(_), None) => false,
+        }
     }
 
     /// The next events (never empty), in revision order. Fails with
@@ -50,7 +77,8 @@ impl Feed {
                 // History is read a page of revisions at a time, so a watch
                 // from far back never loads the whole history at once.
                 let to = self.next.saturating_add(CATCH_UP_REVISIONS - 1);
-                let (events, cur) = self.kv.events_between(self.next, Some(to))?;
+                let (mut events, cur) = self.kv.events_between(self.next, Some(to))?;
+                events.retain(|(_, ev)| self.wanted(ev));
                 let upto = to.min(cur);
                 self.next = self.next.max(upto + 1);
                 self.catch_up = upto < cur;
@@ -71,11 +99,14 @@ impl Feed {
                     let fresh: Vec<(i64, Event)> = batch
                         .events
                         .iter()
-                        .filter(|(r, _)| *r >= self.next)
+                        .filter(|(r, ev)| *r >= self.next && self.wanted(ev))
                         .cloned()
                         .collect();
-                    if let Some((r, _)) = fresh.last() {
-                        self.next = r + 1;
+                    // Past the whole batch, whether or not any of it was wanted.
+                    if let Some((last, _)) = batch.events.last() {
+                        self.next = self.next.max(last + 1);
+                    }
+                    if !fresh.is_empty() {
                         return Ok(fresh);
                     }
                 }
