@@ -93,8 +93,11 @@ impl Node {
     }
 
     /// Resolves once this member no longer sees `leader` as the leader.
+    /// Waits on openraft's server metrics (vote, state, leader, membership),
+    /// not on all metrics: those change with every applied entry, and every
+    /// forward in flight would be woken for each.
     async fn leader_moves_from(&self, leader: u64) {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.raft.server_metrics();
         loop {
             if rx.borrow_watched().current_leader != Some(leader) {
                 return;
