@@ -151,3 +151,48 @@ async fn entries_kept_in_redb_by_an_older_version_move_to_the_segments() {
     }
     assert!(dir.path().join("wal").exists());
 }
+
+/// Reads of entries just made durable come from memory (`Tail::recent`);
+/// whatever part of a range is served from memory and whatever from the
+/// segments, a read returns every entry once, in order, and never one a
+/// truncation replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_across_memory_and_segments_are_complete_and_never_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path()).unwrap();
+    let ids = |entries: Vec<EntryOf<C>>| entries.iter().map(|e| e.log_id).collect::<Vec<_>>();
+    // More entries than memory keeps, in appends of 100.
+    for start in (1..=5000u64).step_by(100) {
+        let batch = (start..start + 100)
+            .map(|i| EntryOf::<C>::new_blank(log_id(1, i)))
+            .collect();
+        append(&mut log, batch).await;
+    }
+    let all = ids(log.try_get_log_entries(1..5101).await.unwrap());
+    assert_eq!(all, (1..=5000).map(|i| log_id(1, i)).collect::<Vec<_>>());
+    let tail = ids(log.try_get_log_entries(4990..5001).await.unwrap());
+    assert_eq!(
+        tail,
+        (4990..=5000).map(|i| log_id(1, i)).collect::<Vec<_>>()
+    );
+
+    // Replace the last ten with entries of term 2: reads see only those.
+    log.truncate_after(Some(log_id(1, 4990))).await.unwrap();
+    let batch = (4991..=4995)
+        .map(|i| EntryOf::<C>::new_blank(log_id(2, i)))
+        .collect();
+    append(&mut log, batch).await;
+    let want: Vec<_> = (4985..=4990)
+        .map(|i| log_id(1, i))
+        .chain((4991..=4995).map(|i| log_id(2, i)))
+        .collect();
+    assert_eq!(
+        ids(log.try_get_log_entries(4985..5001).await.unwrap()),
+        want
+    );
+
+    // A purge drops what it covers from memory too.
+    log.purge(log_id(1, 4988)).await.unwrap();
+    let after: Vec<_> = ids(log.try_get_log_entries(0..5001).await.unwrap());
+    assert_eq!(after, want[4..].to_vec());
+}

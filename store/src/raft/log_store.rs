@@ -71,9 +71,73 @@ pub(super) fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// Entries accepted by `append` and not yet committed to redb: always a
-/// contiguous suffix of the log, readable at once.
-pub(super) type Pending = Arc<Mutex<BTreeMap<u64, (Entry, usize)>>>;
+/// Entries by index, each with its encoded size.
+pub(super) type Entries = BTreeMap<u64, (Entry, usize)>;
+
+/// The log's part held in memory: `pending`, the entries accepted by
+/// `append` and not yet durable (always a contiguous suffix of the log,
+/// readable at once), and `recent`, the entries the writer made durable
+/// last (at most `RECENT_ENTRIES` and `RECENT_BYTES`). Replication reads
+/// what was just appended; from `recent` it does not go to the segments, a
+/// blocking read that waits for the lock the writer holds during its next
+/// fsync. An entry enters `recent` only from `pending`, so a truncation,
+/// which drops both at once, never leaves a replaced entry readable.
+#[derive(Default)]
+pub(super) struct Tail {
+    pub(super) pending: Entries,
+    recent: Entries,
+    recent_bytes: usize,
+}
+
+/// The most entries and encoded bytes `Tail::recent` keeps.
+const RECENT_ENTRIES: usize = 4096;
+const RECENT_BYTES: usize = 8 << 20;
+
+impl Tail {
+    /// Moves the entry `id` from `pending` to `recent` if `pending` still
+    /// holds it (a truncation and a new append may have replaced it).
+    pub(super) fn made_durable(&mut self, id: &LogIdC) {
+        if !self
+            .pending
+            .get(&id.index)
+            .is_some_and(|(e, _)| e.log_id == *id)
+        {
+            return;
+        }
+        if let Some((e, len)) = self.pending.remove(&id.index) {
+            self.recent_bytes += len;
+            if let Some((_, old)) = self.recent.insert(id.index, (e, len)) {
+                self.recent_bytes -= old;
+            }
+        }
+        while self.recent.len() > RECENT_ENTRIES || self.recent_bytes > RECENT_BYTES {
+            let Some((_, (_, len))) = self.recent.pop_first() else {
+                break;
+            };
+            self.recent_bytes -= len;
+        }
+    }
+
+    /// Drops every entry from index `from` on, in both parts.
+    fn cut_from(&mut self, from: u64) {
+        drop(self.pending.split_off(&from));
+        for (_, (_, len)) in self.recent.split_off(&from) {
+            self.recent_bytes -= len;
+        }
+    }
+
+    /// Drops every entry up to index `upto`, in both parts.
+    fn purge_to(&mut self, upto: u64) {
+        self.pending = self.pending.split_off(&(upto + 1));
+        let kept = self.recent.split_off(&(upto + 1));
+        for (_, (_, len)) in std::mem::replace(&mut self.recent, kept) {
+            self.recent_bytes -= len;
+        }
+    }
+}
+
+/// The in-memory tail, shared by the store's clones and the writer thread.
+pub(super) type Pending = Arc<Mutex<Tail>>;
 
 /// The entries on disk, shared by the writer thread and readers.
 pub(super) type SharedWal = Arc<Mutex<Wal>>;
@@ -141,7 +205,7 @@ impl LogStore {
         })
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (Entry, usize)>> {
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -189,8 +253,9 @@ impl LogStore {
     }
 
     /// Entries `[start, end)` (end `None`: to the last), at most `max_bytes`
-    /// of encoded entries (always at least one): the pending suffix straight
-    /// from memory, what precedes it from redb.
+    /// of encoded entries (always at least one): the pending suffix and the
+    /// recently durable entries straight from memory, the rest from the
+    /// segments.
     async fn read_range(
         &self,
         start: u64,
@@ -208,8 +273,9 @@ impl LogStore {
             // Everything below the pending suffix is already in redb (or
             // purged); entries only ever move from `pending` to redb.
             let disk_end = {
-                let p = self.pending();
-                match p.keys().next() {
+                let t = self.tail();
+                let p = &t.pending;
+                let disk_end = match p.keys().next() {
                     Some(&p0) if p0 <= next => {
                         for (_, (e, len)) in p.range(next..hi) {
                             if over(&out, bytes, *len) {
@@ -222,8 +288,28 @@ impl LogStore {
                     }
                     Some(&p0) => p0.min(hi),
                     None => hi,
+                };
+                // The recently durable entries below `disk_end`, as long as
+                // they follow on from `next` without a gap.
+                for (&i, (e, len)) in t.recent.range(next..disk_end) {
+                    if i != next {
+                        break;
+                    }
+                    if over(&out, bytes, *len) {
+                        return Ok(out);
+                    }
+                    bytes += len;
+                    out.push(e.clone());
+                    next += 1;
                 }
+                disk_end
             };
+            if next == disk_end {
+                if disk_end == hi {
+                    break;
+                }
+                continue;
+            }
             let (from, budget) = (next, max_bytes.map(|m| m.saturating_sub(bytes)));
             let first = out.is_empty();
             let wal = self.wal.clone();
@@ -346,7 +432,12 @@ impl RaftLogStorage<C> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
-        let pending_last = self.pending().values().next_back().map(|(e, _)| e.log_id);
+        let pending_last = self
+            .tail()
+            .pending
+            .values()
+            .next_back()
+            .map(|(e, _)| e.log_id);
         let wal = self.wal.clone();
         self.blocking(move |db| {
             let purged: Option<LogIdC> = Self::read_meta(db, K_PURGED)?;
@@ -405,10 +496,11 @@ impl RaftLogStorage<C> for LogStore {
         let started = Instant::now();
         let mut batch = Vec::new();
         {
-            let mut pending = self.pending();
+            let mut tail = self.tail();
             for e in entries {
                 let bytes = codec::encode(&e);
-                pending.insert(e.log_id.index, (e.clone(), bytes.len()));
+                tail.pending
+                    .insert(e.log_id.index, (e.clone(), bytes.len()));
                 batch.push((e.log_id, bytes));
             }
         }
@@ -435,7 +527,7 @@ impl RaftLogStorage<C> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdC>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
-        drop(self.pending().split_off(&from));
+        self.tail().cut_from(from);
         // fsync: `truncate_from` makes the cut durable before it returns.
         self.write(move |_, wal| lock_wal(wal).truncate_from(from))
             .await
@@ -450,9 +542,7 @@ impl RaftLogStorage<C> for LogStore {
             lock_wal(wal).purge_to(log_id.index)
         })
         .await?;
-        let mut p = self.pending();
-        let keep = p.split_off(&(log_id.index + 1));
-        *p = keep;
+        self.tail().purge_to(log_id.index);
         Ok(())
     }
 }

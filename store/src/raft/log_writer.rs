@@ -165,14 +165,12 @@ fn flush_appends(wal: &SharedWal, pending: &Pending, stages: &Stages, appends: &
     };
     let done = std::mem::take(appends);
     if r.is_ok() {
-        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tail = pending.lock().unwrap_or_else(|e| e.into_inner());
         for (batch, ..) in &done {
             for (id, _) in batch {
                 // Only the entry this append wrote: a truncation and a new
                 // append at the same index may have replaced it meanwhile.
-                if p.get(&id.index).is_some_and(|(e, _)| e.log_id == *id) {
-                    p.remove(&id.index);
-                }
+                tail.made_durable(id);
             }
         }
     }
