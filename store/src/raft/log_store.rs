@@ -97,10 +97,10 @@ impl Tail {
     /// Moves the entry `id` from `pending` to `recent` if `pending` still
     /// holds it (a truncation and a new append may have replaced it).
     pub(super) fn made_durable(&mut self, id: &LogIdC) {
-        if !self
+        if self
             .pending
             .get(&id.index)
-            .is_some_and(|(e, _)| e.log_id == *id)
+            .is_none_or(|(e, _)| e.log_id != *id)
         {
             return;
         }
