@@ -253,13 +253,12 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
             ag.log.display()
         );
     }
-    let eps = cluster.endpoints().join(",");
     println!(
         "\nTLS everywhere: CA, admin certificate and admin token in {}",
         pki_dir.display()
     );
     println!(
-        "Client config (servers, CA, token) written to {}",
+        "Client config (servers, endpoints, CA, token) written to {}",
         config_path.display()
     );
     println!(
@@ -269,7 +268,8 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     println!("\nTry:\n  keel get nodes");
     println!("  KUBECONFIG={} kubectl get nodes", kubeconfig.display());
     println!("  keel apply -f examples/web.yaml && keel get pods -o wide");
-    println!("  keel cluster status --endpoints {eps}");
+    println!("  keel cluster status");
+    println!("  keel backup save --out keel-data/b1.keelbak");
     println!("\nCtrl-C stops the cluster and its pods (data is kept).");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
