@@ -527,11 +527,10 @@ impl Registry {
     /// Follows the changes to a kind's objects after revision `after`.
     pub fn watch(&self, kind: &'static Kind, ns: Option<&str>, after: i64) -> Watch {
         let prefix = prefix(kind, ns).into_bytes();
-        let range = Some((prefix.clone(), prefix_end(&prefix)));
-        let (feed, _) = Feed::open_range(self.node.kv.clone(), after + 1, range);
+        let end = prefix_end(&prefix);
+        let (feed, _) = Feed::open_range(self.node.kv.clone(), after + 1, Some((prefix, end)));
         Watch {
             feed,
-            prefix,
             pending: std::collections::VecDeque::new(),
         }
     }

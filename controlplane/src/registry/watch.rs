@@ -19,8 +19,8 @@ pub struct Change {
 
 /// A stream of changes to one kind's objects.
 pub struct Watch {
+    /// Limited to the kind's key prefix (`Feed::open_range`).
     pub(super) feed: Feed,
-    pub(super) prefix: Vec<u8>,
     pub(super) pending: std::collections::VecDeque<Change>,
 }
 
@@ -34,9 +34,6 @@ impl Watch {
             }
             for (rev, ev) in self.feed.next().await? {
                 let Some(kv) = ev.kv.as_ref() else { continue };
-                if !kv.key.starts_with(&self.prefix) {
-                    continue;
-                }
                 let change = if ev.r#type == event::EventType::Delete as i32 {
                     match ev.prev_kv.as_ref() {
                         Some(prev) => Change {

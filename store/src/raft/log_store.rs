@@ -29,7 +29,7 @@
 //! asked for, so a truncation or purge never overtakes an append queued
 //! before it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -97,18 +97,16 @@ impl Tail {
     /// Moves the entry `id` from `pending` to `recent` if `pending` still
     /// holds it (a truncation and a new append may have replaced it).
     pub(super) fn made_durable(&mut self, id: &LogIdC) {
-        if self
-            .pending
-            .get(&id.index)
-            .is_none_or(|(e, _)| e.log_id != *id)
-        {
+        let btree_map::Entry::Occupied(held) = self.pending.entry(id.index) else {
+            return;
+        };
+        if held.get().0.log_id != *id {
             return;
         }
-        if let Some((e, len)) = self.pending.remove(&id.index) {
-            self.recent_bytes += len;
-            if let Some((_, old)) = self.recent.insert(id.index, (e, len)) {
-                self.recent_bytes -= old;
-            }
+        let (e, len) = held.remove();
+        self.recent_bytes += len;
+        if let Some((_, old)) = self.recent.insert(id.index, (e, len)) {
+            self.recent_bytes -= old;
         }
         while self.recent.len() > RECENT_ENTRIES || self.recent_bytes > RECENT_BYTES {
             let Some((_, (_, len))) = self.recent.pop_first() else {
@@ -137,7 +135,7 @@ impl Tail {
 }
 
 /// The in-memory tail, shared by the store's clones and the writer thread.
-pub(super) type Pending = Arc<Mutex<Tail>>;
+pub(super) type SharedTail = Arc<Mutex<Tail>>;
 
 /// The entries on disk, shared by the writer thread and readers.
 pub(super) type SharedWal = Arc<Mutex<Wal>>;
@@ -147,12 +145,12 @@ pub(super) fn lock_wal(w: &SharedWal) -> std::sync::MutexGuard<'_, Wal> {
 }
 
 /// The redb-backed log store; cheap to clone (all clones share one database,
-/// one pending suffix and one writer thread).
+/// one in-memory tail and one writer thread).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
     wal: SharedWal,
-    pending: Pending,
+    tail: SharedTail,
     writer: Arc<Writer>,
     /// Benchmark only: `append` returns after its fsync (the old write path).
     sequential: bool,
@@ -186,17 +184,16 @@ impl LogStore {
         let wal = migrate(&db, dir, purged.map(|p| p.index))?;
         let wal = Arc::new(Mutex::new(wal));
         let db = Arc::new(db);
-        let pending = Pending::default();
+        let tail = SharedTail::default();
         let (tx, rx) = mpsc::channel();
-        let (db2, wal2, pending2, stages2) =
-            (db.clone(), wal.clone(), pending.clone(), stages.clone());
+        let (db2, wal2, tail2, stages2) = (db.clone(), wal.clone(), tail.clone(), stages.clone());
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer(&db2, &wal2, &pending2, &stages2, rx))?;
+            .spawn(move || writer(&db2, &wal2, &tail2, &stages2, rx))?;
         Ok(LogStore {
             db,
             wal,
-            pending,
+            tail,
             writer: Arc::new(Writer {
                 tx: Some(tx),
                 thread: Some(thread),
@@ -206,7 +203,7 @@ impl LogStore {
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `f` in a write transaction on the writer thread, after every
@@ -270,8 +267,9 @@ impl LogStore {
             max_bytes.is_some_and(|m| !out.is_empty() && bytes + len > m)
         };
         while next < hi {
-            // Everything below the pending suffix is already in redb (or
-            // purged); entries only ever move from `pending` to redb.
+            // Everything below the pending suffix is already in the
+            // segments (or purged); entries only move from `pending` to the
+            // segments, and then to `recent`.
             let disk_end = {
                 let t = self.tail();
                 let p = &t.pending;

@@ -11,7 +11,9 @@ use openraft::storage::IOFlushed;
 use redb::{Database, Durability};
 use tokio::sync::oneshot;
 
-use super::log_store::{C, K_COMMITTED, LogIdC, Pending, SharedWal, io_err, lock_wal, write_meta};
+use super::log_store::{
+    C, K_COMMITTED, LogIdC, SharedTail, SharedWal, io_err, lock_wal, write_meta,
+};
 use crate::stages::{Stage, Stages};
 
 /// How often at most the committed-index hint is written.
@@ -70,7 +72,7 @@ impl Drop for Writer {
 pub(super) fn writer(
     db: &Database,
     wal: &SharedWal,
-    pending: &Pending,
+    tail: &SharedTail,
     stages: &Stages,
     rx: mpsc::Receiver<Job>,
 ) {
@@ -111,12 +113,12 @@ pub(super) fn writer(
                 Job::Committed(bytes) => committed_hint = Some(bytes),
                 Job::Other(f, reply) => {
                     // Appends queued before this write commit first.
-                    flush_appends(wal, pending, stages, &mut appends);
+                    flush_appends(wal, tail, stages, &mut appends);
                     let _ = reply.send(f(db, wal));
                 }
             }
         }
-        flush_appends(wal, pending, stages, &mut appends);
+        flush_appends(wal, tail, stages, &mut appends);
         if hint_written.elapsed() >= HINT_EVERY
             && let Some(bytes) = committed_hint.take()
         {
@@ -146,9 +148,10 @@ type Appended = (
     Option<oneshot::Sender<()>>,
 );
 
-/// Writes `appends` to the segments with one fdatasync, drops them from
-/// `pending`, then signals each append's callback.
-fn flush_appends(wal: &SharedWal, pending: &Pending, stages: &Stages, appends: &mut Vec<Appended>) {
+/// Writes `appends` to the segments with one fdatasync, moves them from
+/// `pending` to `recent` (`Tail::made_durable`), then signals each append's
+/// callback.
+fn flush_appends(wal: &SharedWal, tail: &SharedTail, stages: &Stages, appends: &mut Vec<Appended>) {
     if appends.is_empty() {
         return;
     }
@@ -165,7 +168,7 @@ fn flush_appends(wal: &SharedWal, pending: &Pending, stages: &Stages, appends: &
     };
     let done = std::mem::take(appends);
     if r.is_ok() {
-        let mut tail = pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
         for (batch, ..) in &done {
             for (id, _) in batch {
                 // Only the entry this append wrote: a truncation and a new
