@@ -1,13 +1,20 @@
-//! The event history records: every event of one applied batch in one
-//! record, keyed by the batch's last revision (`keys::group_key`).
+//! The event history records: the events of one applied batch in runs of
+//! consecutive events of at most `RUN_BYTES` each, every run keyed by its
+//! last revision (`keys::rev_key` with a sub-index from `keys::GROUP_BASE`
+//! up to `keys::GROUP`: runs ending at the same revision count down from
+//! `GROUP`, so they sort in event order).
 //!
-//! One record per batch instead of one per event halves the sled inserts of
-//! a batch of puts (each insert copies the leaf it lands in); see
-//! BENCHMARKS.md (2026-12-04). Records of one event each (`keys::rev_key`
-//! with a sub-index below `keys::GROUP`), written before, are still read.
+//! Runs instead of one record per event halve the sled inserts of a batch
+//! of puts (BENCHMARKS.md, 2026-12-04); runs of bounded size rather than
+//! one record per batch, because sled splits a leaf only past 16 records
+//! and writes every leaf above 128 KiB that it rewrites as a blob file of
+//! its own: with one record per batch, history leaves grew to a MiB and
+//! that rewriting took a fifth of the members' CPU at 256 clients
+//! (BENCHMARKS.md, 2026-12-06). Records of one event each (sub-index below
+//! `GROUP_BASE`), written before 2026-12-04, are still read.
 //!
-//! Value of a group record: `[u64 revision][u32 length][mvccpb::Event]`...
-//! (big-endian), oldest first. Groups never overlap and sort by their last
+//! Value of a run: `[u64 revision][u32 length][mvccpb::Event]`...
+//! (big-endian), oldest first. Runs never overlap and sort by their last
 //! revision, so the events in `[from, to]` are in the records from
 //! `rev_key(from, 0)` on, up to the first record that starts above `to`; a
 //! record may hold events on either side of the bounds, which are skipped.
@@ -17,15 +24,35 @@ use prost::Message;
 
 use super::keys;
 
-/// Encodes the events of one batch (oldest first) as a group record's value.
-pub fn encode_group(events: &[(i64, Event)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(events.iter().map(|(_, e)| 12 + e.encoded_len()).sum());
-    for (rev, ev) in events {
-        out.extend_from_slice(&(*rev as u64).to_be_bytes());
-        out.extend_from_slice(&(ev.encoded_len() as u32).to_be_bytes());
-        ev.encode(&mut out).expect("a Vec grows as needed");
+/// The largest run a record holds (an event larger than this alone is a
+/// run of its own): sixteen of them stay below sled's 128 KiB blob size.
+pub const RUN_BYTES: usize = 6 * 1024;
+
+/// Encodes the events of one batch (oldest first) as history records
+/// (sled key, value), in key order.
+pub fn encode_runs(events: &[(i64, Event)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    // Runs as (last revision, value), then keyed: runs sharing a last
+    // revision take sub-indexes counting down to GROUP, earliest lowest.
+    let mut runs: Vec<(i64, Vec<u8>)> = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    for (i, (rev, ev)) in events.iter().enumerate() {
+        let len = ev.encoded_len();
+        cur.extend_from_slice(&(*rev as u64).to_be_bytes());
+        cur.extend_from_slice(&(len as u32).to_be_bytes());
+        ev.encode(&mut cur).expect("a Vec grows as needed");
+        let next = events.get(i + 1).map_or(0, |(_, e)| 12 + e.encoded_len());
+        if i + 1 == events.len() || cur.len() + next > RUN_BYTES {
+            runs.push((*rev, std::mem::take(&mut cur)));
+        }
     }
-    out
+    let lasts: Vec<i64> = runs.iter().map(|(rev, _)| *rev).collect();
+    runs.into_iter()
+        .enumerate()
+        .map(|(i, (last, value))| {
+            let later_same = lasts[i + 1..].iter().take_while(|r| **r == last).count();
+            (keys::rev_key(last, keys::GROUP - later_same as u32), value)
+        })
+        .collect()
 }
 
 /// The events of one history record (either kind), oldest first.
@@ -116,9 +143,12 @@ mod tests {
         t.insert(keys::rev_key(2, 1), ev("b", 2).1.encode_to_vec())
             .unwrap();
         let g1 = vec![ev("c", 3), ev("d", 4), ev("e", 4), ev("f", 5)];
-        t.insert(keys::group_key(5), encode_group(&g1)).unwrap();
-        t.insert(keys::group_key(6), encode_group(&[ev("g", 6)]))
-            .unwrap();
+        for (k, v) in encode_runs(&g1)
+            .into_iter()
+            .chain(encode_runs(&[ev("g", 6)]))
+        {
+            t.insert(k, v).unwrap();
+        }
         t.insert(keys::kv_key(b"zz"), b"not history".to_vec())
             .unwrap();
         let keys_of = |from, to| -> Vec<String> {
@@ -137,8 +167,49 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_splits_into_bounded_runs_that_sort_in_event_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let t = db.open_tree("kv").unwrap();
+        let big = |key: String, rev: i64| {
+            let (rev, mut e) = ev(&key, rev);
+            e.kv.as_mut().unwrap().value = vec![b'v'; 1000];
+            (rev, e)
+        };
+        // A transaction of 40 puts at revision 7 (many runs end at 7),
+        // puts at 8 and 9, and one event larger than a run.
+        let mut events: Vec<(i64, Event)> = (0..40).map(|i| big(format!("t{i:02}"), 7)).collect();
+        events.push(big("x".into(), 8));
+        let (_, mut huge) = ev("huge", 9);
+        huge.kv.as_mut().unwrap().value = vec![b'h'; 3 * RUN_BYTES];
+        events.push((9, huge));
+        let runs = encode_runs(&events);
+        assert!(runs.len() > 5, "{} runs", runs.len());
+        assert!(
+            runs.windows(2).all(|w| w[0].0 < w[1].0),
+            "keys sort in event order"
+        );
+        for (k, v) in &runs {
+            assert!(keys::is_group(k));
+            assert!(v.len() <= RUN_BYTES || decode_record(k, v).unwrap().len() == 1);
+        }
+        for (k, v) in runs {
+            t.insert(k, v).unwrap();
+        }
+        let got = events_in(&t, 0, 100).unwrap();
+        let keys = |evs: &[(i64, Event)]| -> Vec<(i64, Vec<u8>)> {
+            evs.iter()
+                .map(|(r, e)| (*r, e.kv.as_ref().unwrap().key.clone()))
+                .collect()
+        };
+        assert_eq!(keys(&got), keys(&events));
+        assert_eq!(keys(&events_in(&t, 8, 8).unwrap()), [(8, b"x".to_vec())]);
+        assert_eq!(events_in(&t, 7, 7).unwrap().len(), 40);
+    }
+
+    #[test]
     fn a_torn_group_is_an_error() {
-        let mut v = encode_group(&[ev("a", 3)]);
+        let mut v = encode_runs(&[ev("a", 3)]).remove(0).1;
         v.pop();
         assert!(decode_record(&keys::group_key(3), &v).is_err());
         assert!(decode_record(&keys::group_key(3), &[0; 5]).is_err());

@@ -1,5 +1,7 @@
 //! Atomic apply batches without sled's `apply_batch`: each batch's writes
-//! are first recorded whole in a journal tree, then made one by one.
+//! are first recorded whole in a journal tree, then made one by one. (A
+//! batch's history records go in just before its journal, outside it: see
+//! `super::apply`.)
 //!
 //! Why: sled 0.34's `Tree::apply_batch` rolls its IO buffer twice per call
 //! (`PageCache::pin_log`), so every applied Raft batch cost two buffer
@@ -37,9 +39,10 @@ use crate::error::StoreError;
 
 /// The journal's head record: (batch number, chunk count).
 const HEAD: &[u8] = b"h";
-/// Largest chunk: values above a quarter of sled's 512 KiB segment become
-/// separate blob files, so chunks stay well below that.
-const CHUNK: usize = 64 * 1024;
+/// Largest chunk: sled splits a leaf only past 16 records and writes a leaf
+/// above 128 KiB (a quarter of its 512 KiB segment) that it rewrites as a
+/// blob file of its own, so chunks stay well below an eighth of that.
+const CHUNK: usize = 8 * 1024;
 
 /// The writes of one batch: key → new value, or `None` to remove it.
 pub type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;

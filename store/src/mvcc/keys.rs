@@ -4,13 +4,17 @@
 /// `k` + user key → current `mvccpb::KeyValue`.
 pub const KV: u8 = b'k';
 /// History (events always carry `prev_kv`, so history can be undone for
-/// reads at a revision): `r` + revision (8 bytes BE) + `GROUP` → every event
-/// of one applied batch, the key's revision being the batch's last
-/// (`super::history`); records written before 2026-12-04 are `r` + revision
-/// + sub-index below `GROUP` → one `mvccpb::Event`.
+/// reads at a revision): `r` + revision (8 bytes BE) + a sub-index of at
+/// least `GROUP_BASE` → a run of consecutive events, the key's revision
+/// being the run's last (`super::history`); records written before
+/// 2026-12-04 are `r` + revision + sub-index below `GROUP_BASE` → one
+/// `mvccpb::Event`.
 pub const REV: u8 = b'r';
-/// The sub-index of a history record holding a batch's events.
+/// The sub-index of the last (often only) run of events ending at a revision.
 pub const GROUP: u32 = u32::MAX;
+/// The lowest sub-index of a run of events: runs ending at the same
+/// revision count down from `GROUP`, the earliest lowest.
+pub const GROUP_BASE: u32 = 1 << 31;
 /// `l` + lease id (8 bytes BE) → `LeaseGrantRequest` (id, ttl).
 pub const LEASE: u8 = b'l';
 /// `a` + lease id (8 bytes BE) + user key → empty: keys attached to a lease.
@@ -45,14 +49,14 @@ pub fn rev_key(rev: i64, sub: u32) -> Vec<u8> {
     k
 }
 
-/// The key of the history record of a batch whose last event has `last_rev`.
+/// The key of the last history run whose last event has `last_rev`.
 pub fn group_key(last_rev: i64) -> Vec<u8> {
     rev_key(last_rev, GROUP)
 }
 
-/// True for a history record holding a batch's events (not just one).
+/// True for a history record holding a run of events (not just one).
 pub fn is_group(key: &[u8]) -> bool {
-    key.len() == 13 && key[9..13] == GROUP.to_be_bytes()
+    key.len() == 13 && u32::from_be_bytes(key[9..13].try_into().expect("4 bytes")) >= GROUP_BASE
 }
 
 pub fn rev_of(key: &[u8]) -> i64 {

@@ -112,7 +112,23 @@ impl KvStore {
             granted: std::sync::Mutex::new(Vec::new()),
         };
         s.reload_counters()?;
+        s.drop_torn_history()?;
         Ok(Arc::new(s))
+    }
+
+    /// Removes history above the recorded revision: what a batch whose
+    /// journal head a crash lost had written ahead of it (`apply_batch`).
+    fn drop_torn_history(&self) -> Result<(), StoreError> {
+        let from = keys::rev_key(self.revision() + 1, 0);
+        for k in self.tree.range(from..vec![keys::REV + 1]).keys() {
+            let k = k?;
+            tracing::debug!(
+                revision = keys::rev_of(&k),
+                "removing history of a torn batch"
+            );
+            self.tree.remove(k)?;
+        }
+        Ok(())
     }
 
     fn reload_counters(&self) -> Result<(), StoreError> {
@@ -207,4 +223,64 @@ pub(crate) fn decode<M: Message + Default>(bytes: &[u8]) -> M {
     // Records are written only by this module; a decode failure means the
     // file is corrupt, which must stop the member rather than serve garbage.
     M::decode(bytes).expect("corrupt record in key space")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::apply::BatchMeta;
+    use keel_proto::etcdserverpb::PutRequest;
+    use keel_proto::keelraft::{Command, command::Op};
+    use keel_proto::mvccpb::KeyValue;
+
+    fn put(kv: &KvStore, key: &str) {
+        let c = Command {
+            op: Some(Op::Put(PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let meta = BatchMeta {
+            applied: b"{}".to_vec(),
+            membership: None,
+            cluster_id: None,
+        };
+        kv.apply_batch(&[Some(&c)], meta).unwrap();
+    }
+
+    #[test]
+    fn history_a_torn_batch_wrote_ahead_of_its_journal_is_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let rev = {
+            let kv = KvStore::open(dir.path()).unwrap();
+            put(&kv, "a");
+            put(&kv, "b");
+            // What a crash after a batch's history and before its journal
+            // head leaves: a run above the recorded revision.
+            let ev = Event {
+                kv: Some(KeyValue {
+                    key: b"torn".to_vec(),
+                    mod_revision: kv.revision() + 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            for (k, v) in history::encode_runs(&[(kv.revision() + 1, ev)]) {
+                kv.tree.insert(k, v).unwrap();
+            }
+            kv.db.flush().unwrap();
+            kv.revision()
+        };
+        let kv = KvStore::open(dir.path()).unwrap();
+        assert_eq!(kv.revision(), rev);
+        let above = keys::rev_key(rev + 1, 0);
+        assert_eq!(kv.tree.range(above..vec![keys::REV + 1]).count(), 0);
+        // The next batch takes that revision with its own event alone.
+        put(&kv, "c");
+        let (events, _) = kv.events_between(rev + 1, None).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].1.kv.as_ref().unwrap().key, b"c");
+        assert_eq!(kv.events_between(1, None).unwrap().0.len(), 3);
+    }
 }

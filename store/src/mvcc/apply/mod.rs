@@ -332,10 +332,7 @@ impl KvStore {
         // (history below the compaction revision is never read again). The
         // events are in revision order, so what is kept is a suffix.
         let kept = &w.events[w.events.partition_point(|(rev, _)| *rev < w.compact)..];
-        if let Some((last, _)) = kept.last() {
-            let group = super::history::encode_group(kept);
-            w.set(keys::group_key(*last), group);
-        }
+        let history = super::history::encode_runs(kept);
         w.set(keys::META_REVISION.to_vec(), w.rev.to_be_bytes().to_vec());
         w.set(keys::META_APPLIED.to_vec(), meta.applied);
         if let Some(m) = meta.membership {
@@ -349,6 +346,15 @@ impl KvStore {
         let (rev, compact, events) = (w.rev, w.compact, std::mem::take(&mut w.events));
         let mut overlay = std::mem::take(&mut w.batch);
         overlay.extend(std::mem::take(&mut w.cmd));
+        // The history goes in ahead of the journal rather than through it
+        // (it is most of a batch's bytes, which journaling wrote twice). It
+        // is keyed by revisions above the recorded one, so nothing reads it
+        // until the journal's head is in; sled recovers a prefix of its log,
+        // so a recovered head comes with its history, and `KvStore::open`
+        // removes the history of a batch whose head was lost.
+        for (k, v) in history {
+            self.tree.insert(k, v)?;
+        }
         self.journal.write(&self.tree, overlay)?;
         self.revision.store(rev, Ordering::SeqCst);
         self.compact_revision.store(compact, Ordering::SeqCst);
