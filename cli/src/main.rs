@@ -188,10 +188,19 @@ fn main() -> anyhow::Result<()> {
     // for the long-running servers: with SIGPIPE's default disposition a
     // write to a socket its peer just closed (a peer master killed, a
     // proxy cut) kills the whole process without a word.
-    let serves = matches!(
-        cli.cmd,
-        Cmd::Master(_) | Cmd::Agent(_) | Cmd::Up(_) | Cmd::Lb(_) | Cmd::Chaos(_) | Cmd::Bench(_)
-    );
+    // Nor for commands that start member processes of their own and talk
+    // to them until they kill them (`backup drill` died of it, silently,
+    // once in a CI run).
+    let serves = match &cli.cmd {
+        Cmd::Master(_)
+        | Cmd::Agent(_)
+        | Cmd::Up(_)
+        | Cmd::Lb(_)
+        | Cmd::Chaos(_)
+        | Cmd::Bench(_) => true,
+        Cmd::Backup(b) => b.runs_a_cluster(),
+        _ => false,
+    };
     if !serves {
         // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
         unsafe {

@@ -34,6 +34,12 @@ impl BackupArgs {
     pub fn dials_a_running_cluster(&self) -> bool {
         matches!(self.cmd, BackupCmd::Save { .. })
     }
+
+    /// `drill` starts a member of its own and talks to it until it kills
+    /// it, so it must not die of SIGPIPE (see `main`).
+    pub fn runs_a_cluster(&self) -> bool {
+        matches!(self.cmd, BackupCmd::Drill { .. })
+    }
 }
 
 #[derive(Subcommand)]
