@@ -33,14 +33,14 @@ pub const RUN_BYTES: usize = 6 * 1024;
 pub fn encode_runs(events: &[(i64, Event)]) -> Vec<(Vec<u8>, Vec<u8>)> {
     // Runs as (last revision, value), then keyed: runs sharing a last
     // revision take sub-indexes counting down to GROUP, earliest lowest.
+    let lens: Vec<usize> = events.iter().map(|(_, e)| e.encoded_len()).collect();
     let mut runs: Vec<(i64, Vec<u8>)> = Vec::new();
     let mut cur: Vec<u8> = Vec::new();
     for (i, (rev, ev)) in events.iter().enumerate() {
-        let len = ev.encoded_len();
         cur.extend_from_slice(&(*rev as u64).to_be_bytes());
-        cur.extend_from_slice(&(len as u32).to_be_bytes());
+        cur.extend_from_slice(&(lens[i] as u32).to_be_bytes());
         ev.encode(&mut cur).expect("a Vec grows as needed");
-        let next = events.get(i + 1).map_or(0, |(_, e)| 12 + e.encoded_len());
+        let next = lens.get(i + 1).map_or(0, |len| 12 + len);
         if i + 1 == events.len() || cur.len() + next > RUN_BYTES {
             runs.push((*rev, std::mem::take(&mut cur)));
         }
