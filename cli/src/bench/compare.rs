@@ -11,19 +11,64 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use keel_chaos::{Flavor, ProcessCluster};
+use keel_proto::etcdserverpb::StatusRequest;
+use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_proto::keelraft::RaftPayload;
 use keel_proto::keelraft::raft_service_client::RaftServiceClient;
+use keel_proto::pki::Credentials;
 use keel_store::stages::StageFigure;
 
 use super::kv::{Op, Outcome, Workload, drive};
+use crate::client::connect;
 
-/// The rows of the comparison: (label, op, clients, serializable).
-const ROWS: [(&str, Op, usize, bool); 5] = [
-    ("put, 1 client", Op::Put, 1, false),
-    ("put, 64 clients", Op::Put, 64, false),
-    ("put, 256 clients", Op::Put, 256, false),
-    ("linearizable get, 64 clients", Op::Get, 64, false),
-    ("serializable get, 64 clients", Op::Get, 64, true),
+/// Which members a row's clients talk to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Place {
+    /// All members, round-robin.
+    All,
+    /// The leader only.
+    Leader,
+    /// One follower only (the first in member order).
+    Follower,
+}
+
+/// The rows of the comparison: (label, op, clients, serializable, place).
+/// A single client is measured on the leader and on a follower separately:
+/// which member leads differs from run to run (etcd's election is random),
+/// and a write sent to a follower pays the forward to the leader on both
+/// stores, so one client on "the first endpoint" compared a leader with a
+/// follower about half the time.
+const ROWS: [(&str, Op, usize, bool, Place); 6] = [
+    (
+        "put, 1 client on the leader",
+        Op::Put,
+        1,
+        false,
+        Place::Leader,
+    ),
+    (
+        "put, 1 client on a follower",
+        Op::Put,
+        1,
+        false,
+        Place::Follower,
+    ),
+    ("put, 64 clients", Op::Put, 64, false, Place::All),
+    ("put, 256 clients", Op::Put, 256, false, Place::All),
+    (
+        "linearizable get, 64 clients",
+        Op::Get,
+        64,
+        false,
+        Place::All,
+    ),
+    (
+        "serializable get, 64 clients",
+        Op::Get,
+        64,
+        true,
+        Place::All,
+    ),
 ];
 
 /// What one cluster measured for one row.
@@ -97,7 +142,7 @@ async fn side(
 
     let mut rows = Vec::new();
     let mut stages = Vec::new();
-    for (label, op, clients, serializable) in ROWS {
+    for (label, op, clients, serializable, place) in ROWS {
         if flavor == Flavor::Keel {
             member_stages(&cluster, true).await;
         }
@@ -108,8 +153,9 @@ async fn side(
             serializable,
             ..base
         };
+        let targets = placed(&creds, &eps, place).await?;
         let before = cpu_seconds(&pids);
-        let outcome = drive(&creds, &eps, w).await?;
+        let outcome = drive(&creds, &targets, w).await?;
         let cpu = cpu_seconds(&pids) - before;
         eprintln!(
             "{:?} {label}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {:.2} CPU s",
@@ -132,6 +178,33 @@ async fn side(
         idle_pct,
         stages,
     })
+}
+
+/// The endpoints a row with `place` talks to, the leader found by asking
+/// every member for its status (etcd's `Maintenance.Status`, which both
+/// stores serve) and taking the one whose own id is the leader's.
+async fn placed(creds: &Credentials, eps: &[String], place: Place) -> anyhow::Result<Vec<String>> {
+    if place == Place::All {
+        return Ok(eps.to_vec());
+    }
+    let mut leaders = Vec::new();
+    for ep in eps {
+        let ch = connect(creds, ep).await?;
+        let s = MaintenanceClient::new(ch)
+            .status(StatusRequest {})
+            .await
+            .map_err(|e| anyhow::anyhow!("status of {ep}: {}", e.message()))?
+            .into_inner();
+        let own = s.header.map(|h| h.member_id).unwrap_or_default();
+        leaders.push(s.leader != 0 && s.leader == own);
+    }
+    let pick = eps
+        .iter()
+        .zip(&leaders)
+        .find(|(_, lead)| **lead == (place == Place::Leader))
+        .map(|(ep, _)| ep.clone());
+    pick.map(|ep| vec![ep])
+        .ok_or_else(|| anyhow::anyhow!("no member is the {place:?} (status: {leaders:?})"))
 }
 
 /// Every member's stage figures (name, leader?, figures); `reset` clears them.

@@ -32,10 +32,12 @@ impl Node {
     }
 
     /// Copies every member's peer address from the membership into the
-    /// transport's address book whenever the membership changes.
+    /// transport's address book whenever the membership changes (watching
+    /// openraft's server metrics, which change with the membership, vote or
+    /// leader; all metrics change with every log write and applied entry).
     pub async fn address_loop(self: Arc<Self>) {
         let book = self.book.clone();
-        let mut rx = self.raft.metrics();
+        let mut rx = self.raft.server_metrics();
         let mut stop = self.shutdown_tx.subscribe();
         loop {
             {

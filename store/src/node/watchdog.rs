@@ -10,15 +10,24 @@ use super::Node;
 impl Node {
     /// Resolves, with the reason, once the Raft core has stopped for any
     /// reason but this member's own shutdown; never resolves otherwise.
+    ///
+    /// Waits on openraft's server metrics (vote, state, leader, membership),
+    /// whose sender the core owns: they end when the core's task ends. Not
+    /// on all metrics, which change with every log write and applied entry:
+    /// the binary awaits this on its main thread, and every change woke that
+    /// thread (four to five wake-ups, each a context switch, per write).
     pub async fn raft_stopped(&self) -> String {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.raft.server_metrics();
         loop {
-            if let Err(fatal) = &rx.borrow_watched().running_state {
+            if let Err(fatal) = &self.raft.metrics().borrow_watched().running_state {
                 return format!("the Raft core stopped: {fatal}");
             }
             if rx.changed().await.is_err() {
                 if *self.shutdown_tx.borrow() {
                     std::future::pending::<()>().await;
+                }
+                if let Err(fatal) = &self.raft.metrics().borrow_watched().running_state {
+                    return format!("the Raft core stopped: {fatal}");
                 }
                 return "the Raft core stopped (its task ended)".into();
             }
