@@ -139,7 +139,7 @@ pub async fn force_new_cluster(dir: &Path) -> Result<PathBuf, StoreError> {
             let cmds: Vec<Option<&keel_proto::keelraft::Command>> = entries
                 .iter()
                 .map(|e| match &e.payload {
-                    EntryPayload::Normal(c) => Some(&c.0),
+                    EntryPayload::Normal(c) => Some(c.command()),
                     _ => None,
                 })
                 .collect();

@@ -165,7 +165,7 @@ impl RaftStateMachine<C> for StateMachine {
         let cmds: Vec<Option<&keel_proto::keelraft::Command>> = items
             .iter()
             .map(|(e, _)| match &e.payload {
-                EntryPayload::Normal(c) => Some(&c.0),
+                EntryPayload::Normal(c) => Some(c.command()),
                 _ => None,
             })
             .collect();

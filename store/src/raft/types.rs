@@ -2,6 +2,7 @@
 //! applying it answers (`CmdResult`), and what a cluster member is (`Member`).
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use keel_proto::keelraft::{Command, CommandResult, command};
@@ -51,19 +52,62 @@ pub fn member_id(name: &str) -> u64 {
 }
 
 /// A replicated command: an etcd write request in etcd's own protobuf
-/// encoding. Serialized (for the log and the wire) as base64 of that encoding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Cmd(pub Command);
+/// encoding. Serialized (for the log and the wire) as that encoding (base64
+/// in human-readable formats).
+///
+/// Shared and encoded once: an entry is cloned into the log's in-memory
+/// tail and into every AppendEntries, and serialized for the log and for
+/// each follower; a clone is a reference count, and the protobuf bytes are
+/// made on the first serialization (or kept from the bytes it was decoded
+/// from) and reused by every later one.
+#[derive(Clone)]
+pub struct Cmd(Arc<CmdInner>);
+
+struct CmdInner {
+    command: Command,
+    encoded: OnceLock<Vec<u8>>,
+}
 
 impl Cmd {
     pub fn new(op: command::Op) -> Self {
-        Cmd(Command { op: Some(op) })
+        Self::from_command(Command { op: Some(op) })
+    }
+
+    pub fn from_command(command: Command) -> Self {
+        Cmd(Arc::new(CmdInner {
+            command,
+            encoded: OnceLock::new(),
+        }))
+    }
+
+    /// The etcd request this command carries.
+    pub fn command(&self) -> &Command {
+        &self.0.command
+    }
+
+    /// The protobuf encoding, made once.
+    fn encoded(&self) -> &[u8] {
+        self.0
+            .encoded
+            .get_or_init(|| self.0.command.encode_to_vec())
+    }
+}
+
+impl PartialEq for Cmd {
+    fn eq(&self, other: &Self) -> bool {
+        self.command() == other.command()
+    }
+}
+
+impl fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Cmd").field(self.command()).finish()
     }
 }
 
 impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0.op {
+        match &self.command().op {
             Some(command::Op::Put(p)) => write!(f, "put({})", String::from_utf8_lossy(&p.key)),
             Some(command::Op::DeleteRange(d)) => {
                 write!(f, "delete({})", String::from_utf8_lossy(&d.key))
@@ -82,45 +126,53 @@ impl fmt::Display for Cmd {
 pub struct CmdResult(pub CommandResult);
 
 /// Protobuf bytes: raw in binary formats, base64 in human-readable ones.
-fn ser_pb<M: Message, S: Serializer>(m: &M, s: S) -> Result<S::Ok, S::Error> {
-    let bytes = m.encode_to_vec();
+fn ser_bytes<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
     if s.is_human_readable() {
         s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
     } else {
-        s.serialize_bytes(&bytes)
+        s.serialize_bytes(bytes)
     }
 }
 
-fn de_pb<'de, M: Message + Default, D: Deserializer<'de>>(d: D) -> Result<M, D::Error> {
-    let bytes = if d.is_human_readable() {
+fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    if d.is_human_readable() {
         let s = String::deserialize(d)?;
         base64::engine::general_purpose::STANDARD
             .decode(s)
-            .map_err(serde::de::Error::custom)?
+            .map_err(serde::de::Error::custom)
     } else {
-        serde_bytes::ByteBuf::deserialize(d)?.into_vec()
-    };
-    M::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
+        Ok(serde_bytes::ByteBuf::deserialize(d)?.into_vec())
+    }
 }
 
 impl Serialize for Cmd {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        ser_pb(&self.0, s)
+        ser_bytes(self.encoded(), s)
     }
 }
 impl<'de> Deserialize<'de> for Cmd {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_pb(d).map(Cmd)
+        let bytes = de_bytes(d)?;
+        let command = Command::decode(bytes.as_slice()).map_err(serde::de::Error::custom)?;
+        // The bytes decoded are an encoding of `command`: kept, so the log
+        // and the next hop write them without encoding again.
+        Ok(Cmd(Arc::new(CmdInner {
+            command,
+            encoded: OnceLock::from(bytes),
+        })))
     }
 }
 impl Serialize for CmdResult {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        ser_pb(&self.0, s)
+        ser_bytes(&self.0.encode_to_vec(), s)
     }
 }
 impl<'de> Deserialize<'de> for CmdResult {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_pb(d).map(CmdResult)
+        let bytes = de_bytes(d)?;
+        CommandResult::decode(bytes.as_slice())
+            .map(CmdResult)
+            .map_err(serde::de::Error::custom)
     }
 }
 
