@@ -4,7 +4,9 @@
 //! workload briefly against both and prints the comparison. Asserts the
 //! report's shape and that both sides really served writes and reads
 //! without errors, and that Keel's per-stage breakdown names a leader and
-//! the log's fsync. No timing is asserted: figures live in BENCHMARKS.md.
+//! the log's fsync, and that the single-client rows really ran on the
+//! leader and on a follower. No timing is asserted: figures live in
+//! BENCHMARKS.md.
 
 use std::process::Command;
 
@@ -26,7 +28,8 @@ fn bench_kv_against_etcd_reports_both_clusters_and_the_stage_breakdown() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
     for workload in [
-        "put, 1 client",
+        "put, 1 client on the leader",
+        "put, 1 client on a follower",
         "put, 64 clients",
         "put, 256 clients",
         "linearizable get, 64 clients",
@@ -51,5 +54,39 @@ fn bench_kv_against_etcd_reports_both_clusters_and_the_stage_breakdown() {
     assert!(
         stdout.lines().any(|l| l.contains("log fsync")),
         "no log fsync figures in:\n{stdout}"
+    );
+    // Placement: on the leader row the leader served the client's writes
+    // itself; on the follower row a follower forwarded them. (The leader's
+    // control plane writes a little of its own in every row, so runs are
+    // compared, not merely present.)
+    let runs = |row: &str, leader: bool, stage: &str| -> u64 {
+        stdout
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!("| {row} | "))
+                    && l.contains("(leader)") == leader
+                    && l.contains(stage)
+            })
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                cells[4].parse::<u64>().expect("runs")
+            })
+            .sum()
+    };
+    let (on_leader, forwarded) = (
+        runs("put, 1 client on the leader", true, "serve (client receive"),
+        runs("put, 1 client on the leader", false, "forward to leader"),
+    );
+    assert!(
+        on_leader > forwarded,
+        "the leader row ran on a follower ({on_leader} served, {forwarded} forwarded):\n{stdout}"
+    );
+    let (on_leader, forwarded) = (
+        runs("put, 1 client on a follower", true, "serve (client receive"),
+        runs("put, 1 client on a follower", false, "forward to leader"),
+    );
+    assert!(
+        forwarded > on_leader,
+        "the follower row ran on the leader ({on_leader} served, {forwarded} forwarded):\n{stdout}"
     );
 }
