@@ -21,6 +21,10 @@ type C = TypeConfig;
 /// Keel master lays them out, or in separate ones.
 struct Builder {
     shared_dir: bool,
+    /// Build the log as a follower member does (`inline_follower_appends`
+    /// with an id no suite entry carries), so quiet single-entry appends
+    /// are written inline rather than by the writer thread.
+    inline: bool,
 }
 
 fn io_to_storage(e: std::io::Error) -> StorageError<TypeConfig> {
@@ -35,7 +39,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         } else {
             (dir.path().join("log"), dir.path().join("sm"))
         };
-        let log = LogStore::open(&log_dir).map_err(io_to_storage)?;
+        let mut log = LogStore::open(&log_dir).map_err(io_to_storage)?;
+        if self.inline {
+            log = log.inline_follower_appends(u64::MAX);
+        }
         std::fs::create_dir_all(&sm_dir).map_err(io_to_storage)?;
         let kv = KvStore::open(&sm_dir)
             .map_err(|e| io_to_storage(std::io::Error::other(e.to_string())))?;
@@ -46,16 +53,32 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite() {
-    Suite::test_all(Builder { shared_dir: false })
-        .await
-        .expect("openraft storage suite");
+    Suite::test_all(Builder {
+        shared_dir: false,
+        inline: false,
+    })
+    .await
+    .expect("openraft storage suite");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_follower_inline_appends() {
+    Suite::test_all(Builder {
+        shared_dir: false,
+        inline: true,
+    })
+    .await
+    .expect("openraft storage suite (inline follower appends)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_shared_dir() {
-    Suite::test_all(Builder { shared_dir: true })
-        .await
-        .expect("openraft storage suite (shared dir)");
+    Suite::test_all(Builder {
+        shared_dir: true,
+        inline: false,
+    })
+    .await
+    .expect("openraft storage suite (shared dir)");
 }
 
 fn log_id(term: u64, index: u64) -> LogIdOf<C> {
@@ -195,4 +218,64 @@ async fn reads_across_memory_and_segments_are_complete_and_never_stale() {
     log.purge(log_id(1, 4988)).await.unwrap();
     let after: Vec<_> = ids(log.try_get_log_entries(0..5001).await.unwrap());
     assert_eq!(after, want[4..].to_vec());
+}
+
+/// A follower's quiet single-entry append of another leader's entry is made
+/// durable by `append` itself (its flush is signalled before `append`
+/// returns); the member's own entries, and an entry that follows another
+/// within the quiet gap, go to the writer thread. Whichever path wrote
+/// them, entries read back in order, survive reopening, and a truncation
+/// and a purge between them keep their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_appends_written_inline_are_durable_and_ordered() {
+    let dir = tempfile::tempdir().unwrap();
+    let own = 7;
+    let other =
+        |term: u64, index: u64| LogIdOf::<C>::new(LeaderIdOf::<C>::new_committed(term, 1), index);
+    let mine =
+        |term: u64, index: u64| LogIdOf::<C>::new(LeaderIdOf::<C>::new_committed(term, own), index);
+    // The gap after which an append counts as quiet (400 µs in the store),
+    // waited for on purpose: it is the condition under test.
+    let quiet = || tokio::time::sleep(std::time::Duration::from_millis(2));
+    {
+        let mut log = LogStore::open(dir.path())
+            .unwrap()
+            .inline_follower_appends(own);
+        for i in 1..=5 {
+            quiet().await;
+            let (tx, mut rx) = OneshotOf::<C>::channel();
+            let e = EntryOf::<C>::new_blank(other(1, i));
+            log.append(vec![e], IOFlushed::signal(tx)).await.unwrap();
+            let flushed = rx.try_recv();
+            assert!(
+                matches!(flushed, Ok(Ok(_))),
+                "entry {i} was not durable when append returned: {flushed:?}"
+            );
+        }
+        // Back to back: the writer takes them (and signals them later).
+        for i in 6..=8 {
+            append(&mut log, vec![EntryOf::<C>::new_blank(other(1, i))]).await;
+        }
+        log.truncate_after(Some(other(1, 7))).await.unwrap();
+        quiet().await;
+        append(&mut log, vec![EntryOf::<C>::new_blank(other(2, 8))]).await;
+        // This member's own entries always go to the writer.
+        append(&mut log, vec![EntryOf::<C>::new_blank(mine(3, 9))]).await;
+        quiet().await;
+        append(&mut log, vec![EntryOf::<C>::new_blank(other(4, 10))]).await;
+        log.purge(other(1, 2)).await.unwrap();
+    }
+    let mut log = LogStore::open(dir.path()).unwrap();
+    let got: Vec<_> = log
+        .try_get_log_entries(0..100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id)
+        .collect();
+    let want: Vec<_> = (3..=7)
+        .map(|i| other(1, i))
+        .chain([other(2, 8), mine(3, 9), other(4, 10)])
+        .collect();
+    assert_eq!(got, want);
 }

@@ -74,7 +74,8 @@ impl Node {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let stages = Stages::default();
         let log = LogStore::open_with(&cfg.data_dir, stages.clone())?
-            .sequential(cfg.sequential_log_append);
+            .sequential(cfg.sequential_log_append)
+            .inline_follower_appends(id);
         let kv = KvStore::open(&cfg.data_dir)?;
         if let Some(key) = &cfg.failpoint_apply_error_key {
             tracing::warn!("test-only failpoint on: applying a put of {key:?} fails");

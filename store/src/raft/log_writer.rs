@@ -4,6 +4,8 @@
 //! writes the committed-index hint at most every `HINT_EVERY`.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -47,14 +49,24 @@ pub(super) enum Job {
 pub(super) struct Writer {
     pub(super) tx: Option<mpsc::Sender<Job>>,
     pub(super) thread: Option<std::thread::JoinHandle<()>>,
+    /// Jobs sent and not yet finished (written, fsynced where they fsync,
+    /// signalled): zero means the writer is idle with nothing queued.
+    pub(super) queued: Arc<AtomicUsize>,
 }
 
 impl Writer {
     pub(super) fn send(&self, job: Job) -> io::Result<()> {
-        self.tx
-            .as_ref()
-            .and_then(|tx| tx.send(job).ok())
-            .ok_or_else(|| io_err("the raft log writer has stopped"))
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let sent = self.tx.as_ref().and_then(|tx| tx.send(job).ok());
+        if sent.is_none() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent.ok_or_else(|| io_err("the raft log writer has stopped"))
+    }
+
+    /// Whether every job sent so far has finished.
+    pub(super) fn idle(&self) -> bool {
+        self.queued.load(Ordering::Acquire) == 0
     }
 }
 
@@ -75,6 +87,7 @@ pub(super) fn writer(
     tail: &SharedTail,
     stages: &Stages,
     rx: mpsc::Receiver<Job>,
+    queued: &AtomicUsize,
 ) {
     let mut committed_hint: Option<Vec<u8>> = None;
     let mut hint_written = Instant::now();
@@ -101,6 +114,7 @@ pub(super) fn writer(
                 Err(_) => break,
             }
         }
+        let taken = jobs.len();
         let mut appends = Vec::new();
         for job in jobs {
             match job {
@@ -125,6 +139,7 @@ pub(super) fn writer(
             hint_written = Instant::now();
             write_hint(db, &bytes);
         }
+        queued.fetch_sub(taken, Ordering::AcqRel);
     }
     // The store is closing: the last hint is written, not dropped.
     if let Some(bytes) = committed_hint {
@@ -141,7 +156,7 @@ fn write_hint(db: &Database, bytes: &[u8]) {
 }
 
 /// One append waiting for the writer: entries, callback, start, done signal.
-type Appended = (
+pub(super) type Appended = (
     Vec<(LogIdC, Vec<u8>)>,
     IOFlushed<C>,
     Instant,
@@ -151,7 +166,12 @@ type Appended = (
 /// Writes `appends` to the segments with one fdatasync, moves them from
 /// `pending` to `recent` (`Tail::made_durable`), then signals each append's
 /// callback.
-fn flush_appends(wal: &SharedWal, tail: &SharedTail, stages: &Stages, appends: &mut Vec<Appended>) {
+pub(super) fn flush_appends(
+    wal: &SharedWal,
+    tail: &SharedTail,
+    stages: &Stages,
+    appends: &mut Vec<Appended>,
+) {
     if appends.is_empty() {
         return;
     }
