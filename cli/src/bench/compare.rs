@@ -92,6 +92,7 @@ pub async fn run(
     dir: Option<PathBuf>,
     etcd: PathBuf,
     keel_args: Vec<String>,
+    rounds: u32,
 ) -> anyhow::Result<()> {
     let tmp = std::env::temp_dir().join(format!("keel-bench-kv-{}", std::process::id()));
     let dir = dir.unwrap_or_else(|| tmp.clone());
@@ -99,11 +100,62 @@ pub async fn run(
     let mut keel_extra = vec!["--insecure".to_string()];
     keel_extra.extend(keel_args);
     let exe = std::env::current_exe()?;
-    let keel = side(Flavor::Keel, &exe, &dir.join("keel"), &keel_extra, base).await?;
-    let etcd = side(Flavor::Etcd, &etcd, &dir.join("etcd"), &[], base).await?;
-    print_report(base, &keel_extra, &keel, &etcd);
+    let mut all = Vec::new();
+    for round in 1..=rounds {
+        let at = dir.join(format!("round-{round}"));
+        let keel = side(Flavor::Keel, &exe, &at.join("keel"), &keel_extra, base).await?;
+        let etcd = side(Flavor::Etcd, &etcd, &at.join("etcd"), &[], base).await?;
+        if rounds > 1 {
+            println!("## Round {round} of {rounds}");
+            println!();
+        }
+        print_report(base, &keel_extra, &keel, &etcd);
+        println!();
+        let _ = std::fs::remove_dir_all(&at);
+        all.push((keel, etcd));
+    }
+    if rounds > 1 {
+        print_summary(&all);
+    }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+/// Every round's Keel/etcd throughput ratio and single-client p50s, and the
+/// median ratio of each row.
+fn print_summary(all: &[(Side, Side)]) {
+    println!("## Summary of {} rounds", all.len());
+    println!();
+    println!(
+        "| workload | Keel/etcd ops/s, each round | median | Keel / etcd p50 ms, each round |"
+    );
+    println!("|---|---|---|---|");
+    for (i, (label, ..)) in ROWS.iter().enumerate() {
+        let mut ratios: Vec<f64> = all
+            .iter()
+            .map(|(k, e)| {
+                k.rows[i].outcome.ops_per_sec() / e.rows[i].outcome.ops_per_sec().max(1e-9)
+            })
+            .collect();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
+        let p50s: Vec<String> = all
+            .iter()
+            .map(|(k, e)| {
+                format!(
+                    "{:.2} / {:.2}",
+                    k.rows[i].outcome.ms(0.5),
+                    e.rows[i].outcome.ms(0.5)
+                )
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        println!(
+            "| {label} | {} | {median:.2}x | {} |",
+            each.join(", "),
+            p50s.join(", ")
+        );
+    }
 }
 
 /// Runs every row against a fresh 3-member cluster of `flavor`. Keel runs

@@ -46,6 +46,11 @@ pub struct KvArgs {
     /// With --against-etcd: scratch directory (default: a temp dir).
     #[arg(long, env = "KEEL_BENCH_DIR")]
     dir: Option<std::path::PathBuf>,
+    /// With --against-etcd: rounds of Keel then etcd, each on fresh
+    /// clusters; with more than one, a summary of every round's ratios and
+    /// their median follows (this machine's speed moves between runs).
+    #[arg(long, env = "KEEL_BENCH_ROUNDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
     /// Concurrent clients (each with one request in flight).
     #[arg(long, default_value_t = 1)]
     clients: usize,
@@ -192,7 +197,7 @@ pub async fn run(a: KvArgs, creds: &Credentials) -> anyhow::Result<()> {
         serializable: a.serializable,
     };
     if a.against_etcd {
-        return super::compare::run(w, a.dir, a.etcd, a.keel_args).await;
+        return super::compare::run(w, a.dir, a.etcd, a.keel_args, a.rounds).await;
     }
     let Some(endpoints) = &a.endpoints else {
         anyhow::bail!("give --endpoints, or --against-etcd to start both clusters");
