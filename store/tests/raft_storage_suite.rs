@@ -85,6 +85,12 @@ fn log_id(term: u64, index: u64) -> LogIdOf<C> {
     LogIdOf::<C>::new(LeaderIdOf::<C>::new_committed(term, 1), index)
 }
 
+/// The ids of every entry the log holds below index 100.
+async fn log_ids(log: &mut LogStore) -> Vec<LogIdOf<C>> {
+    let entries = log.try_get_log_entries(0..100).await.unwrap();
+    entries.iter().map(|e| e.log_id).collect()
+}
+
 async fn append(log: &mut LogStore, entries: Vec<EntryOf<C>>) {
     let (tx, rx) = OneshotOf::<C>::channel();
     log.append(entries, IOFlushed::signal(tx)).await.unwrap();
@@ -163,13 +169,7 @@ async fn entries_kept_in_redb_by_an_older_version_move_to_the_segments() {
         let mut log = LogStore::open(dir.path()).unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id, Some(log_id(1, 4)));
-        let ids: Vec<_> = log
-            .try_get_log_entries(0..100)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.log_id)
-            .collect();
+        let ids = log_ids(&mut log).await;
         assert_eq!(ids, (1..=4).map(|i| log_id(1, i)).collect::<Vec<_>>());
     }
     assert!(dir.path().join("wal").exists());
@@ -266,13 +266,7 @@ async fn follower_appends_written_inline_are_durable_and_ordered() {
         log.purge(other(1, 2)).await.unwrap();
     }
     let mut log = LogStore::open(dir.path()).unwrap();
-    let got: Vec<_> = log
-        .try_get_log_entries(0..100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.log_id)
-        .collect();
+    let got = log_ids(&mut log).await;
     let want: Vec<_> = (3..=7)
         .map(|i| other(1, i))
         .chain([other(2, 8), mine(3, 9), other(4, 10)])
