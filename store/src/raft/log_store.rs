@@ -30,18 +30,13 @@
 //! asked for, so a truncation or purge never overtakes an append queued
 //! before it.
 //!
-//! A follower's append of one entry of another leader, made while the
-//! writer is idle and none came in the last `INLINE_GAP`, is written and
-//! fdatasynced by `append` itself, on the calling task, with the same
-//! `flush_appends` (so the same fsync before the signal): a follower
-//! answers the leader only once its entries are durable, so at low load
-//! handing them to the writer thread and back only added two thread
-//! wake-ups to every replication round trip. Under load appends go to the
-//! writer: an inline fsync holds one of the runtime's workers (measured:
-//! -8 % puts at 256 clients when every idle-writer append went inline), and
-//! the writer groups appends that arrive during an fsync. The leader's own
-//! appends always go to the writer: `append` must return before the fsync
-//! for the entries to travel while it runs.
+//! A follower's append of one entry of another leader, with the writer idle
+//! and no append in the last `INLINE_GAP`, is written and fdatasynced by
+//! `append` itself through the same `flush_appends`: at low load the hand-off
+//! to the writer and back only added two thread wake-ups per round trip.
+//! Under load an inline fsync would hold a runtime worker and lose the
+//! writer's grouping (-8 % puts at 256 clients when tried for every
+//! idle-writer append). The leader's own appends always go to the writer.
 
 use std::collections::{BTreeMap, btree_map};
 use std::fmt::Debug;
