@@ -121,6 +121,11 @@ pub async fn run(
     Ok(())
 }
 
+/// Keel's throughput over etcd's for one row.
+fn ratio(keel: &Outcome, etcd: &Outcome) -> f64 {
+    keel.ops_per_sec() / etcd.ops_per_sec().max(1e-9)
+}
+
 /// Every round's Keel/etcd throughput ratio and single-client p50s, and the
 /// median ratio of each row.
 fn print_summary(all: &[(Side, Side)]) {
@@ -133,9 +138,7 @@ fn print_summary(all: &[(Side, Side)]) {
     for (i, (label, ..)) in ROWS.iter().enumerate() {
         let mut ratios: Vec<f64> = all
             .iter()
-            .map(|(k, e)| {
-                k.rows[i].outcome.ops_per_sec() / e.rows[i].outcome.ops_per_sec().max(1e-9)
-            })
+            .map(|(k, e)| ratio(&k.rows[i].outcome, &e.rows[i].outcome))
             .collect();
         let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
         let p50s: Vec<String> = all
@@ -324,7 +327,7 @@ fn print_report(base: Workload, keel_args: &[String], keel: &Side, etcd: &Side) 
             e.ops_per_sec(),
             e.ms(0.5),
             e.ms(0.99),
-            k.ops_per_sec() / e.ops_per_sec().max(1e-9),
+            ratio(k, e),
             k.errors,
             e.errors
         );

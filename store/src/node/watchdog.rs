@@ -17,19 +17,20 @@ impl Node {
     /// the binary awaits this on its main thread, and every change woke that
     /// thread (four to five wake-ups, each a context switch, per write).
     pub async fn raft_stopped(&self) -> String {
+        let fatal = || match &self.raft.metrics().borrow_watched().running_state {
+            Err(fatal) => Some(format!("the Raft core stopped: {fatal}")),
+            Ok(()) => None,
+        };
         let mut rx = self.raft.server_metrics();
         loop {
-            if let Err(fatal) = &self.raft.metrics().borrow_watched().running_state {
-                return format!("the Raft core stopped: {fatal}");
+            if let Some(why) = fatal() {
+                return why;
             }
             if rx.changed().await.is_err() {
                 if *self.shutdown_tx.borrow() {
                     std::future::pending::<()>().await;
                 }
-                if let Err(fatal) = &self.raft.metrics().borrow_watched().running_state {
-                    return format!("the Raft core stopped: {fatal}");
-                }
-                return "the Raft core stopped (its task ended)".into();
+                return fatal().unwrap_or_else(|| "the Raft core stopped (its task ended)".into());
             }
         }
     }

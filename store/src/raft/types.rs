@@ -70,12 +70,8 @@ struct CmdInner {
 
 impl Cmd {
     pub fn new(op: command::Op) -> Self {
-        Self::from_command(Command { op: Some(op) })
-    }
-
-    pub fn from_command(command: Command) -> Self {
         Cmd(Arc::new(CmdInner {
-            command,
+            command: Command { op: Some(op) },
             encoded: OnceLock::new(),
         }))
     }
