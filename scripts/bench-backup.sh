@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Backup figures for BENCHMARKS.md: 100k keys of 1 KiB loaded into a 3-member
 # Keel cluster and a 3-member etcd cluster (one after the other), then the
-# time and size of save, verify and restore with each tool.
+# time and size of save, verify and restore with each tool. Restores run
+# after the source cluster has stopped (a restore is offline: it fills a new
+# data dir), so neither tool's restore shares the CPU with its cluster.
 # Usage: scripts/bench-backup.sh [KEYS] [keel-first|etcd-first]
-#   (needs target/release/keel, etcd, etcdctl). The second half runs on
+#   (needs target/release/keel, or the binary KEEL_BIN names, etcd, etcdctl). The second half runs on
 #   memory the first half's processes touched and freed, which on a VM is
 #   cheaper than fresh memory: run both orders to see how much that is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keys="${1:-100000}"
 order="${2:-keel-first}"
-keel="$PWD/target/release/keel"
+keel="${KEEL_BIN:-$PWD/target/release/keel}"
 [ -x "$keel" ] || cargo build --release -p keel
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -24,9 +26,12 @@ keel_half() {
   "$keel" bench load --endpoints "$eps" --keys "$keys" --value-size 1024
   ks=$(t "$keel" backup save --endpoints 127.0.0.1:12479 --out "$work/k.keelbak")
   kv=$(t "$keel" backup verify "$work/k.keelbak")
-  kr=$(t "$keel" backup restore "$work/k.keelbak" --data-dir "$work/krestore")
   ksize=$(stat -c %s "$work/k.keelbak")
   kill -INT $up; wait $up || true
+  # The stopped cluster's dirty pages, not the restore's fsync, pay for
+  # their writeback (for both tools).
+  sync
+  kr=$(t "$keel" backup restore "$work/k.keelbak" --data-dir "$work/krestore")
 }
 
 etcd_half() {
@@ -38,9 +43,10 @@ etcd_half() {
   "$keel" bench load --endpoints 127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579 --plaintext --keys "$keys" --value-size 1024
   es=$(t env ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:22379 snapshot save "$work/e.db")
   ev=$(t env ETCDCTL_API=3 etcdctl snapshot status "$work/e.db")
-  er=$(t env ETCDCTL_API=3 etcdctl snapshot restore "$work/e.db" --data-dir "$work/erestore")
   esize=$(stat -c %s "$work/e.db")
   kill "$etcd_up"; wait "$etcd_up" || true
+  sync
+  er=$(t env ETCDCTL_API=3 etcdctl snapshot restore "$work/e.db" --data-dir "$work/erestore")
 }
 
 case "$order" in

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::mvcc::keys;
 use crate::mvcc::read::KvHash;
-use crate::mvcc::snapshot::{Record, parse};
+use crate::mvcc::snapshot::{Record, meta_i64, parse};
 
 /// First bytes of every backup file.
 pub const MAGIC: &[u8] = b"KEELBAK1\n";
@@ -128,15 +128,6 @@ pub struct Summary {
     pub key_count: u64,
     pub counts_by_kind: BTreeMap<String, u64>,
     pub content_hash: u32,
-}
-
-fn meta_i64(records: &[Record<'_>], key: &[u8]) -> i64 {
-    records
-        .iter()
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.get(..8))
-        .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
-        .unwrap_or(0)
 }
 
 /// The kind of a key: `/registry/<kind>/...` gives `<kind>`.

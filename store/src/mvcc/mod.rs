@@ -233,7 +233,7 @@ mod tests {
     use keel_proto::keelraft::{Command, command::Op};
     use keel_proto::mvccpb::KeyValue;
 
-    fn put(kv: &KvStore, key: &str) {
+    pub(crate) fn put(kv: &KvStore, key: &str) {
         let c = Command {
             op: Some(Op::Put(PutRequest {
                 key: key.into(),

@@ -124,6 +124,16 @@ impl KvStore {
             let (meta, data): (Vec<Record<'_>>, Vec<Record<'_>>) = records
                 .iter()
                 .partition(|(k, _)| k.first() == Some(&keys::META));
+            // History below the backup's revision is never read again (it is
+            // compacted below, as etcd would answer for it), so it is not
+            // written: in a key space loaded once, that is half the bytes.
+            // The run ending at the backup's revision stays, for a watcher
+            // starting there.
+            let revision = meta_i64(&meta, keys::META_REVISION).max(1);
+            let data: Vec<Record<'_>> = data
+                .into_iter()
+                .filter(|(k, _)| k.first() != Some(&keys::REV) || keys::rev_of(k) >= revision)
+                .collect();
             let half = data.len().div_ceil(2).max(1);
             std::thread::scope(|s| {
                 let workers: Vec<_> = data
@@ -146,7 +156,6 @@ impl KvStore {
                 keys::META_CLUSTER_SALT,
                 keys::META_RESTORING,
             ];
-            let mut revision = 1;
             for (k, v) in meta {
                 if k == keys::META_CLUSTER_ID {
                     // The new cluster's id is derived with the old one as salt.
@@ -154,9 +163,6 @@ impl KvStore {
                 }
                 if dropped.contains(&k) {
                     continue;
-                }
-                if k == keys::META_REVISION && v.len() >= 8 {
-                    revision = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
                 }
                 self.tree.insert(k, v)?;
             }
@@ -174,6 +180,17 @@ impl KvStore {
         }
         self.flush().await // fsync: the restored key space is on disk
     }
+}
+
+/// The number (8 bytes, big-endian) a dump's metadata record `key` holds,
+/// 0 if there is none.
+pub(crate) fn meta_i64(records: &[Record<'_>], key: &[u8]) -> i64 {
+    records
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.get(..8))
+        .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
+        .unwrap_or(0)
 }
 
 /// Pads a dump with zeros to a multiple of `block` bytes (an end marker
@@ -283,6 +300,47 @@ mod tests {
         // The source's id is kept only as the salt of the new cluster's id.
         assert!(!kv.tree.contains_key(keys::META_CLUSTER_ID).unwrap());
         assert!(kv.tree.contains_key(keys::META_CLUSTER_SALT).unwrap());
+    }
+
+    #[tokio::test]
+    async fn restore_leaves_out_history_below_the_backup_revision() {
+        let src_dir = tempfile::tempdir().unwrap();
+        let src = KvStore::open(src_dir.path()).unwrap();
+        for k in ["a", "b", "a", "c"] {
+            crate::mvcc::tests::put(&src, k);
+        }
+        let rev = src.revision();
+        let (dump, _, _) = src.dump();
+        let records = parse(&dump).unwrap();
+        let history = |kv: &KvStore| {
+            kv.tree
+                .scan_prefix([keys::REV])
+                .keys()
+                .map(|k| keys::rev_of(&k.unwrap()))
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            history(&src).iter().any(|r| *r < rev),
+            "{:?}",
+            history(&src)
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(dir.path()).unwrap();
+        kv.restore(&records, 0).await.unwrap();
+        assert_eq!((kv.revision(), kv.compact_revision()), (rev, rev));
+        // Only the run ending at the backup's revision is written ...
+        assert_eq!(history(&kv), vec![rev]);
+        // ... which a watcher starting at that revision is served from.
+        let (events, _) = kv.events_between(rev, None).unwrap();
+        let keys: Vec<_> = events
+            .iter()
+            .map(|(_, e)| e.kv.clone().unwrap().key)
+            .collect();
+        assert_eq!(keys, vec![b"c".to_vec()]);
+        assert!(kv.events_between(rev - 1, None).is_err());
+        // Every current key is there, with the same content hash.
+        assert_eq!(kv.hash_kv(rev).unwrap().0, src.hash_kv(rev).unwrap().0);
     }
 
     #[tokio::test]
