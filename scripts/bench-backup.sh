@@ -5,9 +5,10 @@
 # after the source cluster has stopped (a restore is offline: it fills a new
 # data dir), so neither tool's restore shares the CPU with its cluster.
 # Usage: scripts/bench-backup.sh [KEYS] [keel-first|etcd-first]
-#   (needs target/release/keel, or the binary KEEL_BIN names, etcd, etcdctl). The second half runs on
-#   memory the first half's processes touched and freed, which on a VM is
-#   cheaper than fresh memory: run both orders to see how much that is.
+#   (needs target/release/keel, or the binary KEEL_BIN names, etcd,
+#   etcdctl). The second half runs on memory the first half's processes
+#   touched and freed, which on a VM is cheaper than fresh memory: run both
+#   orders to see how much that is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keys="${1:-100000}"

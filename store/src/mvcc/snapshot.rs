@@ -126,14 +126,13 @@ impl KvStore {
                 .partition(|(k, _)| k.first() == Some(&keys::META));
             // History below the backup's revision is never read again (it is
             // compacted below, as etcd would answer for it), so it is not
-            // written: in a key space loaded once, that is half the bytes.
-            // The run ending at the backup's revision stays, for a watcher
-            // starting there.
+            // written: up to half the bytes of a key space written once and
+            // not yet compacted. The run ending at the backup's revision
+            // stays, for a watcher starting there. (A record too short to
+            // hold a revision is kept as it is, as before.)
             let revision = meta_i64(&meta, keys::META_REVISION).max(1);
-            let data: Vec<Record<'_>> = data
-                .into_iter()
-                .filter(|(k, _)| k.first() != Some(&keys::REV) || keys::rev_of(k) >= revision)
-                .collect();
+            let below = |k: &[u8]| k.len() >= 9 && k[0] == keys::REV && keys::rev_of(k) < revision;
+            let data: Vec<Record<'_>> = data.into_iter().filter(|(k, _)| !below(k)).collect();
             let half = data.len().div_ceil(2).max(1);
             std::thread::scope(|s| {
                 let workers: Vec<_> = data
@@ -341,6 +340,17 @@ mod tests {
         assert!(kv.events_between(rev - 1, None).is_err());
         // Every current key is there, with the same content hash.
         assert_eq!(kv.hash_kv(rev).unwrap().0, src.hash_kv(rev).unwrap().0);
+    }
+
+    #[tokio::test]
+    async fn restore_keeps_a_record_too_short_to_be_history_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut owned = records(3);
+        owned.push((vec![keys::REV], b"x".to_vec()));
+        let borrowed: Vec<Record<'_>> = owned.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        let kv = KvStore::open(dir.path()).unwrap();
+        kv.restore(&borrowed, 0).await.unwrap();
+        assert!(kv.tree.contains_key([keys::REV]).unwrap());
     }
 
     #[tokio::test]
