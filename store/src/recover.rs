@@ -4,14 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
+use openraft::RaftTypeConfig;
 use openraft::storage::{RaftLogReader, RaftLogStorage};
-use openraft::{EntryPayload, RaftTypeConfig};
 
 use crate::error::StoreError;
 use crate::mvcc::KvStore;
 use crate::mvcc::apply::BatchMeta;
 use crate::raft::log_store::LogStore;
-use crate::raft::types::TypeConfig;
+use crate::raft::types::{Cmd, TypeConfig};
 
 type LogIdC = openraft::alias::LogIdOf<TypeConfig>;
 type Entry = <TypeConfig as RaftTypeConfig>::Entry;
@@ -136,13 +136,7 @@ pub async fn force_new_cluster(dir: &Path) -> Result<PathBuf, StoreError> {
             "forcing a new cluster: applying every entry in the log"
         );
         if let Some(last) = entries.last() {
-            let cmds: Vec<Option<&keel_proto::keelraft::Command>> = entries
-                .iter()
-                .map(|e| match &e.payload {
-                    EntryPayload::Normal(c) => Some(c.command()),
-                    _ => None,
-                })
-                .collect();
+            let cmds: Vec<_> = entries.iter().map(|e| Cmd::of(&e.payload)).collect();
             let applied = serde_json::to_vec(&Some(last.log_id)).map_err(std::io::Error::other)?;
             kv.apply_batch(
                 &cmds,

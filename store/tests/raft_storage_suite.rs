@@ -230,8 +230,7 @@ async fn reads_across_memory_and_segments_are_complete_and_never_stale() {
 async fn follower_appends_written_inline_are_durable_and_ordered() {
     let dir = tempfile::tempdir().unwrap();
     let own = 7;
-    let other =
-        |term: u64, index: u64| LogIdOf::<C>::new(LeaderIdOf::<C>::new_committed(term, 1), index);
+    let other = log_id;
     let mine =
         |term: u64, index: u64| LogIdOf::<C>::new(LeaderIdOf::<C>::new_committed(term, own), index);
     // The gap after which an append counts as quiet (400 µs in the store),

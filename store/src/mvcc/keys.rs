@@ -59,6 +59,12 @@ pub fn is_group(key: &[u8]) -> bool {
     key.len() == 13 && u32::from_be_bytes(key[9..13].try_into().expect("4 bytes")) >= GROUP_BASE
 }
 
+/// The revision of a history record's key; None for any other key (or one
+/// too short to hold a revision).
+pub fn history_rev(key: &[u8]) -> Option<i64> {
+    (key.len() >= 9 && key[0] == REV).then(|| rev_of(key))
+}
+
 pub fn rev_of(key: &[u8]) -> i64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&key[1..9]);

@@ -131,7 +131,7 @@ impl KvStore {
             // stays, for a watcher starting there. (A record too short to
             // hold a revision is kept as it is, as before.)
             let revision = meta_i64(&meta, keys::META_REVISION).max(1);
-            let below = |k: &[u8]| k.len() >= 9 && k[0] == keys::REV && keys::rev_of(k) < revision;
+            let below = |k: &[u8]| keys::history_rev(k).is_some_and(|r| r < revision);
             let data: Vec<Record<'_>> = data.into_iter().filter(|(k, _)| !below(k)).collect();
             let half = data.len().div_ceil(2).max(1);
             std::thread::scope(|s| {

@@ -24,7 +24,7 @@ use openraft::{EntryPayload, OptionalSend};
 
 use crate::mvcc::KvStore;
 use crate::mvcc::apply::BatchMeta;
-use crate::raft::types::{CmdResult, TypeConfig};
+use crate::raft::types::{Cmd, CmdResult, TypeConfig};
 use crate::stages::{Stage, Stages};
 
 type C = TypeConfig;
@@ -162,13 +162,7 @@ impl RaftStateMachine<C> for StateMachine {
                 }
             }
         }
-        let cmds: Vec<Option<&keel_proto::keelraft::Command>> = items
-            .iter()
-            .map(|(e, _)| match &e.payload {
-                EntryPayload::Normal(c) => Some(c.command()),
-                _ => None,
-            })
-            .collect();
+        let cmds: Vec<_> = items.iter().map(|(e, _)| Cmd::of(&e.payload)).collect();
         let results = self
             .kv
             .apply_batch(

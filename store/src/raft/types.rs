@@ -81,6 +81,15 @@ impl Cmd {
         &self.0.command
     }
 
+    /// The etcd request an entry carries, if it is a normal entry (what
+    /// applying it runs; blank and membership entries run none).
+    pub fn of(payload: &openraft::alias::EntryPayloadOf<TypeConfig>) -> Option<&Command> {
+        match payload {
+            openraft::EntryPayload::Normal(c) => Some(c.command()),
+            _ => None,
+        }
+    }
+
     /// The protobuf encoding, made once.
     fn encoded(&self) -> &[u8] {
         self.0
