@@ -126,6 +126,17 @@ fn ratio(keel: &Outcome, etcd: &Outcome) -> f64 {
     keel.ops_per_sec() / etcd.ops_per_sec().max(1e-9)
 }
 
+/// The median of `xs` (the mean of the middle two for an even count).
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
 /// Every round's Keel/etcd throughput ratio and single-client p50s, and the
 /// median ratio of each row.
 fn print_summary(all: &[(Side, Side)]) {
@@ -151,8 +162,7 @@ fn print_summary(all: &[(Side, Side)]) {
                 )
             })
             .collect();
-        ratios.sort_by(f64::total_cmp);
-        let median = ratios[ratios.len() / 2];
+        let median = median(&mut ratios);
         println!(
             "| {label} | {} | {median:.2}x | {} |",
             each.join(", "),
@@ -363,5 +373,14 @@ fn print_report(base: Workload, keel_args: &[String], keel: &Side, etcd: &Side) 
                 f.items_per_run
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(super::median(&mut [1.4, 1.1, 1.2]), 1.2);
+        assert_eq!(super::median(&mut [1.5, 1.1, 1.3, 1.2]), 1.25);
     }
 }
