@@ -53,7 +53,7 @@ use openraft::{OptionalSend, RaftTypeConfig};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::log_writer::{Job, Writer, flush_appends, writer};
+use super::log_writer::{HintSlot, Job, Writer, flush_appends, writer};
 
 use crate::raft::codec;
 use crate::raft::types::TypeConfig;
@@ -214,12 +214,12 @@ impl LogStore {
         let db = Arc::new(db);
         let tail = SharedTail::default();
         let (tx, rx) = mpsc::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let (queued, hint) = (Arc::new(AtomicUsize::new(0)), Arc::new(HintSlot::default()));
         let (db2, wal2, tail2, stages2) = (db.clone(), wal.clone(), tail.clone(), stages.clone());
-        let queued2 = queued.clone();
+        let (queued2, hint2) = (queued.clone(), hint.clone());
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer(&db2, &wal2, &tail2, &stages2, rx, &queued2))?;
+            .spawn(move || writer(&db2, &wal2, &tail2, &stages2, rx, (&queued2, &hint2)))?;
         Ok(LogStore {
             db,
             wal,
@@ -228,6 +228,7 @@ impl LogStore {
                 tx: Some(tx),
                 thread: Some(thread),
                 queued,
+                hint,
             }),
             sequential: false,
             own_id: None,
@@ -509,13 +510,13 @@ impl RaftLogStorage<C> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogIdC>) -> Result<(), io::Error> {
         // Not awaited and not fsynced: a recovery hint only.
-        self.writer.send(Job::Committed(codec::encode(&committed)))
+        self.writer.save_hint(codec::encode(&committed))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdC>, io::Error> {
-        // Queued hints reach redb before this read (an empty write waits
+        // The waiting hint reaches redb before this read (the write waits
         // for everything asked before it).
-        self.write(|_, _| Ok(())).await?;
+        self.write(self.writer.hint_write()).await?;
         self.blocking(|db| Ok(Self::read_meta::<Option<LogIdC>>(db, K_COMMITTED)?.flatten()))
             .await
     }

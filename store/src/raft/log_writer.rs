@@ -2,11 +2,16 @@
 //! serves queued writes in order, folding consecutive appends into one
 //! segment write and fdatasync (group commit) before it signals them, and
 //! writes the committed-index hint at most every `HINT_EVERY`.
+//!
+//! The hint does not travel through the queue: `Writer::save_hint` leaves
+//! the newest one in a slot and wakes the writer only when no hint is
+//! waiting there already, so a commit costs no thread wake-up (it cost one
+//! per commit on every member, on the leader on the way to the answer).
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use openraft::storage::IOFlushed;
@@ -37,8 +42,8 @@ pub(super) enum Job {
         /// Told when the append is durable (sequential mode only).
         done: Option<oneshot::Sender<()>>,
     },
-    /// The committed-index hint (no fsync, no answer).
-    Committed(Vec<u8>),
+    /// A committed-index hint is waiting in the slot (no fsync, no answer).
+    Committed,
     /// Any other write transaction, answered when it has committed.
     Other(WriteFn, oneshot::Sender<io::Result<()>>),
 }
@@ -52,6 +57,24 @@ pub(super) struct Writer {
     /// Jobs sent and not yet finished (written, fsynced where they fsync,
     /// signalled): zero means the writer is idle with nothing queued.
     pub(super) queued: Arc<AtomicUsize>,
+    pub(super) hint: Arc<HintSlot>,
+}
+
+/// The newest committed-index hint not yet written, and whether the writer
+/// has been told (a `Job::Committed` sent since it last took the slot).
+#[derive(Default)]
+pub(super) struct HintSlot {
+    bytes: Mutex<Option<Vec<u8>>>,
+    told: AtomicBool,
+}
+
+impl HintSlot {
+    fn take(&self) -> Option<Vec<u8>> {
+        // Cleared before the slot is emptied: a hint saved after this is
+        // either taken now or announced by a new `Job::Committed`.
+        self.told.store(false, Ordering::Release);
+        self.bytes.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 impl Writer {
@@ -62,6 +85,28 @@ impl Writer {
             self.queued.fetch_sub(1, Ordering::AcqRel);
         }
         sent.ok_or_else(|| io_err("the raft log writer has stopped"))
+    }
+
+    /// Leaves `bytes` as the hint to write next; wakes the writer only if
+    /// it has not been told of a waiting hint already.
+    pub(super) fn save_hint(&self, bytes: Vec<u8>) -> io::Result<()> {
+        *self.hint.bytes.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        if self.hint.told.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.send(Job::Committed)
+    }
+
+    /// A write, queued behind everything asked for so far, of the hint
+    /// waiting in the slot (for a read of the hint).
+    pub(super) fn hint_write(&self) -> WriteFn {
+        let hint = self.hint.clone();
+        Box::new(move |db, _| {
+            if let Some(bytes) = hint.take() {
+                write_hint(db, &bytes);
+            }
+            Ok(())
+        })
     }
 
     /// Whether every job sent so far has finished.
@@ -87,15 +132,36 @@ pub(super) fn writer(
     tail: &SharedTail,
     stages: &Stages,
     rx: mpsc::Receiver<Job>,
-    queued: &AtomicUsize,
+    shared: (&AtomicUsize, &HintSlot),
 ) {
-    let mut committed_hint: Option<Vec<u8>> = None;
+    let (queued, hint) = shared;
+    let serve = |jobs: Vec<Job>, hint_due: &mut bool| {
+        let mut appends = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Append {
+                    batch,
+                    callback,
+                    started,
+                    done,
+                } => appends.push((batch, callback, started, done)),
+                Job::Committed => *hint_due = true,
+                Job::Other(f, reply) => {
+                    // Appends queued before this write commit first.
+                    flush_appends(wal, tail, stages, &mut appends);
+                    let _ = reply.send(f(db, wal));
+                }
+            }
+        }
+        flush_appends(wal, tail, stages, &mut appends);
+    };
+    let mut hint_due = false;
     let mut hint_written = Instant::now();
     loop {
-        // A pending hint is written at most every HINT_EVERY (a redb
+        // A waiting hint is written at most every HINT_EVERY (a redb
         // transaction per commit was a few % of a member's CPU), and when
         // the queue has been idle that long, so the last one is not lost.
-        let first = if committed_hint.is_some() {
+        let first = if hint_due {
             match rx.recv_timeout(HINT_EVERY.saturating_sub(hint_written.elapsed())) {
                 Ok(j) => Some(j),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -114,35 +180,28 @@ pub(super) fn writer(
                 Err(_) => break,
             }
         }
-        let taken = jobs.len();
-        let mut appends = Vec::new();
-        for job in jobs {
-            match job {
-                Job::Append {
-                    batch,
-                    callback,
-                    started,
-                    done,
-                } => appends.push((batch, callback, started, done)),
-                Job::Committed(bytes) => committed_hint = Some(bytes),
-                Job::Other(f, reply) => {
-                    // Appends queued before this write commit first.
-                    flush_appends(wal, tail, stages, &mut appends);
-                    let _ = reply.send(f(db, wal));
-                }
-            }
-        }
-        flush_appends(wal, tail, stages, &mut appends);
-        if hint_written.elapsed() >= HINT_EVERY
-            && let Some(bytes) = committed_hint.take()
-        {
+        let mut taken = jobs.len();
+        serve(jobs, &mut hint_due);
+        if hint_due && hint_written.elapsed() >= HINT_EVERY {
+            hint_due = false;
             hint_written = Instant::now();
-            write_hint(db, &bytes);
+            let bytes = hint.take();
+            // The hint must not name an entry this log does not hold yet
+            // (a restart re-applies up to it from this log): every append
+            // of an entry it names was queued before the hint was saved,
+            // so the queue is served to the end before the hint is written.
+            let rest: Vec<Job> = rx.try_iter().collect();
+            taken += rest.len();
+            serve(rest, &mut hint_due);
+            if let Some(bytes) = bytes {
+                write_hint(db, &bytes);
+            }
         }
         queued.fetch_sub(taken, Ordering::AcqRel);
     }
-    // The store is closing: the last hint is written, not dropped.
-    if let Some(bytes) = committed_hint {
+    // The store is closing (every job served): the last hint is written,
+    // not dropped.
+    if let Some(bytes) = hint.take() {
         write_hint(db, &bytes);
     }
 }
