@@ -3,7 +3,6 @@
 //! (`super::journal`).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use keel_proto::etcdserverpb::{
@@ -368,7 +367,10 @@ impl KvStore {
             .extend(granted);
         if !events.is_empty() {
             // No receivers is fine: nobody is watching.
-            let _ = self.events.send(Arc::new(EventBatch { events }));
+            self.events.publish(EventBatch {
+                events,
+                through: rev,
+            });
         }
         Ok(results)
     }
