@@ -1475,7 +1475,7 @@ fn lease_revoke_deletes_attached_keys_in_one_revision() {
     put_with_lease(&kv, "other", "1", 8); // 5
     put(&kv, "plain", "1"); // 6
 
-    let mut rx = kv.subscribe(None);
+    let mut rx = kv.subscribe();
     match exec(&kv, Op::LeaseRevoke(LeaseRevokeRequest { id: 7 })) {
         R::LeaseRevoke(r) => assert_eq!(r.header.unwrap().revision, 7),
         other => panic!("{other:?}"),
@@ -1535,7 +1535,7 @@ fn lease_grant_attach_and_revoke_in_one_batch() {
 fn subscribers_get_each_batch_in_revision_order() {
     let (_d, kv) = open();
     put(&kv, "a", "0"); // 2, before subscribing
-    let mut rx = kv.subscribe(None);
+    let mut rx = kv.subscribe();
     let res = exec_batch(
         &kv,
         vec![
@@ -1649,7 +1649,7 @@ async fn dump_and_install_reproduce_the_key_space() {
 
     let (_d2, dst) = open();
     put(&dst, "junk", "to be replaced");
-    let mut rx = dst.subscribe(None);
+    let mut rx = dst.subscribe();
     dst.install(&data, applied.unwrap(), b"null".to_vec())
         .await
         .unwrap();
@@ -2010,54 +2010,4 @@ async fn feed_over_a_range_skips_other_keys() {
         .expect("the wanted event")
         .unwrap();
     assert_eq!(keys(next), [(7, "a/3".to_string())]);
-}
-
-/// Batches of other keys do not reach a feed over a range (`mvcc::hub`),
-/// and when a snapshot replaces the key space such a feed re-reads history
-/// from the revision the replaced key space had, not from its own last
-/// event: history below that was compacted in the snapshot, and reading it
-/// would end the feed as compacted although it missed nothing.
-#[tokio::test]
-async fn a_quiet_range_feed_is_not_woken_and_survives_a_snapshot_past_its_last_event() {
-    use keel_store::mvcc::feed::Feed;
-    let a = || Some((b"a/".to_vec(), b"a0".to_vec()));
-    let others = |kv: &KvStore| {
-        for i in 0..20 {
-            exec_batch(kv, vec![put_op(&format!("b/{i}"), "v")]);
-        }
-    };
-    // The source: a/1 at 2, b/* at 3..=22, compacted at 20, then a/2 at 23.
-    let (_d1, src) = open();
-    exec_batch(&src, vec![put_op("a/1", "v")]);
-    others(&src);
-    compact(&src, 20);
-    exec_batch(&src, vec![put_op("a/2", "v")]);
-    let (data, applied, _) = src.dump();
-
-    // The member whose feed follows a/: the same first 22 revisions.
-    let (_d2, dst) = open();
-    exec_batch(&dst, vec![put_op("a/1", "v")]);
-    let (mut feed, _) = Feed::open_range(dst.clone(), 2, a());
-    let first = feed.next().await.unwrap();
-    assert_eq!(first.iter().map(|(r, _)| *r).collect::<Vec<_>>(), [2]);
-    let mut rx = dst.subscribe(a());
-    others(&dst);
-    assert!(
-        rx.try_recv().is_err(),
-        "batches of b/ keys reached a feed over a/"
-    );
-    assert_eq!(dst.revision(), 22);
-
-    dst.install(&data, applied.unwrap(), b"null".to_vec())
-        .await
-        .unwrap();
-    let next = tokio::time::timeout(std::time::Duration::from_secs(5), feed.next())
-        .await
-        .expect("the event after the snapshot")
-        .expect("not compacted: the feed missed nothing below 23");
-    let got: Vec<(i64, Vec<u8>)> = next
-        .into_iter()
-        .map(|(r, e)| (r, e.kv.unwrap().key))
-        .collect();
-    assert_eq!(got, [(23, b"a/2".to_vec())]);
 }

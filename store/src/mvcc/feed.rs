@@ -2,9 +2,9 @@
 //! revision order. It replays stored history, then follows live batches, and
 //! re-reads history when it lags or a snapshot replaced the key space. The
 //! etcd Watch service and the control plane's informers both read through it.
-//! A feed may be limited to a key range: only batches that touch it reach
-//! the feed (`super::hub`), and events of other keys in them are skipped
-//! before they are copied.
+//! A feed may be limited to a key range: events of other keys are skipped
+//! before they are copied (every live batch reaches every feed, and the
+//! leader's control plane keeps one per kind of object it follows).
 
 use std::sync::Arc;
 
@@ -47,7 +47,7 @@ impl Feed {
         range: Option<(Vec<u8>, Vec<u8>)>,
     ) -> (Feed, i64) {
         // Subscribe before reading the revision, so nothing falls between the two.
-        let live = kv.subscribe(range.clone());
+        let live = kv.subscribe();
         let cur = kv.revision();
         let next = if start <= 0 { cur + 1 } else { start };
         let feed = Feed {
@@ -92,10 +92,7 @@ impl Feed {
             match self.live.recv().await {
                 Ok(batch) => {
                     if batch.events.is_empty() {
-                        // A snapshot replaced the key space: re-read history
-                        // after what was published before it (every batch
-                        // of this feed's range came first, in order).
-                        self.next = self.next.max(batch.through + 1);
+                        // A snapshot replaced the key space: re-read history.
                         self.catch_up = true;
                         continue;
                     }

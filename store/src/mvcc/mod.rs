@@ -12,7 +12,6 @@
 pub mod apply;
 pub mod feed;
 pub mod history;
-pub mod hub;
 pub mod journal;
 pub mod keys;
 pub mod read;
@@ -31,12 +30,8 @@ use crate::error::StoreError;
 /// The events of one applied batch, in revision order.
 #[derive(Debug)]
 pub struct EventBatch {
-    /// (revision, event) in the order they were applied; empty when a
-    /// snapshot replaced the key space.
+    /// (revision, event) in the order they were applied.
     pub events: Vec<(i64, Event)>,
-    /// Every batch up to this revision was published before this one (for
-    /// a snapshot: the revision the replaced key space had).
-    pub through: i64,
 }
 
 /// The key space of one member.
@@ -52,8 +47,7 @@ pub struct KvStore {
     compact_revision: AtomicI64,
     /// Cached cluster id (0 until the first membership entry is applied).
     cluster_id: AtomicU64,
-    /// Applied batches to the feeds whose key range they touch.
-    events: hub::Hub,
+    events: broadcast::Sender<Arc<EventBatch>>,
     /// Test only: a put of this key fails to apply as a storage error.
     failpoint: std::sync::OnceLock<Vec<u8>>,
     /// Leases granted since the lessor last looked (`take_granted`): a lease
@@ -104,6 +98,7 @@ impl KvStore {
         }
         // Finishes the batch a crash interrupted before anything reads.
         let journal = journal::Journal::open(&db, &tree)?;
+        let (events, _) = broadcast::channel(4096);
         let s = KvStore {
             db,
             tree,
@@ -112,7 +107,7 @@ impl KvStore {
             revision: AtomicI64::new(1),
             compact_revision: AtomicI64::new(0),
             cluster_id: AtomicU64::new(0),
-            events: hub::Hub::default(),
+            events,
             failpoint: std::sync::OnceLock::new(),
             granted: std::sync::Mutex::new(Vec::new()),
         };
@@ -201,11 +196,9 @@ impl KvStore {
         serde_json::from_slice(&v).ok()
     }
 
-    /// Subscribes to the batches applied from now on that touch `range`
-    /// (`(key, range_end)` as in etcd; None: every key), and to the empty
-    /// batch a snapshot install sends.
-    pub fn subscribe(&self, range: hub::Range) -> broadcast::Receiver<Arc<EventBatch>> {
-        self.events.subscribe(range)
+    /// Subscribes to the events of every batch applied from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<EventBatch>> {
+        self.events.subscribe()
     }
 
     /// Runs `f` with a consistent view: no batch is applied meanwhile.

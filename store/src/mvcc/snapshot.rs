@@ -6,6 +6,7 @@
 //! record of the tree, in key order. A zero key length (no record key is
 //! empty) ends the records; only zero padding may follow it.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{EventBatch, KvStore, keys};
@@ -79,14 +80,12 @@ impl KvStore {
             batch.insert(keys::META_APPLIED, applied);
             batch.insert(keys::META_MEMBERSHIP, membership);
             self.tree.apply_batch(batch)?;
-            let through = self.revision();
             self.reload_counters()?;
             self.cluster_id.store(0, Ordering::Relaxed);
             // Watchers re-read history: the snapshot replaced it wholesale.
-            self.events.publish(EventBatch {
-                events: Vec::new(),
-                through,
-            });
+            let _ = self
+                .events
+                .send(Arc::new(EventBatch { events: Vec::new() }));
         }
         // fsync: the installed state is durable before openraft purges logs.
         self.flush().await?;

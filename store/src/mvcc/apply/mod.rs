@@ -3,6 +3,7 @@
 //! (`super::journal`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use keel_proto::etcdserverpb::{
@@ -367,10 +368,7 @@ impl KvStore {
             .extend(granted);
         if !events.is_empty() {
             // No receivers is fine: nobody is watching.
-            self.events.publish(EventBatch {
-                events,
-                through: rev,
-            });
+            let _ = self.events.send(Arc::new(EventBatch { events }));
         }
         Ok(results)
     }
