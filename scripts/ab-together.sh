@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# A/B of two Keel builds' put throughput that gives both the same minute of
+# the machine: two 3-master clusters (plain text, loopback, their own ports
+# and temp dirs) run side by side, each loaded by its own `keel bench kv`
+# started at the same moment; the builds swap places every run, so neither
+# is always the one that starts first. On a VM whose speed changes from one
+# minute to the next, alternating whole runs compares minutes as much as
+# builds (BENCHMARKS.md, issue 13's tenth round).
+# Usage: scripts/ab-together.sh BIN_A BIN_B [RUNS] [CLIENTS] [SECONDS]
+#   Prints each run's puts/s for both builds and B/A; needs etcdctl.
+set -euo pipefail
+a="$1" b="$2" runs="${3:-4}" clients="${4:-256}" secs="${5:-6}"
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+
+# cluster BIN PORT_PREFIX TAG: starts three masters, prints their endpoints.
+cluster() {
+  local bin=$1 p=$2 tag=$3 ic="" eps=""
+  for n in 1 2 3; do
+    ic+="${ic:+,}$tag$n=127.0.0.1:${p}8$n"
+    eps+="${eps:+,}127.0.0.1:${p}7$n"
+  done
+  for n in 1 2 3; do
+    "$bin" master --name "$tag$n" --data-dir "$work/$tag$n" --listen-peer "127.0.0.1:${p}8$n" \
+      --listen-client "127.0.0.1:${p}7$n" --listen-api "127.0.0.1:${p}9$n" --zone "z$n" \
+      --initial-cluster "$ic" --insecure >"$work/$tag$n.log" 2>&1 &
+  done
+  echo "$eps"
+}
+
+ops_per_sec() { grep -E '^\| [0-9]' "$1" | awk -F'|' '{ gsub(/ /, "", $3); print $3 }'; }
+
+for run in $(seq "$runs"); do
+  if (( run % 2 )); then first=$a second=$b; else first=$b second=$a; fi
+  rm -rf "${work:?}"/*
+  e1=$(cluster "$first" 336 x)
+  e2=$(cluster "$second" 337 y)
+  for e in "$e1" "$e2"; do
+    for _ in $(seq 100); do
+      etcdctl --endpoints="$e" endpoint health >/dev/null 2>&1 && break
+      sleep 0.3
+    done
+  done
+  "$first" bench kv --plaintext --endpoints "$e1" --clients 64 --seconds 2 >/dev/null &
+  w=$!
+  "$second" bench kv --plaintext --endpoints "$e2" --clients 64 --seconds 2 >/dev/null
+  wait "$w"
+  "$first" bench kv --plaintext --endpoints "$e1" --clients "$clients" --conns 64 \
+    --seconds "$secs" >"$work/out1" &
+  w=$!
+  "$second" bench kv --plaintext --endpoints "$e2" --clients "$clients" --conns 64 \
+    --seconds "$secs" >"$work/out2"
+  wait "$w"
+  r1=$(ops_per_sec "$work/out1") r2=$(ops_per_sec "$work/out2")
+  if [ "$first" = "$a" ]; then ra=$r1 rb=$r2; else ra=$r2 rb=$r1; fi
+  awk -v run="$run" -v a="$ra" -v b="$rb" \
+    'BEGIN { printf "run %d: A %s puts/s, B %s puts/s, B/A %.2f\n", run, a, b, b / a }'
+  kill $(jobs -p) 2>/dev/null || true
+  wait 2>/dev/null || true
+done
