@@ -272,3 +272,45 @@ async fn follower_appends_written_inline_are_durable_and_ordered() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// The committed-index hint no longer goes through the writer's queue: the
+/// newest one waits in a slot. It reads back at once, the newest of many
+/// wins, and it is on disk after the writer's own cycle (no other write
+/// asked for) as well as after a close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_committed_hint_reads_back_at_once_and_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = LogStore::open(dir.path()).unwrap();
+        append(
+            &mut log,
+            (1..=40)
+                .map(|i| EntryOf::<C>::new_blank(log_id(1, i)))
+                .collect(),
+        )
+        .await;
+        for i in 1..=40 {
+            log.save_committed(Some(log_id(1, i))).await.unwrap();
+        }
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 40)));
+        // Left alone, the writer writes the waiting hint within its cycle
+        // (50 ms): poll until the slot is empty and the read comes from redb.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if log.read_committed().await.unwrap() == Some(log_id(1, 40))
+                && !log.committed_hint_waiting()
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hint was never written"
+            );
+        }
+        log.save_committed(Some(log_id(1, 39))).await.unwrap();
+        log.save_committed(Some(log_id(1, 40))).await.unwrap();
+    }
+    let mut log = LogStore::open(dir.path()).unwrap();
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 40)));
+}

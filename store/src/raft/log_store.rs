@@ -53,7 +53,7 @@ use openraft::{OptionalSend, RaftTypeConfig};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::log_writer::{HintSlot, Job, Writer, flush_appends, writer};
+use super::log_writer::{HintSlot, Job, Writer, flush_appends, io_err, write_meta, writer};
 
 use crate::raft::codec;
 use crate::raft::types::TypeConfig;
@@ -68,7 +68,7 @@ pub(super) type LogIdC = openraft::alias::LogIdOf<C>;
 /// Where entries lived before the segment files (`raft::wal`); moved out by
 /// `open` when a data dir of an older version still has them.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const K_VOTE: &str = "vote";
 const K_PURGED: &str = "last_purged";
 pub(super) const K_COMMITTED: &str = "committed";
@@ -76,10 +76,6 @@ pub(super) const K_COMMITTED: &str = "committed";
 /// The most encoded entry bytes one AppendEntries carries (a quarter of the
 /// peer link's message limit, leaving room for the encoding's overhead).
 pub const MAX_APPEND_BYTES: usize = crate::raft::network::PEER_MESSAGE_LIMIT / 4;
-
-pub(super) fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
 
 /// Entries by index, each with its encoded size.
 pub(super) type Entries = BTreeMap<u64, (Entry, usize)>;
@@ -275,6 +271,11 @@ impl LogStore {
         }
     }
 
+    /// Whether a committed-index hint waits to be written (for tests).
+    pub fn committed_hint_waiting(&self) -> bool {
+        self.writer.waiting_hint().is_some()
+    }
+
     /// Size in bytes of the log's files, for status reports.
     pub fn disk_size(dir: &Path) -> u64 {
         let file = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
@@ -373,23 +374,6 @@ impl LogStore {
         }
         Ok(out)
     }
-}
-
-/// Writes one meta value in a transaction of its own; with
-/// `Durability::Immediate` the commit fsyncs before it returns.
-pub(super) fn write_meta(
-    db: &Database,
-    key: &str,
-    bytes: &[u8],
-    durability: Durability,
-) -> io::Result<()> {
-    let mut tx = db.begin_write().map_err(io_err)?;
-    tx.set_durability(durability).map_err(io_err)?;
-    tx.open_table(META)
-        .map_err(io_err)?
-        .insert(key, bytes)
-        .map_err(io_err)?;
-    tx.commit().map_err(io_err)
 }
 
 /// Opens the segments; first moves entries out of redb's `log` table, where
@@ -514,9 +498,12 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdC>, io::Error> {
-        // The waiting hint reaches redb before this read (the write waits
-        // for everything asked before it).
-        self.write(self.writer.hint_write()).await?;
+        // The newest hint, if it waits to be written; else the last written
+        // (the empty write waits for one the writer has taken).
+        if let Some(bytes) = self.writer.waiting_hint() {
+            return codec::decode(&bytes).map_err(io_err);
+        }
+        self.write(|_, _| Ok(())).await?;
         self.blocking(|db| Ok(Self::read_meta::<Option<LogIdC>>(db, K_COMMITTED)?.flatten()))
             .await
     }

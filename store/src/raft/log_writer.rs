@@ -18,9 +18,7 @@ use openraft::storage::IOFlushed;
 use redb::{Database, Durability};
 use tokio::sync::oneshot;
 
-use super::log_store::{
-    C, K_COMMITTED, LogIdC, SharedTail, SharedWal, io_err, lock_wal, write_meta,
-};
+use super::log_store::{C, K_COMMITTED, LogIdC, META, SharedTail, SharedWal, lock_wal};
 use crate::stages::{Stage, Stages};
 
 /// How often at most the committed-index hint is written.
@@ -31,6 +29,10 @@ const MAX_GROUP: usize = 256;
 
 /// A write to run on the writer thread.
 pub(super) type WriteFn = Box<dyn FnOnce(&Database, &SharedWal) -> io::Result<()> + Send>;
+
+pub(super) fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
 
 /// A write for the writer thread.
 pub(super) enum Job {
@@ -97,16 +99,13 @@ impl Writer {
         self.send(Job::Committed)
     }
 
-    /// A write, queued behind everything asked for so far, of the hint
-    /// waiting in the slot (for a read of the hint).
-    pub(super) fn hint_write(&self) -> WriteFn {
-        let hint = self.hint.clone();
-        Box::new(move |db, _| {
-            if let Some(bytes) = hint.take() {
-                write_hint(db, &bytes);
-            }
-            Ok(())
-        })
+    /// The hint waiting to be written, if any.
+    pub(super) fn waiting_hint(&self) -> Option<Vec<u8>> {
+        self.hint
+            .bytes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether every job sent so far has finished.
@@ -204,6 +203,23 @@ pub(super) fn writer(
     if let Some(bytes) = hint.take() {
         write_hint(db, &bytes);
     }
+}
+
+/// Writes one meta value in a transaction of its own; with
+/// `Durability::Immediate` the commit fsyncs before it returns.
+pub(super) fn write_meta(
+    db: &Database,
+    key: &str,
+    bytes: &[u8],
+    durability: Durability,
+) -> io::Result<()> {
+    let mut tx = db.begin_write().map_err(io_err)?;
+    tx.set_durability(durability).map_err(io_err)?;
+    tx.open_table(META)
+        .map_err(io_err)?
+        .insert(key, bytes)
+        .map_err(io_err)?;
+    tx.commit().map_err(io_err)
 }
 
 /// Records the committed-index hint. No fsync: a hint that the next
