@@ -11,11 +11,22 @@
 set -euo pipefail
 a="$1" b="$2" runs="${3:-4}" clients="${4:-256}" secs="${5:-6}"
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
-# cluster BIN PORT_PREFIX TAG: starts three masters, prints their endpoints.
+pids=()
+stop() {
+  if [ ${#pids[@]} -gt 0 ]; then
+    kill "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+  pids=()
+}
+trap 'stop; rm -rf "$work"' EXIT
+
+# cluster BIN PORT_PREFIX TAG: starts three masters (in this shell, so that
+# `stop` can end them) and sets `eps` to their client endpoints.
 cluster() {
-  local bin=$1 p=$2 tag=$3 ic="" eps=""
+  local bin=$1 p=$2 tag=$3 ic=""
+  eps=""
   for n in 1 2 3; do
     ic+="${ic:+,}$tag$n=127.0.0.1:${p}8$n"
     eps+="${eps:+,}127.0.0.1:${p}7$n"
@@ -24,8 +35,8 @@ cluster() {
     "$bin" master --name "$tag$n" --data-dir "$work/$tag$n" --listen-peer "127.0.0.1:${p}8$n" \
       --listen-client "127.0.0.1:${p}7$n" --listen-api "127.0.0.1:${p}9$n" --zone "z$n" \
       --initial-cluster "$ic" --insecure >"$work/$tag$n.log" 2>&1 &
+    pids+=($!)
   done
-  echo "$eps"
 }
 
 ops_per_sec() { grep -E '^\| [0-9]' "$1" | awk -F'|' '{ gsub(/ /, "", $3); print $3 }'; }
@@ -33,13 +44,18 @@ ops_per_sec() { grep -E '^\| [0-9]' "$1" | awk -F'|' '{ gsub(/ /, "", $3); print
 for run in $(seq "$runs"); do
   if (( run % 2 )); then first=$a second=$b; else first=$b second=$a; fi
   rm -rf "${work:?}"/*
-  e1=$(cluster "$first" 336 x)
-  e2=$(cluster "$second" 337 y)
+  cluster "$first" 336 x
+  e1=$eps
+  cluster "$second" 337 y
+  e2=$eps
   for e in "$e1" "$e2"; do
     for _ in $(seq 100); do
       etcdctl --endpoints="$e" endpoint health >/dev/null 2>&1 && break
       sleep 0.3
     done
+  done
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "a master exited (ports 336xx/337xx in use?)" >&2; exit 1; }
   done
   "$first" bench kv --plaintext --endpoints "$e1" --clients 64 --seconds 2 >/dev/null &
   w=$!
@@ -55,6 +71,5 @@ for run in $(seq "$runs"); do
   if [ "$first" = "$a" ]; then ra=$r1 rb=$r2; else ra=$r2 rb=$r1; fi
   awk -v run="$run" -v a="$ra" -v b="$rb" \
     'BEGIN { printf "run %d: A %s puts/s, B %s puts/s, B/A %.2f\n", run, a, b, b / a }'
-  kill $(jobs -p) 2>/dev/null || true
-  wait 2>/dev/null || true
+  stop
 done
