@@ -53,7 +53,8 @@ use openraft::{OptionalSend, RaftTypeConfig};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::log_writer::{HintSlot, Job, Writer, flush_appends, io_err, write_meta, writer};
+use super::io_err;
+use super::log_writer::{HintSlot, Job, Writer, flush_appends, write_meta, writer};
 
 use crate::raft::codec;
 use crate::raft::types::TypeConfig;

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use openraft::storage::IOFlushed;
 use redb::{Database, Durability};
 use tokio::sync::oneshot;
 
+use super::io_err;
 use super::log_store::{C, K_COMMITTED, LogIdC, META, SharedTail, SharedWal, lock_wal};
 use crate::stages::{Stage, Stages};
 
@@ -29,10 +30,6 @@ const MAX_GROUP: usize = 256;
 
 /// A write to run on the writer thread.
 pub(super) type WriteFn = Box<dyn FnOnce(&Database, &SharedWal) -> io::Result<()> + Send>;
-
-pub(super) fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
 
 /// A write for the writer thread.
 pub(super) enum Job {
@@ -62,20 +59,15 @@ pub(super) struct Writer {
     pub(super) hint: Arc<HintSlot>,
 }
 
-/// The newest committed-index hint not yet written, and whether the writer
-/// has been told (a `Job::Committed` sent since it last took the slot).
+/// The newest committed-index hint not yet written. A filled slot needs no
+/// further wake-up: the save that filled it while empty sent a
+/// `Job::Committed`, and only the writer empties it.
 #[derive(Default)]
-pub(super) struct HintSlot {
-    bytes: Mutex<Option<Vec<u8>>>,
-    told: AtomicBool,
-}
+pub(super) struct HintSlot(Mutex<Option<Vec<u8>>>);
 
 impl HintSlot {
-    fn take(&self) -> Option<Vec<u8>> {
-        // Cleared before the slot is emptied: a hint saved after this is
-        // either taken now or announced by a new `Job::Committed`.
-        self.told.store(false, Ordering::Release);
-        self.bytes.lock().unwrap_or_else(|e| e.into_inner()).take()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -90,22 +82,23 @@ impl Writer {
     }
 
     /// Leaves `bytes` as the hint to write next; wakes the writer only if
-    /// it has not been told of a waiting hint already.
+    /// the slot was empty (no hint waiting that it was told of).
     pub(super) fn save_hint(&self, bytes: Vec<u8>) -> io::Result<()> {
-        *self.hint.bytes.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
-        if self.hint.told.swap(true, Ordering::AcqRel) {
-            return Ok(());
+        let was_empty = self.hint.lock().replace(bytes).is_none();
+        if was_empty {
+            // A writer that has stopped gets no hint: the slot is emptied
+            // again, so every later save fails as this one does.
+            self.send(Job::Committed).inspect_err(|_| {
+                self.hint.lock().take();
+            })
+        } else {
+            Ok(())
         }
-        self.send(Job::Committed)
     }
 
     /// The hint waiting to be written, if any.
     pub(super) fn waiting_hint(&self) -> Option<Vec<u8>> {
-        self.hint
-            .bytes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.hint.lock().clone()
     }
 
     /// Whether every job sent so far has finished.
@@ -184,7 +177,7 @@ pub(super) fn writer(
         if hint_due && hint_written.elapsed() >= HINT_EVERY {
             hint_due = false;
             hint_written = Instant::now();
-            let bytes = hint.take();
+            let bytes = hint.lock().take();
             // The hint must not name an entry this log does not hold yet
             // (a restart re-applies up to it from this log): every append
             // of an entry it names was queued before the hint was saved,
@@ -200,7 +193,7 @@ pub(super) fn writer(
     }
     // The store is closing (every job served): the last hint is written,
     // not dropped.
-    if let Some(bytes) = hint.take() {
+    if let Some(bytes) = hint.lock().take() {
         write_hint(db, &bytes);
     }
 }

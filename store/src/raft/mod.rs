@@ -12,3 +12,8 @@ pub mod types;
 pub mod wal;
 
 pub use types::{Cmd, CmdResult, Member, Raft, TypeConfig, member_id};
+
+/// A storage error for openraft, which takes `io::Error`s, from any other.
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}

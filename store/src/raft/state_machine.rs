@@ -24,6 +24,7 @@ use openraft::{EntryPayload, OptionalSend};
 
 use crate::mvcc::KvStore;
 use crate::mvcc::apply::BatchMeta;
+use crate::raft::io_err;
 use crate::raft::types::{Cmd, CmdResult, TypeConfig};
 use crate::stages::{Stage, Stages};
 
@@ -34,10 +35,6 @@ type SnapshotMetaC = openraft::alias::SnapshotMetaOf<C>;
 /// A snapshot's data: the key-space dump (see `mvcc::snapshot`).
 pub type SnapshotData = Vec<u8>;
 type SnapshotC = openraft::alias::SnapshotOf<C, SnapshotData>;
-
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
 
 /// The state machine handed to openraft; shares the key space with readers.
 pub struct StateMachine {
