@@ -85,6 +85,13 @@ fn log_id(term: u64, index: u64) -> LogIdOf<C> {
     LogIdOf::<C>::new(LeaderIdOf::<C>::new_committed(term, 1), index)
 }
 
+/// Blank entries of `term` at `indexes`.
+fn blanks(term: u64, indexes: impl Iterator<Item = u64>) -> Vec<EntryOf<C>> {
+    indexes
+        .map(|i| EntryOf::<C>::new_blank(log_id(term, i)))
+        .collect()
+}
+
 /// The ids of every entry the log holds below index 100.
 async fn log_ids(log: &mut LogStore) -> Vec<LogIdOf<C>> {
     let entries = log.try_get_log_entries(0..100).await.unwrap();
@@ -103,20 +110,8 @@ async fn log_state_vote_and_committed_survive_reopening() {
     let vote = VoteOf::<C>::new_committed(3, 1);
     {
         let mut log = LogStore::open(dir.path()).unwrap();
-        append(
-            &mut log,
-            (1..=5)
-                .map(|i| EntryOf::<C>::new_blank(log_id(1, i)))
-                .collect(),
-        )
-        .await;
-        append(
-            &mut log,
-            (6..=10)
-                .map(|i| EntryOf::<C>::new_blank(log_id(2, i)))
-                .collect(),
-        )
-        .await;
+        append(&mut log, blanks(1, 1..=5)).await;
+        append(&mut log, blanks(2, 6..=10)).await;
         log.save_vote(&vote).await.unwrap();
         log.purge(log_id(1, 3)).await.unwrap();
         log.truncate_after(Some(log_id(2, 8))).await.unwrap();
@@ -186,10 +181,7 @@ async fn reads_across_memory_and_segments_are_complete_and_never_stale() {
     let ids = |entries: Vec<EntryOf<C>>| entries.iter().map(|e| e.log_id).collect::<Vec<_>>();
     // More entries than memory keeps, in appends of 100.
     for start in (1..=5000u64).step_by(100) {
-        let batch = (start..start + 100)
-            .map(|i| EntryOf::<C>::new_blank(log_id(1, i)))
-            .collect();
-        append(&mut log, batch).await;
+        append(&mut log, blanks(1, start..start + 100)).await;
     }
     let all = ids(log.try_get_log_entries(1..5101).await.unwrap());
     assert_eq!(all, (1..=5000).map(|i| log_id(1, i)).collect::<Vec<_>>());
@@ -201,10 +193,7 @@ async fn reads_across_memory_and_segments_are_complete_and_never_stale() {
 
     // Replace the last ten with entries of term 2: reads see only those.
     log.truncate_after(Some(log_id(1, 4990))).await.unwrap();
-    let batch = (4991..=4995)
-        .map(|i| EntryOf::<C>::new_blank(log_id(2, i)))
-        .collect();
-    append(&mut log, batch).await;
+    append(&mut log, blanks(2, 4991..=4995)).await;
     let want: Vec<_> = (4985..=4990)
         .map(|i| log_id(1, i))
         .chain((4991..=4995).map(|i| log_id(2, i)))
@@ -282,25 +271,18 @@ async fn the_newest_committed_hint_reads_back_at_once_and_after_reopening() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut log = LogStore::open(dir.path()).unwrap();
-        append(
-            &mut log,
-            (1..=40)
-                .map(|i| EntryOf::<C>::new_blank(log_id(1, i)))
-                .collect(),
-        )
-        .await;
+        append(&mut log, blanks(1, 1..=40)).await;
         for i in 1..=40 {
             log.save_committed(Some(log_id(1, i))).await.unwrap();
         }
         assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 40)));
         // Left alone, the writer writes the waiting hint within its cycle
-        // (50 ms): poll until the slot is empty and the read comes from redb.
+        // (50 ms): poll until the slot is empty, so the read comes from redb.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            if log.read_committed().await.unwrap() == Some(log_id(1, 40))
-                && !log.committed_hint_waiting()
-            {
+            if !log.committed_hint_waiting() {
+                assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 40)));
                 break;
             }
             assert!(
