@@ -8,8 +8,12 @@
 # builds (BENCHMARKS.md, issue 13's tenth round).
 # Usage: scripts/ab-together.sh BIN_A BIN_B [RUNS] [CLIENTS] [SECONDS]
 #   Prints each run's puts/s for both builds and B/A; needs etcdctl.
+#   A_ARGS / B_ARGS (environment): extra `keel master` flags for A's / B's
+#   masters, so one build can be compared with itself under other flags.
 set -euo pipefail
 a="$1" b="$2" runs="${3:-4}" clients="${4:-256}" secs="${5:-6}"
+read -ra a_args <<<"${A_ARGS:-}"
+read -ra b_args <<<"${B_ARGS:-}"
 work=$(mktemp -d)
 
 pids=()
@@ -22,10 +26,12 @@ stop() {
 }
 trap 'stop; rm -rf "$work"' EXIT
 
-# cluster BIN PORT_PREFIX TAG: starts three masters (in this shell, so that
-# `stop` can end them) and sets `eps` to their client endpoints.
+# cluster BIN PORT_PREFIX TAG [FLAGS...]: starts three masters (in this
+# shell, so that `stop` can end them) and sets `eps` to their client
+# endpoints.
 cluster() {
   local bin=$1 p=$2 tag=$3 ic=""
+  shift 3
   eps=""
   for n in 1 2 3; do
     ic+="${ic:+,}$tag$n=127.0.0.1:${p}8$n"
@@ -34,7 +40,7 @@ cluster() {
   for n in 1 2 3; do
     "$bin" master --name "$tag$n" --data-dir "$work/$tag$n" --listen-peer "127.0.0.1:${p}8$n" \
       --listen-client "127.0.0.1:${p}7$n" --listen-api "127.0.0.1:${p}9$n" --zone "z$n" \
-      --initial-cluster "$ic" --insecure >"$work/$tag$n.log" 2>&1 &
+      --initial-cluster "$ic" --insecure "$@" >"$work/$tag$n.log" 2>&1 &
     pids+=($!)
   done
 }
@@ -42,11 +48,15 @@ cluster() {
 ops_per_sec() { grep -E '^\| [0-9]' "$1" | awk -F'|' '{ gsub(/ /, "", $3); print $3 }'; }
 
 for run in $(seq "$runs"); do
-  if (( run % 2 )); then first=$a second=$b; else first=$b second=$a; fi
+  if (( run % 2 )); then
+    first=$a second=$b first_args=("${a_args[@]}") second_args=("${b_args[@]}")
+  else
+    first=$b second=$a first_args=("${b_args[@]}") second_args=("${a_args[@]}")
+  fi
   rm -rf "${work:?}"/*
-  cluster "$first" 336 x
+  cluster "$first" 336 x "${first_args[@]}"
   e1=$eps
-  cluster "$second" 337 y
+  cluster "$second" 337 y "${second_args[@]}"
   e2=$eps
   for e in "$e1" "$e2"; do
     for _ in $(seq 100); do
@@ -55,7 +65,11 @@ for run in $(seq "$runs"); do
     done
   done
   for pid in "${pids[@]}"; do
-    kill -0 "$pid" 2>/dev/null || { echo "a master exited (ports 336xx/337xx in use?)" >&2; exit 1; }
+    kill -0 "$pid" 2>/dev/null || {
+      echo "a master exited:" >&2
+      tail -n 3 "$work"/*.log >&2
+      exit 1
+    }
   done
   "$first" bench kv --plaintext --endpoints "$e1" --clients 64 --seconds 2 >/dev/null &
   w=$!
@@ -68,7 +82,7 @@ for run in $(seq "$runs"); do
     --seconds "$secs" >"$work/out2"
   wait "$w"
   r1=$(ops_per_sec "$work/out1") r2=$(ops_per_sec "$work/out2")
-  if [ "$first" = "$a" ]; then ra=$r1 rb=$r2; else ra=$r2 rb=$r1; fi
+  if (( run % 2 )); then ra=$r1 rb=$r2; else ra=$r2 rb=$r1; fi
   awk -v run="$run" -v a="$ra" -v b="$rb" \
     'BEGIN { printf "run %d: A %s puts/s, B %s puts/s, B/A %.2f\n", run, a, b, b / a }'
   stop

@@ -100,10 +100,16 @@ pub struct MasterArgs {
     /// write path before the pipelined log), to compare the two.
     #[arg(long, env = "KEEL_SEQUENTIAL_LOG_APPEND", hide = true)]
     pub sequential_log_append: bool,
-    /// BENCHMARK ONLY: replicate with one unary AppendEntries call at a
-    /// time instead of the pipelined stream, to compare the two.
-    #[arg(long, env = "KEEL_UNARY_APPEND", hide = true)]
-    pub unary_append: bool,
+    /// BENCHMARK ONLY: replicate over another wire than the framed stream
+    /// (`grpc`: a gRPC stream over HTTP/2; `unary`: one AppendEntries call
+    /// at a time), to compare them.
+    #[arg(
+        long,
+        env = "KEEL_REPLICATION_WIRE",
+        hide = true,
+        default_value = "framed"
+    )]
+    pub replication_wire: keel_store::config::ReplicationWire,
     /// TEST ONLY: dial peer NAME at ADDR instead of its membership address
     /// (`NAME=ADDR`, repeatable; env: comma-separated). The chaos harness
     /// puts a TCP proxy per link here so it can partition members.
@@ -179,7 +185,7 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
     }
     cfg.unsafe_local_reads = a.unsafe_local_reads;
     cfg.sequential_log_append = a.sequential_log_append;
-    cfg.unary_append = a.unary_append;
+    cfg.replication_wire = a.replication_wire;
     cfg.failpoint_apply_error_key = a
         .failpoint_apply_error_key
         .as_ref()

@@ -46,9 +46,9 @@ pub struct NodeConfig {
     /// replication starts after it (the write path before the pipelined
     /// log), so `keel bench kv` can show both from one binary.
     pub sequential_log_append: bool,
-    /// Benchmark only: replicate with one unary AppendEntries call at a
-    /// time (the transport before `raft::append_stream`).
-    pub unary_append: bool,
+    /// How the leader replicates to followers; anything but the default
+    /// is for benchmarks that compare the wires.
+    pub replication_wire: ReplicationWire,
     /// Test only: dial peer NAME at this address instead of the peer address
     /// in the membership, for every peer connection (Raft RPCs, leader
     /// forwarding, read-index). The chaos harness points these at per-link
@@ -87,7 +87,7 @@ impl NodeConfig {
             backup_seal: None,
             unsafe_local_reads: false,
             sequential_log_append: false,
-            unary_append: false,
+            replication_wire: ReplicationWire::Framed,
             peer_overrides: BTreeMap::new(),
             failpoint_apply_error_key: None,
             tls: None,
@@ -142,5 +142,34 @@ mod tests {
         assert_eq!(v[1], ("m2".into(), "127.0.0.1:2".into()));
         assert!(parse_initial_cluster("m1").is_err());
         assert!(parse_initial_cluster("m1=a:1,m1=b:2").is_err());
+    }
+}
+
+/// The wire the leader replicates over (`raft::append_stream`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplicationWire {
+    /// One framed TCP/TLS connection per follower (`raft::framed`).
+    #[default]
+    Framed,
+    /// Benchmark only: one gRPC `StreamAppend` stream per follower over
+    /// HTTP/2 (the wire before `raft::framed`).
+    Grpc,
+    /// Benchmark only: one unary AppendEntries call at a time (the wire
+    /// before `raft::append_stream`).
+    Unary,
+}
+
+impl std::str::FromStr for ReplicationWire {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "framed" => Ok(ReplicationWire::Framed),
+            "grpc" => Ok(ReplicationWire::Grpc),
+            "unary" => Ok(ReplicationWire::Unary),
+            _ => Err(format!(
+                "unknown replication wire {s:?}: expected framed, grpc or unary"
+            )),
+        }
     }
 }

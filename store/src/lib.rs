@@ -12,6 +12,7 @@ pub mod mvcc;
 pub mod net;
 pub mod node;
 pub mod peer;
+pub mod peer_accept;
 pub mod raft;
 pub mod recover;
 pub mod sealed;

@@ -6,14 +6,11 @@
 
 use std::sync::Arc;
 
-use keel_proto::keelraft::raft_service_server::RaftServiceServer;
 use tokio::net::TcpListener;
 
 use crate::config::NodeConfig;
 use crate::error::StoreError;
 use crate::node::Node;
-use crate::peer::RaftGrpc;
-use crate::raft::network::PEER_MESSAGE_LIMIT;
 
 /// Starts a member as configured and returns it running.
 pub async fn start(cfg: NodeConfig) -> Result<Arc<Node>, StoreError> {
@@ -30,7 +27,7 @@ pub async fn start(cfg: NodeConfig) -> Result<Arc<Node>, StoreError> {
             cfg.listen_client
         ))
     })?;
-    serve_peers(&node, peer_listener)?;
+    crate::peer_accept::serve(&node, peer_listener)?;
     crate::etcd::serve(node.clone(), client_listener)?;
 
     node.bootstrap().await?;
@@ -46,29 +43,4 @@ pub async fn start(cfg: NodeConfig) -> Result<Arc<Node>, StoreError> {
         zone = %cfg.zone, "member started"
     );
     Ok(node)
-}
-
-/// Serves the Raft peer port until the member shuts down. Only masters
-/// (certificates of organisation keel:masters signed by the cluster CA) may
-/// connect.
-fn serve_peers(node: &Arc<Node>, listener: TcpListener) -> Result<(), StoreError> {
-    let mut stop = node.shutdown_signal();
-    let svc = RaftServiceServer::new(RaftGrpc::new(node.clone()))
-        .max_decoding_message_size(PEER_MESSAGE_LIMIT)
-        .max_encoding_message_size(PEER_MESSAGE_LIMIT);
-    let server = crate::net::server(node.cfg.tls.as_ref())?;
-    let only_masters = crate::net::require_org(node.cfg.tls.is_some(), crate::net::PEER_ORGS);
-    tokio::spawn(async move {
-        let r = server
-            .layer(tonic::service::InterceptorLayer::new(only_masters))
-            .add_service(svc)
-            .serve_with_incoming_shutdown(crate::net::incoming(listener), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "peer server failed");
-        }
-    });
-    Ok(())
 }

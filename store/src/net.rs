@@ -52,18 +52,28 @@ pub fn require_org(
         if !tls {
             return Ok(req);
         }
-        let who = req
-            .peer_certs()
-            .and_then(|c| c.first().and_then(keel_proto::pki::subject));
-        match who {
-            Some((_, o)) if orgs.contains(&o.as_str()) => Ok(req),
-            Some((cn, o)) => Err(tonic::Status::permission_denied(format!(
-                "certificate {cn:?} (organisation {o:?}) may not use this port: it admits {}",
-                orgs.join(", ")
-            ))),
-            None => Err(tonic::Status::unauthenticated(
-                "a client certificate signed by the cluster CA is required",
-            )),
+        let certs = req.peer_certs();
+        match refusal(certs.as_ref().and_then(|c| c.first()), orgs) {
+            None => Ok(req),
+            Some(refused) => Err(refused),
         }
+    }
+}
+
+/// Why a peer presenting `cert` (the first certificate of its chain, if
+/// any) may not use a port that admits `orgs`; None when it may.
+pub fn refusal(
+    cert: Option<&rustls::pki_types::CertificateDer<'_>>,
+    orgs: &[&str],
+) -> Option<tonic::Status> {
+    match cert.and_then(keel_proto::pki::subject) {
+        Some((_, o)) if orgs.contains(&o.as_str()) => None,
+        Some((cn, o)) => Some(tonic::Status::permission_denied(format!(
+            "certificate {cn:?} (organisation {o:?}) may not use this port: it admits {}",
+            orgs.join(", ")
+        ))),
+        None => Some(tonic::Status::unauthenticated(
+            "a client certificate signed by the cluster CA is required",
+        )),
     }
 }

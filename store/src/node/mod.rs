@@ -105,11 +105,22 @@ impl Node {
                 .map(|(n, a)| (member_id(n), a.clone())),
         );
         let client_tls = cfg.tls.as_ref().map(|t| t.tonic_client());
+        let framed_tls = match &cfg.tls {
+            None => None,
+            Some(t) => {
+                let mut c = t
+                    .rustls_client()
+                    .map_err(|e| StoreError::Config(format!("TLS: {e}")))?;
+                c.alpn_protocols = vec![crate::raft::framed::ALPN.to_vec()];
+                Some(Arc::new(c))
+            }
+        };
         let net = NetworkFactory {
             book: book.clone(),
             tls: client_tls,
+            framed_tls,
             stages: stages.clone(),
-            streaming: !cfg.unary_append,
+            wire: cfg.replication_wire,
             stale_answer: cfg.election_min * 3 / 4,
         };
         let raft = Raft::new(id, Arc::new(rcfg), net, log, sm)

@@ -1,11 +1,12 @@
 //! Pipelined AppendEntries towards one peer: openraft's request stream goes
-//! out as one long-lived gRPC bidirectional stream (`StreamAppend`), and the
-//! follower's answers come back in order on the same stream. The leader
+//! out on one long-lived connection ([`Wire`]: a framed TCP/TLS stream,
+//! `raft::framed`, or a gRPC bidirectional stream, `StreamAppend`), and the
+//! follower's answers come back in order on the same connection. The leader
 //! sends the next batch of entries as soon as it has them, without waiting
 //! for the answer to the previous one (openraft's `LogsSince` replication
-//! keeps up to the whole unacknowledged suffix in flight), and each message
-//! costs one HTTP/2 DATA frame instead of a whole unary call (headers, a new
-//! stream, a task on the server).
+//! keeps up to the whole unacknowledged suffix in flight). This module owns
+//! what both wires share: which requests are in flight, how long an answer
+//! may take, and which answers are too old to count.
 //!
 //! A follower answers each request only after the entries are fsynced in its
 //! log (`raft::log_store`), so an answer here still means "durable there".
@@ -21,8 +22,8 @@ use openraft::error::{NetworkError, RPCError, Unreachable};
 use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use tonic::transport::Channel;
 
-use crate::raft::codec;
 use crate::raft::types::TypeConfig;
+use crate::raft::{codec, framed};
 use crate::stages::{Stage, Stages};
 
 type C = TypeConfig;
@@ -61,6 +62,9 @@ pub struct Limits {
     pub stale_answer: Duration,
 }
 
+/// The follower's answers as they arrive, whichever the wire.
+type Inbound = futures::stream::BoxStream<'static, Result<Vec<u8>, String>>;
+
 /// Requests sent and not answered yet: when each was sent and its entries.
 type InFlight = Arc<Mutex<VecDeque<(Instant, u64)>>>;
 
@@ -68,9 +72,19 @@ fn in_flight(f: &InFlight) -> std::sync::MutexGuard<'_, VecDeque<(Instant, u64)>
     f.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How the stream reaches the follower.
+pub enum Wire {
+    /// A framed connection to the peer port (`raft::framed`), with mutual
+    /// TLS when a client configuration (ALPN `framed::ALPN`) is given; the
+    /// connection kept from the peer client's last stream, if any.
+    Framed(Option<Arc<rustls::ClientConfig>>, framed::Idle),
+    /// Benchmark only: the gRPC `StreamAppend` call over HTTP/2.
+    Grpc(RaftServiceClient<Channel>),
+}
+
 /// Opens the stream to `target` at `addr` and returns its answers.
 pub async fn open<S>(
-    mut client: RaftServiceClient<Channel>,
+    wire: Wire,
     (target, addr): (u64, String),
     input: S,
     limits: Limits,
@@ -83,29 +97,46 @@ where
     let marks = sent.clone();
     let requests = input.map(move |rpc| {
         in_flight(&marks).push_back((Instant::now(), rpc.entries.len() as u64));
-        RaftPayload {
-            data: codec::encode(&rpc),
-        }
+        codec::encode(&rpc)
     });
+    // Connecting (and, over gRPC, the follower's headers) takes a moment
+    // when the peer is up; a peer that does not answer at all is given `ttl`.
+    let ttl = limits.ttl;
+    let dial = addr.clone();
     let unreachable = move |why: String| {
         RPCError::Unreachable(Unreachable::from_string(format!(
             "peer {target} ({addr}): {why}"
         )))
     };
-    // The call resolves once the follower's headers arrive (at once, when it
-    // is up); a peer that does not answer at all is given `ttl`.
-    let ttl = limits.ttl;
-    let inbound = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
+    let opened = tokio::time::timeout(ttl, async move {
+        match wire {
+            Wire::Framed(tls, idle) => framed::open(&dial, tls, &idle, requests)
+                .await
+                .map(|f| f.map(|r| r.map_err(|e| e.to_string())).boxed())
+                .map_err(|e| e.to_string()),
+            Wire::Grpc(mut client) => {
+                let requests = requests.map(|data| RaftPayload { data });
+                match client.stream_append(requests).await {
+                    Ok(r) => Ok(r
+                        .into_inner()
+                        .map(|m| m.map(|p| p.data).map_err(|s| s.message().to_string()))
+                        .boxed()),
+                    Err(status) => Err(status.message().to_string()),
+                }
+            }
+        }
+    });
+    let inbound: Inbound = match opened.await {
         Err(_) => return Err(unreachable(format!("no answer within {ttl:?}"))),
-        Ok(Err(status)) => return Err(unreachable(status.message().to_string())),
-        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(e)) => return Err(unreachable(e)),
+        Ok(Ok(inbound)) => inbound,
     };
     let wait = ttl * ANSWER_WAIT_TTLS;
     let state = (inbound, sent, stages, unreachable);
     let answers = futures::stream::unfold(Some(state), move |state| async move {
         let (mut inbound, sent, stages, unreachable) = state?;
         let message = loop {
-            match tokio::time::timeout(wait, inbound.message()).await {
+            match tokio::time::timeout(wait, inbound.next()).await {
                 Ok(m) => break m,
                 // Idle (nothing in flight) is fine; an answer overdue is not.
                 Err(_) => {
@@ -118,9 +149,9 @@ where
             }
         };
         let payload = match message {
-            Ok(Some(p)) => p,
-            Ok(None) => return None,
-            Err(status) => return Some((Err(unreachable(status.message().to_string())), None)),
+            Some(Ok(p)) => p,
+            None => return None,
+            Some(Err(e)) => return Some((Err(unreachable(e)), None)),
         };
         if let Some((started, entries)) = in_flight(&sent).pop_front() {
             let age = started.elapsed();
@@ -134,7 +165,7 @@ where
                 stages.record(Stage::Replicate, started, entries);
             }
         }
-        match codec::decode::<StreamAppendResult<C>>(&payload.data) {
+        match codec::decode::<StreamAppendResult<C>>(&payload) {
             Ok(r) => Some((Ok(r), Some((inbound, sent, stages, unreachable)))),
             Err(e) => {
                 let e = RPCError::Network(NetworkError::from_string(e));

@@ -1,9 +1,11 @@
 //! Everything that touches openraft: the type configuration, the storage
-//! adapters (log in segment files and redb, state machine over the sled key space) and the gRPC
-//! network. An openraft upgrade should only touch this folder.
+//! adapters (log in segment files and redb, state machine over the sled key
+//! space) and the network (gRPC, and the framed replication wire). An
+//! openraft upgrade should only touch this folder.
 
 pub mod append_stream;
 pub mod codec;
+pub mod framed;
 pub mod log_store;
 mod log_writer;
 pub mod network;

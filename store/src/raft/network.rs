@@ -1,6 +1,7 @@
 //! The client side of the Raft transport: openraft's RPCs to peers over tonic
 //! gRPC (`keelraft.RaftService`), with openraft messages as postcard payloads;
-//! replication goes over one pipelined stream per peer (`append_stream`).
+//! replication goes over one pipelined stream per peer (`append_stream`), a
+//! framed connection of its own (`framed`) unless a benchmark asks for gRPC.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,8 +25,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::raft::append_stream;
+use crate::config::ReplicationWire;
+use crate::raft::append_stream::{self, Wire};
 use crate::raft::codec;
+use crate::raft::framed;
 use crate::raft::state_machine::SnapshotData;
 use crate::raft::types::{Member, TypeConfig};
 use crate::stages::{Stage, Stages};
@@ -50,11 +53,12 @@ pub struct NetworkFactory {
     pub book: AddressBook,
     /// Mutual TLS towards peers (None only with `--insecure`).
     pub tls: Option<ClientTlsConfig>,
+    /// The same for framed replication connections (ALPN `framed::ALPN`).
+    pub framed_tls: Option<Arc<rustls::ClientConfig>>,
     /// Counts replication round trips (`crate::stages`).
     pub stages: Stages,
-    /// Replicate over one pipelined stream per peer (`append_stream`);
-    /// false (benchmarks only): one unary AppendEntries call at a time.
-    pub streaming: bool,
+    /// The wire replication goes over.
+    pub wire: ReplicationWire,
     /// An answer on the replication stream to a request sent longer ago
     /// than this ends the stream instead of counting (`append_stream`).
     pub stale_answer: Duration,
@@ -67,8 +71,11 @@ pub struct PeerClient {
     client: RaftServiceClient<Channel>,
     book: AddressBook,
     tls: Option<ClientTlsConfig>,
+    framed_tls: Option<Arc<rustls::ClientConfig>>,
     stages: Stages,
-    streaming: bool,
+    wire: ReplicationWire,
+    /// The framed connection kept between streams (`framed::Idle`).
+    idle: framed::Idle,
     stale_answer: Duration,
 }
 
@@ -124,8 +131,10 @@ impl RaftNetworkFactory<C> for NetworkFactory {
             addr,
             book: self.book.clone(),
             tls: self.tls.clone(),
+            framed_tls: self.framed_tls.clone(),
             stages: self.stages.clone(),
-            streaming: self.streaming,
+            wire: self.wire,
+            idle: framed::Idle::default(),
             stale_answer: self.stale_answer,
         }
     }
@@ -151,6 +160,7 @@ impl PeerClient {
         {
             tracing::info!(target = self.target, from = %self.addr, to = %addr, "peer moved");
             self.client = raft_client(&addr, self.tls.as_ref());
+            self.idle = framed::Idle::default();
             self.addr = addr;
         }
     }
@@ -211,7 +221,7 @@ impl RaftNetworkV2<C> for PeerClient {
     }
 
     /// Replication: one pipelined stream (`append_stream`), unless the
-    /// benchmark-only unary mode is on.
+    /// benchmark-only unary wire is chosen.
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
@@ -220,18 +230,22 @@ impl RaftNetworkV2<C> for PeerClient {
     where
         S: Stream<Item = AppendEntriesRequest<C>> + OptionalSend + Unpin + 'static,
     {
-        if !self.streaming {
+        if self.wire == ReplicationWire::Unary {
             return stream_append_sequential(self, input, option);
         }
         self.refresh();
+        let wire = match self.wire {
+            ReplicationWire::Grpc => Wire::Grpc(self.client.clone()),
+            _ => Wire::Framed(self.framed_tls.clone(), self.idle.clone()),
+        };
         let peer = (self.target, self.addr.clone());
-        let (client, stages) = (self.client.clone(), self.stages.clone());
+        let stages = self.stages.clone();
         let limits = append_stream::Limits {
             ttl: option.hard_ttl(),
             stale_answer: self.stale_answer,
         };
         Box::pin(async move {
-            let answers = append_stream::open(client, peer, input, limits, stages).await?;
+            let answers = append_stream::open(wire, peer, input, limits, stages).await?;
             Ok(answers as BoxStream<'s, StreamAnswer>)
         })
     }

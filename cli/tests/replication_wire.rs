@@ -1,0 +1,183 @@
+//! The framed replication wire on the peer port (`raft::framed`), against
+//! real 3-master clusters of `keel` processes with mutual TLS: only master
+//! certificates may open a stream, garbage closes the connection and
+//! changes nothing, and the gRPC wire kept for benchmarks still replicates.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use keel_proto::pki::{self, Ca, Pair, TlsBundle, Usage};
+use keel_store::raft::types::TypeConfig;
+use keel_store::raft::{codec, framed};
+use openraft::alias::VoteOf;
+use openraft::raft::{AppendEntriesRequest, StreamAppendError, StreamAppendResult};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type C = TypeConfig;
+
+fn ca_pem() -> String {
+    std::fs::read_to_string(common::shared_pki().join("ca.crt")).unwrap()
+}
+
+fn cluster_ca() -> Ca {
+    pki::PkiDir(common::shared_pki()).load_ca().unwrap()
+}
+
+/// A client configuration for the framed wire presenting `me`.
+fn framed_tls(me: Pair) -> Arc<rustls::ClientConfig> {
+    let mut cfg = TlsBundle {
+        ca_pem: ca_pem(),
+        me: Some(me),
+    }
+    .rustls_client()
+    .unwrap();
+    cfg.alpn_protocols = vec![framed::ALPN.to_vec()];
+    Arc::new(cfg)
+}
+
+/// A heartbeat from a leader of term 0, which every member has passed.
+fn stale_heartbeat() -> Vec<u8> {
+    codec::encode(&AppendEntriesRequest::<C> {
+        vote: VoteOf::<C>::new_committed(0, 1),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: vec![],
+    })
+}
+
+/// Sends one stale heartbeat over the framed wire with `tls` and returns
+/// the member's answer, or the error that ended the stream first.
+async fn heartbeat(addr: &str, tls: Arc<rustls::ClientConfig>) -> std::io::Result<Vec<u8>> {
+    let idle = framed::Idle::default();
+    let requests = futures::stream::iter([stale_heartbeat()]);
+    let mut answers = framed::open(addr, Some(tls), &idle, requests).await?;
+    tokio::time::timeout(Duration::from_secs(10), answers.next())
+        .await
+        .expect("an answer or the end of the stream within 10 s")
+        .unwrap_or_else(|| Err(std::io::Error::other("the stream ended without an answer")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_masters_may_open_a_replication_stream() {
+    let tc = common::start(3, &[]).await;
+    let peer = tc.c.members[0].peer_addr();
+    let ca = cluster_ca();
+
+    // A master's certificate gets the member's answer: the stale leader is
+    // told of a higher vote, and the connection stays open for the next
+    // stream (the heartbeat path reuses it).
+    let master = ca
+        .issue("m-test", Some(pki::ORG_MASTERS), &[], Usage::Client)
+        .unwrap();
+    let tls = framed_tls(master);
+    let idle = framed::Idle::default();
+    for round in 0..2 {
+        let requests = futures::stream::iter([stale_heartbeat()]);
+        let mut answers = framed::open(&peer, Some(tls.clone()), &idle, requests)
+            .await
+            .unwrap();
+        let answer = answers.next().await.expect("an answer").unwrap();
+        let result: StreamAppendResult<C> = codec::decode(&answer).unwrap();
+        assert!(
+            matches!(result, Err(StreamAppendError::HigherVote(_))),
+            "round {round}: {result:?}"
+        );
+        assert!(answers.next().await.is_none(), "round {round}: one answer");
+        drop(answers);
+        assert!(
+            idle.lock().unwrap().is_some(),
+            "round {round}: the connection is kept for the next stream"
+        );
+    }
+
+    // An admin's certificate is the cluster's but not a master's: the
+    // connection closes without an answer.
+    let admin = ca
+        .issue("admin-test", Some(pki::ORG_ADMIN), &[], Usage::Client)
+        .unwrap();
+    let r = heartbeat(&peer, framed_tls(admin)).await;
+    assert!(r.is_err(), "an admin certificate got an answer: {r:?}");
+
+    // A certificate from another CA fails the handshake.
+    let stranger = Ca::generate("stranger")
+        .unwrap()
+        .issue("m-x", Some(pki::ORG_MASTERS), &[], Usage::Client)
+        .unwrap();
+    let r = heartbeat(&peer, framed_tls(stranger)).await;
+    assert!(r.is_err(), "a stranger's certificate got an answer: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_replication_wire_closes_the_connection_and_changes_nothing() {
+    let tc = common::start(3, &[]).await;
+    let eps = tc.c.endpoints();
+    let rev = common::put(&eps[0], "before", "1").await.unwrap();
+    let before = common::equal_hash_kv(&eps, rev).await;
+    let master = cluster_ca()
+        .issue("m-test", Some(pki::ORG_MASTERS), &[], Usage::Client)
+        .unwrap();
+    let tls = framed_tls(master);
+
+    let huge = (u32::MAX).to_be_bytes().to_vec();
+    let mut undecodable = 8u32.to_be_bytes().to_vec();
+    undecodable.extend_from_slice(&[0xff; 8]);
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("a wrong magic", b"NOTKEEL!".to_vec()),
+        (
+            "a frame over the size limit",
+            [&framed::MAGIC[..], &huge].concat(),
+        ),
+        (
+            "an undecodable request",
+            [&framed::MAGIC[..], &undecodable].concat(),
+        ),
+    ];
+    for m in &tc.c.members {
+        for (what, bytes) in &cases {
+            let tcp = tokio::net::TcpStream::connect(m.peer_addr()).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let mut s = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            s.write_all(bytes).await.unwrap();
+            s.flush().await.unwrap();
+            let mut buf = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: the connection stayed open"));
+            // Closed, cleanly or not, without an answer.
+            assert!(read.is_err() || buf.is_empty(), "{what}: answered {buf:?}");
+        }
+    }
+
+    // Every member still serves, and nothing changed but the next write.
+    assert_eq!(common::equal_hash_kv(&eps, rev).await, before);
+    for ep in &eps {
+        let r = common::put(ep, "after", ep).await.unwrap();
+        assert!(r > rev, "{ep}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_wire_still_replicates() {
+    let tc = common::start(3, &["--replication-wire", "grpc"]).await;
+    let eps = tc.c.endpoints();
+    let mut rev = 0;
+    for i in 0..20 {
+        rev = common::put(&eps[i % eps.len()], &format!("k{i}"), "v")
+            .await
+            .unwrap();
+    }
+    let hashes = common::equal_hash_kv(&eps, rev).await;
+    assert_eq!(hashes.len(), 3);
+    for ep in &eps {
+        assert_eq!(
+            common::get(ep, "k19", true).await.unwrap().as_deref(),
+            Some("v")
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! The peer port's listener: accepts connections, runs the mutual-TLS
+//! handshake, and routes each connection either to the gRPC service
+//! (`peer::RaftGrpc`, served by tonic) or to a framed replication stream
+//! (`raft::framed`). Under TLS the ALPN protocol the client chose decides;
+//! in plain text (`--insecure`) the first byte does. Only masters
+//! (certificates of organisation keel:masters signed by the cluster CA) are
+//! served either way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use keel_proto::keelraft::raft_service_server::RaftServiceServer;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+
+use crate::error::StoreError;
+use crate::net;
+use crate::node::Node;
+use crate::peer::RaftGrpc;
+use crate::raft::Raft;
+use crate::raft::framed;
+use crate::raft::network::PEER_MESSAGE_LIMIT;
+
+/// How long a new connection may take to say what it is (its TLS
+/// handshake, or its first byte in plain text).
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Serves the Raft peer port until the member shuts down.
+pub fn serve(node: &Arc<Node>, listener: TcpListener) -> Result<(), StoreError> {
+    let raft = node.raft.clone();
+    let stop = node.shutdown_signal();
+    match node.cfg.tls.as_ref() {
+        None => {
+            let grpc = grpc::<TcpStream>(node);
+            tokio::spawn(accept(listener, stop.clone(), move |tcp| {
+                route_plain(tcp, grpc.clone(), raft.clone(), stop.clone())
+            }));
+        }
+        Some(t) => {
+            let me = t
+                .me
+                .as_ref()
+                .ok_or_else(|| StoreError::Config("TLS: a member needs its certificate".into()))?;
+            let mut cfg = keel_proto::pki::server_config(&t.ca_pem, me, true)
+                .map_err(|e| StoreError::Config(format!("TLS: {e}")))?;
+            cfg.alpn_protocols.push(framed::ALPN.to_vec());
+            let acceptor = TlsAcceptor::from(Arc::new(cfg));
+            let grpc = grpc::<TlsStream<TcpStream>>(node);
+            tokio::spawn(accept(listener, stop.clone(), move |tcp| {
+                route_tls(
+                    tcp,
+                    acceptor.clone(),
+                    grpc.clone(),
+                    raft.clone(),
+                    stop.clone(),
+                )
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Starts tonic on the connections sent to the returned channel.
+fn grpc<IO>(node: &Arc<Node>) -> mpsc::Sender<IO>
+where
+    IO: AsyncRead + AsyncWrite + Connected + Send + Unpin + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    let mut stop = node.shutdown_signal();
+    let svc = RaftServiceServer::new(RaftGrpc::new(node.clone()))
+        .max_decoding_message_size(PEER_MESSAGE_LIMIT)
+        .max_encoding_message_size(PEER_MESSAGE_LIMIT);
+    let only_masters = net::require_org(node.cfg.tls.is_some(), net::PEER_ORGS);
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::io::Error>);
+    tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(only_masters))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "peer server failed");
+        }
+    });
+    tx
+}
+
+/// Accepts connections until the member shuts down, each routed by its own
+/// task so a slow handshake holds up no one else.
+async fn accept<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, route: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            // Nagle off: Raft messages are small request/answer pairs
+            // (`net::incoming` says why).
+            Ok((tcp, _)) if tcp.set_nodelay(true).is_ok() => {
+                tokio::spawn(route(tcp));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // Out of file descriptors and the like: back off a little
+                // rather than spin on the error.
+                tracing::warn!(error = %e, "peer port: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn route_plain(
+    tcp: TcpStream,
+    grpc: mpsc::Sender<TcpStream>,
+    raft: Raft,
+    stop: watch::Receiver<bool>,
+) {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == framed::MAGIC[0] => replicate(tcp, raft, stop).await,
+        Ok(Ok(1)) => {
+            let _ = grpc.send(tcp).await;
+        }
+        // Closed, failed or silent before its first byte.
+        _ => {}
+    }
+}
+
+async fn route_tls(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    grpc: mpsc::Sender<TlsStream<TcpStream>>,
+    raft: Raft,
+    stop: watch::Receiver<bool>,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "peer port: TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let session = tls.get_ref().1;
+    if session.alpn_protocol() != Some(framed::ALPN) {
+        let _ = grpc.send(tls).await;
+        return;
+    }
+    let cert = session.peer_certificates().and_then(|c| c.first());
+    if let Some(refused) = net::refusal(cert, net::PEER_ORGS) {
+        tracing::warn!(
+            why = refused.message(),
+            "peer port: replication stream refused"
+        );
+        return;
+    }
+    replicate(tls, raft, stop).await
+}
+
+async fn replicate<I: framed::Io>(io: I, raft: Raft, mut stop: watch::Receiver<bool>) {
+    tokio::select! {
+        r = framed::serve(io, raft) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "replication stream ended");
+            }
+        }
+        _ = stop.wait_for(|s| *s) => {}
+    }
+}
