@@ -54,9 +54,11 @@ for run in $(seq "$runs"); do
     first=$b second=$a first_args=("${b_args[@]}") second_args=("${a_args[@]}")
   fi
   rm -rf "${work:?}"/*
-  cluster "$first" 336 x "${first_args[@]}"
+  # Ports below Linux's ephemeral range (32768-60999): a dial of a port in
+  # it can take that port as its own source, before the member binds it.
+  cluster "$first" 246 x "${first_args[@]}"
   e1=$eps
-  cluster "$second" 337 y "${second_args[@]}"
+  cluster "$second" 247 y "${second_args[@]}"
   e2=$eps
   for e in "$e1" "$e2"; do
     for _ in $(seq 100); do
