@@ -18,10 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type C = TypeConfig;
 
-fn ca_pem() -> String {
-    std::fs::read_to_string(common::shared_pki().join("ca.crt")).unwrap()
-}
-
 fn cluster_ca() -> Ca {
     pki::PkiDir(common::shared_pki()).load_ca().unwrap()
 }
@@ -29,7 +25,7 @@ fn cluster_ca() -> Ca {
 /// A client configuration for the framed wire presenting `me`.
 fn framed_tls(me: Pair) -> Arc<rustls::ClientConfig> {
     let mut cfg = TlsBundle {
-        ca_pem: ca_pem(),
+        ca_pem: common::ca_pem(),
         me: Some(me),
     }
     .rustls_client()

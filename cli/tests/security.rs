@@ -21,10 +21,6 @@ use keel_proto::pki::{self, Ca, Pair, TlsBundle, Usage};
 use serde_json::{Value, json};
 use tonic::transport::Endpoint;
 
-fn ca_pem() -> String {
-    std::fs::read_to_string(common::shared_pki().join("ca.crt")).unwrap()
-}
-
 fn admin_token() -> String {
     std::fs::read_to_string(common::shared_pki().join("admin.token"))
         .unwrap()
@@ -38,7 +34,7 @@ fn client(apis: &[String], identity: Option<Pair>, token: Option<String>) -> Api
         apis,
         &Credentials {
             tls: Some(TlsBundle {
-                ca_pem: ca_pem(),
+                ca_pem: common::ca_pem(),
                 me: identity,
             }),
             token,
@@ -162,7 +158,7 @@ async fn every_port_refuses_plain_text_strangers_and_the_wrong_organisation() {
     // A certificate from another CA, trusting the right one.
     let stranger_ca = Ca::generate("stranger").unwrap();
     let stranger = TlsBundle {
-        ca_pem: ca_pem(),
+        ca_pem: common::ca_pem(),
         me: Some(
             stranger_ca
                 .issue("admin", Some(pki::ORG_ADMIN), &[], Usage::Client)
@@ -170,7 +166,7 @@ async fn every_port_refuses_plain_text_strangers_and_the_wrong_organisation() {
         ),
     };
     let anonymous = TlsBundle {
-        ca_pem: ca_pem(),
+        ca_pem: common::ca_pem(),
         me: None,
     };
 
@@ -211,8 +207,11 @@ async fn every_port_refuses_plain_text_strangers_and_the_wrong_organisation() {
     let api = &apis[..1];
     let plain = ApiClient::try_new(api, &Credentials::plaintext()).unwrap();
     assert_eq!(api_code(plain.get_value("/api/v1/namespaces").await), 0);
-    let strange =
-        ApiClient::try_new(api, &Credentials::tls(ca_pem(), stranger.me.clone())).unwrap();
+    let strange = ApiClient::try_new(
+        api,
+        &Credentials::tls(common::ca_pem(), stranger.me.clone()),
+    )
+    .unwrap();
     assert_eq!(api_code(strange.get_value("/api/v1/namespaces").await), 0);
     let nobody = client(api, None, None);
     let r = nobody.get_value("/api/v1/namespaces").await;
@@ -235,7 +234,7 @@ async fn every_port_refuses_plain_text_strangers_and_the_wrong_organisation() {
     let admin_api = client(&apis, admin.me.clone(), None);
     let n1 = node_identity(&admin_api, &apis, "n1").await;
     let node_tls = TlsBundle {
-        ca_pem: ca_pem(),
+        ca_pem: common::ca_pem(),
         me: Some(n1),
     };
     assert_eq!(
@@ -398,7 +397,7 @@ async fn tokens_roles_node_restriction_bootstrap_and_audit() {
     assert_ne!(still.status.phase, "Failed");
     // It watches its own pods over the agents' gRPC service, not n2's.
     let n1_tls = TlsBundle {
-        ca_pem: ca_pem(),
+        ca_pem: common::ca_pem(),
         me: Some(node_identity(&admin, &apis, "n1").await),
     };
     let watch = |node: &'static str| {

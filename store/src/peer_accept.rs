@@ -93,31 +93,31 @@ where
     tx
 }
 
-/// Accepts connections until the member shuts down, each routed by its own
-/// task so a slow handshake holds up no one else.
+/// Accepts connections (`net::incoming`: Nagle off) until the member shuts
+/// down, each routed by its own task so a slow handshake holds up no one
+/// else.
 async fn accept<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, route: F)
 where
     F: Fn(TcpStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let mut incoming = std::pin::pin!(net::incoming(listener));
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = incoming.next() => a,
             _ = stop.wait_for(|s| *s) => return,
         };
         match accepted {
-            // Nagle off: Raft messages are small request/answer pairs
-            // (`net::incoming` says why).
-            Ok((tcp, _)) if tcp.set_nodelay(true).is_ok() => {
+            Some(Ok(tcp)) => {
                 tokio::spawn(route(tcp));
             }
-            Ok(_) => {}
-            Err(e) => {
+            Some(Err(e)) => {
                 // Out of file descriptors and the like: back off a little
                 // rather than spin on the error.
                 tracing::warn!(error = %e, "peer port: accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            None => return,
         }
     }
 }

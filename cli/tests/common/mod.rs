@@ -52,6 +52,11 @@ pub fn shared_pki() -> PathBuf {
     .clone()
 }
 
+/// The shared PKI's CA certificate (PEM).
+pub fn ca_pem() -> String {
+    std::fs::read_to_string(shared_pki().join("ca.crt")).expect("the shared PKI's CA")
+}
+
 /// The admin's credentials of the shared PKI (CA, certificate and token).
 pub fn shared_credentials() -> Credentials {
     static CREDS: std::sync::OnceLock<Credentials> = std::sync::OnceLock::new();

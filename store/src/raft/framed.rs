@@ -56,7 +56,7 @@ const READ_BUFFER: usize = 64 << 10;
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-/// Answers (leader side) or requests (follower side) as they arrive.
+/// A follower's answers as they arrive.
 pub type Frames = futures::stream::BoxStream<'static, io::Result<Vec<u8>>>;
 
 async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io::Result<()> {
@@ -138,8 +138,8 @@ pub struct Conn {
 /// it); empty until the first stream, or after one ended badly.
 pub type Idle = Arc<Mutex<Option<Conn>>>;
 
-fn take(idle: &Idle) -> Option<Conn> {
-    idle.lock().unwrap_or_else(|e| e.into_inner()).take()
+fn lock(idle: &Idle) -> std::sync::MutexGuard<'_, Option<Conn>> {
+    idle.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Aborts a stream's writer task when its answers are dropped, so a stream
@@ -213,7 +213,9 @@ pub async fn open<S>(
 where
     S: Stream<Item = Vec<u8>> + Send + Unpin + 'static,
 {
-    let Conn { r, mut w } = match take(idle) {
+    // Taken before the dial: the guard must not live across an await.
+    let kept = lock(idle).take();
+    let Conn { r, mut w } = match kept {
         Some(c) => c,
         None => dial(addr, tls).await?,
     };
@@ -231,7 +233,7 @@ where
                 // The follower ends a stream only after reading our end, so
                 // the writer is done (or about to be): keep the connection.
                 if let Some(Ok(Ok(w))) = writer.0.take().and_then(|h| h.now_or_never()) {
-                    *idle.lock().unwrap_or_else(|e| e.into_inner()) = Some(Conn { r, w });
+                    *lock(&idle) = Some(Conn { r, w });
                 }
                 None
             }
