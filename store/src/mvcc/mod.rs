@@ -283,4 +283,49 @@ mod tests {
         assert_eq!(events[0].1.kv.as_ref().unwrap().key, b"c");
         assert_eq!(kv.events_between(1, None).unwrap().0.len(), 3);
     }
+
+    #[test]
+    fn a_batch_of_puts_cut_off_after_its_journal_is_redone_from_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, rev);
+        {
+            let kv = KvStore::open(dir.path()).unwrap();
+            put(&kv, "a");
+            let a_before = kv.tree.get(keys::kv_key(b"a")).unwrap().unwrap();
+            let rev_before = kv.tree.get(keys::META_REVISION).unwrap().unwrap();
+            let cmd = |key: &str| Command {
+                op: Some(Op::Put(PutRequest {
+                    key: key.into(),
+                    value: vec![9; 300],
+                    ..Default::default()
+                })),
+            };
+            let (ca, cb) = (cmd("a"), cmd("b"));
+            let meta = BatchMeta {
+                applied: b"{}".to_vec(),
+                membership: None,
+                cluster_id: None,
+            };
+            kv.apply_batch(&[Some(&ca), Some(&cb)], meta).unwrap();
+            // Plain puts: the journal holds only what their events do not say.
+            let journal = kv.db.open_tree("apply-journal").unwrap();
+            assert_eq!(journal.get(b"h").unwrap().unwrap().len(), 28);
+            a = kv.tree.get(keys::kv_key(b"a")).unwrap().unwrap();
+            b = kv.tree.get(keys::kv_key(b"b")).unwrap().unwrap();
+            rev = kv.revision();
+            // As if the crash came right after the journal's head.
+            kv.tree.insert(keys::kv_key(b"a"), a_before).unwrap();
+            kv.tree.remove(keys::kv_key(b"b")).unwrap();
+            kv.tree.insert(keys::META_REVISION, rev_before).unwrap();
+            kv.db.flush().unwrap();
+        }
+        let kv = KvStore::open(dir.path()).unwrap();
+        assert_eq!(kv.revision(), rev);
+        assert_eq!(kv.tree.get(keys::kv_key(b"a")).unwrap().unwrap(), a);
+        assert_eq!(kv.tree.get(keys::kv_key(b"b")).unwrap().unwrap(), b);
+        let got = KeyValue::decode(&*b).unwrap();
+        assert_eq!((got.value, got.mod_revision), (vec![9; 300], rev));
+        // The history of the redone batch stays (it is not above the revision).
+        assert_eq!(kv.events_between(rev - 1, None).unwrap().0.len(), 2);
+    }
 }

@@ -331,8 +331,8 @@ impl KvStore {
         // The batch's history, less what a compaction in the batch dropped
         // (history below the compaction revision is never read again). The
         // events are in revision order, so what is kept is a suffix.
-        let kept = &w.events[w.events.partition_point(|(rev, _)| *rev < w.compact)..];
-        let history = super::history::encode_runs(kept);
+        let kept_from = w.events.partition_point(|(rev, _)| *rev < w.compact);
+        let history = super::history::encode_runs(&w.events[kept_from..]);
         w.set(keys::META_REVISION.to_vec(), w.rev.to_be_bytes().to_vec());
         w.set(keys::META_APPLIED.to_vec(), meta.applied);
         if let Some(m) = meta.membership {
@@ -355,7 +355,8 @@ impl KvStore {
         for (k, v) in history {
             self.tree.insert(k, v)?;
         }
-        self.journal.write(&self.tree, overlay)?;
+        self.journal
+            .write(&self.tree, overlay, &events[kept_from..])?;
         self.revision.store(rev, Ordering::SeqCst);
         self.compact_revision.store(compact, Ordering::SeqCst);
         let granted = results.iter().flatten().filter_map(|r| match &r.result {
