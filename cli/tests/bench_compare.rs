@@ -6,7 +6,8 @@
 //! without errors, and that Keel's per-stage breakdown names a leader and
 //! the log's fsync, and that the single-client rows really ran on the
 //! leader and on a follower. No timing is asserted: figures live in
-//! BENCHMARKS.md.
+//! BENCHMARKS.md. Also `keel bench apply`, the apply path alone: every
+//! round applies the puts it says and reports the bytes they wrote.
 
 use std::process::Command;
 
@@ -90,4 +91,35 @@ fn bench_kv_against_etcd_reports_both_clusters_and_the_stage_breakdown() {
         forwarded > on_leader,
         "the follower row ran on the leader ({on_leader} served, {forwarded} forwarded):\n{stdout}"
     );
+}
+
+#[test]
+fn bench_apply_applies_every_put_and_reports_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["bench", "apply", "--batches", "20", "--batch-size", "7"])
+        .args(["--rounds", "2", "--value-size", "100", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run keel bench apply");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| round"))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for r in &rows {
+        assert_eq!(r[1], "140", "puts of a round: {stdout}");
+        let bytes: f64 = r[4].parse().unwrap();
+        // Every put's value reached sled's log at least once.
+        assert!(bytes >= 100.0, "bytes written per put: {stdout}");
+    }
+    // Each round's key space is removed after it.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
