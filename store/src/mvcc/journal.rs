@@ -38,8 +38,8 @@
 //! journaling, every implied write is checked against the batch's real
 //! writes; if one differs (a compaction in the batch dropped events from the
 //! history, say), the whole batch is journaled as before. Journaling the
-//! records twice had cost about a sixth of the apply CPU and of the bytes sled
-//! wrote (BENCHMARKS.md).
+//! records twice had cost about an eighth of the bytes sled wrote and of the
+//! apply CPU (`keel bench apply`, BENCHMARKS.md).
 //!
 //! Nothing here is fsynced: like the key space itself, the journal is made
 //! durable by `KvStore::flush` (the snapshot builder's fsync), and the Raft
