@@ -151,11 +151,7 @@ pub struct MasterPki {
 
 /// The host part of `host:port` (IPv6 in brackets allowed).
 fn host_of(addr: &str) -> Option<String> {
-    let host = match addr.rsplit_once(':') {
-        Some((h, _)) => h,
-        None => addr,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = keel_proto::pki::addr_host(addr);
     (!host.is_empty() && host != "0.0.0.0" && host != "::").then(|| host.to_string())
 }
 

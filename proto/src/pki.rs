@@ -180,6 +180,21 @@ fn set_validity(p: &mut CertificateParams) {
     p.not_after = (now + std::time::Duration::from_secs(VALIDITY_DAYS as u64 * 86_400)).into();
 }
 
+/// The host part of a `host:port` address, without the brackets of an IPv6
+/// address (`[::1]:7101` → `::1`): what a certificate names and a TLS
+/// client verifies.
+pub fn addr_host(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// The TLS server name to verify a peer at `host:port` against (its host
+/// part: an IP address or a DNS name, as tonic's `https://host:port` uses).
+pub fn addr_server_name(addr: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    let host = addr_host(addr);
+    rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))
+}
+
 /// The name a node's log endpoint is verified against (its only SAN).
 pub fn node_server_name(node: &str) -> String {
     format!("{node}.nodes.keel")

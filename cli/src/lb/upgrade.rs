@@ -38,9 +38,7 @@ async fn dial(
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let name =
-        rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let name = keel_proto::pki::addr_server_name(addr)?;
     tokio_rustls::TlsConnector::from(lb.tls.clone())
         .connect(name, tcp)
         .await

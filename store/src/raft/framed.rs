@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, Stream, StreamExt};
 use openraft::raft::AppendEntriesRequest;
-use rustls::pki_types::ServerName;
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf,
 };
@@ -154,15 +153,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The host part of `host:port` as a TLS server name (an IP address or a
-/// DNS name, as tonic's `https://host:port` would use).
-fn server_name(addr: &str) -> io::Result<ServerName<'static>> {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(host.to_string())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))
-}
-
 /// Connects to the peer port at `addr`, with mutual TLS when `tls` is given
 /// (its ALPN must be [`ALPN`]), and sends [`MAGIC`].
 async fn dial(addr: &str, tls: Option<Arc<rustls::ClientConfig>>) -> io::Result<Conn> {
@@ -183,7 +173,8 @@ async fn dial(addr: &str, tls: Option<Arc<rustls::ClientConfig>>) -> io::Result<
     let io: Box<dyn Io> = match tls {
         None => Box::new(tcp),
         Some(cfg) => {
-            let name = server_name(addr)?;
+            let name = keel_proto::pki::addr_server_name(addr)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             Box::new(
                 tokio_rustls::TlsConnector::from(cfg)
                     .connect(name, tcp)
