@@ -223,7 +223,8 @@ async fn run_watcher(
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
 ) {
     let range = Some((c.key.clone(), c.range_end.clone()));
-    let (mut feed, cur) = Feed::open_range(svc.node.kv.clone(), c.start_revision, range);
+    let (feed, cur) = Feed::open_range(svc.node.kv.clone(), c.start_revision, range);
+    let mut feed = if c.prev_kv { feed } else { feed.without_prev() };
     let created = WatchResponse {
         header: svc.header(cur),
         watch_id: id,

@@ -29,6 +29,9 @@ pub struct Feed {
     /// The keys delivered, `(key, range_end)` with etcd's conventions;
     /// None: every key.
     range: Option<(Vec<u8>, Vec<u8>)>,
+    /// Whether stored events come with their previous key-values (live
+    /// ones always do): reading them from history costs lookups.
+    prev: bool,
 }
 
 impl Feed {
@@ -56,8 +59,15 @@ impl Feed {
             next,
             catch_up: true,
             range,
+            prev: true,
         };
         (feed, cur)
+    }
+
+    /// This feed, its stored events read without their previous key-values.
+    pub fn without_prev(mut self) -> Feed {
+        self.prev = false;
+        self
     }
 
     fn wanted(&self, ev: &Event) -> bool {
@@ -77,8 +87,9 @@ impl Feed {
                 // History is read a page of revisions at a time, so a watch
                 // from far back never loads the whole history at once.
                 let to = self.next.saturating_add(CATCH_UP_REVISIONS - 1);
-                let (mut events, cur) = self.kv.events_between(self.next, Some(to))?;
-                events.retain(|(_, ev)| self.wanted(ev));
+                let (events, cur) =
+                    self.kv
+                        .events_where(self.next, Some(to), |ev| self.wanted(ev), self.prev)?;
                 let upto = to.min(cur);
                 self.next = self.next.max(upto + 1);
                 self.catch_up = upto < cur;

@@ -14,7 +14,8 @@
 //! `GROUP_BASE`), written before 2026-12-04, are still read.
 //!
 //! Value of a run: `[u64 revision][u32 length][mvccpb::Event]`...
-//! (big-endian), oldest first. Runs never overlap and sort by their last
+//! (big-endian), oldest first; an event's `prev_kv` may be a reference to
+//! an earlier put's event (`super::prev`). Runs never overlap and sort by their last
 //! revision, so the events in `[from, to]` are in the records from
 //! `rev_key(from, 0)` on, up to the first record that starts above `to`; a
 //! record may hold events on either side of the bounds, which are skipped.
@@ -22,24 +23,26 @@
 use keel_proto::mvccpb::Event;
 use prost::Message;
 
-use super::keys;
+use super::{keys, prev};
 
 /// The largest run a record holds (an event larger than this alone is a
 /// run of its own): sixteen of them stay below sled's 128 KiB blob size.
 pub const RUN_BYTES: usize = 6 * 1024;
 
 /// Encodes the events of one batch (oldest first) as history records
-/// (sled key, value), in key order.
-pub fn encode_runs(events: &[(i64, Event)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// (sled key, value), in key order, with history kept from `compact` on
+/// (`super::prev`: a previous key-value still in it is stored by reference).
+pub fn encode_runs(events: &[(i64, Event)], compact: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
     // Runs as (last revision, value), then keyed: runs sharing a last
     // revision take sub-indexes counting down to GROUP, earliest lowest.
-    let lens: Vec<usize> = events.iter().map(|(_, e)| e.encoded_len()).collect();
+    let lens: Vec<usize> = events
+        .iter()
+        .map(|(_, e)| prev::stored_len(e, compact))
+        .collect();
     let mut runs: Vec<(i64, Vec<u8>)> = Vec::new();
     let mut cur: Vec<u8> = Vec::new();
     for (i, (rev, ev)) in events.iter().enumerate() {
-        cur.extend_from_slice(&(*rev as u64).to_be_bytes());
-        cur.extend_from_slice(&(lens[i] as u32).to_be_bytes());
-        ev.encode(&mut cur).expect("a Vec grows as needed");
+        push_event(&mut cur, *rev, lens[i], ev, compact);
         let next = lens.get(i + 1).map_or(0, |len| 12 + len);
         if i + 1 == events.len() || cur.len() + next > RUN_BYTES {
             runs.push((*rev, std::mem::take(&mut cur)));
@@ -53,6 +56,22 @@ pub fn encode_runs(events: &[(i64, Event)]) -> Vec<(Vec<u8>, Vec<u8>)> {
             (keys::rev_key(last, keys::GROUP - later_same as u32), value)
         })
         .collect()
+}
+
+/// The value of one run record holding `events` (oldest first), however
+/// long, with history kept from `compact` on.
+pub fn encode_record(events: &[(i64, Event)], compact: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (rev, ev) in events {
+        push_event(&mut out, *rev, prev::stored_len(ev, compact), ev, compact);
+    }
+    out
+}
+
+fn push_event(out: &mut Vec<u8>, rev: i64, len: usize, ev: &Event, compact: i64) {
+    out.extend_from_slice(&(rev as u64).to_be_bytes());
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    prev::encode_stored(ev, compact, out);
 }
 
 /// The events of one history record (either kind), oldest first.
@@ -103,14 +122,6 @@ pub fn events_in(tree: &sled::Tree, from: i64, to: i64) -> Result<Vec<(i64, Even
     Ok(out)
 }
 
-/// The stored events with a revision above `at`, oldest first.
-pub fn events_after(tree: &sled::Tree, at: i64) -> Result<Vec<Event>, String> {
-    Ok(events_in(tree, at + 1, i64::MAX)?
-        .into_iter()
-        .map(|(_, e)| e)
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,9 +154,9 @@ mod tests {
         t.insert(keys::rev_key(2, 1), ev("b", 2).1.encode_to_vec())
             .unwrap();
         let g1 = vec![ev("c", 3), ev("d", 4), ev("e", 4), ev("f", 5)];
-        for (k, v) in encode_runs(&g1)
+        for (k, v) in encode_runs(&g1, 0)
             .into_iter()
-            .chain(encode_runs(&[ev("g", 6)]))
+            .chain(encode_runs(&[ev("g", 6)], 0))
         {
             t.insert(k, v).unwrap();
         }
@@ -183,7 +194,7 @@ mod tests {
         let (_, mut huge) = ev("huge", 9);
         huge.kv.as_mut().unwrap().value = vec![b'h'; 3 * RUN_BYTES];
         events.push((9, huge));
-        let runs = encode_runs(&events);
+        let runs = encode_runs(&events, 0);
         assert!(runs.len() > 5, "{} runs", runs.len());
         assert!(
             runs.windows(2).all(|w| w[0].0 < w[1].0),
@@ -209,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_torn_group_is_an_error() {
-        let mut v = encode_runs(&[ev("a", 3)]).remove(0).1;
+        let mut v = encode_runs(&[ev("a", 3)], 0).remove(0).1;
         v.pop();
         assert!(decode_record(&keys::group_key(3), &v).is_err());
         assert!(decode_record(&keys::group_key(3), &[0; 5]).is_err());

@@ -374,7 +374,7 @@ mod tests {
                 },
             ),
         ];
-        for (k, v) in super::super::history::encode_runs(&events) {
+        for (k, v) in super::super::history::encode_runs(&events, 0) {
             data.insert(k, v).unwrap();
         }
         events

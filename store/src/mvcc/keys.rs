@@ -3,8 +3,9 @@
 
 /// `k` + user key → current `mvccpb::KeyValue`.
 pub const KV: u8 = b'k';
-/// History (events always carry `prev_kv`, so history can be undone for
-/// reads at a revision): `r` + revision (8 bytes BE) + a sub-index of at
+/// History (events always carry `prev_kv`, whole or as a reference to an
+/// earlier put's event (`super::prev`), so history can be undone for reads
+/// at a revision): `r` + revision (8 bytes BE) + a sub-index of at
 /// least `GROUP_BASE` → a run of consecutive events, the key's revision
 /// being the run's last (`super::history`); records written before
 /// 2026-12-04 are `r` + revision + sub-index below `GROUP_BASE` → one

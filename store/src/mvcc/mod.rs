@@ -14,6 +14,7 @@ pub mod feed;
 pub mod history;
 pub mod journal;
 pub mod keys;
+pub mod prev;
 pub mod read;
 pub mod snapshot;
 
@@ -54,6 +55,9 @@ pub struct KvStore {
     /// revoked and granted again under the same ID between two looks must
     /// get a fresh deadline, not keep the old grant's.
     granted: std::sync::Mutex<Vec<i64>>,
+    /// The references stored in the history (`prev`), which compactions
+    /// keep history for. Changed only by appliers, under `lock`.
+    pins: std::sync::Mutex<prev::Pins>,
 }
 
 /// Opens a sled db, waiting up to 5 s for its file lock. A dropped `Db`
@@ -110,9 +114,11 @@ impl KvStore {
             events,
             failpoint: std::sync::OnceLock::new(),
             granted: std::sync::Mutex::new(Vec::new()),
+            pins: std::sync::Mutex::new(prev::Pins::default()),
         };
         s.reload_counters()?;
         s.drop_torn_history()?;
+        s.reload_pins()?;
         Ok(Arc::new(s))
     }
 
@@ -128,6 +134,15 @@ impl KvStore {
             );
             self.tree.remove(k)?;
         }
+        Ok(())
+    }
+
+    /// Reads the history's references again (`prev::Pins`): at open and
+    /// after the key space was replaced.
+    fn reload_pins(&self) -> Result<(), StoreError> {
+        let pins =
+            prev::Pins::load(&self.tree, self.compact_revision()).map_err(StoreError::Apply)?;
+        *self.pins.lock().unwrap_or_else(|e| e.into_inner()) = pins;
         Ok(())
     }
 
@@ -266,7 +281,7 @@ mod tests {
                 }),
                 ..Default::default()
             };
-            for (k, v) in history::encode_runs(&[(kv.revision() + 1, ev)]) {
+            for (k, v) in history::encode_runs(&[(kv.revision() + 1, ev)], 0) {
                 kv.tree.insert(k, v).unwrap();
             }
             kv.db.flush().unwrap();

@@ -7,7 +7,7 @@ use keel_proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader, rang
 use keel_proto::mvccpb::{Event, KeyValue};
 
 use super::keys::{self, in_range, kv_bounds};
-use super::{KvStore, decode, history};
+use super::{KvStore, decode, history, prev};
 use crate::error::EtcdError;
 
 /// Every current key-value in `[key, range_end)`, sorted by key.
@@ -30,9 +30,12 @@ pub fn scan_at(tree: &sled::Tree, key: &[u8], range_end: &[u8], at: i64) -> Vec<
     )
 }
 
-/// The stored events with a revision above `at`, oldest first.
+/// The stored events with a revision above `at`, oldest first, their
+/// previous key-values resolved.
 pub fn later_events(tree: &sled::Tree, at: i64) -> Vec<Event> {
-    history::events_after(tree, at).unwrap_or_else(|e| panic!("{e}"))
+    let mut events = history::events_in(tree, at + 1, i64::MAX).unwrap_or_else(|e| panic!("{e}"));
+    prev::resolve(tree, &mut events).unwrap_or_else(|e| panic!("{e}"));
+    events.into_iter().map(|(_, e)| e).collect()
 }
 
 /// Rolls `current` (sorted key-values of a range) back over `later` events
@@ -192,13 +195,35 @@ impl KvStore {
         from: i64,
         to: Option<i64>,
     ) -> Result<(Vec<(i64, Event)>, i64), EtcdError> {
+        self.events_where(from, to, |_| true, true)
+    }
+
+    /// As `events_between`, keeping only the events `keep` wants (by key:
+    /// an event's previous key-value may be read from an earlier event of
+    /// the same key), and with their previous key-values only if
+    /// `with_prev` (else without any).
+    pub fn events_where(
+        &self,
+        from: i64,
+        to: Option<i64>,
+        keep: impl Fn(&Event) -> bool,
+        with_prev: bool,
+    ) -> Result<(Vec<(i64, Event)>, i64), EtcdError> {
         self.consistent(|tree| {
             if from < self.compact_revision() {
                 return Err(EtcdError::Compacted);
             }
             let cur = self.revision();
             let to = to.unwrap_or(cur).min(cur);
-            let out = history::events_in(tree, from, to).map_err(EtcdError::Internal)?;
+            let mut out = history::events_in(tree, from, to).map_err(EtcdError::Internal)?;
+            out.retain(|(_, e)| keep(e));
+            if with_prev {
+                prev::resolve(tree, &mut out).map_err(EtcdError::Internal)?;
+            } else {
+                for (_, e) in &mut out {
+                    e.prev_kv = None;
+                }
+            }
             Ok((out, cur))
         })
     }

@@ -81,6 +81,7 @@ impl KvStore {
             batch.insert(keys::META_MEMBERSHIP, membership);
             self.tree.apply_batch(batch)?;
             self.reload_counters()?;
+            self.reload_pins()?;
             self.cluster_id.store(0, Ordering::Relaxed);
             // Watchers re-read history: the snapshot replaced it wholesale.
             let _ = self
@@ -132,7 +133,17 @@ impl KvStore {
             // hold a revision is kept as it is, as before.)
             let revision = meta_i64(&meta, keys::META_REVISION).max(1);
             let below = |k: &[u8]| keys::history_rev(k).is_some_and(|r| r < revision);
-            let data: Vec<Record<'_>> = data.into_iter().filter(|(k, _)| !below(k)).collect();
+            let (history, data): (Vec<Record<'_>>, Vec<Record<'_>>) = data
+                .into_iter()
+                .filter(|(k, _)| !below(k))
+                .partition(|(k, _)| keys::history_rev(k).is_some());
+            // The kept history's references name events that are not kept:
+            // they are stored whole instead (`super::prev`).
+            let history = super::prev::materialize(&history, records).map_err(StoreError::Apply)?;
+            let data: Vec<Record<'_>> = data
+                .into_iter()
+                .chain(history.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+                .collect();
             let half = data.len().div_ceil(2).max(1);
             std::thread::scope(|s| {
                 let workers: Vec<_> = data
@@ -176,6 +187,7 @@ impl KvStore {
             batch.remove(keys::META_RESTORING);
             self.tree.apply_batch(batch)?;
             self.reload_counters()?;
+            self.reload_pins()?;
         }
         self.flush().await // fsync: the restored key space is on disk
     }
@@ -305,7 +317,7 @@ mod tests {
     async fn restore_leaves_out_history_below_the_backup_revision() {
         let src_dir = tempfile::tempdir().unwrap();
         let src = KvStore::open(src_dir.path()).unwrap();
-        for k in ["a", "b", "a", "c"] {
+        for k in ["a", "b", "c", "a"] {
             crate::mvcc::tests::put(&src, k);
         }
         let rev = src.revision();
@@ -330,13 +342,28 @@ mod tests {
         assert_eq!((kv.revision(), kv.compact_revision()), (rev, rev));
         // Only the run ending at the backup's revision is written ...
         assert_eq!(history(&kv), vec![rev]);
-        // ... which a watcher starting at that revision is served from.
+        // ... which a watcher starting at that revision is served from,
+        // with the previous key-value that the source's event held as a
+        // reference to history not restored (`super::prev`).
         let (events, _) = kv.events_between(rev, None).unwrap();
         let keys: Vec<_> = events
             .iter()
             .map(|(_, e)| e.kv.clone().unwrap().key)
             .collect();
-        assert_eq!(keys, vec![b"c".to_vec()]);
+        assert_eq!(keys, vec![b"a".to_vec()]);
+        let prev = events[0].1.prev_kv.clone().unwrap();
+        assert_eq!((prev.key, prev.mod_revision), (b"a".to_vec(), rev - 3));
+        let (src_events, _) = src.events_between(rev, None).unwrap();
+        assert_eq!(events, src_events);
+        let stored = |kv: &KvStore| {
+            let (k, v) = kv.tree.scan_prefix([keys::REV]).last().unwrap().unwrap();
+            super::super::history::decode_record(&k, &v).unwrap()
+        };
+        assert_eq!(
+            super::super::prev::reference(&stored(&src)[0].1),
+            Some(rev - 3)
+        );
+        assert_eq!(super::super::prev::reference(&stored(&kv)[0].1), None);
         assert!(kv.events_between(rev - 1, None).is_err());
         // Every current key is there, with the same content hash.
         assert_eq!(kv.hash_kv(rev).unwrap().0, src.hash_kv(rev).unwrap().0);

@@ -77,6 +77,8 @@ struct Writer<'a> {
     /// The latest revision, including entries earlier in this batch.
     rev: i64,
     compact: i64,
+    /// The history's references, as of the batch's start (`super::prev`).
+    pins: &'a super::prev::Pins,
     /// Events recorded by the entry being applied.
     sub: u32,
     events: Vec<(i64, Event)>,
@@ -306,6 +308,7 @@ impl KvStore {
         meta: BatchMeta,
     ) -> Result<Vec<Option<CommandResult>>, StoreError> {
         let _g = self.lock.write().unwrap_or_else(|e| e.into_inner());
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
         let mut w = Writer {
             tree: &self.tree,
             failpoint: self.failpoint.get().map(Vec::as_slice),
@@ -313,6 +316,7 @@ impl KvStore {
             cmd: BTreeMap::new(),
             rev: self.revision(),
             compact: self.compact_revision(),
+            pins: &pins,
             sub: 0,
             events: Vec::new(),
             range_bytes: 0,
@@ -332,7 +336,8 @@ impl KvStore {
         // (history below the compaction revision is never read again). The
         // events are in revision order, so what is kept is a suffix.
         let kept_from = w.events.partition_point(|(rev, _)| *rev < w.compact);
-        let history = super::history::encode_runs(&w.events[kept_from..]);
+        let history = super::history::encode_runs(&w.events[kept_from..], w.compact);
+        let refs = super::prev::references(&w.events[kept_from..], w.compact);
         w.set(keys::META_REVISION.to_vec(), w.rev.to_be_bytes().to_vec());
         w.set(keys::META_APPLIED.to_vec(), meta.applied);
         if let Some(m) = meta.membership {
@@ -359,6 +364,9 @@ impl KvStore {
             .write(&self.tree, overlay, &events[kept_from..])?;
         self.revision.store(rev, Ordering::SeqCst);
         self.compact_revision.store(compact, Ordering::SeqCst);
+        pins.compacted(compact);
+        pins.extend(refs);
+        drop(pins);
         let granted = results.iter().flatten().filter_map(|r| match &r.result {
             Some(command_result::Result::LeaseGrant(g)) => Some(g.id),
             _ => None,

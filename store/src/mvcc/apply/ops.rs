@@ -85,17 +85,18 @@ impl<'a> Writer<'a> {
         let kvs = if r.revision > 0 && r.revision < self.resp_rev() {
             // Undo stored events after the revision and this batch's own
             // (not yet stored) events, so batching never changes the answer.
-            let mut later =
-                crate::mvcc::history::events_after(self.tree, r.revision).map_err(storage)?;
+            let mut later = crate::mvcc::history::events_in(self.tree, r.revision + 1, i64::MAX)
+                .and_then(|mut evs| crate::mvcc::prev::resolve(self.tree, &mut evs).map(|()| evs))
+                .map_err(storage)?;
             later.extend(
                 self.events
                     .iter()
                     .filter(|(rev, _)| *rev > r.revision)
-                    .map(|(_, e)| e.clone()),
+                    .cloned(),
             );
             crate::mvcc::read::undo_after(
                 self.scan(&r.key, &r.range_end)?,
-                later.into_iter(),
+                later.into_iter().map(|(_, e)| e),
                 &r.key,
                 &r.range_end,
             )
@@ -125,11 +126,21 @@ impl<'a> Writer<'a> {
             return Err(EtcdError::Compacted.into());
         }
         // History below the compaction revision is dropped; reads and
-        // watches at or above it stay possible.
+        // watches at or above it stay possible. Records holding a revision
+        // that a kept event's previous key-value refers to stay too
+        // (`crate::mvcc::prev`). A record covers the revisions after the
+        // one before it, up to its own (more, for a record sharing its
+        // revision with the one before: keeping too much is harmless).
+        let kept = self.pins.kept_by(c.revision);
         let (lo, hi) = (keys::rev_key(0, 0), keys::rev_key(c.revision, 0));
-        let doomed = self.scan_keys(&lo, &hi)?;
-        for k in doomed {
-            self.del(k);
+        let mut before = 0;
+        for k in self.scan_keys(&lo, &hi)? {
+            let last = keys::rev_of(&k);
+            let first = if before < last { before + 1 } else { last };
+            before = last;
+            if kept.range(first..=last).next().is_none() {
+                self.del(k);
+            }
         }
         self.compact = c.revision;
         self.set(
