@@ -117,8 +117,15 @@ impl<'a> Writer<'a> {
         self.cmd.insert(k, None);
     }
 
+    /// The current key-value of `user`, decoded straight from the tree's
+    /// buffer (not copied first: one put reads one).
     fn get_kv(&self, user: &[u8]) -> Step<Option<KeyValue>> {
-        self.get(&kv_key(user))?.map(|v| decode_rec(&v)).transpose()
+        let k = kv_key(user);
+        if let Some(v) = self.cmd.get(&k).or_else(|| self.batch.get(&k)) {
+            return v.as_deref().map(decode_rec).transpose();
+        }
+        let v = self.tree.get(&k).map_err(storage)?;
+        v.map(|v| decode_rec(&v)).transpose()
     }
 
     /// Every record in `[start, end)` (raw keys), seeing this batch's writes,
