@@ -2,7 +2,8 @@
 //! 3-member Keel cluster (this binary, plain text) and runs the standard
 //! workloads, then does the same with a 3-member etcd cluster (the `etcd`
 //! binary, plain text, its defaults), one cluster at a time on the same
-//! cores. For every workload it prints ops/s and latency for both, the ratio,
+//! cores; with `--rounds`, etcd goes first in every even round, and each
+//! side starts after a `sync`. For every workload it prints ops/s and latency for both, the ratio,
 //! and the CPU seconds the members used per 10,000 operations (read from
 //! /proc); for Keel also each member's per-stage breakdown of the write path
 //! (`keel_store::stages`, fetched over the peer port).
@@ -103,10 +104,22 @@ pub async fn run(
     let mut all = Vec::new();
     for round in 1..=rounds {
         let at = dir.join(format!("round-{round}"));
-        let keel = side(Flavor::Keel, &exe, &at.join("keel"), &keel_extra, base).await?;
-        let etcd = side(Flavor::Etcd, &etcd, &at.join("etcd"), &[], base).await?;
+        // Keel first in odd rounds, etcd first in even ones: whatever the
+        // machine does to the first cluster of a round (the first round ran
+        // slowest for Keel, which always went first, in two runs out of
+        // three), it does to each store in turn.
+        let (keel, etcd) = if round % 2 == 1 {
+            let keel = side(Flavor::Keel, &exe, &at.join("keel"), &keel_extra, base).await?;
+            let etcd = side(Flavor::Etcd, &etcd, &at.join("etcd"), &[], base).await?;
+            (keel, etcd)
+        } else {
+            let etcd = side(Flavor::Etcd, &etcd, &at.join("etcd"), &[], base).await?;
+            let keel = side(Flavor::Keel, &exe, &at.join("keel"), &keel_extra, base).await?;
+            (keel, etcd)
+        };
         if rounds > 1 {
-            println!("## Round {round} of {rounds}");
+            let first = if round % 2 == 1 { "Keel" } else { "etcd" };
+            println!("## Round {round} of {rounds} ({first} first)");
             println!();
         }
         print_report(base, &keel_extra, &keel, &etcd);
@@ -181,6 +194,11 @@ async fn side(
     extra: &[String],
     base: Workload,
 ) -> anyhow::Result<Side> {
+    // Writes still in the page cache from whatever ran before (a build,
+    // the other store's round) go to disk now, not during this side's
+    // rows, where they would slow its fsyncs.
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
     let mut cluster = ProcessCluster::plan(flavor, bin, dir, 3, None, extra)?;
     cluster.spawn_all()?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
