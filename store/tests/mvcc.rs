@@ -2005,9 +2005,28 @@ async fn feed_catch_up_is_paged_and_complete() {
     while seen.len() < n {
         let page = feed.next().await.unwrap();
         assert!(page.len() <= CATCH_UP_REVISIONS as usize, "{}", page.len());
+        for (r, e) in &page {
+            // Each put's previous key-value (stored as a reference to the
+            // key's put ten revisions before, on this page or an earlier
+            // one) comes whole.
+            let prev = e.prev_kv.as_ref().map(|p| (p.key.clone(), p.mod_revision));
+            let key = e.kv.as_ref().unwrap().key.clone();
+            let want = (*r >= 12).then(|| (key, r - 10));
+            assert_eq!(prev, want, "event at {r}");
+        }
         seen.extend(page.into_iter().map(|(r, _)| r));
     }
     assert_eq!(seen, (2..=n as i64 + 1).collect::<Vec<_>>());
+    // Without previous key-values: the same events, none of them.
+    let (feed, _) = Feed::open(kv.clone(), 2);
+    let mut feed = feed.without_prev();
+    let mut bare = Vec::new();
+    while bare.len() < n {
+        let page = feed.next().await.unwrap();
+        assert!(page.iter().all(|(_, e)| e.prev_kv.is_none()));
+        bare.extend(page.into_iter().map(|(r, _)| r));
+    }
+    assert_eq!(bare, seen);
 }
 
 /// A feed limited to a key range delivers only those keys' events, from
