@@ -3,10 +3,11 @@
 //! workloads, then does the same with a 3-member etcd cluster (the `etcd`
 //! binary, plain text, its defaults), one cluster at a time on the same
 //! cores; with `--rounds`, etcd goes first in every even round, and each
-//! side starts after a `sync`. For every workload it prints ops/s and latency for both, the ratio,
-//! and the CPU seconds the members used per 10,000 operations (read from
-//! /proc); for Keel also each member's per-stage breakdown of the write path
-//! (`keel_store::stages`, fetched over the peer port).
+//! side starts after a `sync`. For every workload it prints ops/s and
+//! latency for both, the ratio, and the CPU seconds the members used per
+//! 10,000 operations (read from /proc); for Keel also each member's
+//! per-stage breakdown of the write path (`keel_store::stages`, fetched
+//! over the peer port).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -108,7 +109,8 @@ pub async fn run(
         // machine does to the first cluster of a round (the first round ran
         // slowest for Keel, which always went first, in two runs out of
         // three), it does to each store in turn.
-        let (keel, etcd) = if round % 2 == 1 {
+        let keel_first = round % 2 == 1;
+        let (keel, etcd) = if keel_first {
             let keel = side(Flavor::Keel, &exe, &at.join("keel"), &keel_extra, base).await?;
             let etcd = side(Flavor::Etcd, &etcd, &at.join("etcd"), &[], base).await?;
             (keel, etcd)
@@ -118,7 +120,7 @@ pub async fn run(
             (keel, etcd)
         };
         if rounds > 1 {
-            let first = if round % 2 == 1 { "Keel" } else { "etcd" };
+            let first = if keel_first { "Keel" } else { "etcd" };
             println!("## Round {round} of {rounds} ({first} first)");
             println!();
         }

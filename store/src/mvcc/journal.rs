@@ -131,21 +131,6 @@ pub fn implied(events: &[(i64, Event)]) -> Overlay {
     out
 }
 
-/// The events of revisions `first..=last` in `data`'s history.
-fn events_of(data: &sled::Tree, first: i64, last: i64) -> Result<Vec<(i64, Event)>, StoreError> {
-    let mut out = Vec::new();
-    for r in data.range(keys::rev_key(first, 0)..=keys::rev_key(last, keys::GROUP)) {
-        let (k, v) = r?;
-        let events = super::history::decode_record(&k, &v).map_err(|e| corrupt(&e))?;
-        out.extend(
-            events
-                .into_iter()
-                .filter(|(rev, _)| (first..=last).contains(rev)),
-        );
-    }
-    Ok(out)
-}
-
 /// Makes a batch's writes in `data`, key by key.
 fn write_all(data: &sled::Tree, writes: impl IntoIterator<Item = Write>) -> Result<(), StoreError> {
     for (k, v) in writes {
@@ -197,7 +182,9 @@ impl Journal {
                 // The writes the batch's history implies, then the journaled
                 // ones (which take precedence where both name a key).
                 let mut writes = match revs {
-                    Some((first, last)) => implied(&events_of(data, first, last)?),
+                    Some((first, last)) => implied(
+                        &super::history::events_in(data, first, last).map_err(|e| corrupt(&e))?,
+                    ),
                     None => Overlay::new(),
                 };
                 writes.extend(decode(&bytes)?);

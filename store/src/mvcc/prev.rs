@@ -215,6 +215,14 @@ pub fn resolve(tree: &sled::Tree, events: &mut [(i64, Event)]) -> Result<(), Str
     Ok(())
 }
 
+/// The stored events with a revision above `at`, oldest first, their
+/// previous key-values resolved: what a read at revision `at` undoes.
+pub fn events_after(tree: &sled::Tree, at: i64) -> Result<Vec<(i64, Event)>, String> {
+    let mut events = history::events_in(tree, at + 1, i64::MAX)?;
+    resolve(tree, &mut events)?;
+    Ok(events)
+}
+
 /// Replaces the references of the history records `kept` (sled key,
 /// value) with the key-values they name, found in `all` (every record of a
 /// dump, in key order): for records kept while the history they refer to

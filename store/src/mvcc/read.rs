@@ -33,8 +33,7 @@ pub fn scan_at(tree: &sled::Tree, key: &[u8], range_end: &[u8], at: i64) -> Vec<
 /// The stored events with a revision above `at`, oldest first, their
 /// previous key-values resolved.
 pub fn later_events(tree: &sled::Tree, at: i64) -> Vec<Event> {
-    let mut events = history::events_in(tree, at + 1, i64::MAX).unwrap_or_else(|e| panic!("{e}"));
-    prev::resolve(tree, &mut events).unwrap_or_else(|e| panic!("{e}"));
+    let events = prev::events_after(tree, at).unwrap_or_else(|e| panic!("{e}"));
     events.into_iter().map(|(_, e)| e).collect()
 }
 

@@ -102,11 +102,18 @@ fn decode_rec<M: Message + Default>(bytes: &[u8]) -> Step<M> {
 }
 
 impl<'a> Writer<'a> {
-    fn get(&self, k: &[u8]) -> Step<Option<Vec<u8>>> {
+    /// The record at `k`, seeing this batch's writes, mapped by `f` straight
+    /// from where it lies (the overlay or sled's buffer), so nothing is
+    /// copied that `f` does not copy.
+    fn read<T>(&self, k: &[u8], f: impl FnOnce(&[u8]) -> T) -> Step<Option<T>> {
         if let Some(v) = self.cmd.get(k).or_else(|| self.batch.get(k)) {
-            return Ok(v.clone());
+            return Ok(v.as_deref().map(f));
         }
-        Ok(self.tree.get(k).map_err(storage)?.map(|v| v.to_vec()))
+        Ok(self.tree.get(k).map_err(storage)?.map(|v| f(&v)))
+    }
+
+    fn get(&self, k: &[u8]) -> Step<Option<Vec<u8>>> {
+        self.read(k, <[u8]>::to_vec)
     }
 
     fn set(&mut self, k: Vec<u8>, v: Vec<u8>) {
@@ -117,15 +124,10 @@ impl<'a> Writer<'a> {
         self.cmd.insert(k, None);
     }
 
-    /// The current key-value of `user`, decoded straight from the tree's
-    /// buffer (not copied first: one put reads one).
+    /// The current key-value of `user`, decoded where it lies (one put
+    /// reads one).
     fn get_kv(&self, user: &[u8]) -> Step<Option<KeyValue>> {
-        let k = kv_key(user);
-        if let Some(v) = self.cmd.get(&k).or_else(|| self.batch.get(&k)) {
-            return v.as_deref().map(decode_rec).transpose();
-        }
-        let v = self.tree.get(&k).map_err(storage)?;
-        v.map(|v| decode_rec(&v)).transpose()
+        self.read(&kv_key(user), decode_rec)?.transpose()
     }
 
     /// Every record in `[start, end)` (raw keys), seeing this batch's writes,

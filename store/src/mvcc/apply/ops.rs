@@ -85,9 +85,8 @@ impl<'a> Writer<'a> {
         let kvs = if r.revision > 0 && r.revision < self.resp_rev() {
             // Undo stored events after the revision and this batch's own
             // (not yet stored) events, so batching never changes the answer.
-            let mut later = crate::mvcc::history::events_in(self.tree, r.revision + 1, i64::MAX)
-                .and_then(|mut evs| crate::mvcc::prev::resolve(self.tree, &mut evs).map(|()| evs))
-                .map_err(storage)?;
+            let mut later =
+                crate::mvcc::prev::events_after(self.tree, r.revision).map_err(storage)?;
             later.extend(
                 self.events
                     .iter()
