@@ -40,10 +40,40 @@ struct Cli {
     /// Async worker threads of this process (default: one per core).
     #[arg(long, global = true, env = "KEEL_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// tokio's LIFO slot: a task woken by a running task runs next on that
+    /// worker. Default: off for `keel master`, on for every other command.
+    /// Off, a master's answers to one applied batch leave in one write per
+    /// connection instead of one each (BENCHMARKS.md, issue 13).
+    #[arg(long, global = true, env = "KEEL_LIFO_SLOT")]
+    lifo_slot: Option<bool>,
     #[command(flatten)]
     auth: config::Auth,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Turns tokio's LIFO slot off when `off`. Without it, a task woken by the
+/// running one is queued behind the tasks already woken instead of running
+/// next. For a master that matters where one applied batch wakes the
+/// request tasks of many writes: with the slot, each task's wake-up of its
+/// HTTP/2 connection ran that connection at once, so every answer cost a
+/// `writev` of its own (1.1 per put at 256 clients); without it, the
+/// connection runs after all of them and sends what is ready in one.
+/// The option is tokio's unstable API, hence `tokio_unstable` in
+/// `.cargo/config.toml`; a build without that cfg keeps the slot and says so.
+fn without_lifo_slot(rt: &mut tokio::runtime::Builder, off: bool) {
+    if !off {
+        return;
+    }
+    #[cfg(tokio_unstable)]
+    rt.disable_lifo_slot();
+    #[cfg(not(tokio_unstable))]
+    {
+        let _ = rt;
+        tracing::warn!(
+            "built without --cfg tokio_unstable (.cargo/config.toml): tokio's LIFO slot stays on"
+        );
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -232,6 +262,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = cli.worker_threads {
         rt.worker_threads(n.max(1));
     }
+    let lifo_slot = cli.lifo_slot.unwrap_or(!matches!(cmd, Cmd::Master(_)));
+    without_lifo_slot(&mut rt, !lifo_slot);
     let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         match cmd {
