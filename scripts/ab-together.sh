@@ -6,6 +6,9 @@
 # is always the one that starts first. On a VM whose speed changes from one
 # minute to the next, alternating whole runs compares minutes as much as
 # builds (BENCHMARKS.md, issue 13's tenth round).
+# Caveat: the two clusters also share the cores, and the busier one gets
+# more of them, so a build that needs less CPU per put can still lose here
+# (issue 13's fourteenth round); check each side's CPU per put as well.
 # Usage: scripts/ab-together.sh BIN_A BIN_B [RUNS] [CLIENTS] [SECONDS]
 #   Prints each run's puts/s for both builds and B/A; needs etcdctl.
 #   A_ARGS / B_ARGS (environment): extra `keel master` flags for A's / B's
