@@ -8,9 +8,11 @@
 # builds (BENCHMARKS.md, issue 13's tenth round).
 # Caveat: the two clusters also share the cores, and the busier one gets
 # more of them, so a build that needs less CPU per put can still lose here
-# (issue 13's fourteenth round); check each side's CPU per put as well.
+# (issue 13's fourteenth round), which is why each run also prints each
+# side's members' CPU per put (from /proc).
 # Usage: scripts/ab-together.sh BIN_A BIN_B [RUNS] [CLIENTS] [SECONDS]
-#   Prints each run's puts/s for both builds and B/A; needs etcdctl.
+#   Prints each run's puts/s and members' CPU per put for both builds and
+#   B/A; needs etcdctl.
 #   A_ARGS / B_ARGS (environment): extra `keel master` flags for A's / B's
 #   masters, so one build can be compared with itself under other flags.
 set -euo pipefail
@@ -48,6 +50,15 @@ cluster() {
   done
 }
 
+# cpu_ticks PID...: user+system clock ticks used so far by these processes.
+cpu_ticks() {
+  local t=0 p
+  for p in "$@"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done
+  echo "$t"
+}
+
+ops_total() { grep -E '^\| [0-9]' "$1" | awk -F'|' '{ gsub(/ /, "", $2); print $2 }'; }
+
 ops_per_sec() { grep -E '^\| [0-9]' "$1" | awk -F'|' '{ gsub(/ /, "", $3); print $3 }'; }
 
 for run in $(seq "$runs"); do
@@ -80,15 +91,20 @@ for run in $(seq "$runs"); do
   w=$!
   "$second" bench kv --plaintext --endpoints "$e2" --clients 64 --seconds 2 >/dev/null
   wait "$w"
+  c1=$(cpu_ticks "${pids[@]:0:3}") c2=$(cpu_ticks "${pids[@]:3:3}")
   "$first" bench kv --plaintext --endpoints "$e1" --clients "$clients" --conns 64 \
     --seconds "$secs" >"$work/out1" &
   w=$!
   "$second" bench kv --plaintext --endpoints "$e2" --clients "$clients" --conns 64 \
     --seconds "$secs" >"$work/out2"
   wait "$w"
+  c1=$(($(cpu_ticks "${pids[@]:0:3}") - c1)) c2=$(($(cpu_ticks "${pids[@]:3:3}") - c2))
+  hz=$(getconf CLK_TCK)
+  u1=$(awk -v c="$c1" -v n="$(ops_total "$work/out1")" -v hz="$hz" 'BEGIN { printf "%.1f", c / hz * 1e6 / n }')
+  u2=$(awk -v c="$c2" -v n="$(ops_total "$work/out2")" -v hz="$hz" 'BEGIN { printf "%.1f", c / hz * 1e6 / n }')
   r1=$(ops_per_sec "$work/out1") r2=$(ops_per_sec "$work/out2")
-  if (( run % 2 )); then ra=$r1 rb=$r2; else ra=$r2 rb=$r1; fi
-  awk -v run="$run" -v a="$ra" -v b="$rb" \
-    'BEGIN { printf "run %d: A %s puts/s, B %s puts/s, B/A %.2f\n", run, a, b, b / a }'
+  if (( run % 2 )); then ra=$r1 rb=$r2 ua=$u1 ub=$u2; else ra=$r2 rb=$r1 ua=$u2 ub=$u1; fi
+  awk -v run="$run" -v a="$ra" -v b="$rb" -v ua="$ua" -v ub="$ub" \
+    'BEGIN { printf "run %d: A %s puts/s (%s µs CPU per put), B %s puts/s (%s µs), B/A %.2f\n", run, a, ua, b, ub, b / a }'
   stop
 done
