@@ -147,6 +147,17 @@ impl Pins {
     }
 }
 
+/// The key-value the put of `key` at revision `rev` wrote, if `events`
+/// (oldest first) hold it.
+fn put_at<'e>(events: &'e [(i64, Event)], rev: i64, key: &[u8]) -> Option<&'e KeyValue> {
+    let from = events.partition_point(|(r, _)| *r < rev);
+    events[from..]
+        .iter()
+        .take_while(|(r, _)| *r == rev)
+        .filter_map(|(_, e)| e.kv.as_ref())
+        .find(|kv| kv.key == key && kv.mod_revision == rev)
+}
+
 /// The key-value of `key` written at revision `rev`, from the history
 /// records of `tree` (decoded records cached in `seen`).
 fn lookup(
@@ -164,14 +175,8 @@ fn lookup(
         if events.first().is_some_and(|(r, _)| *r > rev) {
             break;
         }
-        let found = events.iter().find(|(r, e)| {
-            *r == rev
-                && e.kv
-                    .as_ref()
-                    .is_some_and(|kv| kv.key == key && kv.mod_revision == rev)
-        });
-        if let Some((_, e)) = found {
-            return Ok(e.kv.clone());
+        if let Some(kv) = put_at(events, rev, key) {
+            return Ok(Some(kv.clone()));
         }
     }
     Ok(None)
@@ -193,15 +198,8 @@ pub fn resolve(tree: &sled::Tree, events: &mut [(i64, Event)]) -> Result<(), Str
             .as_ref()
             .map(|kv| kv.key.clone())
             .unwrap_or_default();
-        // An earlier event of this slice: the puts at revision `to`.
-        let from = events[..i].partition_point(|(r, _)| *r < to);
-        let inside = events[from..i]
-            .iter()
-            .take_while(|(r, _)| *r == to)
-            .filter_map(|(_, e)| e.kv.as_ref())
-            .find(|kv| kv.key == key && kv.mod_revision == to)
-            .cloned();
-        let prev = match inside {
+        // An earlier event of this slice, else the tree.
+        let prev = match put_at(&events[..i], to, &key).cloned() {
             Some(kv) => kv,
             None => lookup(tree, to, &key, &mut seen)?.ok_or_else(|| {
                 format!(
@@ -253,11 +251,7 @@ pub fn materialize(kept: &[Record<'_>], all: &[Record<'_>]) -> Result<Vec<OwnedR
                 if evs.first().is_some_and(|(r, _)| *r > to) {
                     break;
                 }
-                found = evs
-                    .into_iter()
-                    .filter(|(r, _)| *r == to)
-                    .filter_map(|(_, e)| e.kv)
-                    .find(|kv| kv.key == key);
+                found = put_at(&evs, to, key).cloned();
                 if found.is_some() {
                     break;
                 }
