@@ -57,9 +57,14 @@ cpu_ticks() {
   echo "$t"
 }
 
-ops_total() { grep -E '^\| [0-9]' "$1" | awk -F'|' '{ gsub(/ /, "", $2); print $2 }'; }
+# result FILE N: column N of a `keel bench kv` result row (2: ops, 3: ops/s).
+result() { grep -E '^\| [0-9]' "$1" | awk -F'|' -v n="$2" '{ gsub(/ /, "", $n); print $n }'; }
 
-ops_per_sec() { grep -E '^\| [0-9]' "$1" | awk -F'|' '{ gsub(/ /, "", $3); print $3 }'; }
+# us_per_put TICKS FILE: CPU µs per put, from clock ticks and a result file.
+us_per_put() {
+  awk -v c="$1" -v n="$(result "$2" 2)" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%.1f", c / hz * 1e6 / n }'
+}
 
 for run in $(seq "$runs"); do
   if (( run % 2 )); then
@@ -99,10 +104,8 @@ for run in $(seq "$runs"); do
     --seconds "$secs" >"$work/out2"
   wait "$w"
   c1=$(($(cpu_ticks "${pids[@]:0:3}") - c1)) c2=$(($(cpu_ticks "${pids[@]:3:3}") - c2))
-  hz=$(getconf CLK_TCK)
-  u1=$(awk -v c="$c1" -v n="$(ops_total "$work/out1")" -v hz="$hz" 'BEGIN { printf "%.1f", c / hz * 1e6 / n }')
-  u2=$(awk -v c="$c2" -v n="$(ops_total "$work/out2")" -v hz="$hz" 'BEGIN { printf "%.1f", c / hz * 1e6 / n }')
-  r1=$(ops_per_sec "$work/out1") r2=$(ops_per_sec "$work/out2")
+  u1=$(us_per_put "$c1" "$work/out1") u2=$(us_per_put "$c2" "$work/out2")
+  r1=$(result "$work/out1" 3) r2=$(result "$work/out2" 3)
   if (( run % 2 )); then ra=$r1 rb=$r2 ua=$u1 ub=$u2; else ra=$r2 rb=$r1 ua=$u2 ub=$u1; fi
   awk -v run="$run" -v a="$ra" -v b="$rb" -v ua="$ua" -v ub="$ub" \
     'BEGIN { printf "run %d: A %s puts/s (%s µs CPU per put), B %s puts/s (%s µs), B/A %.2f\n", run, a, ua, b, ub, b / a }'
