@@ -110,6 +110,10 @@ pub struct MasterArgs {
         default_value = "framed"
     )]
     pub replication_wire: keel_store::config::ReplicationWire,
+    /// BENCHMARK ONLY: forward leader requests over another wire than the
+    /// framed connection (`grpc`: a gRPC stream over HTTP/2), to compare them.
+    #[arg(long, env = "KEEL_FORWARD_WIRE", hide = true, default_value = "framed")]
+    pub forward_wire: keel_store::config::ForwardWire,
     /// TEST ONLY: dial peer NAME at ADDR instead of its membership address
     /// (`NAME=ADDR`, repeatable; env: comma-separated). The chaos harness
     /// puts a TCP proxy per link here so it can partition members.
@@ -186,6 +190,7 @@ pub async fn run(a: MasterArgs) -> anyhow::Result<()> {
     cfg.unsafe_local_reads = a.unsafe_local_reads;
     cfg.sequential_log_append = a.sequential_log_append;
     cfg.replication_wire = a.replication_wire;
+    cfg.forward_wire = a.forward_wire;
     cfg.failpoint_apply_error_key = a
         .failpoint_apply_error_key
         .as_ref()

@@ -1,7 +1,10 @@
-//! The framed replication wire on the peer port (`raft::framed`), against
-//! real 3-master clusters of `keel` processes with mutual TLS: only master
-//! certificates may open a stream, garbage closes the connection and
-//! changes nothing, and the gRPC wire kept for benchmarks still replicates.
+//! The framed wires on the peer port (replication, `raft::framed`, and
+//! forwarded leader requests, `node::forward_framed`), against real
+//! 3-master clusters of `keel` processes with mutual TLS: only master
+//! certificates may open either, garbage closes the connection and changes
+//! nothing, a forwarded request is served only by the leader, pings are
+//! answered, and the gRPC wires kept for benchmarks still replicate and
+//! forward.
 
 mod common;
 
@@ -10,6 +13,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use keel_proto::pki::{self, Ca, Pair, TlsBundle, Usage};
+use keel_store::node::forward_framed;
+use keel_store::node::forward_stream::{AnswerBatch, RequestBatch};
+use keel_store::node::{LeaderError, LeaderRequest, LeaderResponse};
 use keel_store::raft::types::TypeConfig;
 use keel_store::raft::{codec, framed};
 use openraft::alias::VoteOf;
@@ -56,6 +62,44 @@ async fn heartbeat(addr: &str, tls: Arc<rustls::ClientConfig>) -> std::io::Resul
         .unwrap_or_else(|| Err(std::io::Error::other("the stream ended without an answer")))
 }
 
+/// Opens a TLS connection to the peer port at `addr` with `tls`, sends
+/// `bytes`, and reads frames until `frames` have come or the connection
+/// ends (an error then, if none came).
+async fn exchange(
+    addr: &str,
+    tls: Arc<rustls::ClientConfig>,
+    bytes: &[u8],
+    frames: usize,
+) -> std::io::Result<Vec<Vec<u8>>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    s.write_all(bytes).await?;
+    s.flush().await?;
+    let mut got = Vec::new();
+    let read = async {
+        while got.len() < frames {
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).await?;
+            let mut f = vec![0; u32::from_be_bytes(len) as usize];
+            s.read_exact(&mut f).await?;
+            got.push(f);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
+    Ok(got)
+}
+
+/// A frame: its 4-byte big-endian length, then `payload`.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    [&(payload.len() as u32).to_be_bytes()[..], payload].concat()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_masters_may_open_a_replication_stream() {
     let tc = common::start(3, &[]).await;
@@ -94,8 +138,15 @@ async fn only_masters_may_open_a_replication_stream() {
     let admin = ca
         .issue("admin-test", Some(pki::ORG_ADMIN), &[], Usage::Client)
         .unwrap();
-    let r = heartbeat(&peer, framed_tls(admin)).await;
+    let r = heartbeat(&peer, framed_tls(admin.clone())).await;
     assert!(r.is_err(), "an admin certificate got an answer: {r:?}");
+    // Nor may it open a forwarding connection: a ping goes unanswered.
+    let ping = [&forward_framed::MAGIC[..], &frame(&[])].concat();
+    let r = exchange(&peer, framed_tls(admin), &ping, 1).await;
+    assert!(
+        r.is_err(),
+        "an admin certificate got a forwarding answer: {r:?}"
+    );
 
     // A certificate from another CA fails the handshake.
     let stranger = Ca::generate("stranger")
@@ -120,7 +171,7 @@ async fn garbage_on_the_replication_wire_closes_the_connection_and_changes_nothi
     let huge = (u32::MAX).to_be_bytes().to_vec();
     let mut undecodable = 8u32.to_be_bytes().to_vec();
     undecodable.extend_from_slice(&[0xff; 8]);
-    let cases: [(&str, Vec<u8>); 3] = [
+    let cases: [(&str, Vec<u8>); 5] = [
         ("a wrong magic", b"NOTKEEL!".to_vec()),
         (
             "a frame over the size limit",
@@ -129,6 +180,14 @@ async fn garbage_on_the_replication_wire_closes_the_connection_and_changes_nothi
         (
             "an undecodable request",
             [&framed::MAGIC[..], &undecodable].concat(),
+        ),
+        (
+            "a forwarding frame over the size limit",
+            [&forward_framed::MAGIC[..], &huge].concat(),
+        ),
+        (
+            "an undecodable forwarded batch",
+            [&forward_framed::MAGIC[..], &undecodable].concat(),
         ),
     ];
     for m in &tc.c.members {
@@ -159,8 +218,44 @@ async fn garbage_on_the_replication_wire_closes_the_connection_and_changes_nothi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_grpc_wire_still_replicates() {
-    let tc = common::start(3, &["--replication-wire", "grpc"]).await;
+async fn forwarded_requests_are_served_only_by_the_leader_and_pings_answered() {
+    let tc = common::start(3, &[]).await;
+    let eps = tc.c.endpoints();
+    common::put(&eps[0], "settled", "1").await.unwrap();
+    let master = cluster_ca()
+        .issue("m-test", Some(pki::ORG_MASTERS), &[], Usage::Client)
+        .unwrap();
+    let tls = framed_tls(master);
+    // A ping, then a batch of one request, on the same connection.
+    let batch: RequestBatch = vec![(7, LeaderRequest::TimeToLive(424242))];
+    let bytes = [
+        &forward_framed::MAGIC[..],
+        &frame(&[]),
+        &frame(&codec::encode(&batch)),
+    ]
+    .concat();
+    let mut leaders = 0;
+    for m in &tc.c.members {
+        let got = exchange(&m.peer_addr(), tls.clone(), &bytes, 2)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", m.name));
+        assert!(got[0].is_empty(), "{}: the ping's answer is a ping", m.name);
+        let answers: AnswerBatch = codec::decode(&got[1]).unwrap();
+        match answers.as_slice() {
+            [(7, Ok(LeaderResponse::Ttl(..)))] => leaders += 1,
+            [(7, Err(LeaderError::NotLeader))] => {}
+            other => panic!("{}: {other:?}", m.name),
+        }
+    }
+    assert_eq!(
+        leaders, 1,
+        "exactly one member served the forwarded requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_wires_still_replicate_and_forward() {
+    let tc = common::start(3, &["--replication-wire", "grpc", "--forward-wire", "grpc"]).await;
     let eps = tc.c.endpoints();
     let mut rev = 0;
     for i in 0..20 {

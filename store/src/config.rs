@@ -49,6 +49,8 @@ pub struct NodeConfig {
     /// How the leader replicates to followers; anything but the default
     /// is for benchmarks that compare the wires.
     pub replication_wire: ReplicationWire,
+    /// The wire followers forward leader requests over (`node::forward_stream`).
+    pub forward_wire: ForwardWire,
     /// Test only: dial peer NAME at this address instead of the peer address
     /// in the membership, for every peer connection (Raft RPCs, leader
     /// forwarding, read-index). The chaos harness points these at per-link
@@ -88,6 +90,7 @@ impl NodeConfig {
             unsafe_local_reads: false,
             sequential_log_append: false,
             replication_wire: ReplicationWire::Framed,
+            forward_wire: ForwardWire::Framed,
             peer_overrides: BTreeMap::new(),
             failpoint_apply_error_key: None,
             tls: None,
@@ -169,6 +172,31 @@ impl std::str::FromStr for ReplicationWire {
             "unary" => Ok(ReplicationWire::Unary),
             _ => Err(format!(
                 "unknown replication wire {s:?}: expected framed, grpc or unary"
+            )),
+        }
+    }
+}
+
+/// The wire followers forward leader requests over (`node::forward_stream`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardWire {
+    /// A framed TCP/TLS connection per leader (`node::forward_framed`).
+    #[default]
+    Framed,
+    /// Benchmark only: a gRPC `LeaderStream` stream per leader over HTTP/2
+    /// (the wire before `node::forward_framed`).
+    Grpc,
+}
+
+impl std::str::FromStr for ForwardWire {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "framed" => Ok(ForwardWire::Framed),
+            "grpc" => Ok(ForwardWire::Grpc),
+            _ => Err(format!(
+                "unknown forwarding wire {s:?}: expected framed or grpc"
             )),
         }
     }

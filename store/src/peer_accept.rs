@@ -1,17 +1,18 @@
 //! The peer port's listener: accepts connections, runs the mutual-TLS
 //! handshake, and routes each connection either to the gRPC service
-//! (`peer::RaftGrpc`, served by tonic) or to a framed replication stream
-//! (`raft::framed`). Under TLS the ALPN protocol the client chose decides;
-//! in plain text (`--insecure`) the first byte does. Only masters
-//! (certificates of organisation keel:masters signed by the cluster CA) are
-//! served either way.
+//! (`peer::RaftGrpc`, served by tonic) or to a framed connection. Under TLS
+//! the ALPN protocol the client chose decides; in plain text (`--insecure`)
+//! the first byte does. A framed connection's magic then says what it
+//! carries: replication (`raft::framed`) or forwarded leader requests
+//! (`node::forward_framed`). Only masters (certificates of organisation
+//! keel:masters signed by the cluster CA) are served either way.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use keel_proto::keelraft::raft_service_server::RaftServiceServer;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -20,9 +21,8 @@ use tonic::transport::server::Connected;
 
 use crate::error::StoreError;
 use crate::net;
-use crate::node::Node;
+use crate::node::{Node, forward_framed};
 use crate::peer::RaftGrpc;
-use crate::raft::Raft;
 use crate::raft::framed;
 use crate::raft::network::PEER_MESSAGE_LIMIT;
 
@@ -32,13 +32,13 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Serves the Raft peer port until the member shuts down.
 pub fn serve(node: &Arc<Node>, listener: TcpListener) -> Result<(), StoreError> {
-    let raft = node.raft.clone();
     let stop = node.shutdown_signal();
     match node.cfg.tls.as_ref() {
         None => {
             let grpc = grpc::<TcpStream>(node);
+            let node = node.clone();
             tokio::spawn(accept(listener, stop.clone(), move |tcp| {
-                route_plain(tcp, grpc.clone(), raft.clone(), stop.clone())
+                route_plain(tcp, grpc.clone(), node.clone(), stop.clone())
             }));
         }
         Some(t) => {
@@ -51,12 +51,13 @@ pub fn serve(node: &Arc<Node>, listener: TcpListener) -> Result<(), StoreError> 
             cfg.alpn_protocols.push(framed::ALPN.to_vec());
             let acceptor = TlsAcceptor::from(Arc::new(cfg));
             let grpc = grpc::<TlsStream<TcpStream>>(node);
+            let node = node.clone();
             tokio::spawn(accept(listener, stop.clone(), move |tcp| {
                 route_tls(
                     tcp,
                     acceptor.clone(),
                     grpc.clone(),
-                    raft.clone(),
+                    node.clone(),
                     stop.clone(),
                 )
             }));
@@ -125,12 +126,12 @@ where
 async fn route_plain(
     tcp: TcpStream,
     grpc: mpsc::Sender<TcpStream>,
-    raft: Raft,
+    node: Arc<Node>,
     stop: watch::Receiver<bool>,
 ) {
     let mut first = [0u8; 1];
     match tokio::time::timeout(HANDSHAKE, tcp.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] == framed::MAGIC[0] => replicate(tcp, raft, stop).await,
+        Ok(Ok(1)) if first[0] == framed::MAGIC[0] => serve_framed(tcp, node, stop).await,
         Ok(Ok(1)) => {
             let _ = grpc.send(tcp).await;
         }
@@ -143,7 +144,7 @@ async fn route_tls(
     tcp: TcpStream,
     acceptor: TlsAcceptor,
     grpc: mpsc::Sender<TlsStream<TcpStream>>,
-    raft: Raft,
+    node: Arc<Node>,
     stop: watch::Receiver<bool>,
 ) {
     let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
@@ -163,18 +164,37 @@ async fn route_tls(
     if let Some(refused) = net::refusal(cert, net::PEER_ORGS) {
         tracing::warn!(
             why = refused.message(),
-            "peer port: replication stream refused"
+            "peer port: framed connection refused"
         );
         return;
     }
-    replicate(tls, raft, stop).await
+    serve_framed(tls, node, stop).await
 }
 
-async fn replicate<I: framed::Io>(io: I, raft: Raft, mut stop: watch::Receiver<bool>) {
+/// Serves a framed connection as its magic says, until it ends or the
+/// member shuts down; an unknown magic closes it.
+async fn serve_framed<I: framed::Io>(mut io: I, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut magic = [0u8; framed::MAGIC.len()];
+    match tokio::time::timeout(HANDSHAKE, io.read_exact(&mut magic)).await {
+        Ok(Ok(_)) => {}
+        _ => return,
+    }
+    let served = async {
+        if &magic == framed::MAGIC {
+            framed::serve(io, node.raft.clone()).await
+        } else if &magic == forward_framed::MAGIC {
+            forward_framed::serve(io, node.clone()).await
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not a framed peer stream",
+            ))
+        }
+    };
     tokio::select! {
-        r = framed::serve(io, raft) => {
+        r = served => {
             if let Err(e) = r {
-                tracing::debug!(error = %e, "replication stream ended");
+                tracing::debug!(error = %e, "framed peer connection ended");
             }
         }
         _ = stop.wait_for(|s| *s) => {}

@@ -9,8 +9,10 @@ use keel_proto::keelraft::{CommandResult, RaftPayload, command, command_result};
 use openraft::async_runtime::WatchReceiver;
 use tonic::transport::Channel;
 
-use super::forward_stream::Forwarder;
+use super::forward_framed;
+use super::forward_stream::{self, Forwarder};
 use super::{LeaderError, LeaderRequest, LeaderResponse, Node};
+use crate::config::ForwardWire;
 use crate::error::EtcdError;
 use crate::raft::codec;
 use crate::raft::network::{PEER_MESSAGE_LIMIT, channel};
@@ -53,7 +55,16 @@ impl Node {
         if let Some(f) = fw.get(addr).filter(|f| f.is_alive()) {
             return Ok(f.clone());
         }
-        let f = Forwarder::start(self.peer_client(addr)?);
+        let f = match self.cfg.forward_wire {
+            ForwardWire::Framed => {
+                let (addr, tls) = (addr.to_string(), self.framed_tls.clone());
+                Forwarder::start(|rx| forward_framed::run(addr, tls, rx))
+            }
+            ForwardWire::Grpc => {
+                let client = self.peer_client(addr)?;
+                Forwarder::start(|rx| forward_stream::run_grpc(client, rx))
+            }
+        };
         fw.insert(addr.to_string(), f.clone());
         Ok(f)
     }

@@ -1,9 +1,12 @@
 //! Forwarded leader requests over one long-lived stream per leader: a
 //! follower queues each request it forwards, a task sends everything queued
-//! in one message (`RaftService.LeaderStream`), and answers come back
-//! batched the same way, matched by id. Under load this replaces one unary
-//! gRPC call per forwarded write (HTTP/2 headers, a stream and a task each
-//! side) with a share of one message, which is most of what forwarding cost.
+//! in one message, and answers come back batched the same way, matched by
+//! id. Under load this replaces one unary gRPC call per forwarded write
+//! (HTTP/2 headers, a stream and a task each side) with a share of one
+//! message, which is most of what forwarding cost. This module owns the
+//! queue and the batches; the wire is a framed peer connection
+//! (`forward_framed`, the default) or, for benchmarks, a gRPC stream
+//! (`RaftService.LeaderStream`, [`run_grpc`] and [`serve`] here).
 //!
 //! Failure semantics match the unary call: a request the stream never sent
 //! fails as `Unavailable` (safe to retry); one in flight when the stream
@@ -40,7 +43,8 @@ pub type AnswerBatch = Vec<(u64, Answer)>;
 /// How long a forwarded request may wait for its answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
-struct Queued {
+/// A request waiting for its batch.
+pub(super) struct Queued {
     req: LeaderRequest,
     reply: oneshot::Sender<Result<Answer, Status>>,
 }
@@ -52,10 +56,15 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Starts the task that owns the stream to the leader behind `client`.
-    pub fn start(client: RaftServiceClient<Channel>) -> Self {
+    /// Starts `wire`, the task that owns the stream to one leader and
+    /// takes the requests queued here.
+    pub(super) fn start<F, Fut>(wire: F) -> Self
+    where
+        F: FnOnce(mpsc::UnboundedReceiver<Queued>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(client, rx));
+        tokio::spawn(wire(rx));
         Forwarder { tx }
     }
 
@@ -82,12 +91,12 @@ impl Forwarder {
 
 /// Takes everything queued now (at least `first`), registers it in flight
 /// and encodes it as one message.
-fn take_batch(
+pub(super) fn take_batch(
     first: Queued,
     rx: &mut mpsc::UnboundedReceiver<Queued>,
     next_id: &mut u64,
     inflight: &mut HashMap<u64, oneshot::Sender<Result<Answer, Status>>>,
-) -> RaftPayload {
+) -> Vec<u8> {
     let mut batch: RequestBatch = Vec::new();
     let mut q = Some(first);
     while let Some(Queued { req, reply }) = q {
@@ -96,12 +105,11 @@ fn take_batch(
         batch.push((*next_id, req));
         q = rx.try_recv().ok();
     }
-    RaftPayload {
-        data: codec::encode(&batch),
-    }
+    codec::encode(&batch)
 }
 
-fn fail_all(
+/// Fails every request in flight with `status`.
+pub(super) fn fail_all(
     inflight: &mut HashMap<u64, oneshot::Sender<Result<Answer, Status>>>,
     status: impl Fn() -> Status,
 ) {
@@ -110,16 +118,19 @@ fn fail_all(
     }
 }
 
-/// Owns the stream: opens it when there is something to send, sends
+/// Owns a gRPC stream: opens it when there is something to send, sends
 /// batches, matches answers, and starts over after a failure.
-async fn run(mut client: RaftServiceClient<Channel>, mut rx: mpsc::UnboundedReceiver<Queued>) {
+pub(super) async fn run_grpc(
+    mut client: RaftServiceClient<Channel>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+) {
     let mut next_id = 0u64;
     let mut inflight = HashMap::new();
     // Idle forwarders hold no stream: wait for the first request.
     while let Some(first) = rx.recv().await {
         let (out, out_rx) = mpsc::channel::<RaftPayload>(256);
-        let first_batch = take_batch(first, &mut rx, &mut next_id, &mut inflight);
-        let _ = out.try_send(first_batch);
+        let data = take_batch(first, &mut rx, &mut next_id, &mut inflight);
+        let _ = out.try_send(RaftPayload { data });
         let mut answers = match client
             .leader_stream(tokio_stream::wrappers::ReceiverStream::new(out_rx))
             .await
@@ -136,8 +147,8 @@ async fn run(mut client: RaftServiceClient<Channel>, mut rx: mpsc::UnboundedRece
             tokio::select! {
                 q = rx.recv() => {
                     let Some(q) = q else { return };
-                    let batch = take_batch(q, &mut rx, &mut next_id, &mut inflight);
-                    if out.send(batch).await.is_err() {
+                    let data = take_batch(q, &mut rx, &mut next_id, &mut inflight);
+                    if out.send(RaftPayload { data }).await.is_err() {
                         fail_all(&mut inflight, || Status::unknown("the forwarding stream broke"));
                         break;
                     }
@@ -167,7 +178,7 @@ async fn run(mut client: RaftServiceClient<Channel>, mut rx: mpsc::UnboundedRece
     }
 }
 
-/// The leader's side of one follower's stream: serves every forwarded
+/// The leader's side of one follower's gRPC stream: serves every forwarded
 /// request (only if this member leads; never forwarded again) and yields
 /// every answer ready at once as one message. The requests run inside this
 /// stream, polled by the gRPC server; it ends once the follower has closed

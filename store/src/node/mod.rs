@@ -1,7 +1,9 @@
 //! One store member: its storage, its openraft instance and what it knows of
 //! the cluster. Each concern of a running member has a file of its own:
 //! `leader.rs` the requests only the leader serves, `forward.rs` sending them
-//! to the leader (`forward_stream.rs` batching them over one stream), `read_index.rs` linearizable read barriers, `membership.rs`
+//! to the leader (`forward_stream.rs` batching them over one stream,
+//! `forward_framed.rs` that stream's wire), `read_index.rs` linearizable
+//! read barriers, `membership.rs`
 //! membership changes, `lessor.rs` lease expiry, `compaction.rs` automatic
 //! compaction, `address.rs` publishing this member's addresses,
 //! `bootstrap.rs` initializing or joining a cluster and `watchdog.rs`
@@ -12,6 +14,7 @@ mod address;
 mod bootstrap;
 mod compaction;
 mod forward;
+pub mod forward_framed;
 pub mod forward_stream;
 mod leader;
 mod lessor;
@@ -56,6 +59,9 @@ pub struct Node {
     peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
     /// One forwarding stream per leader address (`forward_stream`).
     forwarders: Mutex<HashMap<String, forward_stream::Forwarder>>,
+    /// The TLS client configuration of framed peer connections (ALPN
+    /// `raft::framed::ALPN`); none in plain text.
+    framed_tls: Option<Arc<rustls::ClientConfig>>,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -118,7 +124,7 @@ impl Node {
         let net = NetworkFactory {
             book: book.clone(),
             tls: client_tls,
-            framed_tls,
+            framed_tls: framed_tls.clone(),
             stages: stages.clone(),
             wire: cfg.replication_wire,
             stale_answer: cfg.election_min * 3 / 4,
@@ -137,6 +143,7 @@ impl Node {
             lessor: Mutex::new(lessor::Lessor::default()),
             peers: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
+            framed_tls,
             shutdown_tx,
         }))
     }

@@ -11,7 +11,9 @@
 //!
 //! The peer port carries both: a framed connection is told apart from gRPC
 //! by its TLS ALPN protocol ([`ALPN`]) or, in plain text, by its first byte
-//! ([`MAGIC`] cannot start an HTTP/2 preface). See `crate::peer_accept`.
+//! ([`MAGIC`] cannot start an HTTP/2 preface), and its magic then tells
+//! replication apart from forwarded leader requests, which use the same
+//! frames (`node::forward_framed`). See `crate::peer_accept`.
 //!
 //! Wire: the client sends [`MAGIC`], then frames; each frame is a 4-byte
 //! big-endian length and that many bytes of payload (at most
@@ -58,7 +60,10 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 /// A follower's answers as they arrive.
 pub type Frames = futures::stream::BoxStream<'static, io::Result<Vec<u8>>>;
 
-async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    payload: &[u8],
+) -> io::Result<()> {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|n| (*n as usize) <= PEER_MESSAGE_LIMIT)
@@ -154,8 +159,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// Connects to the peer port at `addr`, with mutual TLS when `tls` is given
-/// (its ALPN must be [`ALPN`]), and sends [`MAGIC`].
-async fn dial(addr: &str, tls: Option<Arc<rustls::ClientConfig>>) -> io::Result<Conn> {
+/// (its ALPN must be [`ALPN`]): a framed connection before its magic.
+pub(crate) async fn connect(
+    addr: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> io::Result<Box<dyn Io>> {
     let tcp = TcpStream::connect(addr).await?;
     // A dial of a loopback port in the ephemeral range that nothing listens
     // on can connect the socket to itself (TCP simultaneous open), and
@@ -182,6 +190,12 @@ async fn dial(addr: &str, tls: Option<Arc<rustls::ClientConfig>>) -> io::Result<
             )
         }
     };
+    Ok(io)
+}
+
+/// Connects as [`connect`] does and sends [`MAGIC`].
+async fn dial(addr: &str, tls: Option<Arc<rustls::ClientConfig>>) -> io::Result<Conn> {
+    let io = connect(addr, tls).await?;
     let (r, w) = tokio::io::split(io);
     let mut w = BufWriter::new(w);
     w.write_all(MAGIC).await?;
@@ -241,7 +255,8 @@ where
     .boxed())
 }
 
-/// Serves one framed replication connection on a follower, one stream
+/// Serves one framed replication connection on a follower (after its
+/// [`MAGIC`], which `crate::peer_accept` reads), one stream
 /// after another: hands each request to openraft as it arrives and writes
 /// each answer once openraft has it, which for entries means once they are
 /// fsynced in this member's log (`raft::log_store`). Returns when the
@@ -252,14 +267,6 @@ pub async fn serve<I: Io>(io: I, raft: Raft) -> io::Result<()> {
     let (r, w) = tokio::io::split(io);
     let mut r = BufReader::with_capacity(READ_BUFFER, r);
     let mut w = BufWriter::new(w);
-    let mut magic = [0u8; MAGIC.len()];
-    r.read_exact(&mut magic).await?;
-    if &magic != MAGIC {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a replication stream",
-        ));
-    }
     loop {
         // The requests hand the reader back at the end of the stream.
         let (back, reader) = oneshot::channel::<Reader>();
