@@ -56,12 +56,15 @@ pub struct MasterArgs {
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, env = "KEEL_HEARTBEAT_MS", default_value_t = 50)]
     pub heartbeat_ms: u64,
-    /// Minimum election timeout in milliseconds. Failover takes about the
-    /// maximum: followers keep honouring a silent leader's lease that long.
-    #[arg(long, env = "KEEL_ELECTION_MIN_MS", default_value_t = 300)]
+    /// Minimum election timeout in milliseconds. A follower calls an
+    /// election once a silent leader's lease (openraft: the maximum) and
+    /// then its own timeout (random, minimum to maximum) have passed since
+    /// the last heartbeat, so failover takes the maximum plus 1-2x the
+    /// minimum: 600-700 ms with the defaults (BENCHMARKS.md, fifteenth round).
+    #[arg(long, env = "KEEL_ELECTION_MIN_MS", default_value_t = 250)]
     pub election_min_ms: u64,
     /// Maximum election timeout in milliseconds.
-    #[arg(long, env = "KEEL_ELECTION_MAX_MS", default_value_t = 500)]
+    #[arg(long, env = "KEEL_ELECTION_MAX_MS", default_value_t = 350)]
     pub election_max_ms: u64,
     /// Take a Raft snapshot every this many log entries (a snapshot dumps
     /// the whole key space; a member that rejoins empty catches up from the
