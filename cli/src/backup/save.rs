@@ -28,6 +28,7 @@ pub(super) async fn save(
     sign_key: Option<&ed25519_dalek::SigningKey>,
     seal_with: Option<&Secret>,
 ) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let ch = connect_any(creds, endpoints).await?;
     // A linearizable read first: the member has applied everything
     // committed before the backup started. One key (no user key is the
@@ -57,6 +58,10 @@ pub(super) async fn save(
         .find(|m| m.id == me)
         .map(|m| m.name)
         .unwrap_or_default();
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "read barrier passed"
+    );
     let mut stream = MaintenanceClient::new(ch)
         .snapshot(SnapshotRequest {})
         .await?
@@ -73,6 +78,9 @@ pub(super) async fn save(
     let mut transfer = StreamSum::default();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
+        if transfer.len == 0 {
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "dump started");
+        }
         transfer.push(&chunk.blob);
         match streamed.as_mut() {
             Some(f) => f.append(&chunk.blob).with_context(|| context(out))?,
@@ -89,6 +97,11 @@ pub(super) async fn save(
         }
     }
     let dump_len = transfer.check()?;
+    tracing::debug!(
+        bytes = dump_len,
+        ms = started.elapsed().as_millis() as u64,
+        "dump received"
+    );
     let source = backup::Source {
         member: name,
         member_id: me,
@@ -126,9 +139,17 @@ pub(super) async fn save(
         }
     };
     drop(data);
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "backup written and synced"
+    );
     // Published atomically; read back, opened and verified before claiming
     // success.
     let written = backup::read_verified(out, seal_with, true).with_context(|| context(out))?;
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "backup read back and verified"
+    );
     print_header(&header, written.encryption);
     println!("saved {} ({} bytes)", out.display(), written.len);
     Ok(())
