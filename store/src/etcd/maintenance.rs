@@ -99,28 +99,31 @@ impl Maintenance for Etcd {
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        // The dump is built under the apply lock (one revision), off the
-        // async workers.
+        // The records at one revision, taken under the apply lock without
+        // copying them (`mvcc::snapshot::Records`), off the async workers;
+        // each piece is encoded as it goes out, so the member never holds
+        // the whole dump.
         let kv = self.node.kv.clone();
-        let (mut data, _, _) = tokio::task::spawn_blocking(move || kv.dump())
+        let t = std::time::Instant::now();
+        let records = tokio::task::spawn_blocking(move || kv.records())
             .await
             .map_err(|e| Status::internal(format!("snapshot task: {e}")))?;
         // etcdctl checks that the data is a whole number of 512-byte pages.
-        crate::mvcc::snapshot::pad(&mut data, 512);
-        let data = prost::bytes::Bytes::from(data);
+        let len = records.encoded_len();
+        let padded = crate::mvcc::snapshot::padded_len(len, 512);
+        tracing::debug!(
+            bytes = padded,
+            ms = t.elapsed().as_millis() as u64,
+            "snapshot: the key space's records taken"
+        );
         let header = self.header(0);
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
-            // Slices of the dump, hashed as they go out; the SHA-256 that
+            // Pieces of the dump, hashed as they go out; the SHA-256 that
             // etcdctl checks follows as the last message.
-            let total = data.len() + 32;
+            let total = padded + 32;
             let mut sum = Sha256::new();
             let mut sent = 0;
-            let slices = (0..data.len()).step_by(SNAPSHOT_CHUNK).map(|at| {
-                let blob = data.slice(at..(at + SNAPSHOT_CHUNK).min(data.len()));
-                sum.update(&blob);
-                blob
-            });
             let mut send = |blob: prost::bytes::Bytes| {
                 sent += blob.len();
                 let r = SnapshotResponse {
@@ -131,8 +134,15 @@ impl Maintenance for Etcd {
                 };
                 tx.send(Ok(r))
             };
-            for blob in slices {
-                if send(blob).await.is_err() {
+            let mut encoded = 0;
+            for mut blob in records.chunks(SNAPSHOT_CHUNK) {
+                encoded += blob.len();
+                if encoded == len {
+                    // The last piece: the end marker and the padding.
+                    blob.resize(blob.len() + padded - len, 0);
+                }
+                sum.update(&blob);
+                if send(blob.into()).await.is_err() {
                     return;
                 }
             }
