@@ -17,21 +17,22 @@
 //! (a paused leader, a partition that keeps the socket open), as HTTP/2
 //! keep-alive did for the gRPC stream.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tonic::Status;
 
 use super::Node;
-use super::forward_stream::{Answer, AnswerBatch, Queued, RequestBatch, fail_all, take_batch};
+use super::forward_stream::{
+    Inflight, Queued, RequestBatch, Serving, deliver, fail_all, ready_answers, serve_batch,
+    take_batch,
+};
 use crate::raft::codec;
 use crate::raft::framed::{self, Io};
 use crate::raft::network::PEER_MESSAGE_LIMIT;
@@ -55,8 +56,6 @@ fn frames<R: tokio::io::AsyncRead>(r: R) -> FramedRead<R, LengthDelimitedCodec> 
         .new_codec();
     FramedRead::new(r, codec)
 }
-
-type Inflight = HashMap<u64, oneshot::Sender<Result<Answer, Status>>>;
 
 /// Owns the follower's side: connects when there is something to send,
 /// sends batches, matches answers, and starts over after a failure.
@@ -122,20 +121,14 @@ pub(super) async fn run(
                 }
                 f = answers.next() => {
                     (heard, pinged) = (Instant::now(), false);
-                    let batch = match f {
+                    let delivered = match f {
                         Some(Ok(f)) if f.is_empty() => continue,
-                        Some(Ok(f)) => codec::decode::<AnswerBatch>(&f),
+                        Some(Ok(f)) => deliver(&f, &mut inflight),
                         Some(Err(e)) => Err(e.to_string()),
                         None => Err("the leader closed the connection".into()),
                     };
-                    match batch {
-                        Ok(batch) => {
-                            for (id, answer) in batch {
-                                if let Some(reply) = inflight.remove(&id) {
-                                    let _ = reply.send(Ok(answer));
-                                }
-                            }
-                        }
+                    match delivered {
+                        Ok(()) => {}
                         Err(e) => {
                             tracing::debug!(error = %e, "forwarding connection: no answers");
                             fail_all(&mut inflight, || Status::unknown("the forwarding connection broke"));
@@ -173,7 +166,6 @@ async fn send<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io
 /// connection or sends what cannot be decoded; the requests still being
 /// served are then dropped, as a lost answer would be.
 pub async fn serve<I: Io>(io: I, node: Arc<Node>) -> io::Result<()> {
-    type Serving = FuturesUnordered<futures::future::BoxFuture<'static, (u64, Answer)>>;
     let (r, w) = tokio::io::split(io);
     let mut w = BufWriter::new(w);
     let mut requests = frames(r);
@@ -191,17 +183,10 @@ pub async fn serve<I: Io>(io: I, node: Arc<Node>) -> io::Result<()> {
                 }
                 let batch = codec::decode::<RequestBatch>(&f)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                for (id, r) in batch {
-                    let node = node.clone();
-                    serving.push(async move { (id, node.serve_leader(r).await) }.boxed());
-                }
+                serve_batch(batch, &node, &mut serving);
             }
             Some(first) = serving.next(), if !serving.is_empty() => {
-                let mut batch: AnswerBatch = vec![first];
-                while let Some(Some(a)) = serving.next().now_or_never() {
-                    batch.push(a);
-                }
-                send(&mut w, &codec::encode(&batch)).await?;
+                send(&mut w, &ready_answers(first, &mut serving)).await?;
             }
         }
     }
@@ -210,6 +195,7 @@ pub async fn serve<I: Io>(io: I, node: Arc<Node>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncReadExt;
+    use tokio::sync::oneshot;
 
     use super::super::forward_stream::Forwarder;
     use super::*;

@@ -40,6 +40,9 @@ pub type RequestBatch = Vec<(u64, LeaderRequest)>;
 /// A batch on the wire back: (id, answer) pairs.
 pub type AnswerBatch = Vec<(u64, Answer)>;
 
+/// The requests sent and not answered yet, by id.
+pub(super) type Inflight = HashMap<u64, oneshot::Sender<Result<Answer, Status>>>;
+
 /// How long a forwarded request may wait for its answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -95,7 +98,7 @@ pub(super) fn take_batch(
     first: Queued,
     rx: &mut mpsc::UnboundedReceiver<Queued>,
     next_id: &mut u64,
-    inflight: &mut HashMap<u64, oneshot::Sender<Result<Answer, Status>>>,
+    inflight: &mut Inflight,
 ) -> Vec<u8> {
     let mut batch: RequestBatch = Vec::new();
     let mut q = Some(first);
@@ -108,11 +111,40 @@ pub(super) fn take_batch(
     codec::encode(&batch)
 }
 
+/// Decodes a batch of answers and hands each to the request waiting for
+/// it; an undecodable batch is an error (the caller gives the stream up).
+pub(super) fn deliver(data: &[u8], inflight: &mut Inflight) -> Result<(), String> {
+    for (id, answer) in codec::decode::<AnswerBatch>(data)? {
+        if let Some(reply) = inflight.remove(&id) {
+            let _ = reply.send(Ok(answer));
+        }
+    }
+    Ok(())
+}
+
+/// The requests a leader serves for one follower's stream, each with its id.
+pub(super) type Serving = FuturesUnordered<BoxFuture<'static, (u64, Answer)>>;
+
+/// Starts serving a decoded batch of forwarded requests on `node` (only if
+/// it leads; never forwarded again).
+pub(super) fn serve_batch(batch: RequestBatch, node: &Arc<Node>, serving: &mut Serving) {
+    for (id, r) in batch {
+        let node = node.clone();
+        serving.push(async move { (id, node.serve_leader(r).await) }.boxed());
+    }
+}
+
+/// `first` and every other answer ready now, encoded as one batch.
+pub(super) fn ready_answers(first: (u64, Answer), serving: &mut Serving) -> Vec<u8> {
+    let mut batch: AnswerBatch = vec![first];
+    while let Some(Some(a)) = serving.next().now_or_never() {
+        batch.push(a);
+    }
+    codec::encode(&batch)
+}
+
 /// Fails every request in flight with `status`.
-pub(super) fn fail_all(
-    inflight: &mut HashMap<u64, oneshot::Sender<Result<Answer, Status>>>,
-    status: impl Fn() -> Status,
-) {
+pub(super) fn fail_all(inflight: &mut Inflight, status: impl Fn() -> Status) {
     for (_, reply) in inflight.drain() {
         let _ = reply.send(Err(status()));
     }
@@ -154,14 +186,8 @@ pub(super) async fn run_grpc(
                     }
                 }
                 m = answers.message() => match m {
-                    Ok(Some(p)) => match codec::decode::<AnswerBatch>(&p.data) {
-                        Ok(batch) => {
-                            for (id, answer) in batch {
-                                if let Some(reply) = inflight.remove(&id) {
-                                    let _ = reply.send(Ok(answer));
-                                }
-                            }
-                        }
+                    Ok(Some(p)) => match deliver(&p.data, &mut inflight) {
+                        Ok(()) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "undecodable answers from the leader");
                             fail_all(&mut inflight, || Status::unknown("undecodable answer"));
@@ -188,7 +214,6 @@ pub fn serve(
     inbound: Streaming<RaftPayload>,
     node: Arc<Node>,
 ) -> impl Stream<Item = Result<RaftPayload, Status>> + Send + 'static {
-    type Serving = FuturesUnordered<BoxFuture<'static, (u64, Answer)>>;
     let state = (Some(inbound), Serving::new(), node);
     futures::stream::unfold(state, |(mut inbound, mut serving, node)| async move {
         loop {
@@ -208,18 +233,11 @@ pub fn serve(
                         inbound = None;
                         continue;
                     };
-                    for (id, r) in batch {
-                        let node = node.clone();
-                        serving.push(async move { (id, node.serve_leader(r).await) }.boxed());
-                    }
+                    serve_batch(batch, &node, &mut serving);
                 }
                 Some(first) = serving.next(), if !serving.is_empty() => {
-                    let mut batch: AnswerBatch = vec![first];
-                    while let Some(Some(a)) = serving.next().now_or_never() {
-                        batch.push(a);
-                    }
                     let msg = RaftPayload {
-                        data: codec::encode(&batch),
+                        data: ready_answers(first, &mut serving),
                     };
                     return Some((Ok(msg), (inbound, serving, node)));
                 }
