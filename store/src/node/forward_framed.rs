@@ -71,8 +71,9 @@ pub(super) async fn run(
         let batch = take_batch(first, &mut rx, &mut next_id, &mut inflight);
         // Bounded: a paused leader accepts (the kernel does) but never
         // finishes a TLS handshake.
-        let io = match tokio::time::timeout(DEAD_AFTER, framed::connect(&addr, tls.clone())).await {
-            Ok(Ok(io)) => io,
+        let dialed = framed::connect(&addr, tls.clone(), MAGIC);
+        let (r, mut w) = match tokio::time::timeout(DEAD_AFTER, dialed).await {
+            Ok(Ok(halves)) => halves,
             Err(_) => {
                 fail_all(&mut inflight, || {
                     Status::unavailable("the leader's peer port did not answer")
@@ -86,17 +87,8 @@ pub(super) async fn run(
                 continue;
             }
         };
-        let (r, w) = tokio::io::split(io);
-        let mut w = BufWriter::new(w);
-        let sent = match w.write_all(MAGIC).await {
-            Ok(()) => send(&mut w, &batch).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "forwarding connection: send failed");
-            fail_all(&mut inflight, || {
-                Status::unknown("the forwarding connection broke")
-            });
+        if let Err(e) = send(&mut w, &batch).await {
+            broke(&mut inflight, e);
             continue;
         }
         let mut answers = frames(r);
@@ -114,8 +106,7 @@ pub(super) async fn run(
                     }
                     let batch = take_batch(q, &mut rx, &mut next_id, &mut inflight);
                     if let Err(e) = send(&mut w, &batch).await {
-                        tracing::debug!(error = %e, "forwarding connection: send failed");
-                        fail_all(&mut inflight, || Status::unknown("the forwarding connection broke"));
+                        broke(&mut inflight, e);
                         break;
                     }
                 }
@@ -127,30 +118,33 @@ pub(super) async fn run(
                         Some(Err(e)) => Err(e.to_string()),
                         None => Err("the leader closed the connection".into()),
                     };
-                    match delivered {
-                        Ok(()) => {}
-                        Err(e) => {
-                            tracing::debug!(error = %e, "forwarding connection: no answers");
-                            fail_all(&mut inflight, || Status::unknown("the forwarding connection broke"));
-                            break;
-                        }
+                    if let Err(e) = delivered {
+                        broke(&mut inflight, e);
+                        break;
                     }
                 }
                 _ = tokio::time::sleep_until(check), if !inflight.is_empty() => {
                     if pinged {
-                        tracing::debug!("forwarding connection: the leader stopped answering");
-                        fail_all(&mut inflight, || Status::unknown("the leader stopped answering"));
+                        broke(&mut inflight, "the leader stopped answering");
                         break;
                     }
                     pinged = true;
-                    if send(&mut w, &[]).await.is_err() {
-                        fail_all(&mut inflight, || Status::unknown("the forwarding connection broke"));
+                    if let Err(e) = send(&mut w, &[]).await {
+                        broke(&mut inflight, e);
                         break;
                     }
                 }
             }
         }
     }
+}
+
+/// Gives the connection up: every request in flight fails as `Unknown`,
+/// since the leader may have served it.
+fn broke(inflight: &mut Inflight, why: impl std::fmt::Display) {
+    tracing::debug!(%why, "forwarding connection given up");
+    let msg = format!("the forwarding connection broke: {why}");
+    fail_all(inflight, || Status::unknown(msg.clone()));
 }
 
 /// Writes one frame and flushes it.

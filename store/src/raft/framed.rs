@@ -130,7 +130,7 @@ where
 }
 
 type Reader = BufReader<ReadHalf<Box<dyn Io>>>;
-type Writer = BufWriter<WriteHalf<Box<dyn Io>>>;
+pub(crate) type Writer = BufWriter<WriteHalf<Box<dyn Io>>>;
 
 /// An open connection between streams.
 pub struct Conn {
@@ -159,11 +159,14 @@ impl Drop for AbortOnDrop {
 }
 
 /// Connects to the peer port at `addr`, with mutual TLS when `tls` is given
-/// (its ALPN must be [`ALPN`]): a framed connection before its magic.
+/// (its ALPN must be [`ALPN`]), and queues `magic` (which says what the
+/// connection carries: [`MAGIC`], or `node::forward_framed::MAGIC`) in the
+/// writer, to go out with the first frame.
 pub(crate) async fn connect(
     addr: &str,
     tls: Option<Arc<rustls::ClientConfig>>,
-) -> io::Result<Box<dyn Io>> {
+    magic: &[u8],
+) -> io::Result<(ReadHalf<Box<dyn Io>>, Writer)> {
     let tcp = TcpStream::connect(addr).await?;
     // A dial of a loopback port in the ephemeral range that nothing listens
     // on can connect the socket to itself (TCP simultaneous open), and
@@ -190,15 +193,15 @@ pub(crate) async fn connect(
             )
         }
     };
-    Ok(io)
-}
-
-/// Connects as [`connect`] does and sends [`MAGIC`].
-async fn dial(addr: &str, tls: Option<Arc<rustls::ClientConfig>>) -> io::Result<Conn> {
-    let io = connect(addr, tls).await?;
     let (r, w) = tokio::io::split(io);
     let mut w = BufWriter::new(w);
-    w.write_all(MAGIC).await?;
+    w.write_all(magic).await?;
+    Ok((r, w))
+}
+
+/// A replication connection: [`connect`] with [`MAGIC`].
+async fn dial(addr: &str, tls: Option<Arc<rustls::ClientConfig>>) -> io::Result<Conn> {
+    let (r, w) = connect(addr, tls, MAGIC).await?;
     Ok(Conn {
         r: BufReader::with_capacity(READ_BUFFER, r),
         w,
