@@ -29,6 +29,7 @@ pub(super) async fn save(
     seal_with: Option<&Secret>,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    let ms = || started.elapsed().as_millis() as u64;
     let ch = connect_any(creds, endpoints).await?;
     // A linearizable read first: the member has applied everything
     // committed before the backup started. One key (no user key is the
@@ -58,10 +59,7 @@ pub(super) async fn save(
         .find(|m| m.id == me)
         .map(|m| m.name)
         .unwrap_or_default();
-    tracing::debug!(
-        ms = started.elapsed().as_millis() as u64,
-        "read barrier passed"
-    );
+    tracing::debug!(ms = ms(), "read barrier passed");
     let mut stream = MaintenanceClient::new(ch)
         .snapshot(SnapshotRequest {})
         .await?
@@ -79,7 +77,7 @@ pub(super) async fn save(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         if transfer.len == 0 {
-            tracing::debug!(ms = started.elapsed().as_millis() as u64, "dump started");
+            tracing::debug!(ms = ms(), "dump started");
         }
         transfer.push(&chunk.blob);
         match streamed.as_mut() {
@@ -97,11 +95,7 @@ pub(super) async fn save(
         }
     }
     let dump_len = transfer.check()?;
-    tracing::debug!(
-        bytes = dump_len,
-        ms = started.elapsed().as_millis() as u64,
-        "dump received"
-    );
+    tracing::debug!(bytes = dump_len, ms = ms(), "dump received");
     let source = backup::Source {
         member: name,
         member_id: me,
@@ -139,17 +133,11 @@ pub(super) async fn save(
         }
     };
     drop(data);
-    tracing::debug!(
-        ms = started.elapsed().as_millis() as u64,
-        "backup written and synced"
-    );
+    tracing::debug!(ms = ms(), "backup written and synced");
     // Published atomically; read back, opened and verified before claiming
     // success.
     let written = backup::read_verified(out, seal_with, true).with_context(|| context(out))?;
-    tracing::debug!(
-        ms = started.elapsed().as_millis() as u64,
-        "backup read back and verified"
-    );
+    tracing::debug!(ms = ms(), "backup read back and verified");
     print_header(&header, written.encryption);
     println!("saved {} ({} bytes)", out.display(), written.len);
     Ok(())
