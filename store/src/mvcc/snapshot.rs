@@ -268,14 +268,9 @@ pub(crate) fn meta_i64(records: &[Record<'_>], key: &[u8]) -> i64 {
         .unwrap_or(0)
 }
 
-/// Pads a dump with zeros to a multiple of `block` bytes (an end marker
-/// first), e.g. for etcdctl, which expects bbolt-page-sized snapshots.
-pub fn pad(data: &mut Vec<u8>, block: usize) {
-    data.resize(padded_len(data.len(), block), 0);
-}
-
-/// The length of a dump of `len` bytes with its end marker, padded with
-/// zeros to a whole number of `block`s (what [`pad`] makes of it).
+/// The length of a dump of `len` bytes with its end marker (four zero
+/// bytes), padded with zeros to a whole number of `block`s, e.g. for
+/// etcdctl, which expects bbolt-page-sized snapshots.
 pub fn padded_len(len: usize, block: usize) -> usize {
     (len + 4).div_ceil(block) * block
 }
@@ -388,10 +383,12 @@ mod tests {
             );
             assert_eq!(pieces.concat(), whole, "size {size}");
         }
+        // Zero padding: room for the end marker, less than a block more.
         let mut padded = whole.clone();
-        pad(&mut padded, 512);
-        assert_eq!(padded.len(), padded_len(whole.len(), 512));
+        padded.resize(padded_len(whole.len(), 512), 0);
         assert_eq!(padded.len() % 512, 0);
+        let extra = padded.len() - whole.len();
+        assert!((4..4 + 512).contains(&extra), "{extra} bytes of padding");
         assert_eq!(parse(&padded).unwrap().len(), before.len());
     }
 
