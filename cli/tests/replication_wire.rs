@@ -62,15 +62,13 @@ async fn heartbeat(addr: &str, tls: Arc<rustls::ClientConfig>) -> std::io::Resul
         .unwrap_or_else(|| Err(std::io::Error::other("the stream ended without an answer")))
 }
 
-/// Opens a TLS connection to the peer port at `addr` with `tls`, sends
-/// `bytes`, and reads frames until `frames` have come or the connection
-/// ends (an error then, if none came).
-async fn exchange(
+/// Opens a TLS connection to the peer port at `addr` with `tls` and sends
+/// `bytes` on it.
+async fn send_raw(
     addr: &str,
     tls: Arc<rustls::ClientConfig>,
     bytes: &[u8],
-    frames: usize,
-) -> std::io::Result<Vec<Vec<u8>>> {
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut s = tokio_rustls::TlsConnector::from(tls)
@@ -78,6 +76,18 @@ async fn exchange(
         .await?;
     s.write_all(bytes).await?;
     s.flush().await?;
+    Ok(s)
+}
+
+/// [`send_raw`], then reads frames until `frames` have come: an error if
+/// the connection ends or 10 s pass before they have.
+async fn exchange(
+    addr: &str,
+    tls: Arc<rustls::ClientConfig>,
+    bytes: &[u8],
+    frames: usize,
+) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut s = send_raw(addr, tls, bytes).await?;
     let mut got = Vec::new();
     let read = async {
         while got.len() < frames {
@@ -192,14 +202,7 @@ async fn garbage_on_the_replication_wire_closes_the_connection_and_changes_nothi
     ];
     for m in &tc.c.members {
         for (what, bytes) in &cases {
-            let tcp = tokio::net::TcpStream::connect(m.peer_addr()).await.unwrap();
-            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-            let mut s = tokio_rustls::TlsConnector::from(tls.clone())
-                .connect(name, tcp)
-                .await
-                .unwrap();
-            s.write_all(bytes).await.unwrap();
-            s.flush().await.unwrap();
+            let mut s = send_raw(&m.peer_addr(), tls.clone(), bytes).await.unwrap();
             let mut buf = Vec::new();
             let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
                 .await
